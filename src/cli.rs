@@ -1,0 +1,225 @@
+//! The command line: `serve`, `migrate`, `verify`, and a client for every RPC. Every flag also
+//! reads an environment variable (shown in `--help` and the README).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::ApiKey;
+use crate::client;
+use crate::embedded_pg::EmbeddedPostgres;
+use crate::server::{self, Application, ServerConfig};
+use crate::store::{Store, StoreConfig};
+use crate::telemetry::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(name = "token-ledger", version, about = "The books for an AI product's tokens: a gRPC ledger over PostgreSQL.")]
+pub struct Cli {
+    /// Log format: human-readable lines or one JSON object per line. Levels come from RUST_LOG
+    /// (default `info`).
+    #[arg(long, env = "TOKEN_LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (migrating the database first).
+    Serve(ServeArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Check that every account's balance equals the sum of its journal; exits 1 naming any that differ.
+    Verify(DatabaseArgs),
+    /// Credit tokens (admin grant, or an annual subscription allotment).
+    Grant(client::GrantArgs),
+    /// Debit tokens on an admin's behalf (refused below zero).
+    Deduct(client::DeductArgs),
+    /// Credit one 28-day subscription cycle.
+    Drip(client::DripArgs),
+    /// Record a paid token pack.
+    Purchase(client::PurchaseArgs),
+    /// Record the tokens one AI call consumed.
+    Usage(client::UsageArgs),
+    /// Show a user's balance and totals.
+    Balance(client::BalanceArgs),
+    /// Show a user's journal, newest first.
+    History(client::HistoryArgs),
+}
+
+/// Where the ledger's data lives.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL. Without it, a private cluster is started from the local PostgreSQL binaries
+    /// in --data-dir and stopped on exit.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Data directory of the embedded cluster (used only without DATABASE_URL).
+    #[arg(long, env = "TOKEN_LEDGER_DATA_DIR", default_value = "./data/postgres")]
+    pub data_dir: PathBuf,
+
+    /// Most database connections the pool opens.
+    #[arg(long, env = "TOKEN_LEDGER_DB_POOL_MAX", default_value_t = 16)]
+    pub db_pool_max: u32,
+
+    /// How long a call waits for a pooled connection before failing with UNAVAILABLE, in ms.
+    #[arg(long, env = "TOKEN_LEDGER_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "TOKEN_LEDGER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// API keys, comma-separated, each NAME:SCOPE[+SCOPE...]:SECRET with scopes usage, billing,
+    /// admin, read. With none, the server runs open, and only on a loopback address.
+    #[arg(long = "api-key", env = "TOKEN_LEDGER_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<ApiKey>,
+
+    /// Largest gRPC message accepted or sent, in bytes.
+    #[arg(long, env = "TOKEN_LEDGER_MESSAGE_BYTES_MAX", default_value_t = 1024 * 1024)]
+    pub message_bytes_max: usize,
+
+    /// How often health checks the database, in ms.
+    #[arg(long, env = "TOKEN_LEDGER_HEALTH_INTERVAL_MS", default_value_t = 2_000)]
+    pub health_interval_ms: u64,
+
+    /// Calls running longer than this are cancelled, in ms.
+    #[arg(long, env = "TOKEN_LEDGER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// An open database: the store, and the embedded cluster behind it if we started one.
+struct Database {
+    store: Store,
+    embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    async fn open(args: &DatabaseArgs) -> anyhow::Result<Self> {
+        let (url, embedded) = match &args.database_url {
+            Some(url) => (url.clone(), None),
+            None => {
+                tracing::info!(data_dir = %args.data_dir.display(), "no DATABASE_URL: starting the embedded PostgreSQL");
+                let pg = EmbeddedPostgres::start(&args.data_dir).await?;
+                (pg.database_url(), Some(pg))
+            }
+        };
+        let store = Store::connect_lazy(&StoreConfig {
+            database_url: url,
+            pool_connections_max: args.db_pool_max,
+            pool_acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms),
+        })?;
+        Ok(Self { store, embedded })
+    }
+
+    async fn close(self) -> anyhow::Result<()> {
+        self.store.close().await;
+        if let Some(pg) = self.embedded {
+            pg.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let is_server = matches!(cli.command, Command::Serve(_));
+    telemetry::init(cli.log_format, is_server);
+    match dispatch(cli.command).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate(args) => {
+            let db = Database::open(&args).await?;
+            let result = db.store.migrate().await.context("migrating the database");
+            db.close().await?;
+            result?;
+            println!("migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => verify(args).await,
+        Command::Grant(a) => client::grant(a).await,
+        Command::Deduct(a) => client::deduct(a).await,
+        Command::Drip(a) => client::drip(a).await,
+        Command::Purchase(a) => client::purchase(a).await,
+        Command::Usage(a) => client::usage(a).await,
+        Command::Balance(a) => client::balance(a).await,
+        Command::History(a) => client::history(a).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let db = Database::open(&args.database).await?;
+    let result = async {
+        db.store
+            .migrate()
+            .await
+            .context("applying database migrations at start-up")?;
+        let mut config = ServerConfig::new(args.listen);
+        config.api_keys = args.api_keys.clone();
+        config.message_bytes_max = args.message_bytes_max;
+        config.health_check_interval = Duration::from_millis(args.health_interval_ms);
+        config.request_timeout = Duration::from_millis(args.request_timeout_ms);
+        let app = Application::build(config, db.store.clone()).await?;
+        app.run_until(server::shutdown_signal()).await
+    }
+    .await;
+    db.close().await?;
+    result
+}
+
+async fn verify(args: DatabaseArgs) -> anyhow::Result<ExitCode> {
+    let db = Database::open(&args).await?;
+    let report = db.store.verify().await;
+    db.close().await?;
+    let report = report.map_err(|e| anyhow::anyhow!("verify failed: {e}"))?;
+    if report.discrepancies.is_empty() {
+        println!(
+            "ok: {} accounts, {} journal rows, every balance equals the sum of its journal",
+            report.accounts_checked, report.journal_rows
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for d in &report.discrepancies {
+        println!("MISMATCH user {}: {}", d.user_id, d.what);
+    }
+    println!(
+        "{} discrepancies in {} accounts checked",
+        report.discrepancies.len(),
+        report.accounts_checked
+    );
+    Ok(ExitCode::FAILURE)
+}
+
+/// Parses `human`/`json`.
+impl ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LogFormat::Human, LogFormat::Json]
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(match self {
+            LogFormat::Human => clap::builder::PossibleValue::new("human"),
+            LogFormat::Json => clap::builder::PossibleValue::new("json"),
+        })
+    }
+}

@@ -1,0 +1,401 @@
+//! The built-in command-line client: one subcommand per RPC, so operators (and the README) need no
+//! other tool. Prints a short human line by default, or the response as JSON with `--json`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use clap::Args;
+use serde_json::json;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Request;
+
+use crate::pb;
+use crate::pb::ledger_service_client::LedgerServiceClient;
+
+/// Connection settings shared by every client subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The ledger's gRPC address.
+    #[arg(long, env = "TOKEN_LEDGER_URL", default_value = "http://127.0.0.1:50051")]
+    pub ledger_url: String,
+
+    /// The API key's secret, sent as `authorization: Bearer <key>`. Not needed when the server
+    /// runs without keys.
+    #[arg(long, env = "TOKEN_LEDGER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Print the response as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Fields of every write.
+#[derive(Debug, Clone, Args)]
+pub struct WriteArgs {
+    /// The user whose balance changes.
+    #[arg(long = "user")]
+    pub user_id: String,
+    /// How many tokens (positive).
+    #[arg(long)]
+    pub tokens: i64,
+    /// Reuse to retry safely; a fresh `cli-<uuid>` key is made when absent (and printed).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+impl WriteArgs {
+    fn key(&self) -> String {
+        self.idempotency_key
+            .clone()
+            .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GrantArgs {
+    #[command(flatten)]
+    pub write: WriteArgs,
+    /// Why (required for admin grants).
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Grant an annual subscription allotment instead of an admin grant (needs --stripe-invoice).
+    #[arg(long)]
+    pub annual: bool,
+    #[arg(long = "stripe-subscription", default_value = "")]
+    pub stripe_subscription_id: String,
+    #[arg(long = "stripe-invoice", default_value = "")]
+    pub stripe_invoice_id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeductArgs {
+    #[command(flatten)]
+    pub write: WriteArgs,
+    /// Why (required).
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DripArgs {
+    #[command(flatten)]
+    pub write: WriteArgs,
+    #[arg(long = "stripe-subscription")]
+    pub stripe_subscription_id: String,
+    #[arg(long = "stripe-invoice", default_value = "")]
+    pub stripe_invoice_id: String,
+    /// Start of the cycle, RFC 3339 (e.g. 2026-11-01T00:00:00Z).
+    #[arg(long)]
+    pub period_start: DateTime<Utc>,
+    /// End of the cycle, RFC 3339; defaults to 28 days after the start.
+    #[arg(long)]
+    pub period_end: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PurchaseArgs {
+    #[command(flatten)]
+    pub write: WriteArgs,
+    /// What was paid, in cents.
+    #[arg(long = "amount-cents")]
+    pub amount_paid_cents: i64,
+    #[arg(long, default_value = "usd")]
+    pub currency: String,
+    #[arg(long = "payment-intent")]
+    pub stripe_payment_intent_id: String,
+    #[arg(long = "checkout-session", default_value = "")]
+    pub stripe_checkout_session_id: String,
+    #[arg(long, default_value = "")]
+    pub pack: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsageArgs {
+    #[command(flatten)]
+    pub write: WriteArgs,
+    #[arg(long, default_value = "")]
+    pub model: String,
+    #[arg(long, default_value_t = 0)]
+    pub input_tokens: i64,
+    #[arg(long, default_value_t = 0)]
+    pub output_tokens: i64,
+    #[arg(long, default_value = "")]
+    pub feature: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BalanceArgs {
+    #[arg(long = "user")]
+    pub user_id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HistoryArgs {
+    #[arg(long = "user")]
+    pub user_id: String,
+    /// Rows per page (at most 500).
+    #[arg(long, default_value_t = 20)]
+    pub page_size: i32,
+    /// The token printed after the previous page.
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+struct Client {
+    inner: LedgerServiceClient<Channel>,
+    api_key: Option<MetadataValue<tonic::metadata::Ascii>>,
+    json: bool,
+}
+
+impl Client {
+    async fn connect(args: &ClientArgs) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(args.ledger_url.clone())
+            .with_context(|| format!("bad --ledger-url {:?}", args.ledger_url))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", args.ledger_url))?;
+        let api_key = args
+            .api_key
+            .as_ref()
+            .map(|k| MetadataValue::try_from(format!("Bearer {k}")))
+            .transpose()
+            .context("the API key must be printable ASCII")?;
+        Ok(Self {
+            inner: LedgerServiceClient::new(channel),
+            api_key,
+            json: args.json,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(key) = &self.api_key {
+            request.metadata_mut().insert("authorization", key.clone());
+        }
+        request
+    }
+}
+
+/// Turns a gRPC error into a printed line and exit code 1.
+fn report_status(status: tonic::Status) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {:?}: {}", status.code(), status.message());
+    Ok(ExitCode::FAILURE)
+}
+
+fn print_write(client: &Client, key: &str, transaction_id: &str, balance: i64, replayed: bool) -> ExitCode {
+    if client.json {
+        println!(
+            "{}",
+            json!({"transaction_id": transaction_id, "balance": balance, "replayed": replayed, "idempotency_key": key})
+        );
+    } else {
+        println!(
+            "transaction {transaction_id}: balance {balance}{} (idempotency key {key})",
+            if replayed { " [replayed: nothing changed]" } else { "" }
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+macro_rules! write_call {
+    ($client:expr, $key:expr, $call:expr) => {
+        match $call.await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Ok(print_write(&$client, &$key, &r.transaction_id, r.balance, r.replayed))
+            }
+            Err(status) => report_status(status),
+        }
+    };
+}
+
+pub async fn grant(a: GrantArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let key = a.write.key();
+    let source = if a.annual {
+        pb::GrantSource::AnnualSubscription
+    } else {
+        pb::GrantSource::Admin
+    };
+    let req = c.request(pb::GrantRequest {
+        user_id: a.write.user_id,
+        tokens: a.write.tokens,
+        idempotency_key: key.clone(),
+        source: source as i32,
+        reason: a.reason,
+        stripe_subscription_id: a.stripe_subscription_id,
+        stripe_invoice_id: a.stripe_invoice_id,
+    });
+    write_call!(c, key, c.inner.grant(req))
+}
+
+pub async fn deduct(a: DeductArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let key = a.write.key();
+    let req = c.request(pb::DeductRequest {
+        user_id: a.write.user_id,
+        tokens: a.write.tokens,
+        idempotency_key: key.clone(),
+        reason: a.reason,
+    });
+    write_call!(c, key, c.inner.deduct(req))
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub async fn drip(a: DripArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let key = a.write.key();
+    let end = a
+        .period_end
+        .unwrap_or(a.period_start + ChronoDuration::days(28));
+    let req = c.request(pb::DripRequest {
+        user_id: a.write.user_id,
+        tokens: a.write.tokens,
+        idempotency_key: key.clone(),
+        stripe_subscription_id: a.stripe_subscription_id,
+        stripe_invoice_id: a.stripe_invoice_id,
+        period_start: Some(timestamp(a.period_start)),
+        period_end: Some(timestamp(end)),
+    });
+    write_call!(c, key, c.inner.drip(req))
+}
+
+pub async fn purchase(a: PurchaseArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let key = a.write.key();
+    let req = c.request(pb::RecordPurchaseRequest {
+        user_id: a.write.user_id,
+        tokens: a.write.tokens,
+        idempotency_key: key.clone(),
+        amount_paid_cents: a.amount_paid_cents,
+        currency: a.currency,
+        stripe_payment_intent_id: a.stripe_payment_intent_id,
+        stripe_checkout_session_id: a.stripe_checkout_session_id,
+        pack: a.pack,
+    });
+    write_call!(c, key, c.inner.record_purchase(req))
+}
+
+pub async fn usage(a: UsageArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let key = a.write.key();
+    let req = c.request(pb::TrackUsageRequest {
+        user_id: a.write.user_id,
+        tokens: a.write.tokens,
+        idempotency_key: key.clone(),
+        model: a.model,
+        input_tokens: a.input_tokens,
+        output_tokens: a.output_tokens,
+        feature: a.feature,
+    });
+    write_call!(c, key, c.inner.track_usage(req))
+}
+
+pub async fn balance(a: BalanceArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::GetBalanceRequest {
+        user_id: a.user_id,
+    });
+    let r = match c.inner.get_balance(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    let t = r.totals.unwrap_or_default();
+    let updated_at = r.updated_at.and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos as u32));
+    if c.json {
+        println!(
+            "{}",
+            json!({
+                "user_id": r.user_id, "balance": r.balance, "transaction_count": r.transaction_count,
+                "updated_at": updated_at.map(|t| t.to_rfc3339()),
+                "totals": {"granted": t.granted, "deducted": t.deducted, "purchased": t.purchased, "dripped": t.dripped, "used": t.used},
+            })
+        );
+    } else {
+        println!("user {}: balance {}", r.user_id, r.balance);
+        println!(
+            "  granted {}  purchased {}  dripped {}  deducted {}  used {}",
+            t.granted, t.purchased, t.dripped, t.deducted, t.used
+        );
+        println!(
+            "  {} transactions, last change {}",
+            r.transaction_count,
+            updated_at.map_or("never".to_string(), |t| t.to_rfc3339())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn history(a: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::ListTransactionsRequest {
+        user_id: a.user_id,
+        page_size: a.page_size,
+        page_token: a.page_token,
+    });
+    let r = match c.inner.list_transactions(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        let rows: Vec<_> = r
+            .transactions
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id, "sequence": t.sequence,
+                    "kind": pb::TransactionKind::try_from(t.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
+                    "token_amount": t.token_amount, "balance_after": t.balance_after,
+                    "created_at": t.created_at.map(|ts| ts.to_string()), "created_by": t.created_by,
+                    "reason": t.reason, "idempotency_key": t.idempotency_key,
+                })
+            })
+            .collect();
+        println!("{}", json!({"transactions": rows, "next_page_token": r.next_page_token}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>6}  {:<10} {:>14} {:>14}  {:<20} {:<24} reason",
+        "seq", "kind", "amount", "balance", "created_by", "created_at"
+    );
+    for t in &r.transactions {
+        let kind = pb::TransactionKind::try_from(t.kind)
+            .map(|k| k.as_str_name().trim_start_matches("TRANSACTION_KIND_").to_lowercase())
+            .unwrap_or_else(|_| "unknown".into());
+        let created_at = t
+            .created_at
+            .and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos as u32))
+            .map_or(String::new(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        println!(
+            "{:>6}  {:<10} {:>14} {:>14}  {:<20} {:<24} {}",
+            t.sequence, kind, t.token_amount, t.balance_after, t.created_by, created_at, t.reason
+        );
+    }
+    if !r.next_page_token.is_empty() {
+        println!("more: --page-token {}", r.next_page_token);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,140 @@
+//! The ledger's rules: which writes may overdraw, how history is paged, and the checks made after
+//! every write. Transport-free (no tonic, no HTTP) and SQL-free (the store runs the statements).
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
+use crate::domain::{EntryKind, Receipt, UserId, WriteCommand};
+use crate::error::LedgerError;
+use crate::store::{Balance, JournalEntry, Overdraft, Store, VerifyReport};
+
+/// Page size when the caller asks for none.
+pub const PAGE_SIZE_DEFAULT: i64 = 50;
+/// Largest page ListTransactions returns; larger requests are clamped to it, so one call reads at
+/// most this many rows.
+pub const PAGE_SIZE_MAX: i64 = 500;
+/// Longest page token accepted; real ones are about 20 characters.
+const PAGE_TOKEN_LEN_MAX: usize = 64;
+/// Prefix of page tokens, so that a random string is rejected rather than misread.
+const PAGE_TOKEN_PREFIX: &str = "seq:";
+
+/// One page of a user's history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub entries: Vec<JournalEntry>,
+    pub next_page_token: Option<String>,
+}
+
+/// The ledger: rules over a store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    store: Store,
+}
+
+impl Ledger {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Applies one write, or replays it.
+    pub async fn write(&self, cmd: WriteCommand) -> Result<Receipt, LedgerError> {
+        // Usage is always recorded: the AI call already happened and losing its record loses
+        // revenue. Admin deductions must be covered by the balance.
+        let overdraft = match cmd.kind() {
+            EntryKind::Deduction => Overdraft::Refused,
+            _ => Overdraft::Allowed,
+        };
+        let receipt = self.store.apply(&cmd, overdraft).await?;
+        if !receipt.replayed && overdraft == Overdraft::Refused && receipt.balance < 0 {
+            // The store's conditional update makes this impossible; if it ever happens the
+            // transaction has committed, so shout rather than hide it.
+            tracing::error!(
+                transaction_id = %receipt.transaction_id,
+                balance = receipt.balance,
+                "invariant broken: a refused-overdraft write left a negative balance"
+            );
+        }
+        Ok(receipt)
+    }
+
+    pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
+        self.store.balance(user_id).await
+    }
+
+    /// One page of history, newest first. `page_size` 0 means the default; larger than the maximum
+    /// is clamped.
+    pub async fn history(
+        &self,
+        user_id: &UserId,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<HistoryPage, LedgerError> {
+        if page_size < 0 {
+            return Err(LedgerError::invalid(
+                "page_size",
+                format!("must not be negative, got {page_size}"),
+            ));
+        }
+        let limit = match i64::from(page_size) {
+            0 => PAGE_SIZE_DEFAULT,
+            n => n.min(PAGE_SIZE_MAX),
+        };
+        let before_seq = decode_page_token(page_token)?;
+        // One row more than asked tells whether another page exists.
+        let mut entries = self.store.history(user_id, before_seq, limit + 1).await?;
+        let next_page_token = if entries.len() as i64 > limit {
+            entries.truncate(limit as usize);
+            entries.last().map(|e| encode_page_token(e.seq))
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            entries,
+            next_page_token,
+        })
+    }
+
+    pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        self.store.verify().await
+    }
+}
+
+fn encode_page_token(seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{seq}"))
+}
+
+fn decode_page_token(token: &str) -> Result<Option<i64>, LedgerError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || LedgerError::invalid("page_token", "is not a token this server issued");
+    if token.len() > PAGE_TOKEN_LEN_MAX {
+        return Err(bad());
+    }
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let seq = text
+        .strip_prefix(PAGE_TOKEN_PREFIX)
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|s| *s > 0)
+        .ok_or_else(bad)?;
+    Ok(Some(seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_garbage_is_rejected() {
+        assert_eq!(decode_page_token(&encode_page_token(42)).unwrap(), Some(42));
+        assert_eq!(decode_page_token("").unwrap(), None);
+        assert!(decode_page_token("not-a-token").is_err());
+        assert!(decode_page_token(&URL_SAFE_NO_PAD.encode("seq:-1")).is_err());
+        assert!(decode_page_token(&"A".repeat(PAGE_TOKEN_LEN_MAX + 1)).is_err());
+    }
+}

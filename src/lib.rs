@@ -1,0 +1,17 @@
+//! token-ledger: the books for an AI product's tokens.
+//!
+//! Layers, imports pointing one way: `transport` (gRPC) → `ledger` (rules) → `store` (SQL), with
+//! `domain` (validated types) and `error` (the one error enum) shared by all of them.
+
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod domain;
+pub mod embedded_pg;
+pub mod error;
+pub mod ledger;
+pub mod pb;
+pub mod server;
+pub mod store;
+pub mod telemetry;
+pub mod transport;

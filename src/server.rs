@@ -1,0 +1,213 @@
+//! Wires the gRPC server: the ledger service, health, reflection, limits, and graceful shutdown.
+//!
+//! `Application::build` binds the listener (so tests can ask for port 0 and read the port back);
+//! `Application::run_until` serves until the shutdown future resolves, then stops accepting,
+//! drains in-flight calls and closes the database pool.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::auth::{ApiKey, Authenticator};
+use crate::ledger::Ledger;
+use crate::pb;
+use crate::pb::ledger_service_server::LedgerServiceServer;
+use crate::store::Store;
+use crate::transport::grpc::LedgerGrpc;
+
+/// The gRPC service name health reports on, beside the overall "" status.
+pub const SERVICE_NAME: &str = "tokenledger.v1.LedgerService";
+
+/// Server settings (the database is configured separately, in `StoreConfig`).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub api_keys: Vec<ApiKey>,
+    /// Largest request or response message, in bytes. Ledger messages are small; a page of 500
+    /// history rows is about 100 KiB.
+    pub message_bytes_max: usize,
+    /// How often health pings the database.
+    pub health_check_interval: Duration,
+    /// Calls running longer than this are cancelled with DEADLINE_EXCEEDED (their transaction
+    /// rolls back).
+    pub request_timeout: Duration,
+    /// Concurrent calls served per client connection; more wait in the connection.
+    pub concurrency_per_connection_max: usize,
+}
+
+impl ServerConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            api_keys: Vec::new(),
+            message_bytes_max: 1024 * 1024,
+            health_check_interval: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            concurrency_per_connection_max: 256,
+        }
+    }
+}
+
+/// A bound, not yet serving, server.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: ServerConfig,
+    store: Store,
+}
+
+impl Application {
+    /// Checks the configuration and binds the listener.
+    pub async fn build(config: ServerConfig, store: Store) -> anyhow::Result<Self> {
+        if config.api_keys.is_empty() {
+            if !config.listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "refusing to listen on {} with no API keys configured: anyone who can reach it could move balances. \
+                     Set TOKEN_LEDGER_API_KEYS (NAME:SCOPE[+SCOPE]:SECRET,...) or listen on a loopback address",
+                    config.listen
+                );
+            }
+            tracing::warn!(
+                listen = %config.listen,
+                "NO API KEYS CONFIGURED: every caller on this machine has admin rights. \
+                 Fine for local development only; set TOKEN_LEDGER_API_KEYS for anything else"
+            );
+        }
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            config,
+            store,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves until `shutdown` resolves, then drains and closes the pool.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            local_addr,
+            config,
+            store,
+        } = self;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health_reporter
+            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+        let health_task = tokio::spawn(watch_database(
+            store.clone(),
+            health_reporter,
+            config.health_check_interval,
+        ));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let ledger = LedgerGrpc::new(
+            Ledger::new(store.clone()),
+            Authenticator::new(config.api_keys.clone()),
+        );
+        let ledger_service = LedgerServiceServer::new(ledger)
+            .max_decoding_message_size(config.message_bytes_max)
+            .max_encoding_message_size(config.message_bytes_max);
+
+        tracing::info!(%local_addr, "token-ledger gRPC server listening");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let served = Server::builder()
+            .timeout(config.request_timeout)
+            .concurrency_limit_per_connection(config.concurrency_per_connection_max)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(ledger_service)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        tracing::info!("gRPC server drained; closing the database pool");
+        health_task.abort();
+        store.close().await;
+        served?;
+        Ok(())
+    }
+}
+
+/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does not.
+async fn watch_database(
+    store: Store,
+    reporter: tonic_health::server::HealthReporter,
+    interval: Duration,
+) {
+    let mut serving: Option<bool> = None;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        // A ping that hangs (network partition) counts as down after one interval.
+        let ok = matches!(
+            tokio::time::timeout(interval.max(Duration::from_millis(500)), store.ping()).await,
+            Ok(Ok(()))
+        );
+        if serving != Some(ok) {
+            let status = if ok {
+                tracing::info!("database answers: health SERVING");
+                ServingStatus::Serving
+            } else {
+                tracing::warn!("database does not answer: health NOT_SERVING");
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            serving = Some(ok);
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(%err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
+        _ = terminate => tracing::info!("SIGTERM received: shutting down"),
+    }
+}

@@ -1,0 +1,463 @@
+//! The `tokenledger.v1.LedgerService` gRPC handlers: authorize, convert the request into a
+//! validated domain command, call the ledger, convert the answer back.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::auth::{Authenticator, Scope};
+use crate::domain::{build, GrantSource, Receipt, UserId, WriteDetails};
+use crate::error::LedgerError;
+use crate::ledger::Ledger;
+use crate::pb;
+use crate::store::JournalEntry;
+
+/// The gRPC face of the ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerGrpc {
+    ledger: Ledger,
+    auth: Authenticator,
+}
+
+impl LedgerGrpc {
+    pub fn new(ledger: Ledger, auth: Authenticator) -> Self {
+        Self { ledger, auth }
+    }
+}
+
+fn authorization<T>(request: &Request<T>) -> Option<&str> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Runs one call inside a span with the method, user and idempotency key, and logs its outcome:
+/// one line per call, with the status code and the time it took.
+async fn traced<T>(
+    method: &'static str,
+    user_id: &str,
+    idempotency_key: &str,
+    call: impl std::future::Future<Output = Result<T, LedgerError>>,
+) -> Result<Response<T>, Status> {
+    let span = tracing::info_span!("rpc", method, user_id, idempotency_key);
+    async move {
+        let started = Instant::now();
+        let result = call.await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(value) => {
+                tracing::debug!(elapsed_ms, "ok");
+                Ok(Response::new(value))
+            }
+            Err(err) => {
+                let status = Status::from(err);
+                match status.code() {
+                    tonic::Code::Internal | tonic::Code::Unavailable => {
+                        tracing::warn!(code = ?status.code(), elapsed_ms, "failed")
+                    }
+                    code => tracing::info!(?code, message = status.message(), elapsed_ms, "refused"),
+                }
+                Err(status)
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn log_write(method: &'static str, receipt: &Receipt) {
+    tracing::info!(
+        method,
+        transaction_id = %receipt.transaction_id,
+        balance = receipt.balance,
+        replayed = receipt.replayed,
+        "write committed"
+    );
+}
+
+fn timestamp_to_chrono(
+    field: &'static str,
+    ts: Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, LedgerError> {
+    let Some(ts) = ts else { return Ok(None) };
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(LedgerError::invalid(field, "nanos must be in 0..1e9"));
+    }
+    DateTime::from_timestamp(ts.seconds, ts.nanos as u32)
+        .map(Some)
+        .ok_or_else(|| LedgerError::invalid(field, "is out of range"))
+}
+
+fn chrono_to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn grant_source_from_pb(value: i32) -> Option<GrantSource> {
+    match pb::GrantSource::try_from(value).ok()? {
+        pb::GrantSource::Admin => Some(GrantSource::Admin),
+        pb::GrantSource::AnnualSubscription => Some(GrantSource::AnnualSubscription),
+        pb::GrantSource::Unspecified => None,
+    }
+}
+
+fn grant_source_to_pb(source: GrantSource) -> pb::GrantSource {
+    match source {
+        GrantSource::Admin => pb::GrantSource::Admin,
+        GrantSource::AnnualSubscription => pb::GrantSource::AnnualSubscription,
+    }
+}
+
+fn transaction_to_pb(entry: JournalEntry) -> pb::Transaction {
+    use pb::transaction::Details;
+    let kind = entry.kind();
+    let (reason, details) = match entry.details {
+        WriteDetails::Grant {
+            source,
+            reason,
+            stripe_subscription_id,
+            stripe_invoice_id,
+        } => (
+            reason.unwrap_or_default(),
+            Some(Details::Grant(pb::GrantDetails {
+                source: grant_source_to_pb(source) as i32,
+                stripe_subscription_id: stripe_subscription_id.unwrap_or_default(),
+                stripe_invoice_id: stripe_invoice_id.unwrap_or_default(),
+            })),
+        ),
+        WriteDetails::Deduction { reason } => (reason, None),
+        WriteDetails::Purchase {
+            amount_paid_cents,
+            currency,
+            stripe_payment_intent_id,
+            stripe_checkout_session_id,
+            pack,
+        } => (
+            String::new(),
+            Some(Details::Purchase(pb::PurchaseDetails {
+                amount_paid_cents,
+                currency,
+                stripe_payment_intent_id,
+                stripe_checkout_session_id: stripe_checkout_session_id.unwrap_or_default(),
+                pack: pack.unwrap_or_default(),
+            })),
+        ),
+        WriteDetails::Drip {
+            stripe_subscription_id,
+            stripe_invoice_id,
+            period_start,
+            period_end,
+        } => (
+            String::new(),
+            Some(Details::Drip(pb::DripDetails {
+                stripe_subscription_id,
+                stripe_invoice_id: stripe_invoice_id.unwrap_or_default(),
+                period_start: Some(chrono_to_timestamp(period_start)),
+                period_end: Some(chrono_to_timestamp(period_end)),
+            })),
+        ),
+        WriteDetails::Usage {
+            model,
+            input_tokens,
+            output_tokens,
+            feature,
+        } => (
+            String::new(),
+            Some(Details::Usage(pb::UsageDetails {
+                model: model.unwrap_or_default(),
+                input_tokens,
+                output_tokens,
+                feature: feature.unwrap_or_default(),
+            })),
+        ),
+    };
+    let kind = match kind {
+        crate::domain::EntryKind::Grant => pb::TransactionKind::Grant,
+        crate::domain::EntryKind::Deduction => pb::TransactionKind::Deduction,
+        crate::domain::EntryKind::Purchase => pb::TransactionKind::Purchase,
+        crate::domain::EntryKind::Drip => pb::TransactionKind::Drip,
+        crate::domain::EntryKind::Usage => pb::TransactionKind::Usage,
+    };
+    pb::Transaction {
+        id: entry.id.to_string(),
+        kind: kind as i32,
+        token_amount: entry.token_amount,
+        balance_after: entry.balance_after,
+        created_at: Some(chrono_to_timestamp(entry.created_at)),
+        created_by: entry.created_by,
+        reason,
+        idempotency_key: entry.idempotency_key.unwrap_or_default(),
+        sequence: entry.seq,
+        details,
+    }
+}
+
+/// Every write response has the same three fields.
+trait FromReceipt {
+    fn from_receipt(r: Receipt) -> Self;
+}
+
+macro_rules! impl_from_receipt {
+    ($($ty:ty),*) => {$(
+        impl FromReceipt for $ty {
+            fn from_receipt(r: Receipt) -> Self {
+                Self { transaction_id: r.transaction_id.to_string(), balance: r.balance, replayed: r.replayed }
+            }
+        }
+    )*};
+}
+
+impl_from_receipt!(
+    pb::GrantResponse,
+    pb::DeductResponse,
+    pb::DripResponse,
+    pb::RecordPurchaseResponse,
+    pb::TrackUsageResponse
+);
+
+#[tonic::async_trait]
+impl pb::ledger_service_server::LedgerService for LedgerGrpc {
+    async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
+        let authorization = authorization(&request).map(str::to_owned);
+        let pb::GrantRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            source,
+            reason,
+            stripe_subscription_id,
+            stripe_invoice_id,
+        } = request.into_inner();
+        let span_user = user_id.clone();
+        let span_key = idempotency_key.clone();
+        traced("Grant", &span_user, &span_key, async move {
+            let source = grant_source_from_pb(source);
+            // Annual allotments come from the billing adapter; admin grants only from admins.
+            let allowed: &[Scope] = match source {
+                Some(GrantSource::AnnualSubscription) => &[Scope::Billing],
+                _ => &[],
+            };
+            let caller = self.auth.authorize(authorization.as_deref(), "Grant", allowed)?;
+            let cmd = build::grant(
+                build::Common {
+                    user_id,
+                    tokens,
+                    idempotency_key,
+                },
+                caller.actor(),
+                source,
+                reason,
+                stripe_subscription_id,
+                stripe_invoice_id,
+            )?;
+            let receipt = self.ledger.write(cmd).await?;
+            log_write("Grant", &receipt);
+            Ok(pb::GrantResponse::from_receipt(receipt))
+        })
+        .await
+    }
+
+    async fn deduct(&self, request: Request<pb::DeductRequest>) -> Result<Response<pb::DeductResponse>, Status> {
+        let authorization = authorization(&request).map(str::to_owned);
+        let pb::DeductRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            reason,
+        } = request.into_inner();
+        let span_user = user_id.clone();
+        let span_key = idempotency_key.clone();
+        traced("Deduct", &span_user, &span_key, async move {
+            let caller = self.auth.authorize(authorization.as_deref(), "Deduct", &[])?;
+            let cmd = build::deduction(
+                build::Common {
+                    user_id,
+                    tokens,
+                    idempotency_key,
+                },
+                caller.actor(),
+                reason,
+            )?;
+            let receipt = self.ledger.write(cmd).await?;
+            log_write("Deduct", &receipt);
+            Ok(pb::DeductResponse::from_receipt(receipt))
+        })
+        .await
+    }
+
+    async fn drip(&self, request: Request<pb::DripRequest>) -> Result<Response<pb::DripResponse>, Status> {
+        let authorization = authorization(&request).map(str::to_owned);
+        let pb::DripRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            stripe_subscription_id,
+            stripe_invoice_id,
+            period_start,
+            period_end,
+        } = request.into_inner();
+        let span_user = user_id.clone();
+        let span_key = idempotency_key.clone();
+        traced("Drip", &span_user, &span_key, async move {
+            let caller = self.auth.authorize(authorization.as_deref(), "Drip", &[Scope::Billing])?;
+            let cmd = build::drip(
+                build::Common {
+                    user_id,
+                    tokens,
+                    idempotency_key,
+                },
+                caller.actor(),
+                stripe_subscription_id,
+                stripe_invoice_id,
+                timestamp_to_chrono("period_start", period_start)?,
+                timestamp_to_chrono("period_end", period_end)?,
+            )?;
+            let receipt = self.ledger.write(cmd).await?;
+            log_write("Drip", &receipt);
+            Ok(pb::DripResponse::from_receipt(receipt))
+        })
+        .await
+    }
+
+    async fn record_purchase(
+        &self,
+        request: Request<pb::RecordPurchaseRequest>,
+    ) -> Result<Response<pb::RecordPurchaseResponse>, Status> {
+        let authorization = authorization(&request).map(str::to_owned);
+        let pb::RecordPurchaseRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            amount_paid_cents,
+            currency,
+            stripe_payment_intent_id,
+            stripe_checkout_session_id,
+            pack,
+        } = request.into_inner();
+        let span_user = user_id.clone();
+        let span_key = idempotency_key.clone();
+        traced("RecordPurchase", &span_user, &span_key, async move {
+            let caller = self
+                .auth
+                .authorize(authorization.as_deref(), "RecordPurchase", &[Scope::Billing])?;
+            let cmd = build::purchase(
+                build::Common {
+                    user_id,
+                    tokens,
+                    idempotency_key,
+                },
+                caller.actor(),
+                amount_paid_cents,
+                currency,
+                stripe_payment_intent_id,
+                stripe_checkout_session_id,
+                pack,
+            )?;
+            let receipt = self.ledger.write(cmd).await?;
+            log_write("RecordPurchase", &receipt);
+            Ok(pb::RecordPurchaseResponse::from_receipt(receipt))
+        })
+        .await
+    }
+
+    async fn track_usage(
+        &self,
+        request: Request<pb::TrackUsageRequest>,
+    ) -> Result<Response<pb::TrackUsageResponse>, Status> {
+        let authorization = authorization(&request).map(str::to_owned);
+        let pb::TrackUsageRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            model,
+            input_tokens,
+            output_tokens,
+            feature,
+        } = request.into_inner();
+        let span_user = user_id.clone();
+        let span_key = idempotency_key.clone();
+        traced("TrackUsage", &span_user, &span_key, async move {
+            let caller = self
+                .auth
+                .authorize(authorization.as_deref(), "TrackUsage", &[Scope::Usage])?;
+            let cmd = build::usage(
+                build::Common {
+                    user_id,
+                    tokens,
+                    idempotency_key,
+                },
+                caller.actor(),
+                model,
+                input_tokens,
+                output_tokens,
+                feature,
+            )?;
+            // Usage is the hot path: its commits are logged at debug, not info.
+            let receipt = self.ledger.write(cmd).await?;
+            tracing::debug!(transaction_id = %receipt.transaction_id, balance = receipt.balance, replayed = receipt.replayed, "usage committed");
+            Ok(pb::TrackUsageResponse::from_receipt(receipt))
+        })
+        .await
+    }
+
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let authorization = authorization(&request).map(str::to_owned);
+        let pb::GetBalanceRequest { user_id } = request.into_inner();
+        let span_user = user_id.clone();
+        traced("GetBalance", &span_user, "", async move {
+            self.auth.authorize(
+                authorization.as_deref(),
+                "GetBalance",
+                &[Scope::Usage, Scope::Billing, Scope::Read],
+            )?;
+            let user_id = UserId::parse("user_id", user_id)?;
+            let b = self.ledger.balance(&user_id).await?;
+            Ok(pb::GetBalanceResponse {
+                user_id: user_id.to_string(),
+                balance: b.balance,
+                totals: Some(pb::BalanceTotals {
+                    granted: b.totals.granted,
+                    deducted: b.totals.deducted,
+                    purchased: b.totals.purchased,
+                    dripped: b.totals.dripped,
+                    used: b.totals.used,
+                }),
+                updated_at: b.updated_at.map(chrono_to_timestamp),
+                transaction_count: b.transaction_count,
+            })
+        })
+        .await
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        let authorization = authorization(&request).map(str::to_owned);
+        let pb::ListTransactionsRequest {
+            user_id,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let span_user = user_id.clone();
+        traced("ListTransactions", &span_user, "", async move {
+            self.auth
+                .authorize(authorization.as_deref(), "ListTransactions", &[Scope::Read])?;
+            let user_id = UserId::parse("user_id", user_id)?;
+            let page = self.ledger.history(&user_id, page_size, &page_token).await?;
+            Ok(pb::ListTransactionsResponse {
+                transactions: page.entries.into_iter().map(transaction_to_pb).collect(),
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            })
+        })
+        .await
+    }
+}

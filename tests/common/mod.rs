@@ -1,0 +1,415 @@
+//! Test harness: a fresh, migrated database per test (cloned from a migrated template), a real
+//! server on port 0, and a real gRPC client.
+//!
+//! PostgreSQL comes from `TEST_DATABASE_URL` or `DATABASE_URL` (any database on the server; it
+//! is used for CREATE/DROP DATABASE), else from a throwaway cluster started from the local
+//! binaries and stopped when the test binary exits.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use token_ledger::auth::ApiKey;
+use token_ledger::embedded_pg::EmbeddedPostgres;
+use token_ledger::pb;
+use token_ledger::pb::ledger_service_client::LedgerServiceClient;
+use token_ledger::server::{Application, ServerConfig};
+use token_ledger::store::{Store, StoreConfig, MIGRATOR};
+
+pub const ADMIN_KEY: &str = "admin-secret-0000000000000001";
+pub const USAGE_KEY: &str = "usage-secret-0000000000000002";
+pub const BILLING_KEY: &str = "billing-secret-000000000000003";
+pub const READ_KEY: &str = "read-secret-00000000000000004";
+
+pub fn test_keys() -> Vec<ApiKey> {
+    [
+        format!("ops:admin:{ADMIN_KEY}"),
+        format!("ai-backend:usage:{USAGE_KEY}"),
+        format!("stripe-webhook:billing:{BILLING_KEY}"),
+        format!("dashboard:read:{READ_KEY}"),
+    ]
+    .iter()
+    .map(|k| k.parse().unwrap())
+    .collect()
+}
+
+struct Cluster {
+    /// Options for the maintenance connection.
+    admin: PgConnectOptions,
+    /// Kept alive for the life of the test binary when we started it ourselves.
+    _embedded: Option<&'static EmbeddedPostgres>,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static EMBEDDED: OnceLock<EmbeddedPostgres> = OnceLock::new();
+static EMBEDDED_DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+
+extern "C" fn stop_embedded_at_exit() {
+    if let Some(pg) = EMBEDDED.get() {
+        let _ = pg.stop_blocking();
+    }
+}
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let url = std::env::var("TEST_DATABASE_URL")
+            .or_else(|_| std::env::var("DATABASE_URL"))
+            .ok();
+        match url {
+            Some(url) => Cluster {
+                admin: PgConnectOptions::from_str(&url).expect("TEST_DATABASE_URL must be a PostgreSQL URL"),
+                _embedded: None,
+            },
+            None => {
+                // Start on a separate runtime: we may be inside a test's runtime here.
+                let dir = EMBEDDED_DIR.get_or_init(|| {
+                    tempfile::Builder::new()
+                        .prefix("tl-pg-")
+                        .tempdir_in("/tmp")
+                        .expect("temp dir")
+                });
+                let path = dir.path().to_path_buf();
+                let pg = std::thread::spawn(move || {
+                    tokio::runtime::Runtime::new()
+                        .unwrap()
+                        .block_on(EmbeddedPostgres::start(&path))
+                })
+                .join()
+                .unwrap()
+                .expect("no TEST_DATABASE_URL and the throwaway PostgreSQL cluster did not start");
+                let pg = EMBEDDED.get_or_init(|| pg);
+                // SAFETY: registering a plain extern "C" function has no preconditions.
+                unsafe { libc::atexit(stop_embedded_at_exit) };
+                Cluster {
+                    admin: PgConnectOptions::from_str(&pg.url_for("postgres")).unwrap(),
+                    _embedded: Some(pg),
+                }
+            }
+        }
+    })
+}
+
+fn template_name() -> String {
+    let mut h = Sha256::new();
+    for m in MIGRATOR.iter() {
+        h.update(m.version.to_be_bytes());
+        h.update(&*m.checksum);
+    }
+    format!("tl_template_{}", &hex::encode(h.finalize())[..16])
+}
+
+async fn admin_connection() -> PgConnection {
+    cluster().admin.connect().await.expect("connecting to the test PostgreSQL")
+}
+
+/// Creates (once per migrations version, across concurrently running test binaries) a migrated
+/// template database.
+async fn ensure_template(conn: &mut PgConnection) -> String {
+    let name = template_name();
+    // One lock id for template creation across every test process.
+    sqlx::query("SELECT pg_advisory_lock(727274)").execute(&mut *conn).await.unwrap();
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    if !exists {
+        let building = format!("{name}_building");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {building}")).execute(&mut *conn).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {building}")).execute(&mut *conn).await.unwrap();
+        let pool = PgPool::connect_with(cluster().admin.clone().database(&building)).await.unwrap();
+        MIGRATOR.run(&pool).await.expect("migrating the template");
+        pool.close().await;
+        sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {name}")).execute(&mut *conn).await.unwrap();
+    }
+    sqlx::query("SELECT pg_advisory_unlock(727274)").execute(&mut *conn).await.unwrap();
+    name
+}
+
+/// A fresh, migrated database, dropped when this value is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub options: PgConnectOptions,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let mut conn = admin_connection().await;
+        let template = ensure_template(&mut conn).await;
+        let name = format!("tl_test_{}", uuid::Uuid::new_v4().simple());
+        // Cloning a template fails while another session is connected to it; that window is tiny.
+        let mut attempts = 0;
+        loop {
+            match sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+                .execute(&mut conn)
+                .await
+            {
+                Ok(_) => break,
+                Err(err) if attempts < 20 => {
+                    attempts += 1;
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("creating test database: {err}"),
+            }
+        }
+        conn.close().await.ok();
+        let options = cluster().admin.clone().database(&name);
+        Self { name, options }
+    }
+
+    pub fn url(&self) -> String {
+        url_of(&self.options)
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect_with(self.options.clone()).await.unwrap()
+    }
+}
+
+/// Renders options back to a URL the server's `--database-url` accepts.
+pub fn url_of(o: &PgConnectOptions) -> String {
+    let db = o.get_database().unwrap_or("postgres");
+    match o.get_socket() {
+        Some(dir) => format!(
+            "postgres://{}@localhost:{}/{db}?host={}",
+            o.get_username(),
+            o.get_port(),
+            dir.display()
+        ),
+        None => format!(
+            "postgres://{}@{}:{}/{db}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port()
+        ),
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop needs async I/O; do it on a runtime of its own so it works inside or outside one.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                let mut conn = admin_connection().await;
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await;
+            })
+        })
+        .join();
+    }
+}
+
+/// A running server on its own fresh database.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub db: TestDb,
+    pub pool: PgPool,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct TestOptions {
+    pub api_keys: Vec<ApiKey>,
+    /// Overrides the database URL the server uses (e.g. through a proxy).
+    pub database_url: Option<String>,
+    pub health_check_interval: Duration,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            api_keys: test_keys(),
+            database_url: None,
+            health_check_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(TestOptions::default()).await
+    }
+
+    pub async fn spawn_with(options: TestOptions) -> Self {
+        let db = TestDb::new().await;
+        Self::spawn_on(db, options).await
+    }
+
+    pub async fn spawn_on(db: TestDb, options: TestOptions) -> Self {
+        let store = Store::connect_lazy(&StoreConfig {
+            database_url: options.database_url.clone().unwrap_or_else(|| db.url()),
+            pool_connections_max: 16,
+            pool_acquire_timeout: Duration::from_secs(2),
+        })
+        .unwrap();
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+        config.api_keys = options.api_keys;
+        config.health_check_interval = options.health_check_interval;
+        let app = Application::build(config, store).await.unwrap();
+        let addr = app.local_addr();
+        let (tx, rx) = oneshot::channel();
+        let server = tokio::spawn(app.run_until(async {
+            let _ = rx.await;
+        }));
+        let pool = db.pool().await;
+        Self {
+            addr,
+            db,
+            pool,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn client(&self) -> LedgerServiceClient<Channel> {
+        LedgerServiceClient::new(self.channel().await)
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(handle) => handle.await.unwrap(),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Rows in every journal table and the key table: a write that was refused changes none.
+    pub async fn journal_rows(&self) -> i64 {
+        self.count(
+            "SELECT (SELECT count(*) FROM token_transactions) + (SELECT count(*) FROM token_drips) \
+             + (SELECT count(*) FROM token_usage) + (SELECT count(*) FROM idempotency_keys)",
+        )
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Wraps a message with a bearer key.
+pub fn with_key<T>(key: &str, message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {key}")).unwrap(),
+    );
+    r
+}
+
+pub fn admin<T>(message: T) -> Request<T> {
+    with_key(ADMIN_KEY, message)
+}
+
+/// The field named by a status's google.rpc.BadRequest.
+pub fn bad_request_field(status: &Status) -> String {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let br = status
+        .get_details_bad_request()
+        .expect("INVALID_ARGUMENT must carry google.rpc.BadRequest");
+    br.field_violations[0].field.clone()
+}
+
+pub fn ts(rfc3339: &str) -> prost_types::Timestamp {
+    let t = chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap();
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn grant_req(user: &str, tokens: i64, key: &str) -> pb::GrantRequest {
+    pb::GrantRequest {
+        user_id: user.into(),
+        tokens,
+        idempotency_key: key.into(),
+        source: pb::GrantSource::Admin as i32,
+        reason: "support credit".into(),
+        ..Default::default()
+    }
+}
+
+pub fn usage_req(user: &str, tokens: i64, key: &str) -> pb::TrackUsageRequest {
+    pb::TrackUsageRequest {
+        user_id: user.into(),
+        tokens,
+        idempotency_key: key.into(),
+        model: "gpt-4o".into(),
+        input_tokens: tokens / 2,
+        output_tokens: tokens - tokens / 2,
+        feature: "chat".into(),
+    }
+}
+
+pub fn purchase_req(user: &str, key: &str, payment_intent: &str) -> pb::RecordPurchaseRequest {
+    pb::RecordPurchaseRequest {
+        user_id: user.into(),
+        tokens: 2_000_000,
+        idempotency_key: key.into(),
+        amount_paid_cents: 9_900,
+        currency: "usd".into(),
+        stripe_payment_intent_id: payment_intent.into(),
+        stripe_checkout_session_id: "cs_test_1".into(),
+        pack: "pack_2m".into(),
+    }
+}
+
+pub fn drip_req(user: &str, key: &str, subscription: &str, start: &str) -> pb::DripRequest {
+    let start_ts = ts(start);
+    pb::DripRequest {
+        user_id: user.into(),
+        tokens: 375_000,
+        idempotency_key: key.into(),
+        stripe_subscription_id: subscription.into(),
+        stripe_invoice_id: format!("in_{key}"),
+        period_end: Some(prost_types::Timestamp {
+            seconds: start_ts.seconds + 28 * 86_400,
+            nanos: 0,
+        }),
+        period_start: Some(start_ts),
+    }
+}
+
+pub async fn balance_of(client: &mut LedgerServiceClient<Channel>, user: &str) -> i64 {
+    client
+        .get_balance(admin(pb::GetBalanceRequest { user_id: user.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .balance
+}
