@@ -83,7 +83,11 @@ impl FromStr for ApiKey {
         else {
             return Err("an API key must look like NAME:SCOPE[+SCOPE...]:SECRET".into());
         };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             return Err(format!(
                 "API key name {name:?} must be non-empty ASCII letters, digits, '-', '_' or '.'"
             ));
@@ -146,7 +150,9 @@ impl Authenticator {
         allowed: &[Scope],
     ) -> Result<Caller, LedgerError> {
         let caller = self.authenticate(authorization)?;
-        if caller.scopes.contains(&Scope::Admin) || caller.scopes.iter().any(|s| allowed.contains(s)) {
+        if caller.scopes.contains(&Scope::Admin)
+            || caller.scopes.iter().any(|s| allowed.contains(s))
+        {
             return Ok(caller);
         }
         let mut needed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
@@ -198,7 +204,9 @@ mod tests {
     fn auth() -> Authenticator {
         Authenticator::new(vec![
             "backend:usage:backend-secret-0123456789".parse().unwrap(),
-            "ops:admin:ops-secret-0123456789:with-colon".parse().unwrap(),
+            "ops:admin:ops-secret-0123456789:with-colon"
+                .parse()
+                .unwrap(),
         ])
     }
 
@@ -208,7 +216,9 @@ mod tests {
         assert_eq!(key.name, "hook");
         assert_eq!(key.scopes, vec![Scope::Billing, Scope::Read]);
         assert!("hook:billing:short".parse::<ApiKey>().is_err());
-        assert!("hook:superuser:abcdefghijklmnopq".parse::<ApiKey>().is_err());
+        assert!("hook:superuser:abcdefghijklmnopq"
+            .parse::<ApiKey>()
+            .is_err());
         assert!("no-secret".parse::<ApiKey>().is_err());
         assert!(!format!("{key:?}").contains("abcdefghijklmnop"));
     }
@@ -217,15 +227,27 @@ mod tests {
     fn scopes_decide_access_and_admin_does_everything() {
         let a = auth();
         let caller = a
-            .authorize(Some("Bearer backend-secret-0123456789"), "TrackUsage", &[Scope::Usage])
+            .authorize(
+                Some("Bearer backend-secret-0123456789"),
+                "TrackUsage",
+                &[Scope::Usage],
+            )
             .unwrap();
         assert_eq!(caller.actor().as_str(), "key:backend");
         assert!(matches!(
-            a.authorize(Some("Bearer backend-secret-0123456789"), "Grant", &[Scope::Billing]),
+            a.authorize(
+                Some("Bearer backend-secret-0123456789"),
+                "Grant",
+                &[Scope::Billing]
+            ),
             Err(LedgerError::PermissionDenied { .. })
         ));
         assert!(a
-            .authorize(Some("Bearer ops-secret-0123456789:with-colon"), "Grant", &[Scope::Billing])
+            .authorize(
+                Some("Bearer ops-secret-0123456789:with-colon"),
+                "Grant",
+                &[Scope::Billing]
+            )
             .is_ok());
         assert!(matches!(
             a.authorize(None, "Grant", &[Scope::Billing]),

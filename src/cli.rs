@@ -17,7 +17,11 @@ use crate::store::{Store, StoreConfig};
 use crate::telemetry::{self, LogFormat};
 
 #[derive(Debug, Parser)]
-#[command(name = "token-ledger", version, about = "The books for an AI product's tokens: a gRPC ledger over PostgreSQL.")]
+#[command(
+    name = "token-ledger",
+    version,
+    about = "The books for an AI product's tokens: a gRPC ledger over PostgreSQL."
+)]
 pub struct Cli {
     /// Log format: human-readable lines or one JSON object per line. Levels come from RUST_LOG
     /// (default `info`).
@@ -69,7 +73,11 @@ pub struct DatabaseArgs {
     pub db_pool_max: u32,
 
     /// How long a call waits for a pooled connection before failing with UNAVAILABLE, in ms.
-    #[arg(long, env = "TOKEN_LEDGER_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
     pub db_acquire_timeout_ms: u64,
 }
 
@@ -81,7 +89,12 @@ pub struct ServeArgs {
 
     /// API keys, comma-separated, each NAME:SCOPE[+SCOPE...]:SECRET with scopes usage, billing,
     /// admin, read. With none, the server runs open, and only on a loopback address.
-    #[arg(long = "api-key", env = "TOKEN_LEDGER_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "TOKEN_LEDGER_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<ApiKey>,
 
     /// Largest gRPC message accepted or sent, in bytes.
@@ -93,7 +106,11 @@ pub struct ServeArgs {
     pub health_interval_ms: u64,
 
     /// Calls running longer than this are cancelled, in ms.
-    #[arg(long, env = "TOKEN_LEDGER_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_REQUEST_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
     pub request_timeout_ms: u64,
 
     #[command(flatten)]

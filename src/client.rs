@@ -18,7 +18,11 @@ use crate::pb::ledger_service_client::LedgerServiceClient;
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// The ledger's gRPC address.
-    #[arg(long, env = "TOKEN_LEDGER_URL", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub ledger_url: String,
 
     /// The API key's secret, sent as `authorization: Bearer <key>`. Not needed when the server
@@ -199,7 +203,13 @@ fn report_status(status: tonic::Status) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-fn print_write(client: &Client, key: &str, transaction_id: &str, balance: i64, replayed: bool) -> ExitCode {
+fn print_write(
+    client: &Client,
+    key: &str,
+    transaction_id: &str,
+    balance: i64,
+    replayed: bool,
+) -> ExitCode {
     if client.json {
         println!(
             "{}",
@@ -208,7 +218,11 @@ fn print_write(client: &Client, key: &str, transaction_id: &str, balance: i64, r
     } else {
         println!(
             "transaction {transaction_id}: balance {balance}{} (idempotency key {key})",
-            if replayed { " [replayed: nothing changed]" } else { "" }
+            if replayed {
+                " [replayed: nothing changed]"
+            } else {
+                ""
+            }
         );
     }
     ExitCode::SUCCESS
@@ -219,7 +233,13 @@ macro_rules! write_call {
         match $call.await {
             Ok(r) => {
                 let r = r.into_inner();
-                Ok(print_write(&$client, &$key, &r.transaction_id, r.balance, r.replayed))
+                Ok(print_write(
+                    &$client,
+                    &$key,
+                    &r.transaction_id,
+                    r.balance,
+                    r.replayed,
+                ))
             }
             Err(status) => report_status(status),
         }
@@ -316,15 +336,15 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn balance(a: BalanceArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&a.client).await?;
-    let req = c.request(pb::GetBalanceRequest {
-        user_id: a.user_id,
-    });
+    let req = c.request(pb::GetBalanceRequest { user_id: a.user_id });
     let r = match c.inner.get_balance(req).await {
         Ok(r) => r.into_inner(),
         Err(status) => return report_status(status),
     };
     let t = r.totals.unwrap_or_default();
-    let updated_at = r.updated_at.and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos as u32));
+    let updated_at = r
+        .updated_at
+        .and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos as u32));
     if c.json {
         println!(
             "{}",
@@ -374,7 +394,10 @@ pub async fn history(a: HistoryArgs) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", json!({"transactions": rows, "next_page_token": r.next_page_token}));
+        println!(
+            "{}",
+            json!({"transactions": rows, "next_page_token": r.next_page_token})
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -383,7 +406,11 @@ pub async fn history(a: HistoryArgs) -> anyhow::Result<ExitCode> {
     );
     for t in &r.transactions {
         let kind = pb::TransactionKind::try_from(t.kind)
-            .map(|k| k.as_str_name().trim_start_matches("TRANSACTION_KIND_").to_lowercase())
+            .map(|k| {
+                k.as_str_name()
+                    .trim_start_matches("TRANSACTION_KIND_")
+                    .to_lowercase()
+            })
             .unwrap_or_else(|_| "unknown".into());
         let created_at = t
             .created_at

@@ -467,8 +467,11 @@ pub mod build {
             )
         })?;
         let reason = optional_text("reason", reason, REASON_LEN_MAX)?;
-        let stripe_subscription_id =
-            optional_text("stripe_subscription_id", stripe_subscription_id, STRIPE_ID_LEN_MAX)?;
+        let stripe_subscription_id = optional_text(
+            "stripe_subscription_id",
+            stripe_subscription_id,
+            STRIPE_ID_LEN_MAX,
+        )?;
         let stripe_invoice_id =
             optional_text("stripe_invoice_id", stripe_invoice_id, STRIPE_ID_LEN_MAX)?;
         match source {
@@ -500,7 +503,11 @@ pub mod build {
         })
     }
 
-    pub fn deduction(c: Common, created_by: Actor, reason: String) -> Result<WriteCommand, LedgerError> {
+    pub fn deduction(
+        c: Common,
+        created_by: Actor,
+        reason: String,
+    ) -> Result<WriteCommand, LedgerError> {
         let (user_id, tokens, idempotency_key) = common(c)?;
         let reason = required_text("reason", reason, REASON_LEN_MAX)?;
         Ok(WriteCommand {
@@ -570,8 +577,11 @@ pub mod build {
         period_end: Option<DateTime<Utc>>,
     ) -> Result<WriteCommand, LedgerError> {
         let (user_id, tokens, idempotency_key) = common(c)?;
-        let stripe_subscription_id =
-            required_text("stripe_subscription_id", stripe_subscription_id, STRIPE_ID_LEN_MAX)?;
+        let stripe_subscription_id = required_text(
+            "stripe_subscription_id",
+            stripe_subscription_id,
+            STRIPE_ID_LEN_MAX,
+        )?;
         let stripe_invoice_id =
             optional_text("stripe_invoice_id", stripe_invoice_id, STRIPE_ID_LEN_MAX)?;
         let period_start =
@@ -613,7 +623,10 @@ pub mod build {
         feature: String,
     ) -> Result<WriteCommand, LedgerError> {
         let (user_id, tokens, idempotency_key) = common(c)?;
-        for (field, value) in [("input_tokens", input_tokens), ("output_tokens", output_tokens)] {
+        for (field, value) in [
+            ("input_tokens", input_tokens),
+            ("output_tokens", output_tokens),
+        ] {
             if !(0..=TOKENS_MAX).contains(&value) {
                 return Err(LedgerError::invalid(
                     field,

@@ -34,7 +34,11 @@ pub struct EmbeddedPostgres {
 /// Where `initdb`, `pg_ctl` and `postgres` live: on `PATH`, else the newest
 /// `/usr/lib/postgresql/*/bin` (Debian and Ubuntu keep them there, off `PATH`).
 pub fn find_binaries() -> anyhow::Result<PathBuf> {
-    let has_all = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+    let has_all = |dir: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| dir.join(b).is_file())
+    };
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if has_all(&dir) {
@@ -108,16 +112,27 @@ impl EmbeddedPostgres {
     fn prepare_and_start(&mut self) -> anyhow::Result<()> {
         if let Some(user) = &self.run_as {
             // The cluster's files must belong to the user it runs as.
-            run(Command::new("chown").arg("-R").arg(format!("{user}:")).arg(&self.data_dir))
-                .with_context(|| format!("giving {} to the {user} user (PostgreSQL will not run as root)", self.data_dir.display()))?;
+            run(Command::new("chown")
+                .arg("-R")
+                .arg(format!("{user}:"))
+                .arg(&self.data_dir))
+            .with_context(|| {
+                format!(
+                    "giving {} to the {user} user (PostgreSQL will not run as root)",
+                    self.data_dir.display()
+                )
+            })?;
         }
         if !self.data_dir.join("PG_VERSION").exists() {
             tracing::info!(data_dir = %self.data_dir.display(), "initialising a new PostgreSQL cluster");
             let mut initdb = self.command("initdb");
-            initdb
-                .arg("-D")
-                .arg(&self.data_dir)
-                .args(["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-instructions"]);
+            initdb.arg("-D").arg(&self.data_dir).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ]);
             run(&mut initdb).context("initdb failed")?;
         }
         if self.is_running() {
@@ -133,7 +148,14 @@ impl EmbeddedPostgres {
             .arg(&self.data_dir)
             .arg("-l")
             .arg(self.data_dir.join("server.log"))
-            .args(["-w", "-t", &PG_CTL_TIMEOUT.as_secs().to_string(), "-o", &options, "start"]);
+            .args([
+                "-w",
+                "-t",
+                &PG_CTL_TIMEOUT.as_secs().to_string(),
+                "-o",
+                &options,
+                "start",
+            ]);
         run(&mut pg_ctl).with_context(|| {
             format!(
                 "pg_ctl start failed; see {}",
@@ -159,10 +181,7 @@ impl EmbeddedPostgres {
     fn is_running(&self) -> bool {
         let mut status = self.command("pg_ctl");
         status.arg("-D").arg(&self.data_dir).arg("status");
-        status
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        status.output().map(|o| o.status.success()).unwrap_or(false)
     }
 
     /// A URL for `database` on this cluster, over its Unix socket.
@@ -204,10 +223,14 @@ impl EmbeddedPostgres {
             return Ok(());
         }
         let mut pg_ctl = self.command("pg_ctl");
-        pg_ctl
-            .arg("-D")
-            .arg(&self.data_dir)
-            .args(["-m", "fast", "-w", "-t", &PG_CTL_TIMEOUT.as_secs().to_string(), "stop"]);
+        pg_ctl.arg("-D").arg(&self.data_dir).args([
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            &PG_CTL_TIMEOUT.as_secs().to_string(),
+            "stop",
+        ]);
         run(&mut pg_ctl).context("pg_ctl stop failed")?;
         tracing::info!(data_dir = %self.data_dir.display(), "embedded PostgreSQL stopped");
         Ok(())

@@ -26,11 +26,10 @@ pub enum LedgerError {
 
     /// `ALREADY_EXISTS`: the business object (payment intent, invoice, subscription period) was
     /// already credited by a request that differs in user or amount. Nothing was written.
-    #[error("{object} was already credited by transaction {transaction_id} with different details")]
-    BusinessKeyConflict {
-        object: String,
-        transaction_id: i64,
-    },
+    #[error(
+        "{object} was already credited by transaction {transaction_id} with different details"
+    )]
+    BusinessKeyConflict { object: String, transaction_id: i64 },
 
     /// `UNAUTHENTICATED`: no credentials, or credentials no key matches.
     #[error("{0}")]

@@ -119,10 +119,9 @@ impl Store {
     /// Connects lazily: the pool opens connections on first use, so the server can start (and
     /// report NOT_SERVING) while the database is still coming up.
     pub fn connect_lazy(config: &StoreConfig) -> Result<Self, LedgerError> {
-        let options: PgConnectOptions = config
-            .database_url
-            .parse()
-            .map_err(|e| LedgerError::internal(anyhow::Error::new(e).context("parsing DATABASE_URL")))?;
+        let options: PgConnectOptions = config.database_url.parse().map_err(|e| {
+            LedgerError::internal(anyhow::Error::new(e).context("parsing DATABASE_URL"))
+        })?;
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_connections_max)
             .acquire_timeout(config.pool_acquire_timeout)
@@ -144,7 +143,10 @@ impl Store {
 
     /// Answers whether the database takes queries right now.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     pub async fn close(&self) {
@@ -153,7 +155,11 @@ impl Store {
 
     /// Applies one write in one transaction, or replays the write its idempotency key or
     /// business key already made.
-    pub async fn apply(&self, cmd: &WriteCommand, overdraft: Overdraft) -> Result<Receipt, LedgerError> {
+    pub async fn apply(
+        &self,
+        cmd: &WriteCommand,
+        overdraft: Overdraft,
+    ) -> Result<Receipt, LedgerError> {
         for _ in 0..=BUSINESS_KEY_RACE_RETRIES_MAX {
             match self.try_apply(cmd, overdraft).await? {
                 Attempt::Done(receipt) => return Ok(receipt),
@@ -167,7 +173,11 @@ impl Store {
         )))
     }
 
-    async fn try_apply(&self, cmd: &WriteCommand, overdraft: Overdraft) -> Result<Attempt, LedgerError> {
+    async fn try_apply(
+        &self,
+        cmd: &WriteCommand,
+        overdraft: Overdraft,
+    ) -> Result<Attempt, LedgerError> {
         let mut tx = self.pool.begin().await?;
         let fingerprint = cmd.fingerprint();
 
@@ -206,7 +216,9 @@ impl Store {
         if let Some(key) = cmd.business_key() {
             if let Some(existing) = find_business_key(&mut tx, &key).await? {
                 tx.rollback().await?;
-                if existing.user_id == cmd.user_id.as_str() && existing.token_amount == cmd.token_amount() {
+                if existing.user_id == cmd.user_id.as_str()
+                    && existing.token_amount == cmd.token_amount()
+                {
                     return Ok(Attempt::Done(Receipt {
                         transaction_id: EntryId(existing.id),
                         balance: existing.balance_after,
@@ -221,7 +233,8 @@ impl Store {
         }
 
         // 3. Move the balance; this row-locks the account until commit.
-        let Some((account_id, balance_after, seq)) = move_balance(&mut tx, cmd, overdraft).await? else {
+        let Some((account_id, balance_after, seq)) = move_balance(&mut tx, cmd, overdraft).await?
+        else {
             let balance: i64 =
                 sqlx::query_scalar("SELECT balance FROM accounts WHERE user_id = $1")
                     .bind(cmd.user_id.as_str())
@@ -349,7 +362,9 @@ impl Store {
                 if stored_value != journal_value {
                     report.discrepancies.push(Discrepancy {
                         user_id: user_id.clone(),
-                        what: format!("{what}: account says {stored_value}, journal says {journal_value}"),
+                        what: format!(
+                            "{what}: account says {stored_value}, journal says {journal_value}"
+                        ),
                     });
                 }
             }
@@ -637,11 +652,17 @@ fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, L
             }
         }
         EntryKind::Deduction => WriteDetails::Deduction {
-            reason: row.try_get::<Option<String>, _>("reason")?.unwrap_or_default(),
+            reason: row
+                .try_get::<Option<String>, _>("reason")?
+                .unwrap_or_default(),
         },
         EntryKind::Purchase => WriteDetails::Purchase {
-            amount_paid_cents: row.try_get::<Option<i64>, _>("amount_paid_cents")?.unwrap_or_default(),
-            currency: row.try_get::<Option<String>, _>("currency")?.unwrap_or_default(),
+            amount_paid_cents: row
+                .try_get::<Option<i64>, _>("amount_paid_cents")?
+                .unwrap_or_default(),
+            currency: row
+                .try_get::<Option<String>, _>("currency")?
+                .unwrap_or_default(),
             stripe_payment_intent_id: row
                 .try_get::<Option<String>, _>("stripe_payment_intent_id")?
                 .unwrap_or_default(),
@@ -658,8 +679,12 @@ fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, L
         },
         EntryKind::Usage => WriteDetails::Usage {
             model: row.try_get("model")?,
-            input_tokens: row.try_get::<Option<i64>, _>("input_tokens")?.unwrap_or_default(),
-            output_tokens: row.try_get::<Option<i64>, _>("output_tokens")?.unwrap_or_default(),
+            input_tokens: row
+                .try_get::<Option<i64>, _>("input_tokens")?
+                .unwrap_or_default(),
+            output_tokens: row
+                .try_get::<Option<i64>, _>("output_tokens")?
+                .unwrap_or_default(),
             feature: row.try_get("feature")?,
         },
     };

@@ -5,15 +5,19 @@ mod common;
 
 use common::*;
 use sqlx::Row;
-use tonic::Code;
 use token_ledger::pb;
+use tonic::Code;
 
 #[tokio::test]
 async fn an_admin_grant_lands_in_token_transactions_with_the_admin_recorded() {
     let app = TestApp::spawn().await;
     let mut client = app.client().await;
 
-    let r = client.grant(admin(grant_req("user-1", 1_000, "g-1"))).await.unwrap().into_inner();
+    let r = client
+        .grant(admin(grant_req("user-1", 1_000, "g-1")))
+        .await
+        .unwrap()
+        .into_inner();
 
     assert_eq!(r.balance, 1_000);
     assert!(!r.replayed);
@@ -62,7 +66,10 @@ async fn an_annual_subscription_grant_is_recorded_with_its_invoice() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!((source.as_str(), invoice.as_str()), ("annual_subscription", "in_1"));
+    assert_eq!(
+        (source.as_str(), invoice.as_str()),
+        ("annual_subscription", "in_1")
+    );
     assert_eq!(created_by, "key:stripe-webhook");
 }
 
@@ -70,7 +77,10 @@ async fn an_annual_subscription_grant_is_recorded_with_its_invoice() {
 async fn a_deduction_lands_as_a_negative_admin_row() {
     let app = TestApp::spawn().await;
     let mut client = app.client().await;
-    client.grant(admin(grant_req("user-1", 1_000, "g-1"))).await.unwrap();
+    client
+        .grant(admin(grant_req("user-1", 1_000, "g-1")))
+        .await
+        .unwrap();
 
     let r = client
         .deduct(admin(pb::DeductRequest {
@@ -90,14 +100,20 @@ async fn a_deduction_lands_as_a_negative_admin_row() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    assert_eq!((ty.as_str(), source.as_str(), amount, reason.as_str()), ("deduction", "admin", -300, "chargeback"));
+    assert_eq!(
+        (ty.as_str(), source.as_str(), amount, reason.as_str()),
+        ("deduction", "admin", -300, "chargeback")
+    );
 }
 
 #[tokio::test]
 async fn a_deduction_beyond_the_balance_is_refused_with_both_figures_and_writes_nothing() {
     let app = TestApp::spawn().await;
     let mut client = app.client().await;
-    client.grant(admin(grant_req("user-1", 100, "g-1"))).await.unwrap();
+    client
+        .grant(admin(grant_req("user-1", 100, "g-1")))
+        .await
+        .unwrap();
     let rows_before = app.journal_rows().await;
 
     let err = client
@@ -117,7 +133,10 @@ async fn a_deduction_beyond_the_balance_is_refused_with_both_figures_and_writes_
     assert_eq!(balance_of(&mut client, "user-1").await, 100);
 
     // The same key is free to succeed once the balance covers it: a refusal claims nothing.
-    client.grant(admin(grant_req("user-1", 1, "g-2"))).await.unwrap();
+    client
+        .grant(admin(grant_req("user-1", 1, "g-2")))
+        .await
+        .unwrap();
     let ok = client
         .deduct(admin(pb::DeductRequest {
             user_id: "user-1".into(),
@@ -154,7 +173,10 @@ async fn a_drip_lands_in_token_drips_with_its_period() {
     let mut client = app.client().await;
 
     let r = client
-        .drip(with_key(BILLING_KEY, drip_req("user-28", "drip-1", "sub_28", "2026-11-01T00:00:00Z")))
+        .drip(with_key(
+            BILLING_KEY,
+            drip_req("user-28", "drip-1", "sub_28", "2026-11-01T00:00:00Z"),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -171,7 +193,10 @@ async fn a_drip_lands_in_token_drips_with_its_period() {
     assert_eq!(row.get::<String, _>("stripe_subscription_id"), "sub_28");
     assert_eq!(row.get::<String, _>("stripe_invoice_id"), "in_drip-1");
     assert_eq!(row.get::<i64, _>("secs"), 28 * 86_400);
-    assert_eq!(app.count("SELECT count(*) FROM token_transactions").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions").await,
+        0
+    );
 }
 
 #[tokio::test]
@@ -180,7 +205,10 @@ async fn a_token_pack_purchase_lands_as_a_purchase_with_payment_details() {
     let mut client = app.client().await;
 
     let r = client
-        .record_purchase(with_key(BILLING_KEY, purchase_req("user-p", "pi_1-key", "pi_1")))
+        .record_purchase(with_key(
+            BILLING_KEY,
+            purchase_req("user-p", "pi_1-key", "pi_1"),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -199,7 +227,10 @@ async fn a_token_pack_purchase_lands_as_a_purchase_with_payment_details() {
     assert_eq!(row.get::<i64, _>("amount_paid_cents"), 9_900);
     assert_eq!(row.get::<String, _>("currency"), "usd");
     assert_eq!(row.get::<String, _>("stripe_payment_intent_id"), "pi_1");
-    assert_eq!(row.get::<String, _>("stripe_checkout_session_id"), "cs_test_1");
+    assert_eq!(
+        row.get::<String, _>("stripe_checkout_session_id"),
+        "cs_test_1"
+    );
     assert_eq!(row.get::<String, _>("pack"), "pack_2m");
 }
 
@@ -207,7 +238,10 @@ async fn a_token_pack_purchase_lands_as_a_purchase_with_payment_details() {
 async fn usage_lands_in_token_usage_and_may_overdraw() {
     let app = TestApp::spawn().await;
     let mut client = app.client().await;
-    client.grant(admin(grant_req("user-u", 100, "g-1"))).await.unwrap();
+    client
+        .grant(admin(grant_req("user-u", 100, "g-1")))
+        .await
+        .unwrap();
 
     let r = client
         .track_usage(with_key(USAGE_KEY, usage_req("user-u", 250, "call-1")))
@@ -233,29 +267,62 @@ async fn usage_lands_in_token_usage_and_may_overdraw() {
 async fn get_balance_reports_totals_by_kind_and_zero_for_an_unknown_user() {
     let app = TestApp::spawn().await;
     let mut client = app.client().await;
-    client.grant(admin(grant_req("u", 1_000, "g"))).await.unwrap();
-    client.record_purchase(with_key(BILLING_KEY, purchase_req("u", "p", "pi_9"))).await.unwrap();
-    client.drip(with_key(BILLING_KEY, drip_req("u", "d", "sub_1", "2026-01-01T00:00:00Z"))).await.unwrap();
-    client.track_usage(with_key(USAGE_KEY, usage_req("u", 400, "use"))).await.unwrap();
     client
-        .deduct(admin(pb::DeductRequest { user_id: "u".into(), tokens: 100, idempotency_key: "x".into(), reason: "r".into() }))
+        .grant(admin(grant_req("u", 1_000, "g")))
+        .await
+        .unwrap();
+    client
+        .record_purchase(with_key(BILLING_KEY, purchase_req("u", "p", "pi_9")))
+        .await
+        .unwrap();
+    client
+        .drip(with_key(
+            BILLING_KEY,
+            drip_req("u", "d", "sub_1", "2026-01-01T00:00:00Z"),
+        ))
+        .await
+        .unwrap();
+    client
+        .track_usage(with_key(USAGE_KEY, usage_req("u", 400, "use")))
+        .await
+        .unwrap();
+    client
+        .deduct(admin(pb::DeductRequest {
+            user_id: "u".into(),
+            tokens: 100,
+            idempotency_key: "x".into(),
+            reason: "r".into(),
+        }))
         .await
         .unwrap();
 
     let b = client
-        .get_balance(with_key(USAGE_KEY, pb::GetBalanceRequest { user_id: "u".into() }))
+        .get_balance(with_key(
+            USAGE_KEY,
+            pb::GetBalanceRequest {
+                user_id: "u".into(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
 
     assert_eq!(b.balance, 1_000 + 2_000_000 + 375_000 - 400 - 100);
     let t = b.totals.unwrap();
-    assert_eq!((t.granted, t.purchased, t.dripped, t.used, t.deducted), (1_000, 2_000_000, 375_000, 400, 100));
+    assert_eq!(
+        (t.granted, t.purchased, t.dripped, t.used, t.deducted),
+        (1_000, 2_000_000, 375_000, 400, 100)
+    );
     assert_eq!(b.transaction_count, 5);
     assert!(b.updated_at.is_some());
 
     let unknown = client
-        .get_balance(with_key(READ_KEY, pb::GetBalanceRequest { user_id: "ghost".into() }))
+        .get_balance(with_key(
+            READ_KEY,
+            pb::GetBalanceRequest {
+                user_id: "ghost".into(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -267,12 +334,27 @@ async fn get_balance_reports_totals_by_kind_and_zero_for_an_unknown_user() {
 async fn list_transactions_pages_newest_first_across_every_kind() {
     let app = TestApp::spawn().await;
     let mut client = app.client().await;
-    client.grant(admin(grant_req("u", 1_000, "g"))).await.unwrap();
-    client.drip(with_key(BILLING_KEY, drip_req("u", "d", "sub_1", "2026-01-01T00:00:00Z"))).await.unwrap();
+    client
+        .grant(admin(grant_req("u", 1_000, "g")))
+        .await
+        .unwrap();
+    client
+        .drip(with_key(
+            BILLING_KEY,
+            drip_req("u", "d", "sub_1", "2026-01-01T00:00:00Z"),
+        ))
+        .await
+        .unwrap();
     for i in 0..3 {
-        client.track_usage(with_key(USAGE_KEY, usage_req("u", 10, &format!("use-{i}")))).await.unwrap();
+        client
+            .track_usage(with_key(USAGE_KEY, usage_req("u", 10, &format!("use-{i}"))))
+            .await
+            .unwrap();
     }
-    client.record_purchase(with_key(BILLING_KEY, purchase_req("u", "p", "pi_9"))).await.unwrap();
+    client
+        .record_purchase(with_key(BILLING_KEY, purchase_req("u", "p", "pi_9")))
+        .await
+        .unwrap();
 
     let mut seen = Vec::new();
     let mut token = String::new();
@@ -280,7 +362,11 @@ async fn list_transactions_pages_newest_first_across_every_kind() {
         let page = client
             .list_transactions(with_key(
                 READ_KEY,
-                pb::ListTransactionsRequest { user_id: "u".into(), page_size: 4, page_token: token.clone() },
+                pb::ListTransactionsRequest {
+                    user_id: "u".into(),
+                    page_size: 4,
+                    page_token: token.clone(),
+                },
             ))
             .await
             .unwrap()
@@ -297,7 +383,14 @@ async fn list_transactions_pages_newest_first_across_every_kind() {
     use pb::TransactionKind as K;
     assert_eq!(
         kinds,
-        vec![K::Purchase as i32, K::Usage as i32, K::Usage as i32, K::Usage as i32, K::Drip as i32, K::Grant as i32]
+        vec![
+            K::Purchase as i32,
+            K::Usage as i32,
+            K::Usage as i32,
+            K::Usage as i32,
+            K::Drip as i32,
+            K::Grant as i32
+        ]
     );
     let seqs: Vec<i64> = seen.iter().map(|t| t.sequence).collect();
     assert_eq!(seqs, vec![6, 5, 4, 3, 2, 1]);
@@ -307,16 +400,23 @@ async fn list_transactions_pages_newest_first_across_every_kind() {
     assert_eq!(seen[5].created_by, "key:ops");
     assert_eq!(seen[2].idempotency_key, "use-1");
     match &seen[0].details {
-        Some(pb::transaction::Details::Purchase(p)) => assert_eq!(p.stripe_payment_intent_id, "pi_9"),
+        Some(pb::transaction::Details::Purchase(p)) => {
+            assert_eq!(p.stripe_payment_intent_id, "pi_9")
+        }
         other => panic!("expected purchase details, got {other:?}"),
     }
     match &seen[4].details {
-        Some(pb::transaction::Details::Drip(d)) => assert_eq!(d.period_start, Some(ts("2026-01-01T00:00:00Z"))),
+        Some(pb::transaction::Details::Drip(d)) => {
+            assert_eq!(d.period_start, Some(ts("2026-01-01T00:00:00Z")))
+        }
         other => panic!("expected drip details, got {other:?}"),
     }
     // The journal's running balances add up: each row's balance_after is the previous plus its amount.
     for pair in seen.windows(2) {
-        assert_eq!(pair[0].balance_after, pair[1].balance_after + pair[0].token_amount);
+        assert_eq!(
+            pair[0].balance_after,
+            pair[1].balance_after + pair[0].token_amount
+        );
     }
 }
 
@@ -325,22 +425,37 @@ async fn list_transactions_rejects_a_bad_page_token_and_clamps_the_page_size() {
     let app = TestApp::spawn().await;
     let mut client = app.client().await;
     let err = client
-        .list_transactions(admin(pb::ListTransactionsRequest { user_id: "u".into(), page_size: 10, page_token: "garbage!".into() }))
+        .list_transactions(admin(pb::ListTransactionsRequest {
+            user_id: "u".into(),
+            page_size: 10,
+            page_token: "garbage!".into(),
+        }))
         .await
         .unwrap_err();
     assert_eq!(bad_request_field(&err), "page_token");
 
     let err = client
-        .list_transactions(admin(pb::ListTransactionsRequest { user_id: "u".into(), page_size: -1, page_token: String::new() }))
+        .list_transactions(admin(pb::ListTransactionsRequest {
+            user_id: "u".into(),
+            page_size: -1,
+            page_token: String::new(),
+        }))
         .await
         .unwrap_err();
     assert_eq!(bad_request_field(&err), "page_size");
 
     for i in 0..3 {
-        client.track_usage(admin(usage_req("u", 1, &format!("k{i}")))).await.unwrap();
+        client
+            .track_usage(admin(usage_req("u", 1, &format!("k{i}"))))
+            .await
+            .unwrap();
     }
     let page = client
-        .list_transactions(admin(pb::ListTransactionsRequest { user_id: "u".into(), page_size: 1_000_000, page_token: String::new() }))
+        .list_transactions(admin(pb::ListTransactionsRequest {
+            user_id: "u".into(),
+            page_size: 1_000_000,
+            page_token: String::new(),
+        }))
         .await
         .unwrap()
         .into_inner();
@@ -372,7 +487,10 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
         ("reason", g(&|r| r.reason = "r".repeat(1_001))),
         ("source", g(&|r| r.source = 0)),
         ("source", g(&|r| r.source = 99)),
-        ("stripe_invoice_id", g(&|r| r.source = pb::GrantSource::AnnualSubscription as i32)),
+        (
+            "stripe_invoice_id",
+            g(&|r| r.source = pb::GrantSource::AnnualSubscription as i32),
+        ),
     ];
     for (field, req) in grant_cases {
         let err = c.grant(admin(req.clone())).await.unwrap_err();
@@ -380,7 +498,12 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
     }
 
     let err = c
-        .deduct(admin(pb::DeductRequest { user_id: "u".into(), tokens: 5, idempotency_key: "k".into(), reason: String::new() }))
+        .deduct(admin(pb::DeductRequest {
+            user_id: "u".into(),
+            tokens: 5,
+            idempotency_key: "k".into(),
+            reason: String::new(),
+        }))
         .await
         .unwrap_err();
     assert_eq!(bad_request_field(&err), "reason");
@@ -391,12 +514,26 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
         r
     };
     let drip_cases: Vec<(&str, pb::DripRequest)> = vec![
-        ("stripe_subscription_id", d(&|r| r.stripe_subscription_id.clear())),
+        (
+            "stripe_subscription_id",
+            d(&|r| r.stripe_subscription_id.clear()),
+        ),
         ("period_start", d(&|r| r.period_start = None)),
         ("period_end", d(&|r| r.period_end = None)),
         ("period_end", d(&|r| r.period_end = r.period_start)),
-        ("period_end", d(&|r| r.period_end = Some(ts("2028-01-01T00:00:00Z")))),
-        ("period_start", d(&|r| r.period_start = Some(prost_types::Timestamp { seconds: 0, nanos: -1 }))),
+        (
+            "period_end",
+            d(&|r| r.period_end = Some(ts("2028-01-01T00:00:00Z"))),
+        ),
+        (
+            "period_start",
+            d(&|r| {
+                r.period_start = Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -1,
+                })
+            }),
+        ),
     ];
     for (field, req) in drip_cases {
         let err = c.drip(admin(req.clone())).await.unwrap_err();
@@ -409,9 +546,15 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
         r
     };
     let purchase_cases: Vec<(&str, pb::RecordPurchaseRequest)> = vec![
-        ("stripe_payment_intent_id", p(&|r| r.stripe_payment_intent_id.clear())),
+        (
+            "stripe_payment_intent_id",
+            p(&|r| r.stripe_payment_intent_id.clear()),
+        ),
         ("amount_paid_cents", p(&|r| r.amount_paid_cents = -1)),
-        ("amount_paid_cents", p(&|r| r.amount_paid_cents = 10_000_000_001)),
+        (
+            "amount_paid_cents",
+            p(&|r| r.amount_paid_cents = 10_000_000_001),
+        ),
         ("currency", p(&|r| r.currency = "USD".into())),
         ("currency", p(&|r| r.currency.clear())),
         ("pack", p(&|r| r.pack = long.clone())),
@@ -438,10 +581,19 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
         assert_eq!(bad_request_field(&err), field, "usage {req:?}");
     }
 
-    let err = c.get_balance(admin(pb::GetBalanceRequest { user_id: String::new() })).await.unwrap_err();
+    let err = c
+        .get_balance(admin(pb::GetBalanceRequest {
+            user_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
     assert_eq!(bad_request_field(&err), "user_id");
 
-    assert_eq!(app.journal_rows().await, 0, "a refused request writes nothing");
+    assert_eq!(
+        app.journal_rows().await,
+        0,
+        "a refused request writes nothing"
+    );
     assert_eq!(app.count("SELECT count(*) FROM accounts").await, 0);
 }
 
@@ -461,20 +613,55 @@ async fn every_write_replays_its_original_response_and_refuses_a_changed_request
     let mut c = app.client().await;
 
     // Grant
-    let first = c.grant(admin(grant_req("u", 500, "g"))).await.unwrap().into_inner();
-    c.track_usage(admin(usage_req("u", 1, "later"))).await.unwrap();
-    let again = c.grant(admin(grant_req("u", 500, "g"))).await.unwrap().into_inner();
+    let first = c
+        .grant(admin(grant_req("u", 500, "g")))
+        .await
+        .unwrap()
+        .into_inner();
+    c.track_usage(admin(usage_req("u", 1, "later")))
+        .await
+        .unwrap();
+    let again = c
+        .grant(admin(grant_req("u", 500, "g")))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(again.replayed);
-    assert_eq!((again.transaction_id.as_str(), again.balance), (first.transaction_id.as_str(), 500), "replay returns the original balance");
-    assert_eq!(c.grant(admin(grant_req("u", 501, "g"))).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(
+        (again.transaction_id.as_str(), again.balance),
+        (first.transaction_id.as_str(), 500),
+        "replay returns the original balance"
+    );
+    assert_eq!(
+        c.grant(admin(grant_req("u", 501, "g")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
 
     // Deduct
-    let d = pb::DeductRequest { user_id: "u".into(), tokens: 10, idempotency_key: "d".into(), reason: "r".into() };
+    let d = pb::DeductRequest {
+        user_id: "u".into(),
+        tokens: 10,
+        idempotency_key: "d".into(),
+        reason: "r".into(),
+    };
     let first = c.deduct(admin(d.clone())).await.unwrap().into_inner();
     let again = c.deduct(admin(d.clone())).await.unwrap().into_inner();
-    assert!(again.replayed && again.transaction_id == first.transaction_id && again.balance == first.balance);
-    let changed = pb::DeductRequest { reason: "other".into(), ..d };
-    assert_eq!(c.deduct(admin(changed)).await.unwrap_err().code(), Code::AlreadyExists);
+    assert!(
+        again.replayed
+            && again.transaction_id == first.transaction_id
+            && again.balance == first.balance
+    );
+    let changed = pb::DeductRequest {
+        reason: "other".into(),
+        ..d
+    };
+    assert_eq!(
+        c.deduct(admin(changed)).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
 
     // Drip
     let dr = drip_req("u", "dr", "sub", "2026-02-01T00:00:00Z");
@@ -482,32 +669,77 @@ async fn every_write_replays_its_original_response_and_refuses_a_changed_request
     let again = c.drip(admin(dr.clone())).await.unwrap().into_inner();
     assert!(again.replayed && again.transaction_id == first.transaction_id);
     let changed = pb::DripRequest { tokens: 1, ..dr };
-    assert_eq!(c.drip(admin(changed)).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(
+        c.drip(admin(changed)).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
 
     // RecordPurchase
     let p = purchase_req("u", "p", "pi_1");
-    let first = c.record_purchase(admin(p.clone())).await.unwrap().into_inner();
-    let again = c.record_purchase(admin(p.clone())).await.unwrap().into_inner();
+    let first = c
+        .record_purchase(admin(p.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .record_purchase(admin(p.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(again.replayed && again.transaction_id == first.transaction_id);
-    let changed = pb::RecordPurchaseRequest { amount_paid_cents: 1, ..p };
-    assert_eq!(c.record_purchase(admin(changed)).await.unwrap_err().code(), Code::AlreadyExists);
+    let changed = pb::RecordPurchaseRequest {
+        amount_paid_cents: 1,
+        ..p
+    };
+    assert_eq!(
+        c.record_purchase(admin(changed)).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
 
     // TrackUsage
     let u = usage_req("u", 7, "use");
     let first = c.track_usage(admin(u.clone())).await.unwrap().into_inner();
     let again = c.track_usage(admin(u.clone())).await.unwrap().into_inner();
-    assert!(again.replayed && again.transaction_id == first.transaction_id && again.balance == first.balance);
-    let changed = pb::TrackUsageRequest { model: "other".into(), ..u };
-    assert_eq!(c.track_usage(admin(changed)).await.unwrap_err().code(), Code::AlreadyExists);
+    assert!(
+        again.replayed
+            && again.transaction_id == first.transaction_id
+            && again.balance == first.balance
+    );
+    let changed = pb::TrackUsageRequest {
+        model: "other".into(),
+        ..u
+    };
+    assert_eq!(
+        c.track_usage(admin(changed)).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
 
     // A key is global: reusing it for another kind or another user is a conflict too.
-    assert_eq!(c.track_usage(admin(usage_req("u", 500, "g"))).await.unwrap_err().code(), Code::AlreadyExists);
-    assert_eq!(c.grant(admin(grant_req("someone-else", 500, "g"))).await.unwrap_err().code(), Code::AlreadyExists);
+    assert_eq!(
+        c.track_usage(admin(usage_req("u", 500, "g")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        c.grant(admin(grant_req("someone-else", 500, "g")))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
 
-    assert_eq!(app.count("SELECT count(*) FROM token_transactions").await, 3);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions").await,
+        3
+    );
     assert_eq!(app.count("SELECT count(*) FROM token_drips").await, 1);
     assert_eq!(app.count("SELECT count(*) FROM token_usage").await, 2);
-    assert_eq!(balance_of(&mut c, "u").await, 500 - 1 - 10 + 375_000 + 2_000_000 - 7);
+    assert_eq!(
+        balance_of(&mut c, "u").await,
+        500 - 1 - 10 + 375_000 + 2_000_000 - 7
+    );
 }
 
 #[tokio::test]
@@ -516,18 +748,47 @@ async fn a_business_object_is_credited_once_whatever_the_idempotency_key() {
     let mut c = app.client().await;
 
     // Payment intent.
-    let first = c.record_purchase(with_key(BILLING_KEY, purchase_req("u", "k1", "pi_same"))).await.unwrap().into_inner();
-    let second = c.record_purchase(with_key(BILLING_KEY, purchase_req("u", "k2", "pi_same"))).await.unwrap().into_inner();
+    let first = c
+        .record_purchase(with_key(BILLING_KEY, purchase_req("u", "k1", "pi_same")))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = c
+        .record_purchase(with_key(BILLING_KEY, purchase_req("u", "k2", "pi_same")))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(second.replayed);
     assert_eq!(second.transaction_id, first.transaction_id);
 
     // Subscription period.
-    let first = c.drip(with_key(BILLING_KEY, drip_req("u", "d1", "sub_1", "2026-03-01T00:00:00Z"))).await.unwrap().into_inner();
-    let second = c.drip(with_key(BILLING_KEY, drip_req("u", "d2", "sub_1", "2026-03-01T00:00:00Z"))).await.unwrap().into_inner();
+    let first = c
+        .drip(with_key(
+            BILLING_KEY,
+            drip_req("u", "d1", "sub_1", "2026-03-01T00:00:00Z"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = c
+        .drip(with_key(
+            BILLING_KEY,
+            drip_req("u", "d2", "sub_1", "2026-03-01T00:00:00Z"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(second.replayed);
     assert_eq!(second.transaction_id, first.transaction_id);
     // The next period is a new credit.
-    let next = c.drip(with_key(BILLING_KEY, drip_req("u", "d3", "sub_1", "2026-03-29T00:00:00Z"))).await.unwrap().into_inner();
+    let next = c
+        .drip(with_key(
+            BILLING_KEY,
+            drip_req("u", "d3", "sub_1", "2026-03-29T00:00:00Z"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!next.replayed);
 
     // Annual invoice.
@@ -539,18 +800,38 @@ async fn a_business_object_is_credited_once_whatever_the_idempotency_key() {
         stripe_invoice_id: "in_year1".into(),
         ..Default::default()
     };
-    let first = c.grant(with_key(BILLING_KEY, annual("a1"))).await.unwrap().into_inner();
-    let second = c.grant(with_key(BILLING_KEY, annual("a2"))).await.unwrap().into_inner();
+    let first = c
+        .grant(with_key(BILLING_KEY, annual("a1")))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = c
+        .grant(with_key(BILLING_KEY, annual("a2")))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(second.replayed);
     assert_eq!(second.transaction_id, first.transaction_id);
 
     // The same payment intent for another user is a conflict, not a credit.
-    let err = c.record_purchase(with_key(BILLING_KEY, purchase_req("intruder", "k3", "pi_same"))).await.unwrap_err();
+    let err = c
+        .record_purchase(with_key(
+            BILLING_KEY,
+            purchase_req("intruder", "k3", "pi_same"),
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
-    assert_eq!(balance_of(&mut c, "u").await, 2_000_000 + 375_000 * 2 + 5_000_000);
+    assert_eq!(
+        balance_of(&mut c, "u").await,
+        2_000_000 + 375_000 * 2 + 5_000_000
+    );
     assert_eq!(balance_of(&mut c, "intruder").await, 0);
-    assert_eq!(app.count("SELECT count(*) FROM token_transactions").await, 2);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions").await,
+        2
+    );
     assert_eq!(app.count("SELECT count(*) FROM token_drips").await, 2);
 }
 
@@ -559,8 +840,12 @@ async fn the_journal_refuses_updates_and_deletes() {
     let app = TestApp::spawn().await;
     let mut c = app.client().await;
     c.grant(admin(grant_req("u", 10, "g"))).await.unwrap();
-    let update = sqlx::query("UPDATE token_transactions SET token_amount = 1000").execute(&app.pool).await;
+    let update = sqlx::query("UPDATE token_transactions SET token_amount = 1000")
+        .execute(&app.pool)
+        .await;
     assert!(update.is_err(), "journal rows are immutable");
-    let delete = sqlx::query("DELETE FROM token_transactions").execute(&app.pool).await;
+    let delete = sqlx::query("DELETE FROM token_transactions")
+        .execute(&app.pool)
+        .await;
     assert!(delete.is_err(), "journal rows cannot be deleted");
 }

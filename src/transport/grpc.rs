@@ -58,7 +58,9 @@ async fn traced<T>(
                     tonic::Code::Internal | tonic::Code::Unavailable => {
                         tracing::warn!(code = ?status.code(), elapsed_ms, "failed")
                     }
-                    code => tracing::info!(?code, message = status.message(), elapsed_ms, "refused"),
+                    code => {
+                        tracing::info!(?code, message = status.message(), elapsed_ms, "refused")
+                    }
                 }
                 Err(status)
             }
@@ -222,7 +224,10 @@ impl_from_receipt!(
 
 #[tonic::async_trait]
 impl pb::ledger_service_server::LedgerService for LedgerGrpc {
-    async fn grant(&self, request: Request<pb::GrantRequest>) -> Result<Response<pb::GrantResponse>, Status> {
+    async fn grant(
+        &self,
+        request: Request<pb::GrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
         let authorization = authorization(&request).map(str::to_owned);
         let pb::GrantRequest {
             user_id,
@@ -242,7 +247,9 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 Some(GrantSource::AnnualSubscription) => &[Scope::Billing],
                 _ => &[],
             };
-            let caller = self.auth.authorize(authorization.as_deref(), "Grant", allowed)?;
+            let caller = self
+                .auth
+                .authorize(authorization.as_deref(), "Grant", allowed)?;
             let cmd = build::grant(
                 build::Common {
                     user_id,
@@ -262,7 +269,10 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         .await
     }
 
-    async fn deduct(&self, request: Request<pb::DeductRequest>) -> Result<Response<pb::DeductResponse>, Status> {
+    async fn deduct(
+        &self,
+        request: Request<pb::DeductRequest>,
+    ) -> Result<Response<pb::DeductResponse>, Status> {
         let authorization = authorization(&request).map(str::to_owned);
         let pb::DeductRequest {
             user_id,
@@ -273,7 +283,9 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         let span_user = user_id.clone();
         let span_key = idempotency_key.clone();
         traced("Deduct", &span_user, &span_key, async move {
-            let caller = self.auth.authorize(authorization.as_deref(), "Deduct", &[])?;
+            let caller = self
+                .auth
+                .authorize(authorization.as_deref(), "Deduct", &[])?;
             let cmd = build::deduction(
                 build::Common {
                     user_id,
@@ -290,7 +302,10 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         .await
     }
 
-    async fn drip(&self, request: Request<pb::DripRequest>) -> Result<Response<pb::DripResponse>, Status> {
+    async fn drip(
+        &self,
+        request: Request<pb::DripRequest>,
+    ) -> Result<Response<pb::DripResponse>, Status> {
         let authorization = authorization(&request).map(str::to_owned);
         let pb::DripRequest {
             user_id,
@@ -304,7 +319,9 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         let span_user = user_id.clone();
         let span_key = idempotency_key.clone();
         traced("Drip", &span_user, &span_key, async move {
-            let caller = self.auth.authorize(authorization.as_deref(), "Drip", &[Scope::Billing])?;
+            let caller =
+                self.auth
+                    .authorize(authorization.as_deref(), "Drip", &[Scope::Billing])?;
             let cmd = build::drip(
                 build::Common {
                     user_id,
@@ -342,9 +359,11 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         let span_user = user_id.clone();
         let span_key = idempotency_key.clone();
         traced("RecordPurchase", &span_user, &span_key, async move {
-            let caller = self
-                .auth
-                .authorize(authorization.as_deref(), "RecordPurchase", &[Scope::Billing])?;
+            let caller = self.auth.authorize(
+                authorization.as_deref(),
+                "RecordPurchase",
+                &[Scope::Billing],
+            )?;
             let cmd = build::purchase(
                 build::Common {
                     user_id,
@@ -452,7 +471,10 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
             self.auth
                 .authorize(authorization.as_deref(), "ListTransactions", &[Scope::Read])?;
             let user_id = UserId::parse("user_id", user_id)?;
-            let page = self.ledger.history(&user_id, page_size, &page_token).await?;
+            let page = self
+                .ledger
+                .history(&user_id, page_size, &page_token)
+                .await?;
             Ok(pb::ListTransactionsResponse {
                 transactions: page.entries.into_iter().map(transaction_to_pb).collect(),
                 next_page_token: page.next_page_token.unwrap_or_default(),

@@ -58,7 +58,9 @@ impl From<LedgerError> for Status {
             LedgerError::ResourceExhausted(_) => Status::resource_exhausted(message),
             LedgerError::Unavailable(ref cause) => {
                 tracing::warn!(error = %cause, "database unavailable");
-                Status::unavailable("the ledger database is unavailable; retry with the same idempotency key")
+                Status::unavailable(
+                    "the ledger database is unavailable; retry with the same idempotency key",
+                )
             }
             LedgerError::Internal(ref cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");

@@ -60,6 +60,9 @@ extern "C" fn stop_embedded_at_exit() {
     if let Some(pg) = EMBEDDED.get() {
         let _ = pg.stop_blocking();
     }
+    if let Some(dir) = EMBEDDED_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir.path());
+    }
 }
 
 fn cluster() -> &'static Cluster {
@@ -69,7 +72,8 @@ fn cluster() -> &'static Cluster {
             .ok();
         match url {
             Some(url) => Cluster {
-                admin: PgConnectOptions::from_str(&url).expect("TEST_DATABASE_URL must be a PostgreSQL URL"),
+                admin: PgConnectOptions::from_str(&url)
+                    .expect("TEST_DATABASE_URL must be a PostgreSQL URL"),
                 _embedded: None,
             },
             None => {
@@ -80,6 +84,10 @@ fn cluster() -> &'static Cluster {
                         .tempdir_in("/tmp")
                         .expect("temp dir")
                 });
+                // PostgreSQL runs as another user when we are root: let it through the temp dir.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                    .unwrap();
                 let path = dir.path().to_path_buf();
                 let pg = std::thread::spawn(move || {
                     tokio::runtime::Runtime::new()
@@ -111,7 +119,11 @@ fn template_name() -> String {
 }
 
 async fn admin_connection() -> PgConnection {
-    cluster().admin.connect().await.expect("connecting to the test PostgreSQL")
+    cluster()
+        .admin
+        .connect()
+        .await
+        .expect("connecting to the test PostgreSQL")
 }
 
 /// Creates (once per migrations version, across concurrently running test binaries) a migrated
@@ -119,22 +131,40 @@ async fn admin_connection() -> PgConnection {
 async fn ensure_template(conn: &mut PgConnection) -> String {
     let name = template_name();
     // One lock id for template creation across every test process.
-    sqlx::query("SELECT pg_advisory_lock(727274)").execute(&mut *conn).await.unwrap();
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut *conn)
+    sqlx::query("SELECT pg_advisory_lock(727274)")
+        .execute(&mut *conn)
         .await
         .unwrap();
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
     if !exists {
         let building = format!("{name}_building");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {building}")).execute(&mut *conn).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {building}")).execute(&mut *conn).await.unwrap();
-        let pool = PgPool::connect_with(cluster().admin.clone().database(&building)).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {building}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let pool = PgPool::connect_with(cluster().admin.clone().database(&building))
+            .await
+            .unwrap();
         MIGRATOR.run(&pool).await.expect("migrating the template");
         pool.close().await;
-        sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {name}")).execute(&mut *conn).await.unwrap();
+        sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
     }
-    sqlx::query("SELECT pg_advisory_unlock(727274)").execute(&mut *conn).await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock(727274)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     name
 }
 
@@ -203,12 +233,14 @@ impl Drop for TestDb {
         let name = self.name.clone();
         // Drop needs async I/O; do it on a runtime of its own so it works inside or outside one.
         let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().unwrap().block_on(async move {
-                let mut conn = admin_connection().await;
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut conn)
-                    .await;
-            })
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(async move {
+                    let mut conn = admin_connection().await;
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut conn)
+                        .await;
+                })
         })
         .join();
     }
@@ -407,7 +439,9 @@ pub fn drip_req(user: &str, key: &str, subscription: &str, start: &str) -> pb::D
 
 pub async fn balance_of(client: &mut LedgerServiceClient<Channel>, user: &str) -> i64 {
     client
-        .get_balance(admin(pb::GetBalanceRequest { user_id: user.into() }))
+        .get_balance(admin(pb::GetBalanceRequest {
+            user_id: user.into(),
+        }))
         .await
         .unwrap()
         .into_inner()

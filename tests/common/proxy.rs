@@ -43,18 +43,23 @@ impl Proxy {
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
-                let Ok((mut client, _)) = listener.accept().await else { return };
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
                 let up = up.clone();
                 conns.spawn(async move {
                     match up {
                         Upstream::Tcp(host, port) => {
-                            if let Ok(mut server) = TcpStream::connect((host.as_str(), port)).await {
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            if let Ok(mut server) = TcpStream::connect((host.as_str(), port)).await
+                            {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
                             }
                         }
                         Upstream::Unix(path) => {
                             if let Ok(mut server) = UnixStream::connect(path).await {
-                                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
                             }
                         }
                     }

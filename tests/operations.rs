@@ -1,0 +1,612 @@
+//! Running the service: auth, health, reflection, verify, shutdown, and the embedded database.
+
+mod common;
+
+use std::time::Duration;
+
+use common::proxy::{Proxy, Upstream};
+use common::*;
+use token_ledger::pb;
+use token_ledger::server::{Application, ServerConfig};
+use token_ledger::store::{Store, StoreConfig};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+#[tokio::test]
+async fn a_call_without_a_key_or_with_an_unknown_key_is_unauthenticated() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+
+    let none = c
+        .get_balance(tonic::Request::new(pb::GetBalanceRequest {
+            user_id: "u".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated);
+    let unknown = c
+        .get_balance(with_key(
+            "not-a-real-key-at-all",
+            pb::GetBalanceRequest {
+                user_id: "u".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+    let mut basic = tonic::Request::new(pb::GetBalanceRequest {
+        user_id: "u".into(),
+    });
+    basic
+        .metadata_mut()
+        .insert("authorization", "Basic YWRtaW46YWRtaW4=".parse().unwrap());
+    assert_eq!(
+        c.get_balance(basic).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+}
+
+#[tokio::test]
+async fn each_scope_reaches_only_its_calls() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    let denied = Code::PermissionDenied;
+
+    // usage: TrackUsage and GetBalance only.
+    assert!(c
+        .track_usage(with_key(USAGE_KEY, usage_req("u", 1, "a")))
+        .await
+        .is_ok());
+    assert!(c
+        .get_balance(with_key(
+            USAGE_KEY,
+            pb::GetBalanceRequest {
+                user_id: "u".into()
+            }
+        ))
+        .await
+        .is_ok());
+    assert_eq!(
+        c.grant(with_key(USAGE_KEY, grant_req("u", 1, "b")))
+            .await
+            .unwrap_err()
+            .code(),
+        denied
+    );
+    assert_eq!(
+        c.list_transactions(with_key(
+            USAGE_KEY,
+            pb::ListTransactionsRequest {
+                user_id: "u".into(),
+                ..Default::default()
+            }
+        ))
+        .await
+        .unwrap_err()
+        .code(),
+        denied
+    );
+
+    // billing: Drip, RecordPurchase, annual Grant, GetBalance; not admin grants or deductions.
+    assert!(c
+        .record_purchase(with_key(BILLING_KEY, purchase_req("u", "c", "pi_1")))
+        .await
+        .is_ok());
+    assert!(c
+        .drip(with_key(
+            BILLING_KEY,
+            drip_req("u", "d", "sub", "2026-01-01T00:00:00Z")
+        ))
+        .await
+        .is_ok());
+    assert_eq!(
+        c.grant(with_key(BILLING_KEY, grant_req("u", 1, "e")))
+            .await
+            .unwrap_err()
+            .code(),
+        denied
+    );
+    let deduct = pb::DeductRequest {
+        user_id: "u".into(),
+        tokens: 1,
+        idempotency_key: "f".into(),
+        reason: "r".into(),
+    };
+    assert_eq!(
+        c.deduct(with_key(BILLING_KEY, deduct.clone()))
+            .await
+            .unwrap_err()
+            .code(),
+        denied
+    );
+    assert_eq!(
+        c.track_usage(with_key(BILLING_KEY, usage_req("u", 1, "g")))
+            .await
+            .unwrap_err()
+            .code(),
+        denied
+    );
+
+    // read: GetBalance and ListTransactions only.
+    assert!(c
+        .get_balance(with_key(
+            READ_KEY,
+            pb::GetBalanceRequest {
+                user_id: "u".into()
+            }
+        ))
+        .await
+        .is_ok());
+    assert!(c
+        .list_transactions(with_key(
+            READ_KEY,
+            pb::ListTransactionsRequest {
+                user_id: "u".into(),
+                ..Default::default()
+            }
+        ))
+        .await
+        .is_ok());
+    assert_eq!(
+        c.track_usage(with_key(READ_KEY, usage_req("u", 1, "h")))
+            .await
+            .unwrap_err()
+            .code(),
+        denied
+    );
+    assert_eq!(
+        c.deduct(with_key(READ_KEY, deduct.clone()))
+            .await
+            .unwrap_err()
+            .code(),
+        denied
+    );
+
+    // admin: everything.
+    assert!(c.deduct(admin(deduct)).await.is_ok());
+
+    // Refused calls wrote nothing: one usage, one purchase, one drip, one deduction.
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys").await, 4);
+}
+
+#[tokio::test]
+async fn with_no_keys_the_server_runs_open_on_loopback_and_records_the_open_caller() {
+    let app = TestApp::spawn_with(TestOptions {
+        api_keys: vec![],
+        ..Default::default()
+    })
+    .await;
+    let mut c = app.client().await;
+    let r = c
+        .grant(tonic::Request::new(grant_req("u", 5, "k")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.balance, 5);
+    let created_by: String = sqlx::query_scalar("SELECT created_by FROM token_transactions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(created_by, "key:open-mode");
+}
+
+#[tokio::test]
+async fn with_no_keys_the_server_refuses_to_listen_beyond_loopback() {
+    let db = TestDb::new().await;
+    let store = Store::connect_lazy(&StoreConfig {
+        database_url: db.url(),
+        pool_connections_max: 1,
+        pool_acquire_timeout: Duration::from_secs(1),
+    })
+    .unwrap();
+    let err = Application::build(ServerConfig::new("0.0.0.0:0".parse().unwrap()), store)
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(err.to_string().contains("no API keys"), "{err}");
+}
+
+async fn health_status(app: &TestApp, service: &str) -> ServingStatus {
+    let mut health = HealthClient::new(app.channel().await);
+    let r = health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    ServingStatus::try_from(r.status).unwrap()
+}
+
+async fn wait_for_health(app: &TestApp, want: ServingStatus) {
+    for _ in 0..100 {
+        if health_status(app, "").await == want {
+            assert_eq!(
+                health_status(app, "tokenledger.v1.LedgerService").await,
+                want
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("health never became {want:?}");
+}
+
+#[tokio::test]
+async fn health_follows_the_database_and_needs_no_key() {
+    let db = TestDb::new().await;
+    let mut proxy = Proxy::start(Upstream::of(&db.options)).await;
+    let through_proxy = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        db.options.get_username(),
+        proxy.addr.port(),
+        db.name
+    );
+    let app = TestApp::spawn_on(
+        db,
+        TestOptions {
+            database_url: Some(through_proxy),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    wait_for_health(&app, ServingStatus::Serving).await;
+    proxy.cut().await;
+    wait_for_health(&app, ServingStatus::NotServing).await;
+
+    // Writes fail as UNAVAILABLE (retryable) while the database is gone.
+    let mut c = app.client().await;
+    let err = c.grant(admin(grant_req("u", 1, "k"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+
+    proxy.restore().await;
+    wait_for_health(&app, ServingStatus::Serving).await;
+    let r = c
+        .grant(admin(grant_req("u", 1, "k")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.balance, 1);
+}
+
+#[tokio::test]
+async fn reflection_lists_the_ledger_and_health_services_in_v1_and_v1alpha() {
+    let app = TestApp::spawn().await;
+
+    let mut v1 = tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+        app.channel().await,
+    );
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut stream = v1
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(
+        tonic_reflection::pb::v1::server_reflection_response::MessageResponse::ListServicesResponse(
+            list,
+        ),
+    ) = response.message_response
+    else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for want in [
+        "tokenledger.v1.LedgerService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+
+    let mut v1alpha =
+        tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient::new(
+            app.channel().await,
+        );
+    let request = tonic_reflection::pb::v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "tokenledger.v1.LedgerService".into(),
+            ),
+        ),
+    };
+    let mut stream = v1alpha
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        response.message_response,
+        Some(tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(_))
+    ));
+}
+
+fn binary() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
+}
+
+#[tokio::test]
+async fn verify_passes_on_a_clean_ledger_and_names_a_tampered_account() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    c.grant(admin(grant_req("honest", 100, "a"))).await.unwrap();
+    c.grant(admin(grant_req("tampered", 100, "b")))
+        .await
+        .unwrap();
+    c.track_usage(admin(usage_req("tampered", 40, "c")))
+        .await
+        .unwrap();
+
+    let clean = binary()
+        .args(["verify", "--database-url", &app.db.url()])
+        .output()
+        .unwrap();
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("2 accounts, 3 journal rows"));
+
+    // Someone edits a balance behind the ledger's back (keeping the row's own CHECK happy).
+    sqlx::query("UPDATE accounts SET balance = balance + 5, granted_total = granted_total + 5 WHERE user_id = 'tampered'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let caught = binary()
+        .args(["verify", "--database-url", &app.db.url()])
+        .output()
+        .unwrap();
+    assert_eq!(caught.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&caught.stdout);
+    assert!(
+        out.contains("MISMATCH user tampered: balance: account says 65, journal says 60"),
+        "{out}"
+    );
+    assert!(!out.contains("user honest"), "{out}");
+}
+
+#[tokio::test]
+async fn shutdown_drains_and_stops_accepting() {
+    let mut app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    c.grant(admin(grant_req("u", 1, "k"))).await.unwrap();
+
+    app.stop().await.expect("the server stops cleanly");
+
+    let refused = tokio::net::TcpStream::connect(app.addr).await;
+    assert!(refused.is_err(), "the listener is closed after shutdown");
+}
+
+/// The one-command run: `serve` with no DATABASE_URL starts a private PostgreSQL from the local
+/// binaries, serves, and on SIGTERM drains and stops the cluster; data persists across restarts.
+#[tokio::test]
+async fn serve_without_a_database_url_runs_on_an_embedded_cluster_that_persists() {
+    if token_ledger::embedded_pg::find_binaries().is_err() {
+        eprintln!("skipped: no local PostgreSQL binaries");
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("tl-embedded-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    // PostgreSQL may run as another user (never as root): let it through the temp dir.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = dir.path().join("pg");
+
+    for round in 0..2 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("TOKEN_LEDGER_API_KEYS")
+            .env("TOKEN_LEDGER_HEALTH_INTERVAL_MS", "100")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+
+        let url = format!("http://127.0.0.1:{port}");
+        let mut serving = false;
+        for _ in 0..300 {
+            if let Ok(channel) = tonic::transport::Channel::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                let mut health = HealthClient::new(channel);
+                if let Ok(r) = health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    if r.into_inner().status == ServingStatus::Serving as i32 {
+                        serving = true;
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(serving, "the embedded server never became SERVING");
+
+        let mut c = pb::ledger_service_client::LedgerServiceClient::connect(url)
+            .await
+            .unwrap();
+        let r = c
+            .grant(grant_req("u", 10, &format!("round-{round}")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            r.balance,
+            10 * (round + 1),
+            "round {round}: the balance survives a restart"
+        );
+
+        // SIGTERM: drain, close the pool, stop the cluster, exit 0.
+        let pid = child.id().unwrap() as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "serve exited with {status}");
+        assert!(
+            !data_dir.join("postmaster.pid").exists(),
+            "the embedded cluster was stopped"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_internal_error_reaches_the_client_opaque() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    // Break the schema under the server: the SQL error must not leak to the caller.
+    sqlx::query("ALTER TABLE token_usage RENAME TO token_usage_gone")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let err = c
+        .track_usage(admin(usage_req("u", 1, "k")))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.code(), Code::Internal);
+    assert_eq!(err.message(), "internal error");
+    assert_eq!(
+        app.count("SELECT count(*) FROM idempotency_keys").await,
+        0,
+        "the failed write rolled back"
+    );
+}
+
+// Multi-threaded: the CLI runs as a blocking child process while this runtime serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_drives_every_call() {
+    let app = TestApp::spawn().await;
+    let url = format!("http://{}", app.addr);
+    let run = |args: &[&str]| {
+        let out = binary()
+            .args(args)
+            .args(["--ledger-url", &url, "--api-key", ADMIN_KEY])
+            .env_remove("TOKEN_LEDGER_API_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    let (ok, out) = run(&[
+        "grant",
+        "--user",
+        "u1",
+        "--tokens",
+        "1000",
+        "--reason",
+        "welcome",
+        "--idempotency-key",
+        "cli-1",
+    ]);
+    assert!(ok && out.contains("balance 1000"), "{out}");
+    let (ok, out) = run(&[
+        "grant",
+        "--user",
+        "u1",
+        "--tokens",
+        "1000",
+        "--reason",
+        "welcome",
+        "--idempotency-key",
+        "cli-1",
+    ]);
+    assert!(ok && out.contains("replayed"), "{out}");
+    let (ok, out) = run(&[
+        "deduct", "--user", "u1", "--tokens", "100", "--reason", "refund",
+    ]);
+    assert!(ok && out.contains("balance 900"), "{out}");
+    let (ok, out) = run(&[
+        "purchase",
+        "--user",
+        "u1",
+        "--tokens",
+        "2000000",
+        "--amount-cents",
+        "9900",
+        "--payment-intent",
+        "pi_cli",
+        "--pack",
+        "pack_2m",
+    ]);
+    assert!(ok && out.contains("balance 2000900"), "{out}");
+    let (ok, out) = run(&[
+        "drip",
+        "--user",
+        "u1",
+        "--tokens",
+        "375000",
+        "--stripe-subscription",
+        "sub_cli",
+        "--period-start",
+        "2026-11-01T00:00:00Z",
+    ]);
+    assert!(ok && out.contains("balance 2375900"), "{out}");
+    let (ok, out) = run(&[
+        "usage",
+        "--user",
+        "u1",
+        "--tokens",
+        "900",
+        "--model",
+        "gpt-4o",
+        "--input-tokens",
+        "400",
+        "--output-tokens",
+        "500",
+    ]);
+    assert!(ok && out.contains("balance 2375000"), "{out}");
+    let (ok, out) = run(&["balance", "--user", "u1", "--json"]);
+    assert!(ok, "{out}");
+    let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(json["balance"], 2_375_000);
+    assert_eq!(json["totals"]["used"], 900);
+    let (ok, out) = run(&["history", "--user", "u1", "--page-size", "2"]);
+    assert!(
+        ok && out.contains("usage") && out.contains("more: --page-token"),
+        "{out}"
+    );
+    let (ok, out) = run(&[
+        "deduct", "--user", "u1", "--tokens", "99999999", "--reason", "too much",
+    ]);
+    assert!(!ok && out.contains("FailedPrecondition"), "{out}");
+}
