@@ -149,7 +149,15 @@ impl Authenticator {
         method: &'static str,
         allowed: &[Scope],
     ) -> Result<Caller, LedgerError> {
-        let caller = self.authenticate(authorization)?;
+        Self::permit(self.authenticate(authorization)?, method, allowed)
+    }
+
+    /// Checks that an authenticated caller holds one of `allowed` (or `admin`).
+    pub fn permit(
+        caller: Caller,
+        method: &'static str,
+        allowed: &[Scope],
+    ) -> Result<Caller, LedgerError> {
         if caller.scopes.contains(&Scope::Admin)
             || caller.scopes.iter().any(|s| allowed.contains(s))
         {

@@ -198,6 +198,32 @@ impl GrantSource {
     }
 }
 
+/// Why a credit was reversed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReversalSource {
+    Refund,
+    Dispute,
+    Admin,
+}
+
+impl ReversalSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReversalSource::Refund => "refund",
+            ReversalSource::Dispute => "dispute",
+            ReversalSource::Admin => "admin",
+        }
+    }
+    pub fn from_db(value: &str) -> Option<Self> {
+        match value {
+            "refund" => Some(ReversalSource::Refund),
+            "dispute" => Some(ReversalSource::Dispute),
+            "admin" => Some(ReversalSource::Admin),
+            _ => None,
+        }
+    }
+}
+
 /// The kind of a journal row; each kind lives in the seed's table for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
@@ -206,6 +232,7 @@ pub enum EntryKind {
     Purchase,
     Drip,
     Usage,
+    Reversal,
 }
 
 impl EntryKind {
@@ -216,6 +243,7 @@ impl EntryKind {
             EntryKind::Purchase => "purchase",
             EntryKind::Drip => "drip",
             EntryKind::Usage => "usage",
+            EntryKind::Reversal => "reversal",
         }
     }
     pub fn from_db(value: &str) -> Option<Self> {
@@ -225,6 +253,7 @@ impl EntryKind {
             "purchase" => Some(EntryKind::Purchase),
             "drip" => Some(EntryKind::Drip),
             "usage" => Some(EntryKind::Usage),
+            "reversal" => Some(EntryKind::Reversal),
             _ => None,
         }
     }
@@ -268,6 +297,25 @@ pub enum WriteDetails {
         output_tokens: i64,
         feature: Option<String>,
     },
+    Reversal {
+        original: EntryId,
+        source: ReversalSource,
+        reason: String,
+        stripe_reference: Option<String>,
+    },
+}
+
+impl WriteDetails {
+    pub fn kind(&self) -> EntryKind {
+        match self {
+            WriteDetails::Grant { .. } => EntryKind::Grant,
+            WriteDetails::Deduction { .. } => EntryKind::Deduction,
+            WriteDetails::Purchase { .. } => EntryKind::Purchase,
+            WriteDetails::Drip { .. } => EntryKind::Drip,
+            WriteDetails::Usage { .. } => EntryKind::Usage,
+            WriteDetails::Reversal { .. } => EntryKind::Reversal,
+        }
+    }
 }
 
 /// The business object a write pays for. Whatever the idempotency key, one business object is
@@ -297,13 +345,7 @@ pub struct WriteCommand {
 
 impl WriteCommand {
     pub fn kind(&self) -> EntryKind {
-        match self.details {
-            WriteDetails::Grant { .. } => EntryKind::Grant,
-            WriteDetails::Deduction { .. } => EntryKind::Deduction,
-            WriteDetails::Purchase { .. } => EntryKind::Purchase,
-            WriteDetails::Drip { .. } => EntryKind::Drip,
-            WriteDetails::Usage { .. } => EntryKind::Usage,
-        }
+        self.details.kind()
     }
 
     /// The signed journal amount: positive credits, negative debits.
@@ -393,6 +435,17 @@ impl WriteCommand {
                 f.int(*input_tokens);
                 f.int(*output_tokens);
                 f.opt(feature);
+            }
+            WriteDetails::Reversal {
+                original,
+                source,
+                reason,
+                stripe_reference,
+            } => {
+                f.int(original.0);
+                f.text(source.as_str());
+                f.text(reason);
+                f.opt(stripe_reference);
             }
         }
         f.finish()
@@ -644,6 +697,39 @@ pub mod build {
                 input_tokens,
                 output_tokens,
                 feature: optional_text("feature", feature, LABEL_LEN_MAX)?,
+            },
+        })
+    }
+
+    pub fn reversal(
+        c: Common,
+        created_by: Actor,
+        original_transaction_id: &str,
+        source: Option<ReversalSource>,
+        reason: String,
+        stripe_reference: String,
+    ) -> Result<WriteCommand, LedgerError> {
+        let (user_id, tokens, idempotency_key) = common(c)?;
+        let original = EntryId::parse("original_transaction_id", original_transaction_id)?;
+        let source = source.ok_or_else(|| {
+            LedgerError::invalid(
+                "source",
+                "must be REVERSAL_SOURCE_REFUND, REVERSAL_SOURCE_DISPUTE or REVERSAL_SOURCE_ADMIN",
+            )
+        })?;
+        let reason = required_text("reason", reason, REASON_LEN_MAX)?;
+        let stripe_reference =
+            optional_text("stripe_reference", stripe_reference, STRIPE_ID_LEN_MAX)?;
+        Ok(WriteCommand {
+            user_id,
+            tokens,
+            idempotency_key,
+            created_by,
+            details: WriteDetails::Reversal {
+                original,
+                source,
+                reason,
+                stripe_reference,
             },
         })
     }

@@ -31,6 +31,24 @@ pub enum LedgerError {
     )]
     BusinessKeyConflict { object: String, transaction_id: i64 },
 
+    /// `NOT_FOUND`: the transaction named by the request does not exist (or belongs to another
+    /// user).
+    #[error("{0}")]
+    NotFound(String),
+
+    /// `FAILED_PRECONDITION`: a reversal would claw back more than its original credited.
+    /// Nothing was written.
+    #[error("transaction {original} can be reversed by at most {reversible} more tokens, reversal asked for {requested}")]
+    ReversalExceedsOriginal {
+        original: i64,
+        reversible: i64,
+        requested: i64,
+    },
+
+    /// `FAILED_PRECONDITION`: only credits (grants, purchases, drips) can be reversed.
+    #[error("transaction {0} is not a credit and cannot be reversed")]
+    NotReversible(i64),
+
     /// `UNAUTHENTICATED`: no credentials, or credentials no key matches.
     #[error("{0}")]
     Unauthenticated(&'static str),

@@ -6,7 +6,9 @@ use base64::Engine as _;
 
 use crate::domain::{EntryKind, Receipt, UserId, WriteCommand};
 use crate::error::LedgerError;
-use crate::store::{Balance, JournalEntry, Overdraft, Store, VerifyReport};
+use crate::store::{
+    Balance, EntryLookup, FoundEntry, JournalEntry, Overdraft, Store, VerifyReport,
+};
 
 /// Page size when the caller asks for none.
 pub const PAGE_SIZE_DEFAULT: i64 = 50;
@@ -96,6 +98,10 @@ impl Ledger {
             entries,
             next_page_token,
         })
+    }
+
+    pub async fn find(&self, lookup: &EntryLookup) -> Result<Option<FoundEntry>, LedgerError> {
+        self.store.find_entry(lookup).await
     }
 
     pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {

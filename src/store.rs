@@ -14,7 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::domain::{
-    BusinessKey, EntryId, EntryKind, GrantSource, Receipt, UserId, WriteCommand, WriteDetails,
+    BusinessKey, EntryId, EntryKind, GrantSource, Receipt, ReversalSource, UserId, WriteCommand,
+    WriteDetails,
 };
 use crate::error::LedgerError;
 
@@ -43,6 +44,7 @@ pub struct Totals {
     pub purchased: i64,
     pub dripped: i64,
     pub used: i64,
+    pub reversed: i64,
 }
 
 /// One account's balance as GetBalance reports it.
@@ -69,13 +71,7 @@ pub struct JournalEntry {
 
 impl JournalEntry {
     pub fn kind(&self) -> EntryKind {
-        match self.details {
-            WriteDetails::Grant { .. } => EntryKind::Grant,
-            WriteDetails::Deduction { .. } => EntryKind::Deduction,
-            WriteDetails::Purchase { .. } => EntryKind::Purchase,
-            WriteDetails::Drip { .. } => EntryKind::Drip,
-            WriteDetails::Usage { .. } => EntryKind::Usage,
-        }
+        self.details.kind()
     }
 }
 
@@ -248,7 +244,17 @@ impl Store {
             });
         };
 
-        // 4. The journal row.
+        // 4. A reversal must name a credit of this account and stay within what it credited.
+        //    The account row lock taken above serialises this check with every other reversal of
+        //    the same credit.
+        if let WriteDetails::Reversal { original, .. } = &cmd.details {
+            if let Err(err) = check_reversal(&mut tx, cmd, account_id, *original).await {
+                tx.rollback().await?;
+                return Err(err);
+            }
+        }
+
+        // 5. The journal row.
         match insert_journal(&mut tx, cmd, entry_id, account_id, seq, balance_after).await {
             Ok(()) => {}
             Err(err) if is_business_key_violation(&err) => {
@@ -285,7 +291,7 @@ impl Store {
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
         let row = sqlx::query(
             "SELECT balance, granted_total, deducted_total, purchased_total, dripped_total, \
-             used_total, updated_at, last_seq FROM accounts WHERE user_id = $1",
+             used_total, reversed_total, updated_at, last_seq FROM accounts WHERE user_id = $1",
         )
         .bind(user_id.as_str())
         .fetch_optional(&self.pool)
@@ -306,6 +312,7 @@ impl Store {
                 purchased: row.try_get("purchased_total")?,
                 dripped: row.try_get("dripped_total")?,
                 used: row.try_get("used_total")?,
+                reversed: row.try_get("reversed_total")?,
             },
             updated_at: Some(row.try_get("updated_at")?),
             transaction_count: row.try_get("last_seq")?,
@@ -346,13 +353,14 @@ impl Store {
             let user_id: String = row.try_get("user_id")?;
             let rows_in_journal: i64 = row.try_get("journal_rows")?;
             report.journal_rows += rows_in_journal;
-            let pairs: [(&str, &str, &str); 8] = [
+            let pairs: [(&str, &str, &str); 9] = [
                 ("balance", "balance", "journal_balance"),
                 ("granted total", "granted_total", "journal_granted"),
                 ("deducted total", "deducted_total", "journal_deducted"),
                 ("purchased total", "purchased_total", "journal_purchased"),
                 ("dripped total", "dripped_total", "journal_dripped"),
                 ("used total", "used_total", "journal_used"),
+                ("reversed total", "reversed_total", "journal_reversed"),
                 ("row count", "last_seq", "journal_rows"),
                 ("newest balance_after", "balance", "newest_balance_after"),
             ];
@@ -460,10 +468,12 @@ async fn move_balance(
         EntryKind::Purchase => totals.purchased = tokens,
         EntryKind::Drip => totals.dripped = tokens,
         EntryKind::Usage => totals.used = tokens,
+        EntryKind::Reversal => totals.reversed = tokens,
     }
     sqlx::query_as(
         "INSERT INTO accounts (user_id, balance, last_seq, granted_total, deducted_total, \
-         purchased_total, dripped_total, used_total) VALUES ($1, $2, 1, $3, $4, $5, $6, $7) \
+         purchased_total, dripped_total, used_total, reversed_total) \
+         VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (user_id) DO UPDATE SET \
            balance = accounts.balance + EXCLUDED.balance, \
            last_seq = accounts.last_seq + 1, \
@@ -472,6 +482,7 @@ async fn move_balance(
            purchased_total = accounts.purchased_total + EXCLUDED.purchased_total, \
            dripped_total = accounts.dripped_total + EXCLUDED.dripped_total, \
            used_total = accounts.used_total + EXCLUDED.used_total, \
+           reversed_total = accounts.reversed_total + EXCLUDED.reversed_total, \
            updated_at = now() \
          RETURNING account_id, balance, last_seq",
     )
@@ -482,6 +493,7 @@ async fn move_balance(
     .bind(totals.purchased)
     .bind(totals.dripped)
     .bind(totals.used)
+    .bind(totals.reversed)
     .fetch_optional(&mut **tx)
     .await
 }
@@ -592,8 +604,72 @@ async fn insert_journal(
         .bind(output_tokens)
         .bind(feature)
         .bind(created_by),
+        WriteDetails::Reversal {
+            original,
+            source,
+            reason,
+            stripe_reference,
+        } => sqlx::query(
+            "INSERT INTO token_transactions (id, account_id, entry_seq, transaction_type, source, \
+             token_amount, balance_after, reason, created_by, reverses_transaction_id, stripe_reference) \
+             VALUES ($1, $2, $3, 'reversal', $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(entry_id)
+        .bind(account_id)
+        .bind(seq)
+        .bind(source.as_str())
+        .bind(amount)
+        .bind(balance_after)
+        .bind(reason)
+        .bind(created_by)
+        .bind(original.0)
+        .bind(stripe_reference),
     };
     query.execute(&mut **tx).await.map(|_| ())
+}
+
+/// Finds a journal row by id in whichever table holds it: `(account_id, kind, token_amount)`.
+const FIND_ENTRY_SQL: &str = "\
+SELECT account_id, transaction_type AS kind, token_amount FROM token_transactions WHERE id = $1
+UNION ALL SELECT account_id, 'drip', token_amount FROM token_drips WHERE id = $1
+UNION ALL SELECT account_id, 'usage', token_amount FROM token_usage WHERE id = $1";
+
+async fn check_reversal(
+    tx: &mut Transaction<'_, Postgres>,
+    cmd: &WriteCommand,
+    account_id: i64,
+    original: EntryId,
+) -> Result<(), LedgerError> {
+    let found: Option<(i64, String, i64)> = sqlx::query_as(FIND_ENTRY_SQL)
+        .bind(original.0)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some((owner, kind, amount)) = found.filter(|(owner, _, _)| *owner == account_id) else {
+        return Err(LedgerError::NotFound(format!(
+            "transaction {original} is not a transaction of user {}",
+            cmd.user_id
+        )));
+    };
+    if !EntryKind::from_db(&kind).is_some_and(EntryKind::is_credit) {
+        return Err(LedgerError::NotReversible(original.0));
+    }
+    debug_assert_eq!(owner, account_id);
+    let reversed: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(-sum(token_amount), 0)::bigint FROM token_transactions \
+         WHERE reverses_transaction_id = $1",
+    )
+    .bind(original.0)
+    .fetch_one(&mut **tx)
+    .await?;
+    let reversible = amount - reversed;
+    if cmd.tokens.get() > reversible {
+        return Err(LedgerError::ReversalExceedsOriginal {
+            original: original.0,
+            reversible,
+            requested: cmd.tokens.get(),
+        });
+    }
+    Ok(())
 }
 
 /// The unique indexes that make a business object credited once.
@@ -612,28 +688,101 @@ fn is_business_key_violation(err: &sqlx::Error) -> bool {
     }
 }
 
-/// Columns shared by every branch of the history union; absent details are NULL.
-const HISTORY_SQL: &str = "\
-SELECT j.*, k.idempotency_key FROM (
-  (SELECT id, entry_seq, transaction_type AS kind, token_amount, balance_after, created_at, created_by,
-          reason, source, stripe_subscription_id, stripe_invoice_id, amount_paid_cents, currency,
-          stripe_payment_intent_id, stripe_checkout_session_id, pack,
-          NULL::timestamptz AS period_start, NULL::timestamptz AS period_end,
-          NULL::text AS model, NULL::bigint AS input_tokens, NULL::bigint AS output_tokens, NULL::text AS feature
-     FROM token_transactions WHERE account_id = $1 AND entry_seq < $2 ORDER BY entry_seq DESC LIMIT $3)
-  UNION ALL
-  (SELECT id, entry_seq, 'drip', token_amount, balance_after, created_at, created_by,
-          NULL, NULL, stripe_subscription_id, stripe_invoice_id, NULL, NULL, NULL, NULL, NULL,
-          period_start, period_end, NULL, NULL, NULL, NULL
-     FROM token_drips WHERE account_id = $1 AND entry_seq < $2 ORDER BY entry_seq DESC LIMIT $3)
-  UNION ALL
-  (SELECT id, entry_seq, 'usage', token_amount, balance_after, created_at, created_by,
-          NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-          model, input_tokens, output_tokens, feature
-     FROM token_usage WHERE account_id = $1 AND entry_seq < $2 ORDER BY entry_seq DESC LIMIT $3)
-  ORDER BY entry_seq DESC LIMIT $3
-) j LEFT JOIN idempotency_keys k ON k.entry_id = j.id
-ORDER BY j.entry_seq DESC";
+// The columns every journal query returns, per table; absent details are NULL so the three
+// tables' rows line up in one union.
+macro_rules! tx_columns {
+    () => {
+        "id, account_id, entry_seq, transaction_type AS kind, token_amount, balance_after, created_at, \
+         created_by, reason, source, stripe_subscription_id, stripe_invoice_id, amount_paid_cents, \
+         currency, stripe_payment_intent_id, stripe_checkout_session_id, pack, reverses_transaction_id, \
+         stripe_reference, NULL::timestamptz AS period_start, NULL::timestamptz AS period_end, \
+         NULL::text AS model, NULL::bigint AS input_tokens, NULL::bigint AS output_tokens, \
+         NULL::text AS feature"
+    };
+}
+macro_rules! drip_columns {
+    () => {
+        "id, account_id, entry_seq, 'drip', token_amount, balance_after, created_at, created_by, \
+         NULL, NULL, stripe_subscription_id, stripe_invoice_id, NULL, NULL, NULL, NULL, NULL, NULL, \
+         NULL, period_start, period_end, NULL, NULL, NULL, NULL"
+    };
+}
+macro_rules! usage_columns {
+    () => {
+        "id, account_id, entry_seq, 'usage', token_amount, balance_after, created_at, created_by, \
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+         model, input_tokens, output_tokens, feature"
+    };
+}
+
+/// One page of an account's journal, newest first: each table's newest rows below the cursor,
+/// merged.
+const HISTORY_SQL: &str = concat!(
+    "SELECT j.*, k.idempotency_key FROM (",
+    "(SELECT ", tx_columns!(), " FROM token_transactions WHERE account_id = $1 AND entry_seq < $2 ORDER BY entry_seq DESC LIMIT $3)",
+    " UNION ALL ",
+    "(SELECT ", drip_columns!(), " FROM token_drips WHERE account_id = $1 AND entry_seq < $2 ORDER BY entry_seq DESC LIMIT $3)",
+    " UNION ALL ",
+    "(SELECT ", usage_columns!(), " FROM token_usage WHERE account_id = $1 AND entry_seq < $2 ORDER BY entry_seq DESC LIMIT $3)",
+    " ORDER BY entry_seq DESC LIMIT $3",
+    ") j LEFT JOIN idempotency_keys k ON k.entry_id = j.id ORDER BY j.entry_seq DESC"
+);
+
+/// One journal row by id, with its owner and how much of it has been reversed.
+const ENTRY_BY_ID_SQL: &str = concat!(
+    "SELECT j.*, k.idempotency_key, a.user_id, ",
+    "(SELECT COALESCE(-sum(r.token_amount), 0)::bigint FROM token_transactions r WHERE r.reverses_transaction_id = j.id) AS reversed_tokens ",
+    "FROM (",
+    "SELECT ", tx_columns!(), " FROM token_transactions WHERE id = $1",
+    " UNION ALL SELECT ", drip_columns!(), " FROM token_drips WHERE id = $1",
+    " UNION ALL SELECT ", usage_columns!(), " FROM token_usage WHERE id = $1",
+    ") j JOIN accounts a USING (account_id) LEFT JOIN idempotency_keys k ON k.entry_id = j.id"
+);
+
+/// The purchase of a payment intent, with its owner and how much of it has been reversed.
+const PURCHASE_BY_PAYMENT_INTENT_SQL: &str = concat!(
+    "SELECT j.*, k.idempotency_key, a.user_id, ",
+    "(SELECT COALESCE(-sum(r.token_amount), 0)::bigint FROM token_transactions r WHERE r.reverses_transaction_id = j.id) AS reversed_tokens ",
+    "FROM (SELECT ", tx_columns!(), " FROM token_transactions ",
+    "WHERE transaction_type = 'purchase' AND stripe_payment_intent_id = $1) j ",
+    "JOIN accounts a USING (account_id) LEFT JOIN idempotency_keys k ON k.entry_id = j.id"
+);
+
+/// A journal row looked up on its own, with its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundEntry {
+    pub entry: JournalEntry,
+    pub user_id: String,
+    /// Tokens reversals have clawed back from this row so far.
+    pub reversed_tokens: i64,
+}
+
+/// How to find one journal row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryLookup {
+    Id(EntryId),
+    PaymentIntent(String),
+}
+
+impl Store {
+    pub async fn find_entry(
+        &self,
+        lookup: &EntryLookup,
+    ) -> Result<Option<FoundEntry>, LedgerError> {
+        let row = match lookup {
+            EntryLookup::Id(id) => sqlx::query(ENTRY_BY_ID_SQL).bind(id.0),
+            EntryLookup::PaymentIntent(pi) => sqlx::query(PURCHASE_BY_PAYMENT_INTENT_SQL).bind(pi),
+        }
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(FoundEntry {
+            entry: journal_entry_from_row(&row)?,
+            user_id: row.try_get("user_id")?,
+            reversed_tokens: row.try_get("reversed_tokens")?,
+        }))
+    }
+}
 
 fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, LedgerError> {
     let kind: String = row.try_get("kind")?;
@@ -687,6 +836,22 @@ fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, L
                 .unwrap_or_default(),
             feature: row.try_get("feature")?,
         },
+        EntryKind::Reversal => {
+            let source: String = row.try_get("source")?;
+            WriteDetails::Reversal {
+                original: EntryId(
+                    row.try_get::<Option<i64>, _>("reverses_transaction_id")?
+                        .unwrap_or_default(),
+                ),
+                source: ReversalSource::from_db(&source).ok_or_else(|| {
+                    LedgerError::internal(anyhow::anyhow!("unknown reversal source {source:?}"))
+                })?,
+                reason: row
+                    .try_get::<Option<String>, _>("reason")?
+                    .unwrap_or_default(),
+                stripe_reference: row.try_get("stripe_reference")?,
+            }
+        }
     };
     Ok(JournalEntry {
         id: EntryId(row.try_get("id")?),
@@ -710,6 +875,7 @@ WITH journal AS (
          COALESCE(sum(token_amount) FILTER (WHERE kind = 'purchase'), 0)::bigint AS journal_purchased,
          COALESCE(sum(token_amount) FILTER (WHERE kind = 'drip'), 0)::bigint AS journal_dripped,
          COALESCE(-sum(token_amount) FILTER (WHERE kind = 'usage'), 0)::bigint AS journal_used,
+         COALESCE(-sum(token_amount) FILTER (WHERE kind = 'reversal'), 0)::bigint AS journal_reversed,
          count(*) AS journal_rows,
          max(entry_seq) AS newest_seq
     FROM (SELECT account_id, transaction_type AS kind, token_amount, entry_seq FROM token_transactions
@@ -718,13 +884,14 @@ WITH journal AS (
    GROUP BY account_id
 )
 SELECT a.user_id, a.balance, a.granted_total, a.deducted_total, a.purchased_total, a.dripped_total,
-       a.used_total, a.last_seq,
+       a.used_total, a.reversed_total, a.last_seq,
        COALESCE(j.journal_balance, 0) AS journal_balance,
        COALESCE(j.journal_granted, 0) AS journal_granted,
        COALESCE(j.journal_deducted, 0) AS journal_deducted,
        COALESCE(j.journal_purchased, 0) AS journal_purchased,
        COALESCE(j.journal_dripped, 0) AS journal_dripped,
        COALESCE(j.journal_used, 0) AS journal_used,
+       COALESCE(j.journal_reversed, 0) AS journal_reversed,
        COALESCE(j.journal_rows, 0) AS journal_rows,
        COALESCE(n.balance_after, 0) AS newest_balance_after
   FROM accounts a

@@ -849,3 +849,203 @@ async fn the_journal_refuses_updates_and_deletes() {
         .await;
     assert!(delete.is_err(), "journal rows cannot be deleted");
 }
+
+fn reverse_req(user: &str, tokens: i64, key: &str, original: &str) -> pb::ReverseRequest {
+    pb::ReverseRequest {
+        user_id: user.into(),
+        tokens,
+        idempotency_key: key.into(),
+        original_transaction_id: original.into(),
+        source: pb::ReversalSource::Refund as i32,
+        reason: "refund".into(),
+        stripe_reference: "ch_1".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_purchase_is_reversed_in_parts_never_beyond_what_it_credited() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    let purchase = c
+        .record_purchase(with_key(BILLING_KEY, purchase_req("u", "p", "pi_r")))
+        .await
+        .unwrap()
+        .into_inner();
+    // The user spends most of it before the refund arrives.
+    c.track_usage(with_key(USAGE_KEY, usage_req("u", 1_500_000, "use")))
+        .await
+        .unwrap();
+
+    let first = c
+        .reverse(with_key(
+            BILLING_KEY,
+            reverse_req("u", 1_000_000, "r1", &purchase.transaction_id),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        first.balance,
+        2_000_000 - 1_500_000 - 1_000_000,
+        "a reversal may overdraw"
+    );
+
+    let over = c
+        .reverse(with_key(
+            BILLING_KEY,
+            reverse_req("u", 1_000_001, "r2", &purchase.transaction_id),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), Code::FailedPrecondition);
+    assert!(
+        over.message().contains("1000000 more"),
+        "{}",
+        over.message()
+    );
+
+    let second = c
+        .reverse(with_key(
+            BILLING_KEY,
+            reverse_req("u", 1_000_000, "r2", &purchase.transaction_id),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(second.balance, -1_500_000);
+    let replay = c
+        .reverse(with_key(
+            BILLING_KEY,
+            reverse_req("u", 1_000_000, "r2", &purchase.transaction_id),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(replay.replayed);
+    assert_eq!(
+        c.reverse(with_key(
+            BILLING_KEY,
+            reverse_req("u", 1, "r3", &purchase.transaction_id)
+        ))
+        .await
+        .unwrap_err()
+        .code(),
+        Code::FailedPrecondition,
+        "fully reversed"
+    );
+
+    let found = c
+        .get_transaction(with_key(
+            BILLING_KEY,
+            pb::GetTransactionRequest {
+                lookup: Some(pb::get_transaction_request::Lookup::StripePaymentIntentId(
+                    "pi_r".into(),
+                )),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.user_id, "u");
+    assert_eq!(found.reversed_tokens, 2_000_000);
+    assert_eq!(found.transaction.unwrap().id, purchase.transaction_id);
+
+    let (ty, source, amount, link): (String, String, i64, i64) = sqlx::query_as(
+        "SELECT transaction_type, source, token_amount, reverses_transaction_id FROM token_transactions \
+         WHERE transaction_type = 'reversal' ORDER BY entry_seq LIMIT 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (ty.as_str(), source.as_str(), amount),
+        ("reversal", "refund", -1_000_000)
+    );
+    assert_eq!(link.to_string(), purchase.transaction_id);
+    let b = c
+        .get_balance(admin(pb::GetBalanceRequest {
+            user_id: "u".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b.totals.unwrap().reversed, 2_000_000);
+    let report = token_ledger::store::Store::from_pool(app.pool.clone())
+        .verify()
+        .await
+        .unwrap();
+    assert!(
+        report.discrepancies.is_empty(),
+        "{:?}",
+        report.discrepancies
+    );
+}
+
+#[tokio::test]
+async fn only_a_credit_of_the_same_user_can_be_reversed() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    let usage = c
+        .track_usage(admin(usage_req("u", 5, "use")))
+        .await
+        .unwrap()
+        .into_inner();
+    let grant = c
+        .grant(admin(grant_req("u", 50, "g")))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let err = c
+        .reverse(admin(reverse_req("u", 1, "a", &usage.transaction_id)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::FailedPrecondition,
+        "usage is not a credit"
+    );
+    let err = c
+        .reverse(admin(reverse_req(
+            "someone-else",
+            1,
+            "b",
+            &grant.transaction_id,
+        )))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .reverse(admin(reverse_req("u", 1, "c", "999999")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .reverse(admin(reverse_req("u", 1, "d", "not-a-number")))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_request_field(&err), "original_transaction_id");
+    let mut no_reason = reverse_req("u", 1, "e", &grant.transaction_id);
+    no_reason.reason.clear();
+    assert_eq!(
+        bad_request_field(&c.reverse(admin(no_reason)).await.unwrap_err()),
+        "reason"
+    );
+    // A billing key may reverse for refunds and disputes, not make admin corrections.
+    let mut by_admin = reverse_req("u", 1, "f", &grant.transaction_id);
+    by_admin.source = pb::ReversalSource::Admin as i32;
+    assert_eq!(
+        c.reverse(with_key(BILLING_KEY, by_admin))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions WHERE transaction_type = 'reversal'")
+            .await,
+        0
+    );
+    assert_eq!(balance_of(&mut c, "u").await, 45);
+}

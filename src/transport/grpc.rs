@@ -7,12 +7,14 @@ use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use crate::auth::{Authenticator, Scope};
-use crate::domain::{build, GrantSource, Receipt, UserId, WriteDetails};
+use crate::auth::{Authenticator, Caller, Scope};
+use crate::domain::{
+    build, EntryId, EntryKind, GrantSource, Receipt, ReversalSource, UserId, WriteDetails,
+};
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::pb;
-use crate::store::JournalEntry;
+use crate::store::{EntryLookup, JournalEntry};
 
 /// The gRPC face of the ledger.
 #[derive(Debug, Clone)]
@@ -27,11 +29,44 @@ impl LedgerGrpc {
     }
 }
 
-fn authorization<T>(request: &Request<T>) -> Option<&str> {
-    request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
+/// A caller already authenticated by code in this process (the in-process Stripe webhook), set
+/// as a request extension. Remote clients cannot set extensions, only headers.
+#[derive(Debug, Clone)]
+pub struct InProcessCaller(pub Caller);
+
+/// Who a request says it comes from.
+enum Credentials {
+    InProcess(Caller),
+    Header(Option<String>),
+}
+
+fn credentials<T>(request: &Request<T>) -> Credentials {
+    if let Some(InProcessCaller(caller)) = request.extensions().get::<InProcessCaller>() {
+        return Credentials::InProcess(caller.clone());
+    }
+    Credentials::Header(
+        request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    )
+}
+
+impl LedgerGrpc {
+    fn authorize(
+        &self,
+        credentials: &Credentials,
+        method: &'static str,
+        allowed: &[Scope],
+    ) -> Result<Caller, LedgerError> {
+        match credentials {
+            Credentials::InProcess(caller) => {
+                Authenticator::permit(caller.clone(), method, allowed)
+            }
+            Credentials::Header(header) => self.auth.authorize(header.as_deref(), method, allowed),
+        }
+    }
 }
 
 /// Runs one call inside a span with the method, user and idempotency key, and logs its outcome:
@@ -115,6 +150,23 @@ fn grant_source_to_pb(source: GrantSource) -> pb::GrantSource {
     }
 }
 
+fn reversal_source_from_pb(value: i32) -> Option<ReversalSource> {
+    match pb::ReversalSource::try_from(value).ok()? {
+        pb::ReversalSource::Refund => Some(ReversalSource::Refund),
+        pb::ReversalSource::Dispute => Some(ReversalSource::Dispute),
+        pb::ReversalSource::Admin => Some(ReversalSource::Admin),
+        pb::ReversalSource::Unspecified => None,
+    }
+}
+
+fn reversal_source_to_pb(source: ReversalSource) -> pb::ReversalSource {
+    match source {
+        ReversalSource::Refund => pb::ReversalSource::Refund,
+        ReversalSource::Dispute => pb::ReversalSource::Dispute,
+        ReversalSource::Admin => pb::ReversalSource::Admin,
+    }
+}
+
 fn transaction_to_pb(entry: JournalEntry) -> pb::Transaction {
     use pb::transaction::Details;
     let kind = entry.kind();
@@ -177,13 +229,27 @@ fn transaction_to_pb(entry: JournalEntry) -> pb::Transaction {
                 feature: feature.unwrap_or_default(),
             })),
         ),
+        WriteDetails::Reversal {
+            original,
+            source,
+            reason,
+            stripe_reference,
+        } => (
+            reason,
+            Some(Details::Reversal(pb::ReversalDetails {
+                original_transaction_id: original.to_string(),
+                source: reversal_source_to_pb(source) as i32,
+                stripe_reference: stripe_reference.unwrap_or_default(),
+            })),
+        ),
     };
     let kind = match kind {
-        crate::domain::EntryKind::Grant => pb::TransactionKind::Grant,
-        crate::domain::EntryKind::Deduction => pb::TransactionKind::Deduction,
-        crate::domain::EntryKind::Purchase => pb::TransactionKind::Purchase,
-        crate::domain::EntryKind::Drip => pb::TransactionKind::Drip,
-        crate::domain::EntryKind::Usage => pb::TransactionKind::Usage,
+        EntryKind::Grant => pb::TransactionKind::Grant,
+        EntryKind::Deduction => pb::TransactionKind::Deduction,
+        EntryKind::Purchase => pb::TransactionKind::Purchase,
+        EntryKind::Drip => pb::TransactionKind::Drip,
+        EntryKind::Usage => pb::TransactionKind::Usage,
+        EntryKind::Reversal => pb::TransactionKind::Reversal,
     };
     pb::Transaction {
         id: entry.id.to_string(),
@@ -215,6 +281,7 @@ macro_rules! impl_from_receipt {
 }
 
 impl_from_receipt!(
+    pb::ReverseResponse,
     pb::GrantResponse,
     pb::DeductResponse,
     pb::DripResponse,
@@ -228,7 +295,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::GrantRequest>,
     ) -> Result<Response<pb::GrantResponse>, Status> {
-        let authorization = authorization(&request).map(str::to_owned);
+        let credentials = credentials(&request);
         let pb::GrantRequest {
             user_id,
             tokens,
@@ -247,9 +314,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 Some(GrantSource::AnnualSubscription) => &[Scope::Billing],
                 _ => &[],
             };
-            let caller = self
-                .auth
-                .authorize(authorization.as_deref(), "Grant", allowed)?;
+            let caller = self.authorize(&credentials, "Grant", allowed)?;
             let cmd = build::grant(
                 build::Common {
                     user_id,
@@ -273,7 +338,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::DeductRequest>,
     ) -> Result<Response<pb::DeductResponse>, Status> {
-        let authorization = authorization(&request).map(str::to_owned);
+        let credentials = credentials(&request);
         let pb::DeductRequest {
             user_id,
             tokens,
@@ -283,9 +348,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         let span_user = user_id.clone();
         let span_key = idempotency_key.clone();
         traced("Deduct", &span_user, &span_key, async move {
-            let caller = self
-                .auth
-                .authorize(authorization.as_deref(), "Deduct", &[])?;
+            let caller = self.authorize(&credentials, "Deduct", &[])?;
             let cmd = build::deduction(
                 build::Common {
                     user_id,
@@ -306,7 +369,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::DripRequest>,
     ) -> Result<Response<pb::DripResponse>, Status> {
-        let authorization = authorization(&request).map(str::to_owned);
+        let credentials = credentials(&request);
         let pb::DripRequest {
             user_id,
             tokens,
@@ -319,9 +382,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         let span_user = user_id.clone();
         let span_key = idempotency_key.clone();
         traced("Drip", &span_user, &span_key, async move {
-            let caller =
-                self.auth
-                    .authorize(authorization.as_deref(), "Drip", &[Scope::Billing])?;
+            let caller = self.authorize(&credentials, "Drip", &[Scope::Billing])?;
             let cmd = build::drip(
                 build::Common {
                     user_id,
@@ -345,7 +406,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::RecordPurchaseRequest>,
     ) -> Result<Response<pb::RecordPurchaseResponse>, Status> {
-        let authorization = authorization(&request).map(str::to_owned);
+        let credentials = credentials(&request);
         let pb::RecordPurchaseRequest {
             user_id,
             tokens,
@@ -359,11 +420,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         let span_user = user_id.clone();
         let span_key = idempotency_key.clone();
         traced("RecordPurchase", &span_user, &span_key, async move {
-            let caller = self.auth.authorize(
-                authorization.as_deref(),
-                "RecordPurchase",
-                &[Scope::Billing],
-            )?;
+            let caller = self.authorize(&credentials, "RecordPurchase", &[Scope::Billing])?;
             let cmd = build::purchase(
                 build::Common {
                     user_id,
@@ -388,7 +445,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::TrackUsageRequest>,
     ) -> Result<Response<pb::TrackUsageResponse>, Status> {
-        let authorization = authorization(&request).map(str::to_owned);
+        let credentials = credentials(&request);
         let pb::TrackUsageRequest {
             user_id,
             tokens,
@@ -401,9 +458,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         let span_user = user_id.clone();
         let span_key = idempotency_key.clone();
         traced("TrackUsage", &span_user, &span_key, async move {
-            let caller = self
-                .auth
-                .authorize(authorization.as_deref(), "TrackUsage", &[Scope::Usage])?;
+            let caller = self.authorize(&credentials, "TrackUsage", &[Scope::Usage])?;
             let cmd = build::usage(
                 build::Common {
                     user_id,
@@ -428,12 +483,12 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
-        let authorization = authorization(&request).map(str::to_owned);
+        let credentials = credentials(&request);
         let pb::GetBalanceRequest { user_id } = request.into_inner();
         let span_user = user_id.clone();
         traced("GetBalance", &span_user, "", async move {
-            self.auth.authorize(
-                authorization.as_deref(),
+            self.authorize(
+                &credentials,
                 "GetBalance",
                 &[Scope::Usage, Scope::Billing, Scope::Read],
             )?;
@@ -448,6 +503,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                     purchased: b.totals.purchased,
                     dripped: b.totals.dripped,
                     used: b.totals.used,
+                    reversed: b.totals.reversed,
                 }),
                 updated_at: b.updated_at.map(chrono_to_timestamp),
                 transaction_count: b.transaction_count,
@@ -460,7 +516,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
-        let authorization = authorization(&request).map(str::to_owned);
+        let credentials = credentials(&request);
         let pb::ListTransactionsRequest {
             user_id,
             page_size,
@@ -468,8 +524,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         } = request.into_inner();
         let span_user = user_id.clone();
         traced("ListTransactions", &span_user, "", async move {
-            self.auth
-                .authorize(authorization.as_deref(), "ListTransactions", &[Scope::Read])?;
+            self.authorize(&credentials, "ListTransactions", &[Scope::Read])?;
             let user_id = UserId::parse("user_id", user_id)?;
             let page = self
                 .ledger
@@ -478,6 +533,96 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
             Ok(pb::ListTransactionsResponse {
                 transactions: page.entries.into_iter().map(transaction_to_pb).collect(),
                 next_page_token: page.next_page_token.unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    async fn reverse(
+        &self,
+        request: Request<pb::ReverseRequest>,
+    ) -> Result<Response<pb::ReverseResponse>, Status> {
+        let credentials = credentials(&request);
+        let pb::ReverseRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            original_transaction_id,
+            source,
+            reason,
+            stripe_reference,
+        } = request.into_inner();
+        let span_user = user_id.clone();
+        let span_key = idempotency_key.clone();
+        traced("Reverse", &span_user, &span_key, async move {
+            let source = reversal_source_from_pb(source);
+            // Refunds and disputes come from the billing adapter; hand corrections from admins.
+            let allowed: &[Scope] = match source {
+                Some(ReversalSource::Refund | ReversalSource::Dispute) => &[Scope::Billing],
+                _ => &[],
+            };
+            let caller = self.authorize(&credentials, "Reverse", allowed)?;
+            let cmd = build::reversal(
+                build::Common {
+                    user_id,
+                    tokens,
+                    idempotency_key,
+                },
+                caller.actor(),
+                &original_transaction_id,
+                source,
+                reason,
+                stripe_reference,
+            )?;
+            let receipt = self.ledger.write(cmd).await?;
+            log_write("Reverse", &receipt);
+            Ok(pb::ReverseResponse::from_receipt(receipt))
+        })
+        .await
+    }
+
+    async fn get_transaction(
+        &self,
+        request: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::GetTransactionResponse>, Status> {
+        let credentials = credentials(&request);
+        let pb::GetTransactionRequest { lookup } = request.into_inner();
+        traced("GetTransaction", "", "", async move {
+            self.authorize(
+                &credentials,
+                "GetTransaction",
+                &[Scope::Read, Scope::Billing],
+            )?;
+            use pb::get_transaction_request::Lookup;
+            let lookup = match lookup {
+                Some(Lookup::TransactionId(id)) => {
+                    EntryLookup::Id(EntryId::parse("transaction_id", &id)?)
+                }
+                Some(Lookup::StripePaymentIntentId(pi))
+                    if !pi.is_empty() && pi.len() <= crate::domain::STRIPE_ID_LEN_MAX =>
+                {
+                    EntryLookup::PaymentIntent(pi)
+                }
+                Some(Lookup::StripePaymentIntentId(_)) => {
+                    return Err(LedgerError::invalid(
+                        "stripe_payment_intent_id",
+                        "must be 1 to 255 characters",
+                    ))
+                }
+                None => {
+                    return Err(LedgerError::invalid(
+                        "lookup",
+                        "set transaction_id or stripe_payment_intent_id",
+                    ))
+                }
+            };
+            let found = self.ledger.find(&lookup).await?.ok_or_else(|| {
+                LedgerError::NotFound(format!("no transaction matches {lookup:?}"))
+            })?;
+            Ok(pb::GetTransactionResponse {
+                transaction: Some(transaction_to_pb(found.entry)),
+                user_id: found.user_id,
+                reversed_tokens: found.reversed_tokens,
             })
         })
         .await

@@ -53,6 +53,24 @@ impl From<LedgerError> for Status {
                     HashMap::from([("transaction_id".to_string(), transaction_id.to_string())]),
                 ),
             ),
+            LedgerError::NotFound(_) => Status::not_found(message),
+            LedgerError::ReversalExceedsOriginal {
+                reversible,
+                requested,
+                ..
+            } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    "REVERSAL_EXCEEDS_ORIGINAL",
+                    ERROR_DOMAIN,
+                    HashMap::from([
+                        ("reversible".to_string(), reversible.to_string()),
+                        ("requested".to_string(), requested.to_string()),
+                    ]),
+                ),
+            ),
+            LedgerError::NotReversible(_) => Status::failed_precondition(message),
             LedgerError::Unauthenticated(_) => Status::unauthenticated(message),
             LedgerError::PermissionDenied { .. } => Status::permission_denied(message),
             LedgerError::ResourceExhausted(_) => Status::resource_exhausted(message),
