@@ -44,9 +44,13 @@ CREATE TABLE stripe_events (
     detail          TEXT,
     user_id         TEXT,
     transaction_id  TEXT,
-    -- For refunds and disputes that arrive before their purchase is known: what to claw back
-    -- once it is.
+    -- For refunds and disputes that arrive before their purchase is credited: what to claw back
+    -- once it is (kind 'refund' with the charge's cumulative refunded amount, or 'dispute' with
+    -- the disputed amount), so a refunded pack never stays spendable.
     payment_intent  TEXT,
+    claim_kind      TEXT,
+    claim_reference TEXT,
+    claim_amount_cents BIGINT,
     deliveries      INTEGER     NOT NULL DEFAULT 1,
     first_seen_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     last_seen_at    TIMESTAMPTZ NOT NULL DEFAULT now(),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,6 +16,10 @@ use crate::embedded_pg::EmbeddedPostgres;
 use crate::server::{self, Application, ServerConfig};
 use crate::store::{Store, StoreConfig};
 use crate::telemetry::{self, LogFormat};
+use crate::webhook::catalog::Catalog;
+use crate::webhook::ledger_port::RemoteLedger;
+use crate::webhook::store::WebhookStore;
+use crate::webhook::{Processor, WebhookConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +59,106 @@ pub enum Command {
     Balance(client::BalanceArgs),
     /// Show a user's journal, newest first.
     History(client::HistoryArgs),
+    /// Run the Stripe webhook adapter on its own, calling the ledger over gRPC.
+    Webhook(WebhookArgs),
+    /// List the Stripe events the webhook has seen, newest first, with what it did about each.
+    StripeEvents(StripeEventsArgs),
+}
+
+/// Stripe webhook settings, shared by `serve --stripe-webhook-listen` and `webhook`.
+#[derive(Debug, Clone, Args)]
+pub struct StripeArgs {
+    /// Webhook signing secrets (`whsec_...`), comma-separated; several during a rotation.
+    #[arg(
+        long = "stripe-webhook-secret",
+        env = "STRIPE_WEBHOOK_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub secrets: Vec<String>,
+
+    /// Largest accepted gap between a signature's timestamp and now, in seconds.
+    #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value_t = crate::webhook::TOLERANCE_SECS_DEFAULT)]
+    pub stripe_tolerance_secs: i64,
+
+    /// The product catalog (TOML; see catalog.example.toml). Without it the built-in example
+    /// catalog is used, with a warning.
+    #[arg(long, env = "TOKEN_LEDGER_STRIPE_CATALOG")]
+    pub stripe_catalog: Option<PathBuf>,
+}
+
+impl StripeArgs {
+    fn load(&self) -> anyhow::Result<(WebhookConfig, Catalog)> {
+        if self.secrets.is_empty() {
+            anyhow::bail!(
+                "the Stripe webhook needs its signing secret: set STRIPE_WEBHOOK_SECRETS (whsec_...) or --stripe-webhook-secret"
+            );
+        }
+        let catalog = match &self.stripe_catalog {
+            Some(path) => Catalog::load(path)?,
+            None => {
+                tracing::warn!("no TOKEN_LEDGER_STRIPE_CATALOG: using the built-in example catalog, whose price ids are placeholders");
+                Catalog::parse(crate::webhook::catalog::EXAMPLE_CATALOG)?
+            }
+        };
+        let config = WebhookConfig {
+            secrets: self.secrets.clone(),
+            tolerance_secs: self.stripe_tolerance_secs,
+        };
+        Ok((config, catalog))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Address the webhook's HTTP server listens on.
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_WEBHOOK_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub listen: SocketAddr,
+
+    /// The ledger's gRPC address.
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub ledger_url: String,
+
+    /// The webhook's API key for the ledger (a key with the `billing` scope).
+    #[arg(long, env = "TOKEN_LEDGER_WEBHOOK_API_KEY", hide_env_values = true)]
+    pub ledger_api_key: Option<String>,
+
+    /// How long one ledger call may take before the event is answered 503, in ms.
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_WEBHOOK_LEDGER_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub ledger_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub stripe: StripeArgs,
+
+    /// The webhook's own tables (processed events, customer and subscription mappings).
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StripeEventsArgs {
+    /// How many events to list.
+    #[arg(long, default_value_t = 50)]
+    pub limit: i64,
+
+    /// Show only this event (evt_...).
+    #[arg(long)]
+    pub event: Option<String>,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 /// Where the ledger's data lives.
@@ -113,6 +218,13 @@ pub struct ServeArgs {
     )]
     pub request_timeout_ms: u64,
 
+    /// Also serve the Stripe webhook (POST /stripe/webhook) on this address, in this process.
+    #[arg(long, env = "TOKEN_LEDGER_STRIPE_WEBHOOK_LISTEN")]
+    pub stripe_webhook_listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub stripe: StripeArgs,
+
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -152,7 +264,7 @@ impl Database {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
-    let is_server = matches!(cli.command, Command::Serve(_));
+    let is_server = matches!(cli.command, Command::Serve(_) | Command::Webhook(_));
     telemetry::init(cli.log_format, is_server);
     match dispatch(cli.command).await {
         Ok(code) => code,
@@ -182,6 +294,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Usage(a) => client::usage(a).await,
         Command::Balance(a) => client::balance(a).await,
         Command::History(a) => client::history(a).await,
+        Command::Webhook(args) => webhook(args).await.map(|()| ExitCode::SUCCESS),
+        Command::StripeEvents(args) => stripe_events(args).await,
     }
 }
 
@@ -197,12 +311,78 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.message_bytes_max = args.message_bytes_max;
         config.health_check_interval = Duration::from_millis(args.health_interval_ms);
         config.request_timeout = Duration::from_millis(args.request_timeout_ms);
-        let app = Application::build(config, db.store.clone()).await?;
+        let mut app = Application::build(config, db.store.clone()).await?;
+        if let Some(listen) = args.stripe_webhook_listen {
+            let (webhook_config, catalog) = args.stripe.load()?;
+            app = app.with_webhook(listen, webhook_config, catalog).await?;
+        }
         app.run_until(server::shutdown_signal()).await
     }
     .await;
     db.close().await?;
     result
+}
+
+async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
+    let (config, catalog) = args.stripe.load()?;
+    let db = Database::open(&args.database).await?;
+    let result = async {
+        db.store
+            .migrate()
+            .await
+            .context("applying database migrations")?;
+        let ledger = RemoteLedger::new(
+            &args.ledger_url,
+            args.ledger_api_key.as_deref(),
+            Duration::from_millis(args.ledger_timeout_ms),
+        )?;
+        let processor = Processor::new(
+            Arc::new(ledger),
+            WebhookStore::new(db.store.pool().clone()),
+            Arc::new(catalog),
+        );
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        crate::webhook::serve(
+            listener,
+            crate::webhook::router(config, processor),
+            server::shutdown_signal(),
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    db.close().await?;
+    result
+}
+
+async fn stripe_events(args: StripeEventsArgs) -> anyhow::Result<ExitCode> {
+    let db = Database::open(&args.database).await?;
+    let events = WebhookStore::new(db.store.pool().clone())
+        .events(args.event.as_deref(), args.limit)
+        .await;
+    db.close().await?;
+    let events = events.context("reading stripe_events")?;
+    if events.is_empty() {
+        println!(
+            "no Stripe events recorded{}",
+            args.event.map(|e| format!(" for {e}")).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in events {
+        println!(
+            "{}  {:<34} {:<38} {:<18} deliveries={} user={} transaction={}\n    {}",
+            e.last_seen_at.format("%Y-%m-%d %H:%M:%S"),
+            e.event_id,
+            e.event_type,
+            e.outcome,
+            e.deliveries,
+            e.user_id.as_deref().unwrap_or("-"),
+            e.transaction_id.as_deref().unwrap_or("-"),
+            e.detail.as_deref().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn verify(args: DatabaseArgs) -> anyhow::Result<ExitCode> {

@@ -1,6 +1,7 @@
 //! token-ledger: the books for an AI product's tokens.
 //!
-//! Layers, imports pointing one way: `transport` (gRPC) → `ledger` (rules) → `store` (SQL), with
+//! Layers, imports pointing one way: `transport` (gRPC) and `webhook` (Stripe over HTTP, a
+//! client of the gRPC API) → `ledger` (rules) → `store` (SQL), with
 //! `domain` (validated types) and `error` (the one error enum) shared by all of them.
 
 pub mod auth;
@@ -15,3 +16,4 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod transport;
+pub mod webhook;

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -19,6 +20,10 @@ use crate::pb;
 use crate::pb::ledger_service_server::LedgerServiceServer;
 use crate::store::Store;
 use crate::transport::grpc::LedgerGrpc;
+use crate::webhook::catalog::Catalog;
+use crate::webhook::ledger_port::InProcessLedger;
+use crate::webhook::store::WebhookStore;
+use crate::webhook::WebhookConfig;
 
 /// The gRPC service name health reports on, beside the overall "" status.
 pub const SERVICE_NAME: &str = "tokenledger.v1.LedgerService";
@@ -59,6 +64,14 @@ pub struct Application {
     local_addr: SocketAddr,
     config: ServerConfig,
     store: Store,
+    webhook: Option<HostedWebhook>,
+}
+
+/// The Stripe webhook hosted in the server's process, calling the ledger in process.
+struct HostedWebhook {
+    listener: TcpListener,
+    config: WebhookConfig,
+    catalog: Catalog,
 }
 
 impl Application {
@@ -85,7 +98,32 @@ impl Application {
             local_addr,
             config,
             store,
+            webhook: None,
         })
+    }
+
+    /// Also serves the Stripe webhook on `listener`, in this process. Its events reach the
+    /// ledger through the same service code as remote calls, as the `stripe-webhook` caller.
+    pub async fn with_webhook(
+        mut self,
+        listen: SocketAddr,
+        config: WebhookConfig,
+        catalog: Catalog,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen).await?;
+        self.webhook = Some(HostedWebhook {
+            listener,
+            config,
+            catalog,
+        });
+        Ok(self)
+    }
+
+    /// The webhook's address, when one is hosted.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook
+            .as_ref()
+            .and_then(|w| w.listener.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -97,13 +135,26 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains and closes the pool.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Application {
             listener,
             local_addr,
             config,
             store,
+            webhook,
         } = self;
+        // One shutdown signal, fanned out to the gRPC server and the webhook.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_service_status("", ServingStatus::NotServing)
@@ -130,6 +181,22 @@ impl Application {
             Ledger::new(store.clone()),
             Authenticator::new(config.api_keys.clone()),
         );
+        let webhook_task = match webhook {
+            Some(w) => {
+                let processor = crate::webhook::Processor::new(
+                    Arc::new(InProcessLedger::new(ledger.clone())),
+                    WebhookStore::new(store.pool().clone()),
+                    Arc::new(w.catalog),
+                );
+                let router = crate::webhook::router(w.config, processor);
+                Some(tokio::spawn(crate::webhook::serve(
+                    w.listener,
+                    router,
+                    stopped(stop_rx.clone()),
+                )))
+            }
+            None => None,
+        };
         let ledger_service = LedgerServiceServer::new(ledger)
             .max_decoding_message_size(config.message_bytes_max)
             .max_encoding_message_size(config.message_bytes_max);
@@ -143,8 +210,15 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(ledger_service)
-            .serve_with_incoming_shutdown(incoming, shutdown)
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
             .await;
+        if let Some(task) = webhook_task {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::error!(%err, "Stripe webhook server failed"),
+                Err(err) => tracing::error!(%err, "Stripe webhook task failed"),
+            }
+        }
         tracing::info!("gRPC server drained; closing the database pool");
         health_task.abort();
         store.close().await;

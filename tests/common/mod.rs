@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod stripe;
 
 use std::str::FromStr;
 use std::sync::OnceLock;
@@ -249,6 +250,7 @@ impl Drop for TestDb {
 /// A running server on its own fresh database.
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
+    pub webhook_addr: Option<std::net::SocketAddr>,
     pub db: TestDb,
     pub pool: PgPool,
     shutdown: Option<oneshot::Sender<()>>,
@@ -260,7 +262,13 @@ pub struct TestOptions {
     /// Overrides the database URL the server uses (e.g. through a proxy).
     pub database_url: Option<String>,
     pub health_check_interval: Duration,
+    /// Host the Stripe webhook in process (secret `WEBHOOK_SECRET`, the example catalog).
+    pub webhook: bool,
+    /// Listen on this address instead of an ephemeral port.
+    pub listen: Option<std::net::SocketAddr>,
 }
+
+pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
 
 impl Default for TestOptions {
     fn default() -> Self {
@@ -268,8 +276,22 @@ impl Default for TestOptions {
             api_keys: test_keys(),
             database_url: None,
             health_check_interval: Duration::from_millis(100),
+            webhook: false,
+            listen: None,
         }
     }
+}
+
+pub fn webhook_config() -> token_ledger::webhook::WebhookConfig {
+    token_ledger::webhook::WebhookConfig {
+        secrets: vec![WEBHOOK_SECRET.to_string()],
+        tolerance_secs: 300,
+    }
+}
+
+pub fn example_catalog() -> token_ledger::webhook::catalog::Catalog {
+    token_ledger::webhook::catalog::Catalog::parse(token_ledger::webhook::catalog::EXAMPLE_CATALOG)
+        .unwrap()
 }
 
 impl TestApp {
@@ -289,11 +311,26 @@ impl TestApp {
             pool_acquire_timeout: Duration::from_secs(2),
         })
         .unwrap();
-        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+        let mut config = ServerConfig::new(
+            options
+                .listen
+                .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
+        );
         config.api_keys = options.api_keys;
         config.health_check_interval = options.health_check_interval;
-        let app = Application::build(config, store).await.unwrap();
+        let mut app = Application::build(config, store).await.unwrap();
+        if options.webhook {
+            app = app
+                .with_webhook(
+                    "127.0.0.1:0".parse().unwrap(),
+                    webhook_config(),
+                    example_catalog(),
+                )
+                .await
+                .unwrap();
+        }
         let addr = app.local_addr();
+        let webhook_addr = app.webhook_addr();
         let (tx, rx) = oneshot::channel();
         let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
@@ -301,6 +338,7 @@ impl TestApp {
         let pool = db.pool().await;
         Self {
             addr,
+            webhook_addr,
             db,
             pool,
             shutdown: Some(tx),

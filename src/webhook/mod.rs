@@ -1,0 +1,132 @@
+//! The Stripe webhook adapter: `POST /stripe/webhook` turns verified Stripe events into ledger
+//! calls. It answers 2xx only once the ledger call has committed (or the event is deliberately
+//! ignored), 400 for requests that will never be accepted as sent (bad signature, stale timestamp,
+//! unparseable body, a price missing from the catalog), and 5xx when Stripe should retry (ledger
+//! unreachable, user not known yet).
+
+pub mod catalog;
+pub mod event;
+pub mod ledger_port;
+pub mod process;
+pub mod signature;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+pub use process::Processor;
+
+/// Largest webhook body accepted. Stripe's events are a few KiB; invoices with many lines reach
+/// tens of KiB. Larger bodies get 413 before any parsing.
+pub const BODY_BYTES_MAX: usize = 512 * 1024;
+/// Default tolerance between a signature's timestamp and now, as Stripe's libraries use.
+pub const TOLERANCE_SECS_DEFAULT: i64 = 300;
+
+/// Signature settings.
+#[derive(Clone)]
+pub struct WebhookConfig {
+    /// Every accepted `whsec_...` secret (several during a rotation).
+    pub secrets: Vec<String>,
+    pub tolerance_secs: i64,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("secrets", &format!("{} configured", self.secrets.len()))
+            .field("tolerance_secs", &self.tolerance_secs)
+            .finish()
+    }
+}
+
+struct AppState {
+    config: WebhookConfig,
+    processor: Processor,
+}
+
+/// The webhook's HTTP routes.
+pub fn router(config: WebhookConfig, processor: Processor) -> Router {
+    Router::new()
+        .route("/stripe/webhook", post(handle))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(Arc::new(AppState { config, processor }))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, finishing in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "Stripe webhook listening on POST /stripe/webhook");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn reply(status: u16, outcome: &str, detail: &str) -> axum::response::Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(json!({"outcome": outcome, "detail": detail}))).into_response()
+}
+
+async fn handle(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok());
+    let now = chrono::Utc::now().timestamp();
+    // Verify the raw bytes before reading anything in them.
+    if let Err(err) = signature::verify(
+        signature,
+        &body,
+        &state.config.secrets,
+        state.config.tolerance_secs,
+        now,
+    ) {
+        tracing::warn!(error = %err, body_bytes = body.len(), "Stripe webhook refused: bad signature");
+        return reply(400, "bad_signature", &err.to_string());
+    }
+    let envelope = match event::parse_envelope(&body) {
+        Ok(e) => e,
+        Err(err) => {
+            tracing::warn!(error = %err, "Stripe webhook refused: unparseable body");
+            return reply(400, "malformed", &err);
+        }
+    };
+    let span = tracing::info_span!("stripe_event", event_id = %envelope.id, event_type = %envelope.event_type);
+    async move {
+        let outcome = state.processor.process(&envelope).await;
+        if let Err(err) = state.processor.store().record_event(&outcome.record).await {
+            // The ledger call (if any) is committed; only the operator's log row is missing.
+            tracing::error!(error = %err, "could not record the Stripe event's outcome");
+        }
+        tracing::info!(
+            outcome = %outcome.record.outcome,
+            http_status = outcome.http_status,
+            user_id = outcome.record.user_id.as_deref().unwrap_or("-"),
+            transaction_id = outcome.record.transaction_id.as_deref().unwrap_or("-"),
+            detail = %outcome.record.detail,
+            "Stripe event handled"
+        );
+        reply(
+            outcome.http_status,
+            &outcome.record.outcome,
+            &outcome.record.detail,
+        )
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,277 @@
+//! The webhook adapter's own tables: processed events, customer → user and subscription → user
+//! mappings, and reversals waiting for their purchase. (The ledger's tables are never touched
+//! from here: every balance change goes through the ledger's gRPC API.)
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+/// A refund or dispute that arrived before its purchase was credited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub kind: ClaimKind,
+    /// The charge (refund) or dispute id.
+    pub reference: String,
+    /// Refund: cumulative refunded amount; dispute: disputed amount.
+    pub amount_cents: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimKind {
+    Refund,
+    Dispute,
+}
+
+impl ClaimKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaimKind::Refund => "refund",
+            ClaimKind::Dispute => "dispute",
+        }
+    }
+}
+
+/// What the adapter did with one event, as written to `stripe_events`.
+#[derive(Debug, Clone, Default)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub event_type: String,
+    pub livemode: bool,
+    pub outcome: String,
+    pub detail: String,
+    pub user_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub payment_intent: Option<String>,
+    pub claim: Option<Claim>,
+}
+
+/// One row of `stripe_events`, for `token-ledger stripe-events`.
+#[derive(Debug, Clone)]
+pub struct SeenEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub outcome: String,
+    pub detail: Option<String>,
+    pub user_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub deliveries: i32,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// A subscription as the adapter knows it.
+#[derive(Debug, Clone)]
+pub struct KnownSubscription {
+    pub user_id: Option<String>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookStore {
+    pool: PgPool,
+}
+
+impl WebhookStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub async fn customer_user(&self, customer: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT user_id FROM stripe_customers WHERE customer_id = $1")
+            .bind(customer)
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// The first mapping of a customer wins; a checkout that names another user for the same
+    /// customer is logged, not obeyed.
+    pub async fn link_customer(&self, customer: &str, user_id: &str) -> Result<(), sqlx::Error> {
+        let existing: Option<String> = sqlx::query_scalar(
+            "INSERT INTO stripe_customers (customer_id, user_id) VALUES ($1, $2) \
+             ON CONFLICT (customer_id) DO UPDATE SET customer_id = EXCLUDED.customer_id \
+             RETURNING user_id",
+        )
+        .bind(customer)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(existing) = existing.filter(|u| u != user_id) {
+            tracing::warn!(customer, existing_user = %existing, new_user = user_id, "Stripe customer already belongs to another user; keeping the first");
+        }
+        Ok(())
+    }
+
+    pub async fn subscription(&self, id: &str) -> Result<Option<KnownSubscription>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT user_id, ended_at FROM stripe_subscriptions WHERE subscription_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(KnownSubscription {
+                user_id: r.try_get("user_id")?,
+                ended_at: r.try_get("ended_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn link_subscription(&self, id: &str, user_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO stripe_subscriptions (subscription_id, user_id) VALUES ($1, $2) \
+             ON CONFLICT (subscription_id) DO UPDATE \
+             SET user_id = COALESCE(stripe_subscriptions.user_id, EXCLUDED.user_id), updated_at = now()",
+        )
+        .bind(id)
+        .bind(user_id)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn end_subscription(
+        &self,
+        id: &str,
+        ended_at: DateTime<Utc>,
+        user_id: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO stripe_subscriptions (subscription_id, user_id, status, ended_at) \
+             VALUES ($1, $2, 'ended', $3) \
+             ON CONFLICT (subscription_id) DO UPDATE SET status = 'ended', \
+             ended_at = LEAST(COALESCE(stripe_subscriptions.ended_at, EXCLUDED.ended_at), EXCLUDED.ended_at), \
+             user_id = COALESCE(stripe_subscriptions.user_id, EXCLUDED.user_id), updated_at = now()",
+        )
+        .bind(id)
+        .bind(user_id)
+        .bind(ended_at)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+    }
+
+    /// Records (or updates, counting deliveries) what was done with an event.
+    pub async fn record_event(&self, r: &EventRecord) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, detail, user_id, \
+             transaction_id, payment_intent, claim_kind, claim_reference, claim_amount_cents) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (event_id) DO UPDATE SET outcome = EXCLUDED.outcome, detail = EXCLUDED.detail, \
+             user_id = COALESCE(EXCLUDED.user_id, stripe_events.user_id), \
+             transaction_id = COALESCE(EXCLUDED.transaction_id, stripe_events.transaction_id), \
+             payment_intent = COALESCE(EXCLUDED.payment_intent, stripe_events.payment_intent), \
+             claim_kind = EXCLUDED.claim_kind, claim_reference = EXCLUDED.claim_reference, \
+             claim_amount_cents = EXCLUDED.claim_amount_cents, \
+             deliveries = stripe_events.deliveries + 1, last_seen_at = now()",
+        )
+        .bind(&r.event_id)
+        .bind(&r.event_type)
+        .bind(r.livemode)
+        .bind(&r.outcome)
+        .bind(&r.detail)
+        .bind(&r.user_id)
+        .bind(&r.transaction_id)
+        .bind(&r.payment_intent)
+        .bind(r.claim.as_ref().map(|c| c.kind.as_str()))
+        .bind(r.claim.as_ref().map(|c| c.reference.as_str()))
+        .bind(r.claim.as_ref().map(|c| c.amount_cents))
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+    }
+
+    /// Refunds and disputes of `payment_intent` still waiting for its purchase.
+    pub async fn waiting_claims(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Vec<(String, Claim)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT event_id, claim_kind, claim_reference, claim_amount_cents FROM stripe_events \
+             WHERE outcome = 'unmatched_reversal' AND payment_intent = $1 ORDER BY first_seen_at",
+        )
+        .bind(payment_intent)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claims = Vec::new();
+        for r in rows {
+            let kind = match r.try_get::<Option<String>, _>("claim_kind")?.as_deref() {
+                Some("refund") => ClaimKind::Refund,
+                Some("dispute") => ClaimKind::Dispute,
+                _ => continue,
+            };
+            claims.push((
+                r.try_get("event_id")?,
+                Claim {
+                    kind,
+                    reference: r
+                        .try_get::<Option<String>, _>("claim_reference")?
+                        .unwrap_or_default(),
+                    amount_cents: r
+                        .try_get::<Option<i64>, _>("claim_amount_cents")?
+                        .unwrap_or_default(),
+                },
+            ));
+        }
+        Ok(claims)
+    }
+
+    pub async fn settle_claim(
+        &self,
+        event_id: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE stripe_events SET outcome = $2, detail = $3 WHERE event_id = $1")
+            .bind(event_id)
+            .bind(outcome)
+            .bind(detail)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Serialises every reversal of one payment intent (refund steps, disputes, retries) across
+    /// concurrent deliveries and adapter processes: the lock is held until the returned
+    /// transaction ends.
+    pub async fn lock_payment_intent(
+        &self,
+        payment_intent: &str,
+    ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7274))")
+            .bind(format!("stripe-reversal:{payment_intent}"))
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
+    /// The newest events first; only `event_id` when given.
+    pub async fn events(
+        &self,
+        event_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<SeenEvent>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT event_id, event_type, outcome, detail, user_id, transaction_id, deliveries, last_seen_at \
+             FROM stripe_events WHERE ($1::text IS NULL OR event_id = $1) \
+             ORDER BY last_seen_at DESC LIMIT $2",
+        )
+        .bind(event_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(SeenEvent {
+                    event_id: r.try_get("event_id")?,
+                    event_type: r.try_get("event_type")?,
+                    outcome: r.try_get("outcome")?,
+                    detail: r.try_get("detail")?,
+                    user_id: r.try_get("user_id")?,
+                    transaction_id: r.try_get("transaction_id")?,
+                    deliveries: r.try_get("deliveries")?,
+                    last_seen_at: r.try_get("last_seen_at")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,838 @@
+//! The Stripe webhook end to end: signed HTTP requests in, ledger rows out, over a real server
+//! and a real database.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::stripe::*;
+use common::*;
+use rand::seq::SliceRandom;
+use serde_json::json;
+use token_ledger::webhook::ledger_port::RemoteLedger;
+use token_ledger::webhook::store::WebhookStore;
+use token_ledger::webhook::Processor;
+
+async fn app() -> (TestApp, SocketAddr) {
+    let app = TestApp::spawn_with(TestOptions {
+        webhook: true,
+        ..Default::default()
+    })
+    .await;
+    let addr = app.webhook_addr.unwrap();
+    (app, addr)
+}
+
+async fn send(addr: SocketAddr, event: &serde_json::Value) -> u16 {
+    deliver(addr, WEBHOOK_SECRET, event).await.0
+}
+
+async fn balance(app: &TestApp, user: &str) -> i64 {
+    let mut c = app.client().await;
+    balance_of(&mut c, user).await
+}
+
+async fn outcome(app: &TestApp, event_id: &str) -> (String, i32) {
+    sqlx::query_as("SELECT outcome, deliveries FROM stripe_events WHERE event_id = $1")
+        .bind(event_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+const DAY: i64 = 86_400;
+
+#[tokio::test]
+async fn a_paid_token_pack_checkout_records_the_purchase() {
+    let (app, addr) = app().await;
+    let e = event(
+        "evt_pack",
+        "checkout.session.completed",
+        pack_checkout("cs_1", "pi_1", "user-1", "pack_5m", 19_900),
+    );
+
+    assert_eq!(send(addr, &e).await, 200);
+
+    assert_eq!(balance(&app, "user-1").await, 5_000_000);
+    let (amount, paid, pi, source, created_by): (i64, i64, String, String, String) = sqlx::query_as(
+        "SELECT token_amount, amount_paid_cents, stripe_payment_intent_id, source, created_by FROM token_transactions",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (amount, paid, pi.as_str(), source.as_str()),
+        (5_000_000, 19_900, "pi_1", "token_pack")
+    );
+    assert_eq!(created_by, "key:stripe-webhook");
+    assert_eq!(outcome(&app, "evt_pack").await, ("credited".to_string(), 1));
+    let mapped: String =
+        sqlx::query_scalar("SELECT user_id FROM stripe_customers WHERE customer_id = 'cus_user-1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(mapped, "user-1");
+}
+
+#[tokio::test]
+async fn an_annual_subscription_grants_five_million_per_paid_invoice_once() {
+    let (app, addr) = app().await;
+    let t0 = 1_760_000_000;
+    // Checkout and its first invoice are twins: one grant.
+    let checkout = event(
+        "evt_a1",
+        "checkout.session.completed",
+        subscription_checkout("cs_a", "sub_a", "in_a1", "user-a", "vision_pro_annual", t0),
+    );
+    let first_invoice = event(
+        "evt_a2",
+        "invoice.paid",
+        invoice_paid(
+            "in_a1",
+            "sub_a",
+            "subscription_create",
+            "price_vision_pro_annual",
+            t0,
+            t0 + 365 * DAY,
+            None,
+            "cus_user-a",
+        ),
+    );
+    assert_eq!(send(addr, &checkout).await, 200);
+    assert_eq!(send(addr, &first_invoice).await, 200);
+    assert_eq!(balance(&app, "user-a").await, 5_000_000);
+    assert_eq!(outcome(&app, "evt_a2").await.0, "replayed");
+
+    // The yearly renewal: another 5M, once.
+    let renewal = event(
+        "evt_a3",
+        "invoice.paid",
+        invoice_paid(
+            "in_a2",
+            "sub_a",
+            "subscription_cycle",
+            "price_vision_pro_annual",
+            t0 + 365 * DAY,
+            t0 + 730 * DAY,
+            None,
+            "cus_user-a",
+        ),
+    );
+    assert_eq!(send(addr, &renewal).await, 200);
+    assert_eq!(send(addr, &renewal).await, 200);
+    assert_eq!(balance(&app, "user-a").await, 10_000_000);
+    let grants: Vec<(String, String)> = sqlx::query_as(
+        "SELECT source, stripe_invoice_id FROM token_transactions WHERE transaction_type = 'grant' ORDER BY entry_seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        grants,
+        vec![
+            ("annual_subscription".into(), "in_a1".into()),
+            ("annual_subscription".into(), "in_a2".into())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn each_paid_28_day_cycle_drips_375k_and_a_proration_drips_nothing() {
+    let (app, addr) = app().await;
+    let t0 = 1_760_000_000;
+    let price = "price_vision_pro_28day";
+    let cycle = |n: i64, reason: &str| {
+        event(
+            &format!("evt_c{n}"),
+            "invoice.paid",
+            invoice_paid(
+                &format!("in_c{n}"),
+                "sub_c",
+                reason,
+                price,
+                t0 + n * 28 * DAY,
+                t0 + (n + 1) * 28 * DAY,
+                Some("user-c"),
+                "cus_c",
+            ),
+        )
+    };
+    assert_eq!(send(addr, &cycle(0, "subscription_create")).await, 200);
+    assert_eq!(send(addr, &cycle(1, "subscription_cycle")).await, 200);
+    assert_eq!(send(addr, &cycle(2, "subscription_cycle")).await, 200);
+    let proration = event(
+        "evt_prorate",
+        "invoice.paid",
+        invoice_paid(
+            "in_p",
+            "sub_c",
+            "subscription_update",
+            price,
+            t0 + 30 * DAY,
+            t0 + 56 * DAY,
+            Some("user-c"),
+            "cus_c",
+        ),
+    );
+    assert_eq!(send(addr, &proration).await, 200);
+
+    assert_eq!(balance(&app, "user-c").await, 3 * 375_000);
+    assert_eq!(app.count("SELECT count(*) FROM token_drips").await, 3);
+    assert_eq!(outcome(&app, "evt_prorate").await.0, "ignored");
+    let starts: Vec<i64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM period_start)::bigint FROM token_drips ORDER BY entry_seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(starts, vec![t0, t0 + 28 * DAY, t0 + 56 * DAY]);
+}
+
+#[tokio::test]
+async fn a_bad_signature_or_a_stale_timestamp_is_refused_and_writes_nothing() {
+    let (app, addr) = app().await;
+    let e = event(
+        "evt_sig",
+        "checkout.session.completed",
+        pack_checkout("cs_1", "pi_1", "user-1", "pack_2m", 9_900),
+    );
+    let body = serde_json::to_vec(&e).unwrap();
+
+    let wrong_secret = signature("whsec_not_ours", now(), &body);
+    assert_eq!(post_raw(addr, &body, Some(&wrong_secret)).await.0, 400);
+    assert_eq!(post_raw(addr, &body, None).await.0, 400);
+    let stale = signature(WEBHOOK_SECRET, now() - 301, &body);
+    assert_eq!(post_raw(addr, &body, Some(&stale)).await.0, 400);
+    let sig = signature(WEBHOOK_SECRET, now(), &body);
+    let mut tampered = body.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 0x01;
+    assert_eq!(post_raw(addr, &tampered, Some(&sig)).await.0, 400);
+    assert_eq!(
+        post_raw(
+            addr,
+            b"not json",
+            Some(&signature(WEBHOOK_SECRET, now(), b"not json"))
+        )
+        .await
+        .0,
+        400
+    );
+
+    assert_eq!(balance(&app, "user-1").await, 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM stripe_events").await,
+        0,
+        "unsigned requests are not recorded"
+    );
+
+    // Within the tolerance it is accepted.
+    let fresh = signature(WEBHOOK_SECRET, now() - 299, &body);
+    assert_eq!(post_raw(addr, &body, Some(&fresh)).await.0, 200);
+    assert_eq!(balance(&app, "user-1").await, 2_000_000);
+}
+
+#[tokio::test]
+async fn two_v1_signatures_of_which_one_is_right_are_accepted() {
+    let (app, addr) = app().await;
+    let e = event(
+        "evt_v1",
+        "checkout.session.completed",
+        pack_checkout("cs_1", "pi_1", "user-1", "pack_2m", 9_900),
+    );
+    let body = serde_json::to_vec(&e).unwrap();
+    let t = now();
+    let good = signature(WEBHOOK_SECRET, t, &body);
+    let good_v1 = good.split("v1=").nth(1).unwrap();
+    let bad_v1 = signature("whsec_old_rotated_out", t, &body)
+        .split("v1=")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let header = format!("t={t},v1={bad_v1},v1={good_v1},v0=6ffbb59b2300aae63f272406069a9788598b792a944a07aba816edb039989a39");
+
+    assert_eq!(post_raw(addr, &body, Some(&header)).await.0, 200);
+    assert_eq!(balance(&app, "user-1").await, 2_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_event_delivered_five_times_three_concurrently_credits_once() {
+    let (app, addr) = app().await;
+    let e = event(
+        "evt_5x",
+        "checkout.session.completed",
+        pack_checkout("cs_5", "pi_5", "user-5", "pack_12m", 39_900),
+    );
+
+    assert_eq!(send(addr, &e).await, 200);
+    let concurrent: Vec<_> = (0..3)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move { send(addr, &e).await })
+        })
+        .collect();
+    for t in concurrent {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(send(addr, &e).await, 200);
+
+    assert_eq!(balance(&app, "user-5").await, 12_000_000);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions").await,
+        1
+    );
+    assert_eq!(outcome(&app, "evt_5x").await, ("replayed".to_string(), 5));
+}
+
+#[tokio::test]
+async fn a_28_day_first_cycle_is_credited_once_whichever_twin_arrives_first() {
+    let (app, addr) = app().await;
+    let t0 = 1_760_000_000;
+    for (order, user) in [("checkout-first", "user-x"), ("invoice-first", "user-y")] {
+        let sub = format!("sub_{user}");
+        let invoice_id = format!("in_{user}");
+        let checkout = event(
+            &format!("evt_cs_{user}"),
+            "checkout.session.completed",
+            subscription_checkout(
+                &format!("cs_{user}"),
+                &sub,
+                &invoice_id,
+                user,
+                "vision_pro_28day",
+                t0,
+            ),
+        );
+        let invoice = event(
+            &format!("evt_in_{user}"),
+            "invoice.paid",
+            invoice_paid(
+                &invoice_id,
+                &sub,
+                "subscription_create",
+                "price_vision_pro_28day",
+                t0,
+                t0 + 28 * DAY,
+                Some(user),
+                &format!("cus_{user}"),
+            ),
+        );
+        let (first, second) = if order == "checkout-first" {
+            (&checkout, &invoice)
+        } else {
+            (&invoice, &checkout)
+        };
+        assert_eq!(send(addr, first).await, 200, "{order}");
+        assert_eq!(send(addr, second).await, 200, "{order}");
+        assert_eq!(send(addr, first).await, 200, "{order}");
+        assert_eq!(
+            balance(&app, user).await,
+            375_000,
+            "{order}: one cycle credited once"
+        );
+
+        // The next cycle is a new credit.
+        let renewal = event(
+            &format!("evt_r_{user}"),
+            "invoice.paid",
+            invoice_paid(
+                &format!("in2_{user}"),
+                &sub,
+                "subscription_cycle",
+                "price_vision_pro_28day",
+                t0 + 28 * DAY,
+                t0 + 56 * DAY,
+                None,
+                &format!("cus_{user}"),
+            ),
+        );
+        assert_eq!(send(addr, &renewal).await, 200, "{order}");
+        assert_eq!(balance(&app, user).await, 750_000, "{order}");
+    }
+}
+
+#[tokio::test]
+async fn an_invoice_before_its_checkout_is_retried_until_the_user_is_known() {
+    let (app, addr) = app().await;
+    let t0 = 1_760_000_000;
+    let invoice = event(
+        "evt_early",
+        "invoice.paid",
+        invoice_paid(
+            "in_e",
+            "sub_e",
+            "subscription_create",
+            "price_vision_pro_28day",
+            t0,
+            t0 + 28 * DAY,
+            None,
+            "cus_user-e",
+        ),
+    );
+    let (status, body) = deliver(addr, WEBHOOK_SECRET, &invoice).await;
+    assert!((500..600).contains(&status), "{status} {body}");
+    assert_eq!(outcome(&app, "evt_early").await.0, "user_unknown");
+    assert_eq!(balance(&app, "user-e").await, 0);
+
+    // The checkout (without a product in its metadata) teaches us the user.
+    let mut session =
+        subscription_checkout("cs_e", "sub_e", "in_e", "user-e", "vision_pro_28day", t0);
+    session["metadata"] = json!({});
+    assert_eq!(
+        send(
+            addr,
+            &event("evt_cs_e", "checkout.session.completed", session)
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        balance(&app, "user-e").await,
+        0,
+        "the checkout defers the credit to the invoice"
+    );
+
+    // Stripe retries the invoice.
+    assert_eq!(send(addr, &invoice).await, 200);
+    assert_eq!(send(addr, &invoice).await, 200);
+    assert_eq!(balance(&app, "user-e").await, 375_000);
+    assert_eq!(
+        outcome(&app, "evt_early").await,
+        ("replayed".to_string(), 3)
+    );
+}
+
+#[tokio::test]
+async fn an_unpaid_checkout_is_credited_once_its_async_payment_succeeds() {
+    let (app, addr) = app().await;
+    let mut session = pack_checkout("cs_async", "pi_async", "user-s", "pack_2m", 9_900);
+    session["payment_status"] = json!("unpaid");
+    assert_eq!(
+        send(
+            addr,
+            &event("evt_unpaid", "checkout.session.completed", session.clone())
+        )
+        .await,
+        200
+    );
+    assert_eq!(balance(&app, "user-s").await, 0);
+    assert_eq!(outcome(&app, "evt_unpaid").await.0, "awaiting_payment");
+
+    session["payment_status"] = json!("paid");
+    let succeeded = event(
+        "evt_async_ok",
+        "checkout.session.async_payment_succeeded",
+        session,
+    );
+    assert_eq!(send(addr, &succeeded).await, 200);
+    assert_eq!(send(addr, &succeeded).await, 200);
+    assert_eq!(balance(&app, "user-s").await, 2_000_000);
+}
+
+#[tokio::test]
+async fn an_unknown_price_is_refused_loudly_and_writes_nothing() {
+    let (app, addr) = app().await;
+    let e = event(
+        "evt_unknown",
+        "checkout.session.completed",
+        pack_checkout("cs_u", "pi_u", "user-u", "pack_999m", 100),
+    );
+    let (status, body) = deliver(addr, WEBHOOK_SECRET, &e).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("catalog gap"), "{body}");
+    let inv = event(
+        "evt_unknown_inv",
+        "invoice.paid",
+        invoice_paid(
+            "in_u",
+            "sub_u",
+            "subscription_cycle",
+            "price_not_in_catalog",
+            1,
+            2,
+            Some("user-u"),
+            "cus_u",
+        ),
+    );
+    assert_eq!(send(addr, &inv).await, 400);
+
+    assert_eq!(app.journal_rows().await, 0);
+    assert_eq!(outcome(&app, "evt_unknown").await.0, "unknown_price");
+}
+
+#[tokio::test]
+async fn an_unhandled_event_type_is_acknowledged_and_writes_nothing() {
+    let (app, addr) = app().await;
+    let e = event(
+        "evt_other",
+        "customer.created",
+        json!({"id": "cus_1", "object": "customer"}),
+    );
+    assert_eq!(send(addr, &e).await, 200);
+    assert_eq!(app.journal_rows().await, 0);
+    assert_eq!(outcome(&app, "evt_other").await.0, "ignored");
+}
+
+#[tokio::test]
+async fn a_refund_in_two_partial_steps_claws_back_the_refunded_share() {
+    let (app, addr) = app().await;
+    assert_eq!(
+        send(
+            addr,
+            &event(
+                "evt_buy",
+                "checkout.session.completed",
+                pack_checkout("cs_r", "pi_r", "user-r", "pack_2m", 9_900)
+            )
+        )
+        .await,
+        200
+    );
+    // The user spends some before the refunds.
+    let mut c = app.client().await;
+    c.track_usage(with_key(USAGE_KEY, usage_req("user-r", 300_000, "spend")))
+        .await
+        .unwrap();
+
+    let half = event(
+        "evt_ref1",
+        "charge.refunded",
+        charge_refunded("ch_r", "pi_r", 9_900, 4_950),
+    );
+    assert_eq!(send(addr, &half).await, 200);
+    assert_eq!(
+        balance(&app, "user-r").await,
+        2_000_000 - 300_000 - 1_000_000
+    );
+    assert_eq!(
+        send(addr, &half).await,
+        200,
+        "a redelivery claws back nothing more"
+    );
+    assert_eq!(balance(&app, "user-r").await, 700_000);
+
+    let full = event(
+        "evt_ref2",
+        "charge.refunded",
+        charge_refunded("ch_r", "pi_r", 9_900, 9_900),
+    );
+    assert_eq!(send(addr, &full).await, 200);
+    assert_eq!(
+        send(addr, &half).await,
+        200,
+        "a late redelivery of the first step changes nothing"
+    );
+    assert_eq!(
+        balance(&app, "user-r").await,
+        -300_000,
+        "a refunded pack is not spendable; usage already made stays"
+    );
+
+    let reversals: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT token_amount, stripe_reference FROM token_transactions WHERE transaction_type = 'reversal' ORDER BY entry_seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        reversals,
+        vec![
+            (-1_000_000, "ch_r".to_string()),
+            (-1_000_000, "ch_r".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_dispute_claws_back_the_disputed_share_once() {
+    let (app, addr) = app().await;
+    assert_eq!(
+        send(
+            addr,
+            &event(
+                "evt_buy",
+                "checkout.session.completed",
+                pack_checkout("cs_d", "pi_d", "user-d", "pack_5m", 19_900)
+            )
+        )
+        .await,
+        200
+    );
+    let d = event(
+        "evt_dp",
+        "charge.dispute.created",
+        dispute("dp_1", "ch_d", "pi_d", 19_900),
+    );
+    assert_eq!(send(addr, &d).await, 200);
+    assert_eq!(send(addr, &d).await, 200);
+    assert_eq!(balance(&app, "user-d").await, 0);
+    let source: String = sqlx::query_scalar(
+        "SELECT source FROM token_transactions WHERE transaction_type = 'reversal'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(source, "dispute");
+}
+
+#[tokio::test]
+async fn a_refund_that_arrives_before_its_purchase_is_clawed_back_when_the_purchase_lands() {
+    let (app, addr) = app().await;
+    let refund = event(
+        "evt_ref_early",
+        "charge.refunded",
+        charge_refunded("ch_x", "pi_x", 9_900, 9_900),
+    );
+    assert_eq!(send(addr, &refund).await, 200);
+    assert_eq!(outcome(&app, "evt_ref_early").await.0, "unmatched_reversal");
+
+    assert_eq!(
+        send(
+            addr,
+            &event(
+                "evt_buy_late",
+                "checkout.session.completed",
+                pack_checkout("cs_x", "pi_x", "user-x", "pack_2m", 9_900)
+            )
+        )
+        .await,
+        200
+    );
+
+    assert_eq!(
+        balance(&app, "user-x").await,
+        0,
+        "the refunded pack never becomes spendable"
+    );
+    assert_eq!(outcome(&app, "evt_ref_early").await.0, "reversed");
+}
+
+#[tokio::test]
+async fn after_a_subscription_ends_no_more_cycles_drip() {
+    let (app, addr) = app().await;
+    let t0 = 1_760_000_000;
+    let price = "price_vision_pro_28day";
+    let first = event(
+        "evt_s0",
+        "invoice.paid",
+        invoice_paid(
+            "in_s0",
+            "sub_s",
+            "subscription_create",
+            price,
+            t0,
+            t0 + 28 * DAY,
+            Some("user-z"),
+            "cus_z",
+        ),
+    );
+    assert_eq!(send(addr, &first).await, 200);
+    assert_eq!(
+        send(
+            addr,
+            &event(
+                "evt_del",
+                "customer.subscription.deleted",
+                subscription_deleted("sub_s", t0 + 28 * DAY)
+            )
+        )
+        .await,
+        200
+    );
+    assert_eq!(outcome(&app, "evt_del").await.0, "recorded");
+    let late = event(
+        "evt_s1",
+        "invoice.paid",
+        invoice_paid(
+            "in_s1",
+            "sub_s",
+            "subscription_cycle",
+            price,
+            t0 + 28 * DAY,
+            t0 + 56 * DAY,
+            Some("user-z"),
+            "cus_z",
+        ),
+    );
+    assert_eq!(send(addr, &late).await, 200);
+    assert_eq!(balance(&app, "user-z").await, 375_000);
+    assert_eq!(outcome(&app, "evt_s1").await.0, "ignored");
+}
+
+#[tokio::test]
+async fn an_invoice_in_the_pre_2025_shape_is_understood_too() {
+    let (app, addr) = app().await;
+    let invoice = json!({
+        "id": "in_old", "object": "invoice", "billing_reason": "subscription_cycle", "customer": "cus_old",
+        "subscription": "sub_old", "subscription_details": {"metadata": {"user_id": "user-old"}},
+        "lines": {"object": "list", "has_more": false, "data": [{
+            "id": "il_1", "object": "line_item", "proration": false,
+            "period": {"start": 1_760_000_000, "end": 1_762_419_200},
+            "price": {"id": "price_x_not_listed", "lookup_key": "vision_pro_28day_99", "object": "price"}
+        }]}
+    });
+    assert_eq!(
+        send(addr, &event("evt_old", "invoice.paid", invoice)).await,
+        200
+    );
+    assert_eq!(balance(&app, "user-old").await, 375_000);
+}
+
+/// The webhook as its own process would run it: a remote ledger over gRPC with a billing key.
+async fn remote_webhook(db_pool: sqlx::PgPool, ledger_url: &str) -> SocketAddr {
+    let ledger = RemoteLedger::new(ledger_url, Some(BILLING_KEY), Duration::from_secs(2)).unwrap();
+    let processor = Processor::new(
+        Arc::new(ledger),
+        WebhookStore::new(db_pool),
+        Arc::new(example_catalog()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(token_ledger::webhook::serve(
+        listener,
+        token_ledger::webhook::router(webhook_config(), processor),
+        std::future::pending(),
+    ));
+    addr
+}
+
+#[tokio::test]
+async fn while_the_ledger_is_down_events_get_503_and_are_credited_once_it_is_back() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    // A port with no ledger behind it (yet).
+    let ledger_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let addr = remote_webhook(pool.clone(), &format!("http://{ledger_addr}")).await;
+    let e = event(
+        "evt_down",
+        "checkout.session.completed",
+        pack_checkout("cs_dn", "pi_dn", "user-dn", "pack_2m", 9_900),
+    );
+
+    let (status, body) = deliver(addr, WEBHOOK_SECRET, &e).await;
+    assert_eq!(status, 503, "{body}");
+    let recorded: String =
+        sqlx::query_scalar("SELECT outcome FROM stripe_events WHERE event_id = 'evt_down'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, "ledger_unavailable");
+
+    // The ledger comes up on that address; Stripe retries.
+    let app = TestApp::spawn_on(
+        db,
+        TestOptions {
+            listen: Some(ledger_addr),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut status = 0;
+    for _ in 0..50 {
+        status = send(addr, &e).await;
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+    assert_eq!(send(addr, &e).await, 200);
+    assert_eq!(balance(&app, "user-dn").await, 2_000_000);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions").await,
+        1
+    );
+    let created_by: String = sqlx::query_scalar("SELECT created_by FROM token_transactions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        created_by, "key:stripe-webhook",
+        "the remote adapter is its own billing key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_of_fifty_objects_each_delivered_five_times_in_shuffled_order_credits_each_once() {
+    let (app, addr) = app().await;
+    let t0 = 1_760_000_000;
+    let packs = [
+        ("pack_2m", 2_000_000, 9_900),
+        ("pack_5m", 5_000_000, 19_900),
+        ("pack_12m", 12_000_000, 39_900),
+    ];
+    let mut events = Vec::new();
+    let mut expected_total = 0i64;
+    for i in 0..50i64 {
+        let user = format!("storm-{}", i % 7);
+        if i % 2 == 0 {
+            let (pack, tokens, cents) = packs[(i as usize / 2) % 3];
+            expected_total += tokens;
+            events.push(event(
+                &format!("evt_p{i}"),
+                "checkout.session.completed",
+                pack_checkout(&format!("cs_{i}"), &format!("pi_{i}"), &user, pack, cents),
+            ));
+        } else {
+            expected_total += 375_000;
+            events.push(event(
+                &format!("evt_d{i}"),
+                "invoice.paid",
+                invoice_paid(
+                    &format!("in_{i}"),
+                    &format!("sub_{user}"),
+                    "subscription_cycle",
+                    "price_vision_pro_28day",
+                    t0 + i * 28 * DAY,
+                    t0 + (i + 1) * 28 * DAY,
+                    Some(&user),
+                    &format!("cus_{user}"),
+                ),
+            ));
+        }
+    }
+    let mut deliveries: Vec<serde_json::Value> = events
+        .iter()
+        .flat_map(|e| std::iter::repeat_n(e.clone(), 5))
+        .collect();
+    deliveries.shuffle(&mut rand::rng());
+
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for e in deliveries {
+        let permit = semaphore.clone().acquire_owned().await.unwrap();
+        tasks.push(tokio::spawn(async move {
+            let status = send(addr, &e).await;
+            drop(permit);
+            status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+
+    let total: i64 = sqlx::query_scalar("SELECT COALESCE(sum(balance), 0)::bigint FROM accounts")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, expected_total);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions").await,
+        25
+    );
+    assert_eq!(app.count("SELECT count(*) FROM token_drips").await, 25);
+    assert_eq!(
+        app.count("SELECT sum(deliveries) FROM stripe_events").await,
+        250
+    );
+    let report = token_ledger::store::Store::from_pool(app.pool.clone())
+        .verify()
+        .await
+        .unwrap();
+    assert!(report.discrepancies.is_empty());
+}
