@@ -836,3 +836,76 @@ async fn a_storm_of_fifty_objects_each_delivered_five_times_in_shuffled_order_cr
         .unwrap();
     assert!(report.discrepancies.is_empty());
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_before_parsing() {
+    let (app, addr) = app().await;
+    let big = vec![b' '; token_ledger::webhook::BODY_BYTES_MAX + 1];
+    let sig = signature(WEBHOOK_SECRET, now(), &big);
+    assert_eq!(post_raw(addr, &big, Some(&sig)).await.0, 413);
+    // Exactly at the limit the body is read (and here refused as not JSON).
+    let at_limit = vec![b' '; token_ledger::webhook::BODY_BYTES_MAX];
+    let sig = signature(WEBHOOK_SECRET, now(), &at_limit);
+    assert_eq!(post_raw(addr, &at_limit, Some(&sig)).await.0, 400);
+    assert_eq!(app.journal_rows().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stripe_events_lists_what_was_done_with_each_event() {
+    let (app, addr) = app().await;
+    assert_eq!(
+        send(
+            addr,
+            &event(
+                "evt_listed",
+                "checkout.session.completed",
+                pack_checkout("cs_l", "pi_l", "user-l", "pack_2m", 9_900)
+            )
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        send(
+            addr,
+            &event("evt_ignored", "customer.created", json!({"id": "cus_1"}))
+        )
+        .await,
+        200
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
+        .args(["stripe-events", "--database-url", &app.db.url()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("evt_listed") && text.contains("credited") && text.contains("user=user-l"),
+        "{text}"
+    );
+    assert!(
+        text.contains("evt_ignored") && text.contains("ignored"),
+        "{text}"
+    );
+
+    let one = std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
+        .args([
+            "stripe-events",
+            "--event",
+            "evt_listed",
+            "--database-url",
+            &app.db.url(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&one.stdout);
+    assert!(
+        text.contains("evt_listed") && !text.contains("evt_ignored"),
+        "{text}"
+    );
+}
