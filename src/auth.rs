@@ -109,18 +109,50 @@ impl FromStr for ApiKey {
     }
 }
 
+/// How a caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey,
+    Jwt,
+    /// Code in this process (the hosted Stripe webhook).
+    InProcess,
+}
+
+impl Credential {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::ApiKey => "api_key",
+            Credential::Jwt => "jwt",
+            Credential::InProcess => "in_process",
+        }
+    }
+}
+
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The key's name, or the JWT's `sub`.
     pub name: String,
     pub scopes: Vec<Scope>,
+    pub credential: Credential,
 }
 
 impl Caller {
-    /// The name written to `created_by`: the key's name, prefixed so it cannot be mistaken for a
-    /// user id.
+    pub fn api_key(name: impl Into<String>, scopes: Vec<Scope>) -> Self {
+        Self {
+            name: name.into(),
+            scopes,
+            credential: Credential::ApiKey,
+        }
+    }
+
+    /// What `created_by` records: `key:<name>` for API keys and in-process callers (prefixed so
+    /// it cannot be mistaken for a user id), the JWT's `sub` for a signed-in admin.
     pub fn actor(&self) -> Actor {
-        Actor::new(format!("key:{}", self.name))
+        match self.credential {
+            Credential::Jwt => Actor::new(self.name.clone()),
+            Credential::ApiKey | Credential::InProcess => Actor::new(format!("key:{}", self.name)),
+        }
     }
 }
 
@@ -128,17 +160,24 @@ impl Caller {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     keys: Vec<ApiKey>,
+    jwt: Option<crate::jwt::JwtVerifier>,
 }
 
 impl Authenticator {
     pub fn new(keys: Vec<ApiKey>) -> Self {
-        Self { keys }
+        Self { keys, jwt: None }
     }
 
-    /// With no keys configured every caller is let in as `open-mode`, with every scope. The server
-    /// only allows this on a loopback address.
+    /// Also accept admin JWTs checked by `verifier`.
+    pub fn with_jwt(mut self, verifier: Option<crate::jwt::JwtVerifier>) -> Self {
+        self.jwt = verifier;
+        self
+    }
+
+    /// With no keys and no JWT verification configured every caller is let in as `open-mode`,
+    /// with every scope. The server only allows this on a loopback address.
     pub fn is_open(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && self.jwt.is_none()
     }
 
     /// Checks the `authorization` header value and that the caller holds one of `allowed` (or
@@ -174,10 +213,7 @@ impl Authenticator {
 
     fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, LedgerError> {
         if self.is_open() {
-            return Ok(Caller {
-                name: "open-mode".into(),
-                scopes: vec![Scope::Admin],
-            });
+            return Ok(Caller::api_key("open-mode", vec![Scope::Admin]));
         }
         let header = authorization.ok_or(LedgerError::Unauthenticated(
             "missing credentials: send `authorization: Bearer <api key>`",
@@ -189,6 +225,11 @@ impl Authenticator {
                 "malformed authorization header: expected `Bearer <api key>`",
             ))?
             .trim();
+        if let Some(verifier) = &self.jwt {
+            if crate::jwt::looks_like_jwt(secret) {
+                return verifier.verify(secret);
+            }
+        }
         let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         // Look at every key, whatever matched, so timing says nothing about which key matched.
         let mut found: Option<&ApiKey> = None;
@@ -198,10 +239,7 @@ impl Authenticator {
             }
         }
         let key = found.ok_or(LedgerError::Unauthenticated("unknown API key"))?;
-        Ok(Caller {
-            name: key.name.clone(),
-            scopes: key.scopes.clone(),
-        })
+        Ok(Caller::api_key(key.name.clone(), key.scopes.clone()))
     }
 }
 

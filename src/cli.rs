@@ -218,6 +218,18 @@ pub struct ServeArgs {
     )]
     pub request_timeout_ms: u64,
 
+    /// Browser origins allowed to call over grpc-web (comma-separated, e.g.
+    /// https://admin.example.com). The console at /admin is same-origin and needs none.
+    #[arg(
+        long = "cors-origin",
+        env = "TOKEN_LEDGER_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
     /// Also serve the Stripe webhook (POST /stripe/webhook) on this address, in this process.
     #[arg(long, env = "TOKEN_LEDGER_STRIPE_WEBHOOK_LISTEN")]
     pub stripe_webhook_listen: Option<SocketAddr>,
@@ -227,6 +239,46 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// Admin JWT verification (the admin frontend's signed-in admin).
+#[derive(Debug, Clone, Args)]
+pub struct JwtArgs {
+    /// Shared secret for HS256 JWTs (Supabase: Project Settings → API → JWT secret).
+    #[arg(long, env = "TOKEN_LEDGER_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+
+    /// A JWKS file with the public keys for RS256/ES256 JWTs.
+    #[arg(long, env = "TOKEN_LEDGER_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+
+    /// Required `aud` claim, if set.
+    #[arg(long, env = "TOKEN_LEDGER_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim, if set.
+    #[arg(long, env = "TOKEN_LEDGER_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// The claim that makes a JWT an admin's, as path=value.
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_JWT_ADMIN_CLAIM",
+        default_value = "app_metadata.role=admin"
+    )]
+    pub jwt_admin_claim: String,
+}
+
+impl JwtArgs {
+    pub fn verifier(&self) -> anyhow::Result<Option<crate::jwt::JwtVerifier>> {
+        crate::jwt::JwtVerifier::from_settings(&crate::jwt::JwtSettings {
+            hs256_secret: self.jwt_hs256_secret.clone(),
+            jwks_file: self.jwt_jwks_file.clone(),
+            audience: self.jwt_audience.clone(),
+            issuer: self.jwt_issuer.clone(),
+            admin_claim: self.jwt_admin_claim.clone(),
+        })
+    }
 }
 
 /// An open database: the store, and the embedded cluster behind it if we started one.
@@ -311,6 +363,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.message_bytes_max = args.message_bytes_max;
         config.health_check_interval = Duration::from_millis(args.health_interval_ms);
         config.request_timeout = Duration::from_millis(args.request_timeout_ms);
+        config.cors_origins = args.cors_origins.clone();
+        config.jwt = args.jwt.verifier()?;
         let mut app = Application::build(config, db.store.clone()).await?;
         if let Some(listen) = args.stripe_webhook_listen {
             let (webhook_config, catalog) = args.stripe.load()?;

@@ -82,6 +82,9 @@ pub struct DeductArgs {
     /// Why (required).
     #[arg(long)]
     pub reason: String,
+    /// Let the balance go below zero if it does not cover the deduction (recorded on the row).
+    #[arg(long)]
+    pub allow_negative: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -274,6 +277,7 @@ pub async fn deduct(a: DeductArgs) -> anyhow::Result<ExitCode> {
         tokens: a.write.tokens,
         idempotency_key: key.clone(),
         reason: a.reason,
+        allow_negative: a.allow_negative,
     });
     write_call!(c, key, c.inner.deduct(req))
 }
@@ -375,6 +379,7 @@ pub async fn history(a: HistoryArgs) -> anyhow::Result<ExitCode> {
         user_id: a.user_id,
         page_size: a.page_size,
         page_token: a.page_token,
+        ..Default::default()
     });
     let r = match c.inner.list_transactions(req).await {
         Ok(r) => r.into_inner(),

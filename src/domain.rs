@@ -277,6 +277,8 @@ pub enum WriteDetails {
     },
     Deduction {
         reason: String,
+        /// The admin explicitly allowed the balance to go below zero.
+        allow_negative: bool,
     },
     Purchase {
         amount_paid_cents: i64,
@@ -400,7 +402,13 @@ impl WriteCommand {
                 f.opt(stripe_subscription_id);
                 f.opt(stripe_invoice_id);
             }
-            WriteDetails::Deduction { reason } => f.text(reason),
+            WriteDetails::Deduction {
+                reason,
+                allow_negative,
+            } => {
+                f.text(reason);
+                f.int(i64::from(*allow_negative));
+            }
             WriteDetails::Purchase {
                 amount_paid_cents,
                 currency,
@@ -560,6 +568,7 @@ pub mod build {
         c: Common,
         created_by: Actor,
         reason: String,
+        allow_negative: bool,
     ) -> Result<WriteCommand, LedgerError> {
         let (user_id, tokens, idempotency_key) = common(c)?;
         let reason = required_text("reason", reason, REASON_LEN_MAX)?;
@@ -568,7 +577,10 @@ pub mod build {
             tokens,
             idempotency_key,
             created_by,
-            details: WriteDetails::Deduction { reason },
+            details: WriteDetails::Deduction {
+                reason,
+                allow_negative,
+            },
         })
     }
 

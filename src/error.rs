@@ -53,6 +53,11 @@ pub enum LedgerError {
     #[error("{0}")]
     Unauthenticated(&'static str),
 
+    /// `UNAUTHENTICATED`: a JWT that is malformed, expired, wrongly signed or for another
+    /// audience or issuer.
+    #[error("invalid JWT: {0}")]
+    InvalidJwt(String),
+
     /// `PERMISSION_DENIED`: a known caller without the scope this call needs.
     #[error("caller {caller:?} lacks a scope for {method}: needs one of {needed}")]
     PermissionDenied {

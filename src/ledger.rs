@@ -4,10 +4,11 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
-use crate::domain::{EntryKind, Receipt, UserId, WriteCommand};
+use crate::domain::{Receipt, UserId, WriteCommand, WriteDetails};
 use crate::error::LedgerError;
 use crate::store::{
-    Balance, EntryLookup, FoundEntry, JournalEntry, Overdraft, Store, VerifyReport,
+    AccountCursor, AccountOrder, AccountSummary, Balance, EntryLookup, FoundEntry, HistoryFilter,
+    JournalEntry, Overdraft, Store, VerifyReport,
 };
 
 /// Page size when the caller asks for none.
@@ -46,8 +47,12 @@ impl Ledger {
     pub async fn write(&self, cmd: WriteCommand) -> Result<Receipt, LedgerError> {
         // Usage is always recorded: the AI call already happened and losing its record loses
         // revenue. Admin deductions must be covered by the balance.
-        let overdraft = match cmd.kind() {
-            EntryKind::Deduction => Overdraft::Refused,
+        // An admin may explicitly let a deduction overdraw; that choice is recorded on the row.
+        let overdraft = match &cmd.details {
+            WriteDetails::Deduction {
+                allow_negative: false,
+                ..
+            } => Overdraft::Refused,
             _ => Overdraft::Allowed,
         };
         let receipt = self.store.apply(&cmd, overdraft).await?;
@@ -74,20 +79,15 @@ impl Ledger {
         user_id: &UserId,
         page_size: i32,
         page_token: &str,
+        filter: &HistoryFilter,
     ) -> Result<HistoryPage, LedgerError> {
-        if page_size < 0 {
-            return Err(LedgerError::invalid(
-                "page_size",
-                format!("must not be negative, got {page_size}"),
-            ));
-        }
-        let limit = match i64::from(page_size) {
-            0 => PAGE_SIZE_DEFAULT,
-            n => n.min(PAGE_SIZE_MAX),
-        };
+        let limit = page_limit(page_size)?;
         let before_seq = decode_page_token(page_token)?;
         // One row more than asked tells whether another page exists.
-        let mut entries = self.store.history(user_id, before_seq, limit + 1).await?;
+        let mut entries = self
+            .store
+            .history(user_id, before_seq, limit + 1, filter)
+            .await?;
         let next_page_token = if entries.len() as i64 > limit {
             entries.truncate(limit as usize);
             entries.last().map(|e| encode_page_token(e.seq))
@@ -100,6 +100,41 @@ impl Ledger {
         })
     }
 
+    /// One page of accounts for the admin page.
+    pub async fn accounts(
+        &self,
+        prefix: &str,
+        order: AccountOrder,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<AccountsPage, LedgerError> {
+        if prefix.chars().count() > crate::domain::USER_ID_LEN_MAX {
+            return Err(LedgerError::invalid(
+                "user_id_prefix",
+                format!(
+                    "must be at most {} characters",
+                    crate::domain::USER_ID_LEN_MAX
+                ),
+            ));
+        }
+        let limit = page_limit(page_size)?;
+        let cursor = decode_account_token(order, page_token)?;
+        let mut accounts = self
+            .store
+            .list_accounts(prefix, order, cursor.as_ref(), limit + 1)
+            .await?;
+        let next_page_token = if accounts.len() as i64 > limit {
+            accounts.truncate(limit as usize);
+            accounts.last().map(|a| encode_account_token(order, a))
+        } else {
+            None
+        };
+        Ok(AccountsPage {
+            accounts,
+            next_page_token,
+        })
+    }
+
     pub async fn find(&self, lookup: &EntryLookup) -> Result<Option<FoundEntry>, LedgerError> {
         self.store.find_entry(lookup).await
     }
@@ -107,6 +142,77 @@ impl Ledger {
     pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {
         self.store.verify().await
     }
+}
+
+fn page_limit(page_size: i32) -> Result<i64, LedgerError> {
+    match i64::from(page_size) {
+        n if n < 0 => Err(LedgerError::invalid(
+            "page_size",
+            format!("must not be negative, got {page_size}"),
+        )),
+        0 => Ok(PAGE_SIZE_DEFAULT),
+        n => Ok(n.min(PAGE_SIZE_MAX)),
+    }
+}
+
+/// One page of accounts.
+#[derive(Debug, Clone)]
+pub struct AccountsPage {
+    pub accounts: Vec<AccountSummary>,
+    pub next_page_token: Option<String>,
+}
+
+fn encode_account_token(order: AccountOrder, last: &AccountSummary) -> String {
+    let raw = match order {
+        AccountOrder::UserId => format!("u:{}", last.user_id),
+        AccountOrder::BalanceDesc => format!("b:{}:{}", last.balance.balance, last.user_id),
+        AccountOrder::LastActivityDesc => format!(
+            "t:{}:{}",
+            last.balance
+                .updated_at
+                .map(|t| t.timestamp_micros())
+                .unwrap_or_default(),
+            last.user_id
+        ),
+    };
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_account_token(
+    order: AccountOrder,
+    token: &str,
+) -> Result<Option<AccountCursor>, LedgerError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        LedgerError::invalid(
+            "page_token",
+            "is not a token this server issued for this order",
+        )
+    };
+    if token.len() > 4 * crate::domain::USER_ID_LEN_MAX {
+        return Err(bad());
+    }
+    let raw =
+        String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    let mut parts = raw.splitn(3, ':');
+    let cursor = match (order, parts.next()) {
+        (AccountOrder::UserId, Some("u")) => {
+            AccountCursor::UserId(raw.get(2..).ok_or_else(bad)?.to_string())
+        }
+        (AccountOrder::BalanceDesc, Some("b")) => {
+            let balance = parts.next().and_then(|b| b.parse().ok()).ok_or_else(bad)?;
+            AccountCursor::Balance(balance, parts.next().ok_or_else(bad)?.to_string())
+        }
+        (AccountOrder::LastActivityDesc, Some("t")) => {
+            let micros: i64 = parts.next().and_then(|b| b.parse().ok()).ok_or_else(bad)?;
+            let at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+            AccountCursor::LastActivity(at, parts.next().ok_or_else(bad)?.to_string())
+        }
+        _ => return Err(bad()),
+    };
+    Ok(Some(cursor))
 }
 
 fn encode_page_token(seq: i64) -> String {

@@ -7,9 +7,11 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod console;
 pub mod domain;
 pub mod embedded_pg;
 pub mod error;
+pub mod jwt;
 pub mod ledger;
 pub mod pb;
 pub mod server;

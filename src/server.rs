@@ -15,6 +15,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::auth::{ApiKey, Authenticator};
+use crate::jwt::JwtVerifier;
 use crate::ledger::Ledger;
 use crate::pb;
 use crate::pb::ledger_service_server::LedgerServiceServer;
@@ -43,6 +44,11 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// Concurrent calls served per client connection; more wait in the connection.
     pub concurrency_per_connection_max: usize,
+    /// Browser origins allowed to call over grpc-web (exact `scheme://host[:port]`). Others get
+    /// no CORS grant. The console at `/admin` is same-origin and needs none.
+    pub cors_origins: Vec<String>,
+    /// Admin JWT verification, when configured.
+    pub jwt: Option<JwtVerifier>,
 }
 
 impl ServerConfig {
@@ -54,6 +60,8 @@ impl ServerConfig {
             health_check_interval: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
             concurrency_per_connection_max: 256,
+            cors_origins: Vec::new(),
+            jwt: None,
         }
     }
 }
@@ -77,7 +85,7 @@ struct HostedWebhook {
 impl Application {
     /// Checks the configuration and binds the listener.
     pub async fn build(config: ServerConfig, store: Store) -> anyhow::Result<Self> {
-        if config.api_keys.is_empty() {
+        if config.api_keys.is_empty() && config.jwt.is_none() {
             if !config.listen.ip().is_loopback() {
                 anyhow::bail!(
                     "refusing to listen on {} with no API keys configured: anyone who can reach it could move balances. \
@@ -179,7 +187,7 @@ impl Application {
 
         let ledger = LedgerGrpc::new(
             Ledger::new(store.clone()),
-            Authenticator::new(config.api_keys.clone()),
+            Authenticator::new(config.api_keys.clone()).with_jwt(config.jwt.clone()),
         );
         let webhook_task = match webhook {
             Some(w) => {
@@ -203,13 +211,21 @@ impl Application {
 
         tracing::info!(%local_addr, "token-ledger gRPC server listening");
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let served = Server::builder()
-            .timeout(config.request_timeout)
-            .concurrency_limit_per_connection(config.concurrency_per_connection_max)
-            .add_service(health_service)
+        // gRPC, grpc-web (HTTP/1.1 and HTTP/2) and the admin console share one port. CORS is the
+        // outer layer so preflights are answered before grpc-web translation.
+        let routes = tonic::service::Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(ledger_service)
+            .into_axum_router()
+            .merge(crate::console::router());
+        let served = Server::builder()
+            .accept_http1(true)
+            .timeout(config.request_timeout)
+            .concurrency_limit_per_connection(config.concurrency_per_connection_max)
+            .layer(cors_layer(&config.cors_origins)?)
+            .layer(tonic_web::GrpcWebLayer::new())
+            .add_routes(tonic::service::Routes::from(routes))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
             .await;
         if let Some(task) = webhook_task {
@@ -225,6 +241,31 @@ impl Application {
         served?;
         Ok(())
     }
+}
+
+/// CORS for browsers calling over grpc-web: only the configured origins get a grant.
+fn cors_layer(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    let origins = origins
+        .iter()
+        .map(|o| HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("bad CORS origin {o:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::list(origins))
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(600)))
 }
 
 /// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does not.

@@ -75,6 +75,39 @@ impl JournalEntry {
     }
 }
 
+/// Which journal rows a history page shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryFilter {
+    /// Only these kinds; `None` means all.
+    pub kinds: Option<Vec<EntryKind>>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// How ListAccounts orders accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountOrder {
+    UserId,
+    BalanceDesc,
+    LastActivityDesc,
+}
+
+/// Where the previous page of accounts ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountCursor {
+    UserId(String),
+    Balance(i64, String),
+    LastActivity(DateTime<Utc>, String),
+}
+
+/// One account as the admin page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    pub user_id: String,
+    pub balance: Balance,
+    pub created_at: DateTime<Utc>,
+}
+
 /// An account whose stored balance disagrees with its journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discrepancy {
@@ -325,6 +358,7 @@ impl Store {
         user_id: &UserId,
         before_seq: Option<i64>,
         limit: i64,
+        filter: &HistoryFilter,
     ) -> Result<Vec<JournalEntry>, LedgerError> {
         let account_id: Option<i64> =
             sqlx::query_scalar("SELECT account_id FROM accounts WHERE user_id = $1")
@@ -338,9 +372,84 @@ impl Store {
             .bind(account_id)
             .bind(before_seq.unwrap_or(i64::MAX))
             .bind(limit)
+            .bind(
+                filter
+                    .kinds
+                    .as_ref()
+                    .map(|kinds| kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
+            )
+            .bind(filter.created_after)
+            .bind(filter.created_before)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(journal_entry_from_row).collect()
+    }
+
+    /// Accounts whose user id starts with `prefix`, in `order`, after `cursor`.
+    pub async fn list_accounts(
+        &self,
+        prefix: &str,
+        order: AccountOrder,
+        cursor: Option<&AccountCursor>,
+        limit: i64,
+    ) -> Result<Vec<AccountSummary>, LedgerError> {
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        const COLUMNS: &str = "user_id, balance, granted_total, deducted_total, purchased_total, \
+             dripped_total, used_total, reversed_total, updated_at, last_seq, created_at";
+        let (condition, order_by) = match order {
+            AccountOrder::UserId => ("($2::text IS NULL OR user_id > $2)", "user_id"),
+            AccountOrder::BalanceDesc => (
+                "($4::bigint IS NULL OR (balance, user_id) < ($4, $2))",
+                "balance DESC, user_id DESC",
+            ),
+            AccountOrder::LastActivityDesc => (
+                "($5::timestamptz IS NULL OR (updated_at, user_id) < ($5, $2))",
+                "updated_at DESC, user_id DESC",
+            ),
+        };
+        let (cursor_user, cursor_balance, cursor_time) = match cursor {
+            None => (None, None, None),
+            Some(AccountCursor::UserId(u)) => (Some(u.clone()), None, None),
+            Some(AccountCursor::Balance(b, u)) => (Some(u.clone()), Some(*b), None),
+            Some(AccountCursor::LastActivity(t, u)) => (Some(u.clone()), None, Some(*t)),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM accounts WHERE user_id LIKE $1 AND {condition} ORDER BY {order_by} LIMIT $3"
+        );
+        let query = sqlx::query(&sql)
+            .bind(pattern)
+            .bind(cursor_user)
+            .bind(limit)
+            .bind(cursor_balance)
+            .bind(cursor_time);
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AccountSummary {
+                    user_id: row.try_get("user_id")?,
+                    created_at: row.try_get("created_at")?,
+                    balance: Balance {
+                        balance: row.try_get("balance")?,
+                        totals: Totals {
+                            granted: row.try_get("granted_total")?,
+                            deducted: row.try_get("deducted_total")?,
+                            purchased: row.try_get("purchased_total")?,
+                            dripped: row.try_get("dripped_total")?,
+                            used: row.try_get("used_total")?,
+                            reversed: row.try_get("reversed_total")?,
+                        },
+                        updated_at: Some(row.try_get("updated_at")?),
+                        transaction_count: row.try_get("last_seq")?,
+                    },
+                })
+            })
+            .collect()
     }
 
     /// Checks `balance = Σ journal` (and the per-kind totals, the row count and the newest row's
@@ -529,10 +638,13 @@ async fn insert_journal(
         .bind(created_by)
         .bind(stripe_subscription_id)
         .bind(stripe_invoice_id),
-        WriteDetails::Deduction { reason } => sqlx::query(
+        WriteDetails::Deduction {
+            reason,
+            allow_negative,
+        } => sqlx::query(
             "INSERT INTO token_transactions (id, account_id, entry_seq, transaction_type, source, \
-             token_amount, balance_after, reason, created_by) \
-             VALUES ($1, $2, $3, 'deduction', 'admin', $4, $5, $6, $7)",
+             token_amount, balance_after, reason, created_by, allow_negative) \
+             VALUES ($1, $2, $3, 'deduction', 'admin', $4, $5, $6, $7, $8)",
         )
         .bind(entry_id)
         .bind(account_id)
@@ -540,7 +652,8 @@ async fn insert_journal(
         .bind(amount)
         .bind(balance_after)
         .bind(reason)
-        .bind(created_by),
+        .bind(created_by)
+        .bind(allow_negative),
         WriteDetails::Purchase {
             amount_paid_cents,
             currency,
@@ -695,7 +808,7 @@ macro_rules! tx_columns {
         "id, account_id, entry_seq, transaction_type AS kind, token_amount, balance_after, created_at, \
          created_by, reason, source, stripe_subscription_id, stripe_invoice_id, amount_paid_cents, \
          currency, stripe_payment_intent_id, stripe_checkout_session_id, pack, reverses_transaction_id, \
-         stripe_reference, NULL::timestamptz AS period_start, NULL::timestamptz AS period_end, \
+         stripe_reference, allow_negative, NULL::timestamptz AS period_start, NULL::timestamptz AS period_end, \
          NULL::text AS model, NULL::bigint AS input_tokens, NULL::bigint AS output_tokens, \
          NULL::text AS feature"
     };
@@ -704,14 +817,20 @@ macro_rules! drip_columns {
     () => {
         "id, account_id, entry_seq, 'drip', token_amount, balance_after, created_at, created_by, \
          NULL, NULL, stripe_subscription_id, stripe_invoice_id, NULL, NULL, NULL, NULL, NULL, NULL, \
-         NULL, period_start, period_end, NULL, NULL, NULL, NULL"
+         NULL, NULL, period_start, period_end, NULL, NULL, NULL, NULL"
     };
 }
 macro_rules! usage_columns {
     () => {
         "id, account_id, entry_seq, 'usage', token_amount, balance_after, created_at, created_by, \
-         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, \
          model, input_tokens, output_tokens, feature"
+    };
+}
+
+macro_rules! history_time_filter {
+    () => {
+        " AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6)"
     };
 }
 
@@ -719,11 +838,26 @@ macro_rules! usage_columns {
 /// merged.
 const HISTORY_SQL: &str = concat!(
     "SELECT j.*, k.idempotency_key FROM (",
-    "(SELECT ", tx_columns!(), " FROM token_transactions WHERE account_id = $1 AND entry_seq < $2 ORDER BY entry_seq DESC LIMIT $3)",
+    "(SELECT ",
+    tx_columns!(),
+    " FROM token_transactions WHERE account_id = $1 AND entry_seq < $2",
+    " AND ($4::text[] IS NULL OR transaction_type = ANY($4))",
+    history_time_filter!(),
+    " ORDER BY entry_seq DESC LIMIT $3)",
     " UNION ALL ",
-    "(SELECT ", drip_columns!(), " FROM token_drips WHERE account_id = $1 AND entry_seq < $2 ORDER BY entry_seq DESC LIMIT $3)",
+    "(SELECT ",
+    drip_columns!(),
+    " FROM token_drips WHERE account_id = $1 AND entry_seq < $2",
+    " AND ($4::text[] IS NULL OR 'drip' = ANY($4))",
+    history_time_filter!(),
+    " ORDER BY entry_seq DESC LIMIT $3)",
     " UNION ALL ",
-    "(SELECT ", usage_columns!(), " FROM token_usage WHERE account_id = $1 AND entry_seq < $2 ORDER BY entry_seq DESC LIMIT $3)",
+    "(SELECT ",
+    usage_columns!(),
+    " FROM token_usage WHERE account_id = $1 AND entry_seq < $2",
+    " AND ($4::text[] IS NULL OR 'usage' = ANY($4))",
+    history_time_filter!(),
+    " ORDER BY entry_seq DESC LIMIT $3)",
     " ORDER BY entry_seq DESC LIMIT $3",
     ") j LEFT JOIN idempotency_keys k ON k.entry_id = j.id ORDER BY j.entry_seq DESC"
 );
@@ -804,6 +938,9 @@ fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, L
             reason: row
                 .try_get::<Option<String>, _>("reason")?
                 .unwrap_or_default(),
+            allow_negative: row
+                .try_get::<Option<bool>, _>("allow_negative")?
+                .unwrap_or(false),
         },
         EntryKind::Purchase => WriteDetails::Purchase {
             amount_paid_cents: row

@@ -88,6 +88,7 @@ async fn a_deduction_lands_as_a_negative_admin_row() {
             tokens: 300,
             idempotency_key: "d-1".into(),
             reason: "chargeback".into(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -122,6 +123,7 @@ async fn a_deduction_beyond_the_balance_is_refused_with_both_figures_and_writes_
             tokens: 101,
             idempotency_key: "d-1".into(),
             reason: "too much".into(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -143,6 +145,7 @@ async fn a_deduction_beyond_the_balance_is_refused_with_both_figures_and_writes_
             tokens: 101,
             idempotency_key: "d-1".into(),
             reason: "too much".into(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -160,6 +163,7 @@ async fn a_deduction_from_an_unknown_user_is_refused_at_balance_zero() {
             tokens: 1,
             idempotency_key: "d-1".into(),
             reason: "x".into(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -292,6 +296,7 @@ async fn get_balance_reports_totals_by_kind_and_zero_for_an_unknown_user() {
             tokens: 100,
             idempotency_key: "x".into(),
             reason: "r".into(),
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -366,6 +371,7 @@ async fn list_transactions_pages_newest_first_across_every_kind() {
                     user_id: "u".into(),
                     page_size: 4,
                     page_token: token.clone(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -429,6 +435,7 @@ async fn list_transactions_rejects_a_bad_page_token_and_clamps_the_page_size() {
             user_id: "u".into(),
             page_size: 10,
             page_token: "garbage!".into(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -439,6 +446,7 @@ async fn list_transactions_rejects_a_bad_page_token_and_clamps_the_page_size() {
             user_id: "u".into(),
             page_size: -1,
             page_token: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -455,6 +463,7 @@ async fn list_transactions_rejects_a_bad_page_token_and_clamps_the_page_size() {
             user_id: "u".into(),
             page_size: 1_000_000,
             page_token: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap()
@@ -503,6 +512,7 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
             tokens: 5,
             idempotency_key: "k".into(),
             reason: String::new(),
+            ..Default::default()
         }))
         .await
         .unwrap_err();
@@ -646,6 +656,7 @@ async fn every_write_replays_its_original_response_and_refuses_a_changed_request
         tokens: 10,
         idempotency_key: "d".into(),
         reason: "r".into(),
+        ..Default::default()
     };
     let first = c.deduct(admin(d.clone())).await.unwrap().into_inner();
     let again = c.deduct(admin(d.clone())).await.unwrap().into_inner();

@@ -74,6 +74,7 @@ async fn concurrent_deductions_never_take_the_balance_below_zero() {
                 tokens: 30,
                 idempotency_key: format!("d{i}"),
                 reason: "load".into(),
+                ..Default::default()
             }))
             .await
         }));
@@ -167,6 +168,7 @@ async fn a_mixed_concurrent_load_over_many_accounts_verifies_clean() {
                             tokens: 20,
                             idempotency_key: key,
                             reason: "r".into(),
+                            ..Default::default()
                         }))
                         .await
                         .map(|_| ()),

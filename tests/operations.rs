@@ -113,6 +113,7 @@ async fn each_scope_reaches_only_its_calls() {
         tokens: 1,
         idempotency_key: "f".into(),
         reason: "r".into(),
+        ..Default::default()
     };
     assert_eq!(
         c.deduct(with_key(BILLING_KEY, deduct.clone()))

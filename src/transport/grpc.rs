@@ -14,7 +14,7 @@ use crate::domain::{
 use crate::error::LedgerError;
 use crate::ledger::Ledger;
 use crate::pb;
-use crate::store::{EntryLookup, JournalEntry};
+use crate::store::{AccountOrder, EntryLookup, HistoryFilter, JournalEntry};
 
 /// The gRPC face of the ledger.
 #[derive(Debug, Clone)]
@@ -150,6 +150,32 @@ fn grant_source_to_pb(source: GrantSource) -> pb::GrantSource {
     }
 }
 
+fn entry_kind_from_pb(value: i32) -> Result<EntryKind, LedgerError> {
+    match pb::TransactionKind::try_from(value) {
+        Ok(pb::TransactionKind::Grant) => Ok(EntryKind::Grant),
+        Ok(pb::TransactionKind::Deduction) => Ok(EntryKind::Deduction),
+        Ok(pb::TransactionKind::Purchase) => Ok(EntryKind::Purchase),
+        Ok(pb::TransactionKind::Drip) => Ok(EntryKind::Drip),
+        Ok(pb::TransactionKind::Usage) => Ok(EntryKind::Usage),
+        Ok(pb::TransactionKind::Reversal) => Ok(EntryKind::Reversal),
+        Ok(pb::TransactionKind::Unspecified) | Err(_) => Err(LedgerError::invalid(
+            "kinds",
+            format!("{value} is not a transaction kind"),
+        )),
+    }
+}
+
+fn totals_to_pb(t: &crate::store::Totals) -> pb::BalanceTotals {
+    pb::BalanceTotals {
+        granted: t.granted,
+        deducted: t.deducted,
+        purchased: t.purchased,
+        dripped: t.dripped,
+        used: t.used,
+        reversed: t.reversed,
+    }
+}
+
 fn reversal_source_from_pb(value: i32) -> Option<ReversalSource> {
     match pb::ReversalSource::try_from(value).ok()? {
         pb::ReversalSource::Refund => Some(ReversalSource::Refund),
@@ -184,7 +210,13 @@ fn transaction_to_pb(entry: JournalEntry) -> pb::Transaction {
                 stripe_invoice_id: stripe_invoice_id.unwrap_or_default(),
             })),
         ),
-        WriteDetails::Deduction { reason } => (reason, None),
+        WriteDetails::Deduction {
+            reason,
+            allow_negative,
+        } => (
+            reason,
+            Some(Details::Deduction(pb::DeductionDetails { allow_negative })),
+        ),
         WriteDetails::Purchase {
             amount_paid_cents,
             currency,
@@ -344,6 +376,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
             tokens,
             idempotency_key,
             reason,
+            allow_negative,
         } = request.into_inner();
         let span_user = user_id.clone();
         let span_key = idempotency_key.clone();
@@ -357,6 +390,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 },
                 caller.actor(),
                 reason,
+                allow_negative,
             )?;
             let receipt = self.ledger.write(cmd).await?;
             log_write("Deduct", &receipt);
@@ -497,14 +531,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
             Ok(pb::GetBalanceResponse {
                 user_id: user_id.to_string(),
                 balance: b.balance,
-                totals: Some(pb::BalanceTotals {
-                    granted: b.totals.granted,
-                    deducted: b.totals.deducted,
-                    purchased: b.totals.purchased,
-                    dripped: b.totals.dripped,
-                    used: b.totals.used,
-                    reversed: b.totals.reversed,
-                }),
+                totals: Some(totals_to_pb(&b.totals)),
                 updated_at: b.updated_at.map(chrono_to_timestamp),
                 transaction_count: b.transaction_count,
             })
@@ -521,14 +548,31 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
             user_id,
             page_size,
             page_token,
+            kinds,
+            created_after,
+            created_before,
         } = request.into_inner();
         let span_user = user_id.clone();
         traced("ListTransactions", &span_user, "", async move {
             self.authorize(&credentials, "ListTransactions", &[Scope::Read])?;
             let user_id = UserId::parse("user_id", user_id)?;
+            let filter = HistoryFilter {
+                kinds: if kinds.is_empty() {
+                    None
+                } else {
+                    Some(
+                        kinds
+                            .into_iter()
+                            .map(entry_kind_from_pb)
+                            .collect::<Result<_, _>>()?,
+                    )
+                },
+                created_after: timestamp_to_chrono("created_after", created_after)?,
+                created_before: timestamp_to_chrono("created_before", created_before)?,
+            };
             let page = self
                 .ledger
-                .history(&user_id, page_size, &page_token)
+                .history(&user_id, page_size, &page_token, &filter)
                 .await?;
             Ok(pb::ListTransactionsResponse {
                 transactions: page.entries.into_iter().map(transaction_to_pb).collect(),
@@ -623,6 +667,75 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 transaction: Some(transaction_to_pb(found.entry)),
                 user_id: found.user_id,
                 reversed_tokens: found.reversed_tokens,
+            })
+        })
+        .await
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let credentials = credentials(&request);
+        let pb::ListAccountsRequest {
+            user_id_prefix,
+            order_by,
+            page_size,
+            page_token,
+        } = request.into_inner();
+        traced("ListAccounts", &user_id_prefix.clone(), "", async move {
+            self.authorize(&credentials, "ListAccounts", &[Scope::Read])?;
+            let order = match pb::AccountOrder::try_from(order_by) {
+                Ok(pb::AccountOrder::Unspecified | pb::AccountOrder::UserId) => {
+                    AccountOrder::UserId
+                }
+                Ok(pb::AccountOrder::BalanceDesc) => AccountOrder::BalanceDesc,
+                Ok(pb::AccountOrder::LastActivityDesc) => AccountOrder::LastActivityDesc,
+                Err(_) => return Err(LedgerError::invalid("order_by", "is not an account order")),
+            };
+            let page = self
+                .ledger
+                .accounts(&user_id_prefix, order, page_size, &page_token)
+                .await?;
+            Ok(pb::ListAccountsResponse {
+                accounts: page
+                    .accounts
+                    .into_iter()
+                    .map(|a| pb::Account {
+                        user_id: a.user_id,
+                        balance: a.balance.balance,
+                        totals: Some(totals_to_pb(&a.balance.totals)),
+                        updated_at: a.balance.updated_at.map(chrono_to_timestamp),
+                        transaction_count: a.balance.transaction_count,
+                        created_at: Some(chrono_to_timestamp(a.created_at)),
+                    })
+                    .collect(),
+                next_page_token: page.next_page_token.unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let credentials = credentials(&request);
+        traced("WhoAmI", "", "", async move {
+            // Any scope will do; a caller with none (a non-admin JWT) is refused.
+            let caller = self.authorize(
+                &credentials,
+                "WhoAmI",
+                &[Scope::Usage, Scope::Billing, Scope::Read],
+            )?;
+            Ok(pb::WhoAmIResponse {
+                actor: caller.actor().as_str().to_string(),
+                credential: caller.credential.as_str().to_string(),
+                scopes: caller
+                    .scopes
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect(),
             })
         })
         .await

@@ -71,7 +71,9 @@ impl From<LedgerError> for Status {
                 ),
             ),
             LedgerError::NotReversible(_) => Status::failed_precondition(message),
-            LedgerError::Unauthenticated(_) => Status::unauthenticated(message),
+            LedgerError::Unauthenticated(_) | LedgerError::InvalidJwt(_) => {
+                Status::unauthenticated(message)
+            }
             LedgerError::PermissionDenied { .. } => Status::permission_denied(message),
             LedgerError::ResourceExhausted(_) => Status::resource_exhausted(message),
             LedgerError::Unavailable(ref cause) => {

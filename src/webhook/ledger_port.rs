@@ -7,7 +7,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-use crate::auth::{Caller, Scope};
+use crate::auth::{Caller, Credential, Scope};
 use crate::pb;
 use crate::pb::ledger_service_client::LedgerServiceClient;
 use crate::pb::ledger_service_server::LedgerService;
@@ -129,6 +129,7 @@ impl InProcessLedger {
             caller: Caller {
                 name: "stripe-webhook".into(),
                 scopes: vec![Scope::Billing],
+                credential: Credential::InProcess,
             },
         }
     }
