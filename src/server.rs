@@ -211,20 +211,21 @@ impl Application {
 
         tracing::info!(%local_addr, "token-ledger gRPC server listening");
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        // gRPC, grpc-web (HTTP/1.1 and HTTP/2) and the admin console share one port. CORS is the
-        // outer layer so preflights are answered before grpc-web translation.
+        // gRPC, grpc-web (HTTP/1.1 and HTTP/2) and the admin console share one port. grpc-web
+        // translation wraps the gRPC routes only (it refuses plain HTTP/1.1 requests, which the
+        // console's pages are); CORS is the outer layer, so preflights are answered first.
         let routes = tonic::service::Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(ledger_service)
             .into_axum_router()
+            .layer(tonic_web::GrpcWebLayer::new())
             .merge(crate::console::router());
         let served = Server::builder()
             .accept_http1(true)
             .timeout(config.request_timeout)
             .concurrency_limit_per_connection(config.concurrency_per_connection_max)
             .layer(cors_layer(&config.cors_origins)?)
-            .layer(tonic_web::GrpcWebLayer::new())
             .add_routes(tonic::service::Routes::from(routes))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx))
             .await;

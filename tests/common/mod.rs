@@ -266,6 +266,8 @@ pub struct TestOptions {
     pub webhook: bool,
     /// Listen on this address instead of an ephemeral port.
     pub listen: Option<std::net::SocketAddr>,
+    pub jwt: Option<token_ledger::jwt::JwtVerifier>,
+    pub cors_origins: Vec<String>,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -278,6 +280,8 @@ impl Default for TestOptions {
             health_check_interval: Duration::from_millis(100),
             webhook: false,
             listen: None,
+            jwt: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -318,6 +322,8 @@ impl TestApp {
         );
         config.api_keys = options.api_keys;
         config.health_check_interval = options.health_check_interval;
+        config.jwt = options.jwt;
+        config.cors_origins = options.cors_origins;
         let mut app = Application::build(config, store).await.unwrap();
         if options.webhook {
             app = app
