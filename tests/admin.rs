@@ -435,8 +435,8 @@ async fn accounts_are_searched_by_prefix_and_paged_by_balance_or_activity() {
             page_size: size,
             page_token: token,
         };
-    let mut c2 = app.client().await;
-    let mut all = |req: pb::ListAccountsRequest| {
+    let c2 = app.client().await;
+    let all = |req: pb::ListAccountsRequest| {
         let mut c = c2.clone();
         async move {
             let mut users = Vec::new();
