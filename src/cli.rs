@@ -40,7 +40,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server (migrating the database first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
     /// Check that every account's balance equals the sum of its journal; exits 1 naming any that differ.
@@ -230,6 +230,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub jwt: JwtArgs,
 
+    #[command(flatten)]
+    pub write: WriteArgs,
+
+    /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
+    #[arg(long, env = "TOKEN_LEDGER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Also serve the Stripe webhook (POST /stripe/webhook) on this address, in this process.
     #[arg(long, env = "TOKEN_LEDGER_STRIPE_WEBHOOK_LISTEN")]
     pub stripe_webhook_listen: Option<SocketAddr>,
@@ -239,6 +246,43 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// Group commit: how concurrent writes share transactions.
+#[derive(Debug, Clone, Args)]
+pub struct WriteArgs {
+    /// Most writes committed in one transaction; 1 = one transaction per write.
+    #[arg(long, env = "TOKEN_LEDGER_BATCH_MAX", default_value_t = crate::ledger::BATCH_MAX_DEFAULT)]
+    pub batch_max: usize,
+
+    /// How long a busy writer keeps collecting writes before committing, in microseconds (never
+    /// applied to a lone write).
+    #[arg(long, env = "TOKEN_LEDGER_BATCH_LINGER_US", default_value_t = crate::ledger::LINGER_US_DEFAULT)]
+    pub batch_linger_us: u64,
+
+    /// Writes that may wait for a writer; beyond it writes get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TOKEN_LEDGER_WRITE_QUEUE_MAX", default_value_t = crate::ledger::QUEUE_MAX_DEFAULT)]
+    pub write_queue_max: usize,
+
+    /// Batches committing concurrently. Default: 4, or the pool size when --batch-max is 1 (so
+    /// the one-transaction-per-write baseline gets the same concurrency as a plain service).
+    #[arg(long, env = "TOKEN_LEDGER_WRITERS")]
+    pub writers: Option<usize>,
+}
+
+impl WriteArgs {
+    pub fn config(&self, pool_max: u32) -> crate::ledger::WriteConfig {
+        crate::ledger::WriteConfig {
+            batch_max: self.batch_max.max(1),
+            queue_max: self.write_queue_max.max(1),
+            writers: self.writers.unwrap_or(if self.batch_max <= 1 {
+                pool_max as usize
+            } else {
+                crate::ledger::WRITERS_DEFAULT
+            }),
+            linger: Duration::from_micros(self.batch_linger_us),
+        }
+    }
 }
 
 /// Admin JWT verification (the admin frontend's signed-in admin).
@@ -329,7 +373,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve(args) => serve(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate(args) => {
             let db = Database::open(&args).await?;
             let result = db.store.migrate().await.context("migrating the database");
@@ -365,6 +409,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.request_timeout = Duration::from_millis(args.request_timeout_ms);
         config.cors_origins = args.cors_origins.clone();
         config.jwt = args.jwt.verifier()?;
+        config.write = args.write.config(args.database.db_pool_max);
+        if let Some(listen) = args.metrics_listen {
+            crate::metrics::install(listen)?;
+        }
         let mut app = Application::build(config, db.store.clone()).await?;
         if let Some(listen) = args.stripe_webhook_listen {
             let (webhook_config, catalog) = args.stripe.load()?;

@@ -322,7 +322,7 @@ impl WriteDetails {
 
 /// The business object a write pays for. Whatever the idempotency key, one business object is
 /// credited once: a second write for it is a replay of the first.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BusinessKey {
     /// A token pack, by its Stripe payment intent.
     PaymentIntent(String),

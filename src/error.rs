@@ -72,8 +72,8 @@ pub enum LedgerError {
 
     /// `UNAVAILABLE`: the database cannot be reached right now. Nothing was written or the write's
     /// outcome is unknown; retrying with the same idempotency key is always safe.
-    #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
 
     /// `INTERNAL`: a bug or a broken invariant. Logged with its cause; the client sees only an
     /// opaque message.
@@ -92,6 +92,17 @@ impl LedgerError {
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         LedgerError::Internal(err.into())
     }
+
+    /// The error each caller of a failed batch gets (the batch's own error is logged once, with
+    /// its cause, where it happened).
+    pub fn for_batch_caller(&self) -> Self {
+        match self {
+            LedgerError::Unavailable(m) => LedgerError::Unavailable(m.clone()),
+            _ => LedgerError::Internal(anyhow::anyhow!(
+                "the batch holding this write failed: {self:#}"
+            )),
+        }
+    }
 }
 
 impl From<sqlx::Error> for LedgerError {
@@ -101,14 +112,14 @@ impl From<sqlx::Error> for LedgerError {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Io(_)
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => LedgerError::Unavailable(err),
+            | sqlx::Error::WorkerCrashed => LedgerError::Unavailable(err.to_string()),
             sqlx::Error::Database(ref db)
                 if db
                     .code()
                     .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
             {
                 // Class 08: connection exceptions; 57P: the server is shutting down or restarting.
-                LedgerError::Unavailable(err)
+                LedgerError::Unavailable(err.to_string())
             }
             other => LedgerError::Internal(other.into()),
         }

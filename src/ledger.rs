@@ -6,9 +6,14 @@ use base64::Engine as _;
 
 use crate::domain::{Receipt, UserId, WriteCommand, WriteDetails};
 use crate::error::LedgerError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+
 use crate::store::{
     AccountCursor, AccountOrder, AccountSummary, Balance, EntryLookup, FoundEntry, HistoryFilter,
-    JournalEntry, Overdraft, Store, VerifyReport,
+    JournalEntry, Overdraft, Pending, Store, VerifyReport,
 };
 
 /// Page size when the caller asks for none.
@@ -28,15 +33,80 @@ pub struct HistoryPage {
     pub next_page_token: Option<String>,
 }
 
-/// The ledger: rules over a store. Cheap to clone.
+/// How writes are grouped into transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteConfig {
+    /// Most writes in one transaction. 1 gives one transaction per write (the baseline).
+    pub batch_max: usize,
+    /// Writes waiting for a writer; when full, new writes get RESOURCE_EXHAUSTED at once rather
+    /// than queueing without bound.
+    pub queue_max: usize,
+    /// Batches committing at the same time (each on its own connection).
+    pub writers: usize,
+    /// How long a writer that found more than one write waiting keeps collecting before it
+    /// commits. Never applied to a lone write, so an idle ledger adds no latency.
+    pub linger: Duration,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: BATCH_MAX_DEFAULT,
+            queue_max: QUEUE_MAX_DEFAULT,
+            writers: WRITERS_DEFAULT,
+            linger: Duration::from_micros(LINGER_US_DEFAULT),
+        }
+    }
+}
+
+/// Default most writes per transaction.
+pub const BATCH_MAX_DEFAULT: usize = 512;
+/// Default write queue bound.
+pub const QUEUE_MAX_DEFAULT: usize = 16_384;
+/// Default concurrent batches.
+pub const WRITERS_DEFAULT: usize = 4;
+/// Default linger, in microseconds.
+pub const LINGER_US_DEFAULT: u64 = 500;
+
+/// One write and where its result goes.
+struct Job {
+    pending: Pending,
+    reply: oneshot::Sender<Result<Receipt, LedgerError>>,
+}
+
+/// The ledger: rules over a store. Cheap to clone; the writers stop when the last clone is
+/// dropped, after finishing what was queued.
 #[derive(Debug, Clone)]
 pub struct Ledger {
     store: Store,
+    queue: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").finish_non_exhaustive()
+    }
 }
 
 impl Ledger {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self::with_config(store, WriteConfig::default())
+    }
+
+    /// Starts `config.writers` writer tasks on the current runtime.
+    pub fn with_config(store: Store, config: WriteConfig) -> Self {
+        let batch_max = config.batch_max.max(1);
+        let (queue, rx) = mpsc::channel::<Job>(config.queue_max.max(1));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..config.writers.max(1) {
+            tokio::spawn(run_writer(
+                store.clone(),
+                rx.clone(),
+                batch_max,
+                config.linger,
+            ));
+        }
+        Self { store, queue }
     }
 
     pub fn store(&self) -> &Store {
@@ -47,15 +117,8 @@ impl Ledger {
     pub async fn write(&self, cmd: WriteCommand) -> Result<Receipt, LedgerError> {
         // Usage is always recorded: the AI call already happened and losing its record loses
         // revenue. Admin deductions must be covered by the balance.
-        // An admin may explicitly let a deduction overdraw; that choice is recorded on the row.
-        let overdraft = match &cmd.details {
-            WriteDetails::Deduction {
-                allow_negative: false,
-                ..
-            } => Overdraft::Refused,
-            _ => Overdraft::Allowed,
-        };
-        let receipt = self.store.apply(&cmd, overdraft).await?;
+        let overdraft = overdraft_of(&cmd);
+        let receipt = self.submit(Pending { cmd, overdraft })?.await?;
         if !receipt.replayed && overdraft == Overdraft::Refused && receipt.balance < 0 {
             // The store's conditional update makes this impossible; if it ever happens the
             // transaction has committed, so shout rather than hide it.
@@ -66,6 +129,56 @@ impl Ledger {
             );
         }
         Ok(receipt)
+    }
+
+    /// Several writes at once (TrackUsageBatch): all are queued before any is awaited, so they
+    /// share batches. Each has its own result.
+    pub async fn write_many(&self, cmds: Vec<WriteCommand>) -> Vec<Result<Receipt, LedgerError>> {
+        let submitted: Vec<_> = cmds
+            .into_iter()
+            .map(|cmd| {
+                let overdraft = overdraft_of(&cmd);
+                self.submit(Pending { cmd, overdraft })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(submitted.len());
+        for s in submitted {
+            results.push(match s {
+                Ok(waiting) => waiting.await,
+                Err(err) => Err(err),
+            });
+        }
+        results
+    }
+
+    /// Queues a write; the returned future resolves once its batch has committed.
+    fn submit(
+        &self,
+        pending: Pending,
+    ) -> Result<impl std::future::Future<Output = Result<Receipt, LedgerError>>, LedgerError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .try_send(Job { pending, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LedgerError::ResourceExhausted(
+                    "the write queue is full: retry with the same idempotency key after a short wait",
+                ),
+                mpsc::error::TrySendError::Closed(_) => {
+                    LedgerError::Unavailable("the ledger is shutting down".into())
+                }
+            })?;
+        Ok(async move {
+            answer.await.unwrap_or_else(|_| {
+                Err(LedgerError::internal(anyhow::anyhow!(
+                    "the writer stopped before answering"
+                )))
+            })
+        })
+    }
+
+    /// Writes waiting in the queue right now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
     }
 
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
@@ -141,6 +254,81 @@ impl Ledger {
 
     pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {
         self.store.verify().await
+    }
+}
+
+fn overdraft_of(cmd: &WriteCommand) -> Overdraft {
+    // Usage is always recorded: the AI call already happened and losing its record loses
+    // revenue. Reversals claw back credits that may be spent already. Admin deductions must be
+    // covered by the balance unless the admin explicitly allowed otherwise.
+    match &cmd.details {
+        WriteDetails::Deduction {
+            allow_negative: false,
+            ..
+        } => Overdraft::Refused,
+        _ => Overdraft::Allowed,
+    }
+}
+
+/// One writer: takes what is queued (up to `batch_max`), commits it as one batch, answers each
+/// caller, repeats. While one writer commits, the next gathers the writes that arrived meanwhile,
+/// so batches grow with load and shrink to one write when idle.
+async fn run_writer(
+    store: Store,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    batch_max: usize,
+    linger: Duration,
+) {
+    loop {
+        let mut jobs: Vec<Job> = Vec::new();
+        {
+            let mut rx = queue.lock().await;
+            match rx.recv().await {
+                Some(job) => jobs.push(job),
+                None => return,
+            }
+            while jobs.len() < batch_max {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+            if jobs.len() > 1 && jobs.len() < batch_max && !linger.is_zero() {
+                let deadline = tokio::time::Instant::now() + linger;
+                while jobs.len() < batch_max {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(job)) => jobs.push(job),
+                        _ => break,
+                    }
+                }
+            }
+        }
+        let (pendings, replies): (Vec<Pending>, Vec<_>) =
+            jobs.into_iter().map(|j| (j.pending, j.reply)).unzip();
+        let started = std::time::Instant::now();
+        let outcome = store.apply_batch(&pendings).await;
+        let commit_ms = started.elapsed().as_secs_f64() * 1000.0;
+        crate::metrics::batch_committed(pendings.len(), commit_ms, outcome.is_ok());
+        match outcome {
+            Ok(results) => {
+                for ((reply, result), pending) in replies.into_iter().zip(results).zip(&pendings) {
+                    if matches!(&result, Ok(receipt) if !receipt.replayed) {
+                        crate::metrics::journal_row(pending.cmd.kind().as_str());
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+            Err(err) => {
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    writes = pendings.len(),
+                    "batch failed: nothing of it was applied"
+                );
+                for reply in replies {
+                    let _ = reply.send(Err(err.for_batch_caller()));
+                }
+            }
+        }
     }
 }
 

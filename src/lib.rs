@@ -13,6 +13,7 @@ pub mod embedded_pg;
 pub mod error;
 pub mod jwt;
 pub mod ledger;
+pub mod metrics;
 pub mod pb;
 pub mod server;
 pub mod store;

@@ -16,7 +16,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{ApiKey, Authenticator};
 use crate::jwt::JwtVerifier;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, WriteConfig};
 use crate::pb;
 use crate::pb::ledger_service_server::LedgerServiceServer;
 use crate::store::Store;
@@ -49,6 +49,8 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Admin JWT verification, when configured.
     pub jwt: Option<JwtVerifier>,
+    /// Group commit settings.
+    pub write: WriteConfig,
 }
 
 impl ServerConfig {
@@ -62,6 +64,7 @@ impl ServerConfig {
             concurrency_per_connection_max: 256,
             cors_origins: Vec::new(),
             jwt: None,
+            write: WriteConfig::default(),
         }
     }
 }
@@ -185,8 +188,10 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
+        let core = Ledger::with_config(store.clone(), config.write);
+        let sampler = tokio::spawn(sample_gauges(core.clone(), store.clone()));
         let ledger = LedgerGrpc::new(
-            Ledger::new(store.clone()),
+            core,
             Authenticator::new(config.api_keys.clone()).with_jwt(config.jwt.clone()),
         );
         let webhook_task = match webhook {
@@ -238,6 +243,7 @@ impl Application {
         }
         tracing::info!("gRPC server drained; closing the database pool");
         health_task.abort();
+        sampler.abort();
         store.close().await;
         served?;
         Ok(())
@@ -267,6 +273,17 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<tower_http::cors::CorsLayer>
             HeaderName::from_static("grpc-status-details-bin"),
         ])
         .max_age(Duration::from_secs(600)))
+}
+
+/// Samples the queue depth and pool gauges for metrics. Holds a weak interest only: it is
+/// aborted when the server stops.
+async fn sample_gauges(ledger: Ledger, store: Store) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        ticker.tick().await;
+        crate::metrics::queue_depth(ledger.queue_depth());
+        crate::metrics::pool(store.pool().size(), store.pool().num_idle());
+    }
 }
 
 /// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does not.

@@ -29,6 +29,29 @@ impl LedgerGrpc {
     }
 }
 
+/// Most events one TrackUsageBatch call may carry.
+pub const USAGE_BATCH_EVENTS_MAX: usize = 1_000;
+
+fn usage_result(r: Result<Receipt, LedgerError>) -> pb::TrackUsageResult {
+    match r {
+        Ok(r) => pb::TrackUsageResult {
+            code: 0,
+            message: String::new(),
+            transaction_id: r.transaction_id.to_string(),
+            balance: r.balance,
+            replayed: r.replayed,
+        },
+        Err(err) => {
+            let status = Status::from(err);
+            pb::TrackUsageResult {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                ..Default::default()
+            }
+        }
+    }
+}
+
 /// A caller already authenticated by code in this process (the in-process Stripe webhook), set
 /// as a request extension. Remote clients cannot set extensions, only headers.
 #[derive(Debug, Clone)]
@@ -81,14 +104,17 @@ async fn traced<T>(
     async move {
         let started = Instant::now();
         let result = call.await;
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed().as_secs_f64();
+        let elapsed_ms = elapsed * 1000.0;
         match result {
             Ok(value) => {
                 tracing::debug!(elapsed_ms, "ok");
+                crate::metrics::request(method, tonic::Code::Ok, elapsed);
                 Ok(Response::new(value))
             }
             Err(err) => {
                 let status = Status::from(err);
+                crate::metrics::request(method, status.code(), elapsed);
                 match status.code() {
                     tonic::Code::Internal | tonic::Code::Unavailable => {
                         tracing::warn!(code = ?status.code(), elapsed_ms, "failed")
@@ -736,6 +762,69 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                     .iter()
                     .map(|s| s.as_str().to_string())
                     .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn track_usage_batch(
+        &self,
+        request: Request<pb::TrackUsageBatchRequest>,
+    ) -> Result<Response<pb::TrackUsageBatchResponse>, Status> {
+        let credentials = credentials(&request);
+        let pb::TrackUsageBatchRequest { events } = request.into_inner();
+        traced("TrackUsageBatch", "", "", async move {
+            let caller = self.authorize(&credentials, "TrackUsageBatch", &[Scope::Usage])?;
+            if events.len() > USAGE_BATCH_EVENTS_MAX {
+                return Err(LedgerError::invalid(
+                    "events",
+                    format!(
+                        "at most {USAGE_BATCH_EVENTS_MAX} events per call, got {}",
+                        events.len()
+                    ),
+                ));
+            }
+            // Validate each event on its own: a bad one fails alone.
+            let mut results: Vec<Option<pb::TrackUsageResult>> = vec![None; events.len()];
+            let mut valid = Vec::with_capacity(events.len());
+            let mut positions = Vec::with_capacity(events.len());
+            for (i, e) in events.into_iter().enumerate() {
+                let pb::TrackUsageRequest {
+                    user_id,
+                    tokens,
+                    idempotency_key,
+                    model,
+                    input_tokens,
+                    output_tokens,
+                    feature,
+                } = e;
+                match build::usage(
+                    build::Common {
+                        user_id,
+                        tokens,
+                        idempotency_key,
+                    },
+                    caller.actor(),
+                    model,
+                    input_tokens,
+                    output_tokens,
+                    feature,
+                ) {
+                    Ok(cmd) => {
+                        valid.push(cmd);
+                        positions.push(i);
+                    }
+                    Err(err) => results[i] = Some(usage_result(Err(err))),
+                }
+            }
+            for (i, r) in positions
+                .into_iter()
+                .zip(self.ledger.write_many(valid).await)
+            {
+                results[i] = Some(usage_result(r));
+            }
+            Ok(pb::TrackUsageBatchResponse {
+                results: results.into_iter().map(Option::unwrap_or_default).collect(),
             })
         })
         .await

@@ -1,31 +1,26 @@
 //! The PostgreSQL store: every SQL statement the ledger runs lives here.
 //!
-//! A write is one transaction: claim the idempotency key, check the business key, move the
-//! account balance (which row-locks the account), insert one journal row, commit. Concurrent
-//! writes to one account serialise on the account row lock; writes to different accounts never
-//! wait for each other. Locks are always taken in the same order (idempotency key, then account,
-//! then business-key index entry), and a transaction touches one account, so writes cannot
-//! deadlock.
+//! Writes are applied in batches (`batch.rs`): one transaction per batch, one journal row per
+//! write, each account moved once by its summed delta. Reads (balance, history, accounts,
+//! verify) are single statements here.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgPool, Row};
 
 use crate::domain::{
-    BusinessKey, EntryId, EntryKind, GrantSource, Receipt, ReversalSource, UserId, WriteCommand,
-    WriteDetails,
+    BusinessKey, EntryId, EntryKind, GrantSource, ReversalSource, UserId, WriteDetails,
 };
 use crate::error::LedgerError;
 
+mod batch;
+
+pub use batch::{BatchResults, Pending};
+
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-/// How many times a write is retried after losing a race on a business key to a concurrent write
-/// with another idempotency key. One retry always suffices (the retry sees the committed winner);
-/// the second is slack.
-const BUSINESS_KEY_RACE_RETRIES_MAX: usize = 2;
 
 /// Whether a debit may take the balance below zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,13 +132,6 @@ pub struct Store {
     pool: PgPool,
 }
 
-/// Why one attempt at a write did not finish.
-enum Attempt {
-    Done(Receipt),
-    /// A concurrent write with another idempotency key committed the same business key first.
-    LostBusinessKeyRace,
-}
-
 impl Store {
     /// Connects lazily: the pool opens connections on first use, so the server can start (and
     /// report NOT_SERVING) while the database is still coming up.
@@ -180,144 +168,6 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-
-    /// Applies one write in one transaction, or replays the write its idempotency key or
-    /// business key already made.
-    pub async fn apply(
-        &self,
-        cmd: &WriteCommand,
-        overdraft: Overdraft,
-    ) -> Result<Receipt, LedgerError> {
-        for _ in 0..=BUSINESS_KEY_RACE_RETRIES_MAX {
-            match self.try_apply(cmd, overdraft).await? {
-                Attempt::Done(receipt) => return Ok(receipt),
-                Attempt::LostBusinessKeyRace => {
-                    tracing::debug!("lost a business-key race to a concurrent write; retrying");
-                }
-            }
-        }
-        Err(LedgerError::internal(anyhow::anyhow!(
-            "business key still racing after {BUSINESS_KEY_RACE_RETRIES_MAX} retries"
-        )))
-    }
-
-    async fn try_apply(
-        &self,
-        cmd: &WriteCommand,
-        overdraft: Overdraft,
-    ) -> Result<Attempt, LedgerError> {
-        let mut tx = self.pool.begin().await?;
-        let fingerprint = cmd.fingerprint();
-
-        // 1. Claim the idempotency key. A concurrent holder of the same key makes this wait until
-        //    it commits (then we see its row) or rolls back (then we claim the key).
-        let claimed: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO idempotency_keys (idempotency_key, request_hash) VALUES ($1, $2) \
-             ON CONFLICT (idempotency_key) DO NOTHING RETURNING entry_id",
-        )
-        .bind(cmd.idempotency_key.as_str())
-        .bind(&fingerprint[..])
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(entry_id) = claimed else {
-            let (request_hash, entry_id): (Vec<u8>, i64) = sqlx::query_as(
-                "SELECT request_hash, entry_id FROM idempotency_keys WHERE idempotency_key = $1",
-            )
-            .bind(cmd.idempotency_key.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            if request_hash != fingerprint {
-                return Err(LedgerError::IdempotencyConflict {
-                    key: cmd.idempotency_key.to_string(),
-                });
-            }
-            let balance = self.balance_after(EntryId(entry_id)).await?;
-            return Ok(Attempt::Done(Receipt {
-                transaction_id: EntryId(entry_id),
-                balance,
-                replayed: true,
-            }));
-        };
-
-        // 2. A business object already credited under another key is a replay of that credit.
-        if let Some(key) = cmd.business_key() {
-            if let Some(existing) = find_business_key(&mut tx, &key).await? {
-                tx.rollback().await?;
-                if existing.user_id == cmd.user_id.as_str()
-                    && existing.token_amount == cmd.token_amount()
-                {
-                    return Ok(Attempt::Done(Receipt {
-                        transaction_id: EntryId(existing.id),
-                        balance: existing.balance_after,
-                        replayed: true,
-                    }));
-                }
-                return Err(LedgerError::BusinessKeyConflict {
-                    object: describe_business_key(&key),
-                    transaction_id: existing.id,
-                });
-            }
-        }
-
-        // 3. Move the balance; this row-locks the account until commit.
-        let Some((account_id, balance_after, seq)) = move_balance(&mut tx, cmd, overdraft).await?
-        else {
-            let balance: i64 =
-                sqlx::query_scalar("SELECT balance FROM accounts WHERE user_id = $1")
-                    .bind(cmd.user_id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .unwrap_or(0);
-            tx.rollback().await?;
-            return Err(LedgerError::InsufficientBalance {
-                balance,
-                requested: cmd.tokens.get(),
-            });
-        };
-
-        // 4. A reversal must name a credit of this account and stay within what it credited.
-        //    The account row lock taken above serialises this check with every other reversal of
-        //    the same credit.
-        if let WriteDetails::Reversal { original, .. } = &cmd.details {
-            if let Err(err) = check_reversal(&mut tx, cmd, account_id, *original).await {
-                tx.rollback().await?;
-                return Err(err);
-            }
-        }
-
-        // 5. The journal row.
-        match insert_journal(&mut tx, cmd, entry_id, account_id, seq, balance_after).await {
-            Ok(()) => {}
-            Err(err) if is_business_key_violation(&err) => {
-                tx.rollback().await?;
-                return Ok(Attempt::LostBusinessKeyRace);
-            }
-            Err(err) => return Err(err.into()),
-        }
-        tx.commit().await?;
-        Ok(Attempt::Done(Receipt {
-            transaction_id: EntryId(entry_id),
-            balance: balance_after,
-            replayed: false,
-        }))
-    }
-
-    async fn balance_after(&self, id: EntryId) -> Result<i64, LedgerError> {
-        let balance: Option<i64> = sqlx::query_scalar(
-            "SELECT balance_after FROM token_transactions WHERE id = $1 \
-             UNION ALL SELECT balance_after FROM token_drips WHERE id = $1 \
-             UNION ALL SELECT balance_after FROM token_usage WHERE id = $1",
-        )
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        balance.ok_or_else(|| {
-            LedgerError::internal(anyhow::anyhow!(
-                "idempotency key points at journal row {id}, which does not exist"
-            ))
-        })
     }
 
     /// One indexed row read, however long the account's history.
@@ -490,53 +340,7 @@ impl Store {
     }
 }
 
-struct ExistingEntry {
-    id: i64,
-    user_id: String,
-    token_amount: i64,
-    balance_after: i64,
-}
-
-async fn find_business_key(
-    tx: &mut Transaction<'_, Postgres>,
-    key: &BusinessKey,
-) -> Result<Option<ExistingEntry>, sqlx::Error> {
-    let query = match key {
-        BusinessKey::PaymentIntent(pi) => sqlx::query(
-            "SELECT t.id, a.user_id, t.token_amount, t.balance_after FROM token_transactions t \
-             JOIN accounts a USING (account_id) \
-             WHERE t.transaction_type = 'purchase' AND t.stripe_payment_intent_id = $1",
-        )
-        .bind(pi),
-        BusinessKey::AnnualInvoice(invoice) => sqlx::query(
-            "SELECT t.id, a.user_id, t.token_amount, t.balance_after FROM token_transactions t \
-             JOIN accounts a USING (account_id) \
-             WHERE t.source = 'annual_subscription' AND t.stripe_invoice_id = $1",
-        )
-        .bind(invoice),
-        BusinessKey::SubscriptionPeriod {
-            stripe_subscription_id,
-            period_start,
-        } => sqlx::query(
-            "SELECT d.id, a.user_id, d.token_amount, d.balance_after FROM token_drips d \
-             JOIN accounts a USING (account_id) \
-             WHERE d.stripe_subscription_id = $1 AND d.period_start = $2",
-        )
-        .bind(stripe_subscription_id)
-        .bind(period_start),
-    };
-    let Some(row) = query.fetch_optional(&mut **tx).await? else {
-        return Ok(None);
-    };
-    Ok(Some(ExistingEntry {
-        id: row.try_get("id")?,
-        user_id: row.try_get("user_id")?,
-        token_amount: row.try_get("token_amount")?,
-        balance_after: row.try_get("balance_after")?,
-    }))
-}
-
-fn describe_business_key(key: &BusinessKey) -> String {
+pub(super) fn describe_business_key(key: &BusinessKey) -> String {
     match key {
         BusinessKey::PaymentIntent(pi) => format!("payment intent {pi}"),
         BusinessKey::AnnualInvoice(invoice) => format!("annual subscription invoice {invoice}"),
@@ -550,256 +354,12 @@ fn describe_business_key(key: &BusinessKey) -> String {
     }
 }
 
-/// Applies the write's delta to the account (creating it on first credit) and returns
-/// `(account_id, balance_after, entry_seq)`, or `None` for a refused deduction.
-async fn move_balance(
-    tx: &mut Transaction<'_, Postgres>,
-    cmd: &WriteCommand,
-    overdraft: Overdraft,
-) -> Result<Option<(i64, i64, i64)>, sqlx::Error> {
-    let tokens = cmd.tokens.get();
-    if cmd.kind() == EntryKind::Deduction && overdraft == Overdraft::Refused {
-        return sqlx::query_as(
-            "UPDATE accounts SET balance = balance - $2, deducted_total = deducted_total + $2, \
-             last_seq = last_seq + 1, updated_at = now() \
-             WHERE user_id = $1 AND balance >= $2 \
-             RETURNING account_id, balance, last_seq",
-        )
-        .bind(cmd.user_id.as_str())
-        .bind(tokens)
-        .fetch_optional(&mut **tx)
-        .await;
-    }
-    let mut totals = Totals::default();
-    match cmd.kind() {
-        EntryKind::Grant => totals.granted = tokens,
-        EntryKind::Deduction => totals.deducted = tokens,
-        EntryKind::Purchase => totals.purchased = tokens,
-        EntryKind::Drip => totals.dripped = tokens,
-        EntryKind::Usage => totals.used = tokens,
-        EntryKind::Reversal => totals.reversed = tokens,
-    }
-    sqlx::query_as(
-        "INSERT INTO accounts (user_id, balance, last_seq, granted_total, deducted_total, \
-         purchased_total, dripped_total, used_total, reversed_total) \
-         VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (user_id) DO UPDATE SET \
-           balance = accounts.balance + EXCLUDED.balance, \
-           last_seq = accounts.last_seq + 1, \
-           granted_total = accounts.granted_total + EXCLUDED.granted_total, \
-           deducted_total = accounts.deducted_total + EXCLUDED.deducted_total, \
-           purchased_total = accounts.purchased_total + EXCLUDED.purchased_total, \
-           dripped_total = accounts.dripped_total + EXCLUDED.dripped_total, \
-           used_total = accounts.used_total + EXCLUDED.used_total, \
-           reversed_total = accounts.reversed_total + EXCLUDED.reversed_total, \
-           updated_at = now() \
-         RETURNING account_id, balance, last_seq",
-    )
-    .bind(cmd.user_id.as_str())
-    .bind(cmd.token_amount())
-    .bind(totals.granted)
-    .bind(totals.deducted)
-    .bind(totals.purchased)
-    .bind(totals.dripped)
-    .bind(totals.used)
-    .bind(totals.reversed)
-    .fetch_optional(&mut **tx)
-    .await
-}
-
-async fn insert_journal(
-    tx: &mut Transaction<'_, Postgres>,
-    cmd: &WriteCommand,
-    entry_id: i64,
-    account_id: i64,
-    seq: i64,
-    balance_after: i64,
-) -> Result<(), sqlx::Error> {
-    let amount = cmd.token_amount();
-    let created_by = cmd.created_by.as_str();
-    let query = match &cmd.details {
-        WriteDetails::Grant {
-            source,
-            reason,
-            stripe_subscription_id,
-            stripe_invoice_id,
-        } => sqlx::query(
-            "INSERT INTO token_transactions (id, account_id, entry_seq, transaction_type, source, \
-             token_amount, balance_after, reason, created_by, stripe_subscription_id, stripe_invoice_id) \
-             VALUES ($1, $2, $3, 'grant', $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(entry_id)
-        .bind(account_id)
-        .bind(seq)
-        .bind(source.as_str())
-        .bind(amount)
-        .bind(balance_after)
-        .bind(reason)
-        .bind(created_by)
-        .bind(stripe_subscription_id)
-        .bind(stripe_invoice_id),
-        WriteDetails::Deduction {
-            reason,
-            allow_negative,
-        } => sqlx::query(
-            "INSERT INTO token_transactions (id, account_id, entry_seq, transaction_type, source, \
-             token_amount, balance_after, reason, created_by, allow_negative) \
-             VALUES ($1, $2, $3, 'deduction', 'admin', $4, $5, $6, $7, $8)",
-        )
-        .bind(entry_id)
-        .bind(account_id)
-        .bind(seq)
-        .bind(amount)
-        .bind(balance_after)
-        .bind(reason)
-        .bind(created_by)
-        .bind(allow_negative),
-        WriteDetails::Purchase {
-            amount_paid_cents,
-            currency,
-            stripe_payment_intent_id,
-            stripe_checkout_session_id,
-            pack,
-        } => sqlx::query(
-            "INSERT INTO token_transactions (id, account_id, entry_seq, transaction_type, source, \
-             token_amount, balance_after, created_by, amount_paid_cents, currency, \
-             stripe_payment_intent_id, stripe_checkout_session_id, pack) \
-             VALUES ($1, $2, $3, 'purchase', 'token_pack', $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(entry_id)
-        .bind(account_id)
-        .bind(seq)
-        .bind(amount)
-        .bind(balance_after)
-        .bind(created_by)
-        .bind(amount_paid_cents)
-        .bind(currency)
-        .bind(stripe_payment_intent_id)
-        .bind(stripe_checkout_session_id)
-        .bind(pack),
-        WriteDetails::Drip {
-            stripe_subscription_id,
-            stripe_invoice_id,
-            period_start,
-            period_end,
-        } => sqlx::query(
-            "INSERT INTO token_drips (id, account_id, entry_seq, token_amount, balance_after, \
-             stripe_subscription_id, stripe_invoice_id, period_start, period_end, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(entry_id)
-        .bind(account_id)
-        .bind(seq)
-        .bind(amount)
-        .bind(balance_after)
-        .bind(stripe_subscription_id)
-        .bind(stripe_invoice_id)
-        .bind(period_start)
-        .bind(period_end)
-        .bind(created_by),
-        WriteDetails::Usage {
-            model,
-            input_tokens,
-            output_tokens,
-            feature,
-        } => sqlx::query(
-            "INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, \
-             model, input_tokens, output_tokens, feature, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(entry_id)
-        .bind(account_id)
-        .bind(seq)
-        .bind(amount)
-        .bind(balance_after)
-        .bind(model)
-        .bind(input_tokens)
-        .bind(output_tokens)
-        .bind(feature)
-        .bind(created_by),
-        WriteDetails::Reversal {
-            original,
-            source,
-            reason,
-            stripe_reference,
-        } => sqlx::query(
-            "INSERT INTO token_transactions (id, account_id, entry_seq, transaction_type, source, \
-             token_amount, balance_after, reason, created_by, reverses_transaction_id, stripe_reference) \
-             VALUES ($1, $2, $3, 'reversal', $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(entry_id)
-        .bind(account_id)
-        .bind(seq)
-        .bind(source.as_str())
-        .bind(amount)
-        .bind(balance_after)
-        .bind(reason)
-        .bind(created_by)
-        .bind(original.0)
-        .bind(stripe_reference),
-    };
-    query.execute(&mut **tx).await.map(|_| ())
-}
-
-/// Finds a journal row by id in whichever table holds it: `(account_id, kind, token_amount)`.
-const FIND_ENTRY_SQL: &str = "\
-SELECT account_id, transaction_type AS kind, token_amount FROM token_transactions WHERE id = $1
-UNION ALL SELECT account_id, 'drip', token_amount FROM token_drips WHERE id = $1
-UNION ALL SELECT account_id, 'usage', token_amount FROM token_usage WHERE id = $1";
-
-async fn check_reversal(
-    tx: &mut Transaction<'_, Postgres>,
-    cmd: &WriteCommand,
-    account_id: i64,
-    original: EntryId,
-) -> Result<(), LedgerError> {
-    let found: Option<(i64, String, i64)> = sqlx::query_as(FIND_ENTRY_SQL)
-        .bind(original.0)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some((owner, kind, amount)) = found.filter(|(owner, _, _)| *owner == account_id) else {
-        return Err(LedgerError::NotFound(format!(
-            "transaction {original} is not a transaction of user {}",
-            cmd.user_id
-        )));
-    };
-    if !EntryKind::from_db(&kind).is_some_and(EntryKind::is_credit) {
-        return Err(LedgerError::NotReversible(original.0));
-    }
-    debug_assert_eq!(owner, account_id);
-    let reversed: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(-sum(token_amount), 0)::bigint FROM token_transactions \
-         WHERE reverses_transaction_id = $1",
-    )
-    .bind(original.0)
-    .fetch_one(&mut **tx)
-    .await?;
-    let reversible = amount - reversed;
-    if cmd.tokens.get() > reversible {
-        return Err(LedgerError::ReversalExceedsOriginal {
-            original: original.0,
-            reversible,
-            requested: cmd.tokens.get(),
-        });
-    }
-    Ok(())
-}
-
 /// The unique indexes that make a business object credited once.
-const BUSINESS_KEY_CONSTRAINTS: [&str; 3] = [
+pub(super) const BUSINESS_KEY_CONSTRAINTS: [&str; 3] = [
     "token_transactions_payment_intent_key",
     "token_transactions_annual_invoice_key",
     "token_drips_subscription_period_key",
 ];
-
-fn is_business_key_violation(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Database(db) => db
-            .constraint()
-            .is_some_and(|name| BUSINESS_KEY_CONSTRAINTS.contains(&name)),
-        _ => false,
-    }
-}
 
 // The columns every journal query returns, per table; absent details are NULL so the three
 // tables' rows line up in one union.
