@@ -268,6 +268,7 @@ pub struct TestOptions {
     pub listen: Option<std::net::SocketAddr>,
     pub jwt: Option<token_ledger::jwt::JwtVerifier>,
     pub cors_origins: Vec<String>,
+    pub write: token_ledger::ledger::WriteConfig,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -282,6 +283,7 @@ impl Default for TestOptions {
             listen: None,
             jwt: None,
             cors_origins: Vec::new(),
+            write: token_ledger::ledger::WriteConfig::default(),
         }
     }
 }
@@ -324,6 +326,7 @@ impl TestApp {
         config.health_check_interval = options.health_check_interval;
         config.jwt = options.jwt;
         config.cors_origins = options.cors_origins;
+        config.write = options.write;
         let mut app = Application::build(config, store).await.unwrap();
         if options.webhook {
             app = app

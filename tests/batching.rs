@@ -1,0 +1,488 @@
+//! The group-commit write path: correctness, not speed. Mixed writes sharing batches end exactly
+//! where a one-at-a-time model says; the queue bound answers RESOURCE_EXHAUSTED; a batch whose
+//! commit fails leaves nothing behind; batch max 1 and the default give identical results.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use common::*;
+use token_ledger::domain::{build, Actor, GrantSource, Receipt};
+use token_ledger::error::LedgerError;
+use token_ledger::ledger::{Ledger, WriteConfig};
+use token_ledger::pb;
+use token_ledger::store::{Store, StoreConfig};
+use tonic::Code;
+
+fn config(batch_max: usize, writers: usize) -> WriteConfig {
+    WriteConfig {
+        batch_max,
+        writers,
+        ..WriteConfig::default()
+    }
+}
+
+fn common(user: &str, tokens: i64, key: &str) -> build::Common {
+    build::Common {
+        user_id: user.into(),
+        tokens,
+        idempotency_key: key.into(),
+    }
+}
+
+/// A deterministic mixed workload: credits, usage, deductions (some refused against the running
+/// balance), replays, conflicting replays, business keys repeated under other keys, reversals.
+fn mixed_commands() -> Vec<token_ledger::domain::WriteCommand> {
+    let a = || Actor::new("key:test");
+    let grant = |u: &str, t: i64, k: &str| {
+        build::grant(
+            common(u, t, k),
+            a(),
+            Some(GrantSource::Admin),
+            "r".into(),
+            String::new(),
+            String::new(),
+        )
+        .unwrap()
+    };
+    let usage = |u: &str, t: i64, k: &str, m: &str| {
+        build::usage(common(u, t, k), a(), m.into(), 1, 1, String::new()).unwrap()
+    };
+    let deduct = |u: &str, t: i64, k: &str| {
+        build::deduction(common(u, t, k), a(), "r".into(), false).unwrap()
+    };
+    let purchase = |u: &str, k: &str, pi: &str| {
+        build::purchase(
+            common(u, 500, k),
+            a(),
+            9_900,
+            "usd".into(),
+            pi.into(),
+            String::new(),
+            String::new(),
+        )
+        .unwrap()
+    };
+    let drip = |u: &str, k: &str, day: u32| {
+        let start = Utc.with_ymd_and_hms(2026, 1, day, 0, 0, 0).unwrap();
+        build::drip(
+            common(u, 300, k),
+            a(),
+            "sub_1".into(),
+            String::new(),
+            Some(start),
+            Some(start + chrono::Duration::days(28)),
+        )
+        .unwrap()
+    };
+    vec![
+        grant("alice", 1_000, "k1"),
+        usage("alice", 300, "k2", "m"),
+        deduct("alice", 800, "k3"),         // refused: 700 left
+        deduct("alice", 700, "k4"),         // fits exactly: 0 left
+        usage("alice", 50, "k5", "m"),      // overdraws: -50
+        grant("alice", 1_000, "k1"),        // replay of k1 (in the same batch)
+        usage("alice", 300, "k2", "other"), // conflicting replay of k2
+        deduct("bob", 1, "k6"),             // refused: unknown user, balance 0
+        purchase("bob", "k7", "pi_1"),
+        purchase("bob", "k8", "pi_1"), // the same payment intent under another key: replay
+        purchase("carol", "k9", "pi_1"), // the same payment intent for someone else: conflict
+        drip("carol", "k10", 1),
+        drip("carol", "k11", 1),  // the same period under another key: replay
+        drip("carol", "k12", 29), // the next period: a credit
+        deduct("carol", 600, "k13"),
+        deduct("carol", 1, "k3"), // k3 was refused above, so it is free: evaluated afresh, refused (0 left)
+        usage("dave", 10, "k14", "m"),
+        deduct("alice", 1, "k6"), // k6 was refused for bob: free again, refused again for alice (-50)
+    ]
+}
+
+fn summarize(r: &Result<Receipt, LedgerError>) -> String {
+    match r {
+        Ok(r) => format!("ok balance={} replayed={}", r.balance, r.replayed),
+        Err(LedgerError::InsufficientBalance { .. }) => "err FailedPrecondition".into(),
+        Err(LedgerError::IdempotencyConflict { .. } | LedgerError::BusinessKeyConflict { .. }) => {
+            "err AlreadyExists".into()
+        }
+        Err(other) => format!("err {other}"),
+    }
+}
+
+async fn run_ledger(
+    write: WriteConfig,
+    cmds: Vec<token_ledger::domain::WriteCommand>,
+) -> (Vec<String>, Vec<(String, i64)>, TestDb) {
+    let db = TestDb::new().await;
+    let store = Store::connect_lazy(&StoreConfig {
+        database_url: db.url(),
+        pool_connections_max: 8,
+        pool_acquire_timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let ledger = Ledger::with_config(store.clone(), write);
+    let results = ledger.write_many(cmds).await;
+    let summary: Vec<String> = results.iter().map(summarize).collect();
+    let balances: Vec<(String, i64)> =
+        sqlx::query_as("SELECT user_id, balance FROM accounts ORDER BY user_id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(
+        report.discrepancies.is_empty(),
+        "{:?}",
+        report.discrepancies
+    );
+    store.close().await;
+    (summary, balances, db)
+}
+
+#[tokio::test]
+async fn mixed_writes_in_one_batch_match_the_one_at_a_time_model() {
+    let (summary, balances, _db) = run_ledger(config(512, 1), mixed_commands()).await;
+    let expected = [
+        "ok balance=1000 replayed=false",
+        "ok balance=700 replayed=false",
+        "err FailedPrecondition",
+        "ok balance=0 replayed=false",
+        "ok balance=-50 replayed=false",
+        "ok balance=1000 replayed=true",
+        "err AlreadyExists",
+        "err FailedPrecondition",
+        "ok balance=500 replayed=false",
+        "ok balance=500 replayed=true",
+        "err AlreadyExists",
+        "ok balance=300 replayed=false",
+        "ok balance=300 replayed=true",
+        "ok balance=600 replayed=false",
+        "ok balance=0 replayed=false",
+        "err FailedPrecondition",
+        "ok balance=-10 replayed=false",
+        "err FailedPrecondition",
+    ];
+    assert_eq!(summary, expected);
+    assert_eq!(
+        balances,
+        vec![
+            ("alice".to_string(), -50),
+            ("bob".to_string(), 500),
+            ("carol".to_string(), 0),
+            ("dave".to_string(), -10)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn batch_max_one_and_the_default_give_identical_results() {
+    let (one_at_a_time, balances_1, _db1) = run_ledger(config(1, 1), mixed_commands()).await;
+    let (batched, balances_n, _db2) = run_ledger(config(512, 1), mixed_commands()).await;
+    assert_eq!(one_at_a_time, batched);
+    assert_eq!(balances_1, balances_n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concurrent_mixed_load_ends_where_the_model_says() {
+    let app = TestApp::spawn().await;
+    let users = ["u0", "u1", "u2", "u3"];
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let mut c = app.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut codes: HashMap<String, Code> = HashMap::new();
+            for i in 0..40 {
+                let user = users[(t + i) % 4];
+                let key = format!("t{t}-{i}");
+                let result: Result<(), tonic::Status> = match i % 8 {
+                    // Usage, sent twice in a row with the same key: recorded once.
+                    0 | 1 => c
+                        .track_usage(with_key(
+                            USAGE_KEY,
+                            // Both deliveries name the same user: (t + i / 8) is the same for i, i + 1.
+                            usage_req(users[(t + i / 8) % 4], 7, &format!("use-{t}-{}", i / 8)),
+                        ))
+                        .await
+                        .map(|_| ()),
+                    2 => c.grant(admin(grant_req(user, 100, &key))).await.map(|_| ()),
+                    // A deduction no balance here can cover: always refused.
+                    3 => c
+                        .deduct(admin(pb::DeductRequest {
+                            user_id: user.into(),
+                            tokens: 1_000_000_000,
+                            idempotency_key: key.clone(),
+                            reason: "r".into(),
+                            ..Default::default()
+                        }))
+                        .await
+                        .map(|_| ()),
+                    // A conflicting replay: same key as a grant of another task's, other amount.
+                    4 => c
+                        .grant(admin(grant_req(
+                            user,
+                            999,
+                            &format!("t{}-{}", (t + 1) % 16, i - 2),
+                        )))
+                        .await
+                        .map(|_| ()),
+                    // One payment intent per user, bought under many keys: credited once.
+                    5 => c
+                        .record_purchase(with_key(
+                            BILLING_KEY,
+                            purchase_req(user, &key, &format!("pi-{user}")),
+                        ))
+                        .await
+                        .map(|_| ()),
+                    _ => c
+                        .track_usage(with_key(USAGE_KEY, usage_req(user, 3, &key)))
+                        .await
+                        .map(|_| ()),
+                };
+                codes.insert(
+                    format!("{t}-{i}"),
+                    result.err().map(|s| s.code()).unwrap_or(Code::Ok),
+                );
+            }
+            codes
+        }));
+    }
+    let mut codes = HashMap::new();
+    for t in tasks {
+        codes.extend(t.await.unwrap());
+    }
+    // Every refused deduction is FAILED_PRECONDITION; every conflicting replay ALREADY_EXISTS
+    // (or OK when it raced ahead of the grant it collides with, which is then the conflict).
+    for (k, code) in &codes {
+        let i: usize = k.split('-').nth(1).unwrap().parse().unwrap();
+        match i % 8 {
+            3 => assert_eq!(*code, Code::FailedPrecondition, "{k}"),
+            4 | 2 => assert!(
+                matches!(code, Code::Ok | Code::AlreadyExists),
+                "{k}: {code:?}"
+            ),
+            _ => assert_eq!(*code, Code::Ok, "{k}"),
+        }
+    }
+    // Each grant key (t, i%8==2) collides with exactly one conflicting write: one of each pair won.
+    let grant_pairs = codes
+        .iter()
+        .filter(|(k, _)| k.split('-').nth(1).unwrap().parse::<usize>().unwrap() % 8 == 2)
+        .count();
+    let conflicts = codes
+        .values()
+        .filter(|c| **c == Code::AlreadyExists)
+        .count();
+    assert_eq!(
+        conflicts, grant_pairs,
+        "exactly one write of each colliding pair lost"
+    );
+
+    // The model, independent of order: usage keys counted once, 3-token usage once each, one
+    // credit per grant key (100 or 999, whichever won), one purchase per user.
+    let grants: i64 = sqlx::query_scalar("SELECT COALESCE(sum(token_amount), 0)::bigint FROM token_transactions WHERE transaction_type = 'grant'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let used_expected = 16 * 5 * 7 + 16 * 10 * 3;
+    let total: i64 = sqlx::query_scalar("SELECT COALESCE(sum(balance), 0)::bigint FROM accounts")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, grants + 4 * 2_000_000 - used_expected);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions WHERE transaction_type = 'grant'")
+            .await,
+        grant_pairs as i64
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions WHERE transaction_type = 'purchase'")
+            .await,
+        4
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions WHERE transaction_type = 'deduction'")
+            .await,
+        0
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_usage").await,
+        16 * 5 + 16 * 10
+    );
+    let report = Store::from_pool(app.pool.clone()).verify().await.unwrap();
+    assert!(
+        report.discrepancies.is_empty(),
+        "{:?}",
+        report.discrepancies
+    );
+    let gaps: i64 = app
+        .count("SELECT count(*) FROM accounts a WHERE last_seq <> (SELECT count(*) FROM (SELECT account_id FROM token_transactions UNION ALL SELECT account_id FROM token_drips UNION ALL SELECT account_id FROM token_usage) j WHERE j.account_id = a.account_id)")
+        .await;
+    assert_eq!(gaps, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_write_queue_answers_resource_exhausted() {
+    let app = TestApp::spawn_with(TestOptions {
+        write: WriteConfig {
+            batch_max: 1,
+            writers: 1,
+            queue_max: 2,
+            ..WriteConfig::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut c = app.client().await;
+    c.grant(admin(grant_req("held", 10, "seed"))).await.unwrap();
+
+    // Hold the account's row lock, so the one writer blocks on its first write.
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM accounts WHERE user_id = 'held' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let mut c = app.client().await;
+        calls.push(tokio::spawn(async move {
+            c.track_usage(with_key(USAGE_KEY, usage_req("held", 1, &format!("q{i}"))))
+                .await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    blocker.rollback().await.unwrap();
+
+    let mut ok = 0;
+    let mut exhausted = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => exhausted += 1,
+            Err(s) => panic!("unexpected {s:?}"),
+        }
+    }
+    // One write held by the writer, two queued: the other nine are turned away at once.
+    assert_eq!((ok, exhausted), (3, 9));
+    assert_eq!(app.count("SELECT count(*) FROM token_usage").await, 3);
+}
+
+#[tokio::test]
+async fn a_batch_whose_commit_fails_leaves_nothing_and_fails_every_write_in_it() {
+    let app = TestApp::spawn_with(TestOptions {
+        write: config(512, 1),
+        ..Default::default()
+    })
+    .await;
+    // A deferred trigger that fails the transaction at COMMIT when it sees one poisoned row.
+    sqlx::query(
+        "CREATE FUNCTION explode_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.model = 'explode' THEN RAISE EXCEPTION 'boom at commit'; END IF; RETURN NULL; END $$",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE CONSTRAINT TRIGGER explode AFTER INSERT ON token_usage DEFERRABLE INITIALLY DEFERRED \
+         FOR EACH ROW EXECUTE FUNCTION explode_at_commit()",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let mut events: Vec<pb::TrackUsageRequest> = (0..5)
+        .map(|i| usage_req(&format!("v{i}"), 10, &format!("e{i}")))
+        .collect();
+    events[3].model = "explode".into();
+    let mut c = app.client().await;
+    let results = c
+        .track_usage_batch(with_key(USAGE_KEY, pb::TrackUsageBatchRequest { events }))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+
+    assert_eq!(results.len(), 5);
+    assert!(
+        results.iter().all(|r| r.code == Code::Internal as i32),
+        "{results:?}"
+    );
+    assert_eq!(
+        app.journal_rows().await,
+        0,
+        "no journal row and no claimed key survive"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM accounts").await, 0);
+}
+
+#[tokio::test]
+async fn track_usage_batch_answers_each_event_on_its_own() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    let mut events = vec![
+        usage_req("b", 5, "b1"),
+        usage_req("b", 6, "b2"),
+        usage_req("b", 5, "b1"),
+        usage_req("b", 7, "b1"),
+    ];
+    events.push(pb::TrackUsageRequest {
+        tokens: 0,
+        ..usage_req("b", 1, "b3")
+    });
+    let results = c
+        .track_usage_batch(with_key(USAGE_KEY, pb::TrackUsageBatchRequest { events }))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<i32> = results.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        vec![
+            0,
+            0,
+            0,
+            Code::AlreadyExists as i32,
+            Code::InvalidArgument as i32
+        ]
+    );
+    assert_eq!((results[0].balance, results[1].balance), (-5, -11));
+    assert!(results[2].replayed && results[2].transaction_id == results[0].transaction_id);
+    assert_eq!(balance_of(&mut c, "b").await, -11);
+
+    let too_many = (0..1_001)
+        .map(|i| usage_req("b", 1, &format!("m{i}")))
+        .collect();
+    let err = c
+        .track_usage_batch(with_key(
+            USAGE_KEY,
+            pb::TrackUsageBatchRequest { events: too_many },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_request_field(&err), "events");
+    let at_limit = (0..1_000)
+        .map(|i| usage_req("c", 1, &format!("n{i}")))
+        .collect();
+    let ok = c
+        .track_usage_batch(with_key(
+            USAGE_KEY,
+            pb::TrackUsageBatchRequest { events: at_limit },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ok.results.iter().all(|r| r.code == 0));
+    assert_eq!(balance_of(&mut c, "c").await, -1_000);
+    assert_eq!(
+        c.track_usage_batch(with_key(
+            READ_KEY,
+            pb::TrackUsageBatchRequest { events: vec![] }
+        ))
+        .await
+        .unwrap_err()
+        .code(),
+        Code::PermissionDenied
+    );
+}
