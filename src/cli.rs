@@ -63,6 +63,8 @@ pub enum Command {
     Webhook(WebhookArgs),
     /// List the Stripe events the webhook has seen, newest first, with what it did about each.
     StripeEvents(StripeEventsArgs),
+    /// Load-test a ledger over real gRPC (see BENCHMARKS.md).
+    Bench(Box<crate::bench::BenchArgs>),
 }
 
 /// Stripe webhook settings, shared by `serve --stripe-webhook-listen` and `webhook`.
@@ -392,6 +394,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::History(a) => client::history(a).await,
         Command::Webhook(args) => webhook(args).await.map(|()| ExitCode::SUCCESS),
         Command::StripeEvents(args) => stripe_events(args).await,
+        Command::Bench(args) => crate::bench::run(*args).await.map(|()| ExitCode::SUCCESS),
     }
 }
 

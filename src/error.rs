@@ -114,11 +114,15 @@ impl From<sqlx::Error> for LedgerError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed => LedgerError::Unavailable(err.to_string()),
             sqlx::Error::Database(ref db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+                if db.code().is_some_and(|c| {
+                    c.starts_with("08")
+                        || c.starts_with("57P")
+                        || matches!(c.as_ref(), "40001" | "40P01" | "55P03" | "57014")
+                }) =>
             {
-                // Class 08: connection exceptions; 57P: the server is shutting down or restarting.
+                // Class 08: connection exceptions; 57P: the server is shutting down or restarting;
+                // serialization failure, deadlock, lock not available, statement timeout: passing
+                // conditions. All are safe to retry with the same idempotency key.
                 LedgerError::Unavailable(err.to_string())
             }
             other => LedgerError::Internal(other.into()),

@@ -9,7 +9,7 @@ use crate::error::LedgerError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{
     AccountCursor, AccountOrder, AccountSummary, Balance, EntryLookup, FoundEntry, HistoryFilter,
@@ -38,10 +38,12 @@ pub struct HistoryPage {
 pub struct WriteConfig {
     /// Most writes in one transaction. 1 gives one transaction per write (the baseline).
     pub batch_max: usize,
-    /// Writes waiting for a writer; when full, new writes get RESOURCE_EXHAUSTED at once rather
-    /// than queueing without bound.
+    /// Writes waiting for a writer, over all writers; when a writer's share is full, new writes
+    /// for it get RESOURCE_EXHAUSTED at once rather than queueing without bound.
     pub queue_max: usize,
-    /// Batches committing at the same time (each on its own connection).
+    /// Writers, each committing its own batches on its own connection. Accounts are split among
+    /// them by a hash of the user id, so concurrent batches never wait on each other's account
+    /// locks, and one account's writes stay in arrival order.
     pub writers: usize,
     /// How long a writer that found more than one write waiting keeps collecting before it
     /// commits. Never applied to a lone write, so an idle ledger adds no latency.
@@ -79,7 +81,8 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     store: Store,
-    queue: mpsc::Sender<Job>,
+    /// One queue per writer.
+    queues: Arc<[mpsc::Sender<Job>]>,
 }
 
 impl std::fmt::Debug for Job {
@@ -96,17 +99,18 @@ impl Ledger {
     /// Starts `config.writers` writer tasks on the current runtime.
     pub fn with_config(store: Store, config: WriteConfig) -> Self {
         let batch_max = config.batch_max.max(1);
-        let (queue, rx) = mpsc::channel::<Job>(config.queue_max.max(1));
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..config.writers.max(1) {
-            tokio::spawn(run_writer(
-                store.clone(),
-                rx.clone(),
-                batch_max,
-                config.linger,
-            ));
+        let writers = config.writers.max(1);
+        let per_writer = (config.queue_max / writers).max(1);
+        let mut queues = Vec::with_capacity(writers);
+        for _ in 0..writers {
+            let (queue, rx) = mpsc::channel::<Job>(per_writer);
+            tokio::spawn(run_writer(store.clone(), rx, batch_max, config.linger));
+            queues.push(queue);
         }
-        Self { store, queue }
+        Self {
+            store,
+            queues: queues.into(),
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -120,7 +124,7 @@ impl Ledger {
         let overdraft = overdraft_of(&cmd);
         let receipt = self.submit(Pending { cmd, overdraft })?.await?;
         if !receipt.replayed && overdraft == Overdraft::Refused && receipt.balance < 0 {
-            // The store's conditional update makes this impossible; if it ever happens the
+            // The batch's in-order evaluation makes this impossible; if it ever happens the
             // transaction has committed, so shout rather than hide it.
             tracing::error!(
                 transaction_id = %receipt.transaction_id,
@@ -157,7 +161,7 @@ impl Ledger {
         pending: Pending,
     ) -> Result<impl std::future::Future<Output = Result<Receipt, LedgerError>>, LedgerError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
+        self.queues[writer_of(pending.cmd.user_id.as_str(), self.queues.len())]
             .try_send(Job { pending, reply })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => LedgerError::ResourceExhausted(
@@ -178,7 +182,10 @@ impl Ledger {
 
     /// Writes waiting in the queue right now.
     pub fn queue_depth(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
+        self.queues
+            .iter()
+            .map(|q| q.max_capacity() - q.capacity())
+            .sum()
     }
 
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
@@ -270,19 +277,24 @@ fn overdraft_of(cmd: &WriteCommand) -> Overdraft {
     }
 }
 
-/// One writer: takes what is queued (up to `batch_max`), commits it as one batch, answers each
-/// caller, repeats. While one writer commits, the next gathers the writes that arrived meanwhile,
-/// so batches grow with load and shrink to one write when idle.
-async fn run_writer(
-    store: Store,
-    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
-    batch_max: usize,
-    linger: Duration,
-) {
+/// Which writer owns a user's account (FNV-1a of the user id): stable, so one account's writes
+/// are applied in arrival order, and two writers never lock the same account.
+fn writer_of(user_id: &str, writers: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % writers as u64) as usize
+}
+
+/// One writer: takes what is queued for it (up to `batch_max`), commits it as one batch, answers
+/// each caller, repeats. The writes that arrive while a batch commits form the next batch, so
+/// batches grow with load and shrink to one write when idle.
+async fn run_writer(store: Store, mut rx: mpsc::Receiver<Job>, batch_max: usize, linger: Duration) {
     loop {
         let mut jobs: Vec<Job> = Vec::new();
         {
-            let mut rx = queue.lock().await;
             match rx.recv().await {
                 Some(job) => jobs.push(job),
                 None => return,
@@ -306,7 +318,26 @@ async fn run_writer(
         let (pendings, replies): (Vec<Pending>, Vec<_>) =
             jobs.into_iter().map(|j| (j.pending, j.reply)).unzip();
         let started = std::time::Instant::now();
-        let outcome = store.apply_batch(&pendings).await;
+        // On its own task, so a panic (a bug) fails this batch's callers instead of killing the
+        // writer.
+        let batch_store = store.clone();
+        let (pendings, outcome) = match tokio::spawn(async move {
+            let outcome = batch_store.apply_batch(&pendings).await;
+            (pendings, outcome)
+        })
+        .await
+        {
+            Ok(done) => done,
+            Err(panic) => {
+                tracing::error!(error = %panic, "batch task panicked");
+                for reply in replies {
+                    let _ = reply.send(Err(LedgerError::internal(anyhow::anyhow!(
+                        "batch task panicked"
+                    ))));
+                }
+                continue;
+            }
+        };
         let commit_ms = started.elapsed().as_secs_f64() * 1000.0;
         crate::metrics::batch_committed(pendings.len(), commit_ms, outcome.is_ok());
         match outcome {

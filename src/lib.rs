@@ -5,6 +5,7 @@
 //! `domain` (validated types) and `error` (the one error enum) shared by all of them.
 
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod console;

@@ -486,3 +486,36 @@ async fn track_usage_batch_answers_each_event_on_its_own() {
         Code::PermissionDenied
     );
 }
+
+#[tokio::test]
+async fn a_drip_period_with_nanoseconds_is_stored_and_matched_at_microseconds() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    let mut first = drip_req("n", "n1", "sub_n", "2026-05-01T00:00:00Z");
+    first.period_start.as_mut().unwrap().nanos = 123_456_789;
+    let a = c
+        .drip(with_key(BILLING_KEY, first.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    // The same period under another key, differing only below a microsecond: a replay.
+    let mut second = first.clone();
+    second.idempotency_key = "n2".into();
+    second.period_start.as_mut().unwrap().nanos = 123_456_001;
+    let b = c
+        .drip(with_key(BILLING_KEY, second))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(b.replayed && b.transaction_id == a.transaction_id);
+    let mut ancient = drip_req("n", "n3", "sub_n", "2026-05-01T00:00:00Z");
+    ancient.period_start = Some(prost_types::Timestamp {
+        seconds: -300_000_000_000,
+        nanos: 0,
+    });
+    assert_eq!(
+        bad_request_field(&c.drip(with_key(BILLING_KEY, ancient)).await.unwrap_err()),
+        "period_start"
+    );
+    assert_eq!(balance_of(&mut c, "n").await, 375_000);
+}

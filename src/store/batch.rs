@@ -102,6 +102,13 @@ impl Store {
                     attempt += 1;
                     tracing::debug!(error = %err, attempt, "batch lost a race; retrying it whole");
                 }
+                Err(err) if is_retryable(&err) => {
+                    tracing::warn!(error = %err, "batch still racing after retries");
+                    return Err(LedgerError::Unavailable(
+                        "lost a race with a concurrent write; retry with the same idempotency key"
+                            .into(),
+                    ));
+                }
                 Err(err) => return Err(err.into()),
             }
         }
@@ -162,20 +169,6 @@ impl Store {
             }
         }
 
-        // 2. Business keys already credited by earlier transactions.
-        let business_keys: Vec<BusinessKey> = writes
-            .iter()
-            .filter(|w| {
-                matches!(
-                    key_states.get(w.cmd.idempotency_key.as_str()),
-                    Some(KeyState::Claimed { .. })
-                )
-            })
-            .filter_map(|w| w.cmd.business_key())
-            .collect();
-        let credited: HashMap<BusinessKey, ExistingCredit> =
-            find_business_keys(&mut tx, &business_keys).await?;
-
         // 3. Lock (creating where new) every account the batch may move, in user-id order.
         let mut users: Vec<&str> = writes
             .iter()
@@ -213,6 +206,21 @@ impl Store {
                 );
             }
         }
+
+        // 3b. Business keys already credited by earlier transactions, read after the account locks so
+        //     a concurrent credit of the same user's object has committed (or not) by now.
+        let business_keys: Vec<BusinessKey> = writes
+            .iter()
+            .filter(|w| {
+                matches!(
+                    key_states.get(w.cmd.idempotency_key.as_str()),
+                    Some(KeyState::Claimed { .. })
+                )
+            })
+            .filter_map(|w| w.cmd.business_key())
+            .collect();
+        let credited: HashMap<BusinessKey, ExistingCredit> =
+            find_business_keys(&mut tx, &business_keys).await?;
 
         // 4. What reversals reverse (read under the account locks just taken).
         let originals: Vec<i64> = writes
@@ -295,9 +303,12 @@ impl Store {
                             })
                         }
                     } else {
-                        let account = accounts
-                            .get_mut(cmd.user_id.as_str())
-                            .expect("every claimed write's account was locked");
+                        let Some(account) = accounts.get_mut(cmd.user_id.as_str()) else {
+                            return Err(sqlx::Error::Protocol(format!(
+                                "account of {} was not locked by its batch",
+                                cmd.user_id
+                            )));
+                        };
                         match evaluate(cmd, w.overdraft, account, &original_info, &mut reversible) {
                             Err(err) => Err(err),
                             Ok(()) => {
@@ -406,7 +417,7 @@ impl Store {
                  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
                              $7::bigint[], $8::bigint[], $9::bigint[]) \
                    AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed) \
-                 WHERE a.account_id = v.account_id",
+                 WHERE a.account_id = v.account_id AND a.account_id = ANY($1)",
             )
             .bind(col(|a| a.account_id))
             .bind(col(|a| a.balance))

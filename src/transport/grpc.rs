@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -149,10 +149,23 @@ fn timestamp_to_chrono(
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(LedgerError::invalid(field, "nanos must be in 0..1e9"));
     }
-    DateTime::from_timestamp(ts.seconds, ts.nanos as u32)
-        .map(Some)
-        .ok_or_else(|| LedgerError::invalid(field, "is out of range"))
+    // PostgreSQL keeps microseconds: truncate here, so what is compared (business keys,
+    // fingerprints) is exactly what is stored.
+    let micros = ts.nanos / 1_000 * 1_000;
+    let t = DateTime::from_timestamp(ts.seconds, micros as u32)
+        .ok_or_else(|| LedgerError::invalid(field, "is out of range"))?;
+    if !(TIMESTAMP_YEAR_MIN..=TIMESTAMP_YEAR_MAX).contains(&t.year()) {
+        return Err(LedgerError::invalid(
+            field,
+            format!("must be between the years {TIMESTAMP_YEAR_MIN} and {TIMESTAMP_YEAR_MAX}"),
+        ));
+    }
+    Ok(Some(t))
 }
+
+/// Timestamps outside these years are caller bugs (and some would not fit PostgreSQL).
+const TIMESTAMP_YEAR_MIN: i32 = 1970;
+const TIMESTAMP_YEAR_MAX: i32 = 9999;
 
 fn chrono_to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
