@@ -37,14 +37,15 @@ CREATE TABLE accounts (
 -- is global: reusing it for any other request, of any kind or user, is a conflict.
 CREATE TABLE idempotency_keys (
     idempotency_key TEXT        NOT NULL,
-    -- SHA-256 of the request's content (kind, user, amount, details); a retry must match it.
+    -- SHA-256 (first 128 bits) of the request's content (kind, user, amount, details); a retry
+    -- must match it.
     request_hash    BYTEA       NOT NULL,
     -- The journal row this key wrote; its id is taken here and used for the journal row.
     entry_id        BIGINT      NOT NULL DEFAULT nextval('ledger_entry_id_seq'),
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT idempotency_keys_pkey PRIMARY KEY (idempotency_key),
     CONSTRAINT idempotency_keys_entry_id_key UNIQUE (entry_id),
-    CONSTRAINT idempotency_keys_request_hash_length CHECK (octet_length(request_hash) = 32)
+    CONSTRAINT idempotency_keys_request_hash_length CHECK (octet_length(request_hash) = 16)
 );
 
 -- Grants, admin deductions and token pack purchases.

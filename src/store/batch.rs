@@ -46,8 +46,8 @@ enum KeyState {
     /// Claimed by this batch, with the journal id it reserved.
     Claimed {
         entry_id: i64,
-        stored_hash: [u8; 32],
-        applied: Option<([u8; 32], Receipt)>,
+        stored_hash: [u8; crate::domain::FINGERPRINT_LEN],
+        applied: Option<([u8; crate::domain::FINGERPRINT_LEN], Receipt)>,
     },
 }
 
@@ -118,8 +118,9 @@ impl Store {
         let mut tx = self.pool.begin().await?;
 
         // 1. Idempotency keys: claim the new ones, read the committed ones.
-        let fingerprints: Vec<[u8; 32]> = writes.iter().map(|w| w.cmd.fingerprint()).collect();
-        let mut first_hash: BTreeMap<&str, [u8; 32]> = BTreeMap::new();
+        let fingerprints: Vec<[u8; crate::domain::FINGERPRINT_LEN]> =
+            writes.iter().map(|w| w.cmd.fingerprint()).collect();
+        let mut first_hash: BTreeMap<&str, [u8; crate::domain::FINGERPRINT_LEN]> = BTreeMap::new();
         for (w, fp) in writes.iter().zip(&fingerprints) {
             first_hash
                 .entry(w.cmd.idempotency_key.as_str())
