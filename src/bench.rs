@@ -252,7 +252,7 @@ async fn self_hosted(
         .execute(&mut admin)
         .await?;
     let db_options = admin_options.clone().database(&db_name);
-    let db_url = render_url(&db_options);
+    let db_url = crate::store::url_of(&db_options);
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -344,24 +344,6 @@ async fn self_hosted(
         bail!("{}", report.verified);
     }
     Ok(report)
-}
-
-fn render_url(o: &sqlx::postgres::PgConnectOptions) -> String {
-    let db = o.get_database().unwrap_or("postgres");
-    match o.get_socket() {
-        Some(dir) => format!(
-            "postgres://{}@localhost:{}/{db}?host={}",
-            o.get_username(),
-            o.get_port(),
-            dir.display()
-        ),
-        None => format!(
-            "postgres://{}@{}:{}/{db}",
-            o.get_username(),
-            o.get_host(),
-            o.get_port()
-        ),
-    }
 }
 
 fn read_peak_rss_kib(pid: u32) -> Option<u64> {

@@ -820,74 +820,110 @@ struct TransactionColumns {
     allow_negative: Vec<bool>,
 }
 
-impl TransactionColumns {
-    fn push(&mut self, details: &WriteDetails) {
-        let mut row = (
-            "grant", "admin", None, None, None, None, None, None, None, None, None, None, false,
-        );
+/// One `token_transactions` row's kind-specific columns.
+struct TransactionRow {
+    transaction_type: &'static str,
+    source: &'static str,
+    reason: Option<String>,
+    amount_paid_cents: Option<i64>,
+    currency: Option<String>,
+    stripe_payment_intent_id: Option<String>,
+    stripe_checkout_session_id: Option<String>,
+    stripe_subscription_id: Option<String>,
+    stripe_invoice_id: Option<String>,
+    pack: Option<String>,
+    reverses_transaction_id: Option<i64>,
+    stripe_reference: Option<String>,
+    allow_negative: bool,
+}
+
+impl TransactionRow {
+    fn of(details: &WriteDetails) -> Self {
+        let base = |transaction_type, source| TransactionRow {
+            transaction_type,
+            source,
+            reason: None,
+            amount_paid_cents: None,
+            currency: None,
+            stripe_payment_intent_id: None,
+            stripe_checkout_session_id: None,
+            stripe_subscription_id: None,
+            stripe_invoice_id: None,
+            pack: None,
+            reverses_transaction_id: None,
+            stripe_reference: None,
+            allow_negative: false,
+        };
         match details {
             WriteDetails::Grant {
                 source,
                 reason,
                 stripe_subscription_id,
                 stripe_invoice_id,
-            } => {
-                row.1 = source.as_str();
-                row.2 = reason.clone();
-                row.7 = stripe_subscription_id.clone();
-                row.8 = stripe_invoice_id.clone();
-            }
+            } => TransactionRow {
+                reason: reason.clone(),
+                stripe_subscription_id: stripe_subscription_id.clone(),
+                stripe_invoice_id: stripe_invoice_id.clone(),
+                ..base("grant", source.as_str())
+            },
             WriteDetails::Deduction {
                 reason,
                 allow_negative,
-            } => {
-                row.0 = "deduction";
-                row.2 = Some(reason.clone());
-                row.12 = *allow_negative;
-            }
+            } => TransactionRow {
+                reason: Some(reason.clone()),
+                allow_negative: *allow_negative,
+                ..base("deduction", "admin")
+            },
             WriteDetails::Purchase {
                 amount_paid_cents,
                 currency,
                 stripe_payment_intent_id,
                 stripe_checkout_session_id,
                 pack,
-            } => {
-                row.0 = "purchase";
-                row.1 = "token_pack";
-                row.3 = Some(*amount_paid_cents);
-                row.4 = Some(currency.clone());
-                row.5 = Some(stripe_payment_intent_id.clone());
-                row.6 = stripe_checkout_session_id.clone();
-                row.9 = pack.clone();
-            }
+            } => TransactionRow {
+                amount_paid_cents: Some(*amount_paid_cents),
+                currency: Some(currency.clone()),
+                stripe_payment_intent_id: Some(stripe_payment_intent_id.clone()),
+                stripe_checkout_session_id: stripe_checkout_session_id.clone(),
+                pack: pack.clone(),
+                ..base("purchase", "token_pack")
+            },
             WriteDetails::Reversal {
                 original,
                 source,
                 reason,
                 stripe_reference,
-            } => {
-                row.0 = "reversal";
-                row.1 = source.as_str();
-                row.2 = Some(reason.clone());
-                row.10 = Some(original.0);
-                row.11 = stripe_reference.clone();
-            }
+            } => TransactionRow {
+                reason: Some(reason.clone()),
+                reverses_transaction_id: Some(original.0),
+                stripe_reference: stripe_reference.clone(),
+                ..base("reversal", source.as_str())
+            },
             WriteDetails::Drip { .. } | WriteDetails::Usage { .. } => {
                 unreachable!("drips and usage have tables of their own")
             }
         }
-        self.transaction_type.push(row.0);
-        self.source.push(row.1);
-        self.reason.push(row.2);
-        self.amount_paid_cents.push(row.3);
-        self.currency.push(row.4);
-        self.stripe_payment_intent_id.push(row.5);
-        self.stripe_checkout_session_id.push(row.6);
-        self.stripe_subscription_id.push(row.7);
-        self.stripe_invoice_id.push(row.8);
-        self.pack.push(row.9);
-        self.reverses_transaction_id.push(row.10);
-        self.stripe_reference.push(row.11);
-        self.allow_negative.push(row.12);
+    }
+}
+
+impl TransactionColumns {
+    fn push(&mut self, details: &WriteDetails) {
+        let row = TransactionRow::of(details);
+        self.transaction_type.push(row.transaction_type);
+        self.source.push(row.source);
+        self.reason.push(row.reason);
+        self.amount_paid_cents.push(row.amount_paid_cents);
+        self.currency.push(row.currency);
+        self.stripe_payment_intent_id
+            .push(row.stripe_payment_intent_id);
+        self.stripe_checkout_session_id
+            .push(row.stripe_checkout_session_id);
+        self.stripe_subscription_id.push(row.stripe_subscription_id);
+        self.stripe_invoice_id.push(row.stripe_invoice_id);
+        self.pack.push(row.pack);
+        self.reverses_transaction_id
+            .push(row.reverses_transaction_id);
+        self.stripe_reference.push(row.stripe_reference);
+        self.allow_negative.push(row.allow_negative);
     }
 }

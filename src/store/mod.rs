@@ -187,19 +187,7 @@ impl Store {
                 transaction_count: 0,
             });
         };
-        Ok(Balance {
-            balance: row.try_get("balance")?,
-            totals: Totals {
-                granted: row.try_get("granted_total")?,
-                deducted: row.try_get("deducted_total")?,
-                purchased: row.try_get("purchased_total")?,
-                dripped: row.try_get("dripped_total")?,
-                used: row.try_get("used_total")?,
-                reversed: row.try_get("reversed_total")?,
-            },
-            updated_at: Some(row.try_get("updated_at")?),
-            transaction_count: row.try_get("last_seq")?,
-        })
+        balance_from_row(&row)
     }
 
     /// One user's journal, newest first: rows with a sequence number below `before_seq`.
@@ -284,19 +272,7 @@ impl Store {
                 Ok(AccountSummary {
                     user_id: row.try_get("user_id")?,
                     created_at: row.try_get("created_at")?,
-                    balance: Balance {
-                        balance: row.try_get("balance")?,
-                        totals: Totals {
-                            granted: row.try_get("granted_total")?,
-                            deducted: row.try_get("deducted_total")?,
-                            purchased: row.try_get("purchased_total")?,
-                            dripped: row.try_get("dripped_total")?,
-                            used: row.try_get("used_total")?,
-                            reversed: row.try_get("reversed_total")?,
-                        },
-                        updated_at: Some(row.try_get("updated_at")?),
-                        transaction_count: row.try_get("last_seq")?,
-                    },
+                    balance: balance_from_row(row)?,
                 })
             })
             .collect()
@@ -337,6 +313,42 @@ impl Store {
             }
         }
         Ok(report)
+    }
+}
+
+/// An `accounts` row's balance, totals and last change.
+fn balance_from_row(row: &sqlx::postgres::PgRow) -> Result<Balance, LedgerError> {
+    Ok(Balance {
+        balance: row.try_get("balance")?,
+        totals: Totals {
+            granted: row.try_get("granted_total")?,
+            deducted: row.try_get("deducted_total")?,
+            purchased: row.try_get("purchased_total")?,
+            dripped: row.try_get("dripped_total")?,
+            used: row.try_get("used_total")?,
+            reversed: row.try_get("reversed_total")?,
+        },
+        updated_at: Some(row.try_get("updated_at")?),
+        transaction_count: row.try_get("last_seq")?,
+    })
+}
+
+/// Renders connection options back into a URL (`--database-url` form), Unix sockets included.
+pub fn url_of(o: &PgConnectOptions) -> String {
+    let db = o.get_database().unwrap_or("postgres");
+    match o.get_socket() {
+        Some(dir) => format!(
+            "postgres://{}@localhost:{}/{db}?host={}",
+            o.get_username(),
+            o.get_port(),
+            dir.display()
+        ),
+        None => format!(
+            "postgres://{}@{}:{}/{db}",
+            o.get_username(),
+            o.get_host(),
+            o.get_port()
+        ),
     }
 }
 

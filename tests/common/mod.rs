@@ -212,21 +212,7 @@ impl TestDb {
 
 /// Renders options back to a URL the server's `--database-url` accepts.
 pub fn url_of(o: &PgConnectOptions) -> String {
-    let db = o.get_database().unwrap_or("postgres");
-    match o.get_socket() {
-        Some(dir) => format!(
-            "postgres://{}@localhost:{}/{db}?host={}",
-            o.get_username(),
-            o.get_port(),
-            dir.display()
-        ),
-        None => format!(
-            "postgres://{}@{}:{}/{db}",
-            o.get_username(),
-            o.get_host(),
-            o.get_port()
-        ),
-    }
+    token_ledger::store::url_of(o)
 }
 
 impl Drop for TestDb {
