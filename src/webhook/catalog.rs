@@ -37,7 +37,8 @@ pub struct Product {
     pub price_ids: Vec<String>,
     #[serde(default)]
     pub lookup_keys: Vec<String>,
-    /// The list price, for people reading the catalog; credits never depend on it.
+    /// The price in cents. Only used to recognise a product when an event names no price id,
+    /// lookup key or product (and only when exactly one product of the right kinds has it).
     #[serde(default)]
     pub amount_cents: Option<i64>,
 }
@@ -91,6 +92,16 @@ impl Catalog {
     /// The product a price id, lookup key or catalog name stands for.
     pub fn resolve(&self, key: &str) -> Option<&Product> {
         self.by_key.get(key).map(|&i| &self.products[i])
+    }
+
+    /// The only product of one of `kinds` priced `amount_cents`, if exactly one is.
+    pub fn resolve_by_amount(&self, amount_cents: i64, kinds: &[ProductKind]) -> Option<&Product> {
+        let mut matching = self
+            .products
+            .iter()
+            .filter(|p| kinds.contains(&p.kind) && p.amount_cents == Some(amount_cents));
+        let first = matching.next()?;
+        matching.next().is_none().then_some(first)
     }
 
     pub fn products(&self) -> &[Product] {

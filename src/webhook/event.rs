@@ -104,22 +104,47 @@ pub fn checkout_session(o: &Value) -> Result<CheckoutSession, String> {
         amount_total: int(o, &["amount_total"]),
         currency: text(o, &["currency"]),
         created: int(o, &["created"]),
-        users: user_hints(o, &[&["client_reference_id"], &["metadata", "user_id"]]),
-        product_keys: user_hints(
+        users: user_hints(
             o,
             &[
-                &["metadata", "pack"],
-                &["metadata", "product"],
-                &["metadata", "price_id"],
-                &["metadata", "lookup_key"],
+                &["client_reference_id"],
+                &["metadata", "user_id"],
+                &["metadata", "userId"],
             ],
         ),
+        product_keys: {
+            let mut keys = user_hints(
+                o,
+                &[
+                    &["metadata", "pack"],
+                    &["metadata", "product"],
+                    &["metadata", "price_id"],
+                    &["metadata", "lookup_key"],
+                ],
+            );
+            // Line items are not in checkout events unless the sender expanded them; use them
+            // when they are there.
+            if let Some(items) = o
+                .get("line_items")
+                .and_then(|l| l.get("data"))
+                .and_then(Value::as_array)
+            {
+                for item in items {
+                    keys.extend(user_hints(
+                        item,
+                        &[&["price", "id"], &["price", "lookup_key"]],
+                    ));
+                }
+            }
+            keys
+        },
     })
 }
 
 /// One invoice line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvoiceLine {
+    pub amount: Option<i64>,
     pub price_id: Option<String>,
     pub lookup_key: Option<String>,
     pub period_start: Option<i64>,
@@ -139,6 +164,8 @@ pub struct Invoice {
     pub product_keys: Vec<String>,
     pub lines: Vec<InvoiceLine>,
     pub lines_has_more: bool,
+    pub amount_paid: Option<i64>,
+    pub currency: Option<String>,
 }
 
 pub fn invoice(o: &Value) -> Result<Invoice, String> {
@@ -150,6 +177,7 @@ pub fn invoice(o: &Value) -> Result<Invoice, String> {
             lines
                 .iter()
                 .map(|l| InvoiceLine {
+                    amount: int(l, &["amount"]),
                     price_id: first_text(
                         l,
                         &[
@@ -188,9 +216,10 @@ pub fn invoice(o: &Value) -> Result<Invoice, String> {
     ];
     let users = metadata_paths
         .iter()
-        .filter_map(|p| {
+        .flat_map(|p| ["user_id", "userId"].map(|k| (p, k)))
+        .filter_map(|(p, k)| {
             let mut path = p.to_vec();
-            path.push("user_id");
+            path.push(k);
             text(o, &path)
         })
         .collect();
@@ -217,6 +246,8 @@ pub fn invoice(o: &Value) -> Result<Invoice, String> {
         users,
         product_keys,
         lines,
+        amount_paid: int(o, &["amount_paid"]),
+        currency: text(o, &["currency"]),
         lines_has_more: o
             .get("lines")
             .and_then(|l| l.get("has_more"))

@@ -144,7 +144,9 @@ impl Processor {
             "checkout.session.completed" | "checkout.session.async_payment_succeeded" => {
                 self.checkout(env).await
             }
-            "invoice.paid" => self.invoice_paid(env).await,
+            // Stripe sends both for a paid invoice; they are twins (same keys), so either or
+            // both may be enabled.
+            "invoice.paid" | "invoice.payment_succeeded" => self.invoice_paid(env).await,
             "charge.refunded" => self.charge_refunded(env).await,
             "charge.dispute.created" => self.dispute_created(env).await,
             "customer.subscription.deleted" => self.subscription_deleted(env).await,
@@ -267,7 +269,17 @@ impl Processor {
                 session.id
             )));
         };
-        let product = self.product_from_keys(&session.product_keys).ok_or_else(|| {
+        let product = self
+            .product_from_keys(&session.product_keys)
+            .or_else(|| {
+                // Only when the session names no product at all: a named but unknown one is a
+                // catalog gap.
+                session
+                    .amount_total
+                    .filter(|_| session.product_keys.is_empty())
+                    .and_then(|a| self.catalog.resolve_by_amount(a, &[ProductKind::Pack]))
+            })
+            .ok_or_else(|| {
             Fail::Rejected(
                 "unknown_price",
                 format!(
@@ -347,7 +359,13 @@ impl Processor {
             )
             .await?;
         self.link_checkout(session, &user).await?;
-        let Some(product) = self.product_from_keys(&session.product_keys) else {
+        let subscription_kinds = [ProductKind::Annual, ProductKind::Drip];
+        let Some(product) = self.product_from_keys(&session.product_keys).or_else(|| {
+            session
+                .amount_total
+                .filter(|_| session.product_keys.is_empty())
+                .and_then(|a| self.catalog.resolve_by_amount(a, &subscription_kinds))
+        }) else {
             let mut done = Done::new(
                 "recorded",
                 format!("subscription {sub} belongs to {user}; its first invoice (invoice.paid) credits it"),
@@ -522,7 +540,22 @@ impl Processor {
         });
         let (product, line) = match matched {
             Some((p, l)) => (p, Some(l)),
-            None => match self.product_from_keys(&inv.product_keys) {
+            None => match self.product_from_keys(&inv.product_keys).or_else(|| {
+                // Last resort: a subscription product with exactly this price.
+                let kinds = [ProductKind::Annual, ProductKind::Drip];
+                let names_a_price = inv
+                    .lines
+                    .iter()
+                    .any(|l| l.price_id.is_some() || l.lookup_key.is_some());
+                if names_a_price || !inv.product_keys.is_empty() {
+                    return None;
+                }
+                lines
+                    .first()
+                    .and_then(|l| l.amount)
+                    .or(inv.amount_paid)
+                    .and_then(|a| self.catalog.resolve_by_amount(a, &kinds))
+            }) {
                 Some(p) => (p, lines.first().copied()),
                 None => {
                     let prices: Vec<_> = lines.iter().filter_map(|l| l.price_id.clone()).collect();
