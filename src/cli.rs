@@ -270,6 +270,11 @@ pub struct WriteArgs {
     /// the one-transaction-per-write baseline gets the same concurrency as a plain service).
     #[arg(long, env = "TOKEN_LEDGER_WRITERS")]
     pub writers: Option<usize>,
+
+    /// Serve GetBalance from memory, kept by the writers. Only when this is the ONLY process
+    /// writing to the database (not with several ledger instances, nor with SQL edits by hand).
+    #[arg(long, env = "TOKEN_LEDGER_BALANCE_CACHE")]
+    pub balance_cache: bool,
 }
 
 impl WriteArgs {
@@ -283,6 +288,7 @@ impl WriteArgs {
                 crate::ledger::WRITERS_DEFAULT
             }),
             linger: Duration::from_micros(self.batch_linger_us),
+            balance_cache: self.balance_cache,
         }
     }
 }

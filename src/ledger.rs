@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cache::BalanceCache;
 use crate::store::{
     AccountCursor, AccountOrder, AccountSummary, Balance, EntryLookup, FoundEntry, HistoryFilter,
     JournalEntry, Overdraft, Pending, Store, VerifyReport,
@@ -48,6 +49,9 @@ pub struct WriteConfig {
     /// How long a writer that found more than one write waiting keeps collecting before it
     /// commits. Never applied to a lone write, so an idle ledger adds no latency.
     pub linger: Duration,
+    /// Keep balances in memory for GetBalance (see `cache`): only while this process is the only
+    /// writer of its database.
+    pub balance_cache: bool,
 }
 
 impl Default for WriteConfig {
@@ -57,6 +61,7 @@ impl Default for WriteConfig {
             queue_max: QUEUE_MAX_DEFAULT,
             writers: WRITERS_DEFAULT,
             linger: Duration::from_micros(LINGER_US_DEFAULT),
+            balance_cache: false,
         }
     }
 }
@@ -67,6 +72,8 @@ pub const BATCH_MAX_DEFAULT: usize = 512;
 pub const QUEUE_MAX_DEFAULT: usize = 16_384;
 /// Default concurrent batches.
 pub const WRITERS_DEFAULT: usize = 4;
+/// Most balances the cache holds.
+pub const BALANCE_CACHE_ENTRIES_MAX: usize = 1_000_000;
 /// Default linger, in microseconds.
 pub const LINGER_US_DEFAULT: u64 = 500;
 
@@ -83,6 +90,7 @@ pub struct Ledger {
     store: Store,
     /// One queue per writer.
     queues: Arc<[mpsc::Sender<Job>]>,
+    cache: Option<Arc<BalanceCache>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -101,15 +109,25 @@ impl Ledger {
         let batch_max = config.batch_max.max(1);
         let writers = config.writers.max(1);
         let per_writer = (config.queue_max / writers).max(1);
+        let cache = config
+            .balance_cache
+            .then(|| Arc::new(BalanceCache::new(BALANCE_CACHE_ENTRIES_MAX)));
         let mut queues = Vec::with_capacity(writers);
         for _ in 0..writers {
             let (queue, rx) = mpsc::channel::<Job>(per_writer);
-            tokio::spawn(run_writer(store.clone(), rx, batch_max, config.linger));
+            tokio::spawn(run_writer(
+                store.clone(),
+                rx,
+                batch_max,
+                config.linger,
+                cache.clone(),
+            ));
             queues.push(queue);
         }
         Self {
             store,
             queues: queues.into(),
+            cache,
         }
     }
 
@@ -189,7 +207,15 @@ impl Ledger {
     }
 
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
-        self.store.balance(user_id).await
+        let Some(cache) = &self.cache else {
+            return self.store.balance(user_id).await;
+        };
+        if let Some(balance) = cache.get(user_id.as_str()) {
+            return Ok(balance);
+        }
+        let balance = self.store.balance(user_id).await?;
+        cache.offer(user_id.as_str(), balance.clone());
+        Ok(balance)
     }
 
     /// One page of history, newest first. `page_size` 0 means the default; larger than the maximum
@@ -291,7 +317,13 @@ fn writer_of(user_id: &str, writers: usize) -> usize {
 /// One writer: takes what is queued for it (up to `batch_max`), commits it as one batch, answers
 /// each caller, repeats. The writes that arrive while a batch commits form the next batch, so
 /// batches grow with load and shrink to one write when idle.
-async fn run_writer(store: Store, mut rx: mpsc::Receiver<Job>, batch_max: usize, linger: Duration) {
+async fn run_writer(
+    store: Store,
+    mut rx: mpsc::Receiver<Job>,
+    batch_max: usize,
+    linger: Duration,
+    cache: Option<Arc<BalanceCache>>,
+) {
     loop {
         let mut jobs: Vec<Job> = Vec::new();
         {
@@ -341,7 +373,15 @@ async fn run_writer(store: Store, mut rx: mpsc::Receiver<Job>, batch_max: usize,
         let commit_ms = started.elapsed().as_secs_f64() * 1000.0;
         crate::metrics::batch_committed(pendings.len(), commit_ms, outcome.is_ok());
         match outcome {
-            Ok(results) => {
+            Ok(outcome) => {
+                // The cache learns the committed balances before any caller hears back, so a
+                // caller's next GetBalance sees its own write.
+                if let Some(cache) = &cache {
+                    for (user, balance) in outcome.balances {
+                        cache.offer(&user, balance);
+                    }
+                }
+                let results = outcome.results;
                 for ((reply, result), pending) in replies.into_iter().zip(results).zip(&pendings) {
                     if matches!(&result, Ok(receipt) if !receipt.replayed) {
                         crate::metrics::journal_row(pending.cmd.kind().as_str());

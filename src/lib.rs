@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod console;

@@ -519,3 +519,71 @@ async fn a_drip_period_with_nanoseconds_is_stored_and_matched_at_microseconds() 
     );
     assert_eq!(balance_of(&mut c, "n").await, 375_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_balance_cache_every_read_sees_the_committed_balance() {
+    let app = TestApp::spawn_with(TestOptions {
+        write: WriteConfig {
+            balance_cache: true,
+            ..WriteConfig::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let mut c = app.client().await;
+    // An unknown user reads 0 (and is cached as such); its first credit replaces that.
+    assert_eq!(balance_of(&mut c, "cached").await, 0);
+    c.grant(admin(grant_req("cached", 1_000, "g")))
+        .await
+        .unwrap();
+    assert_eq!(balance_of(&mut c, "cached").await, 1_000);
+    c.track_usage(with_key(USAGE_KEY, usage_req("cached", 300, "u")))
+        .await
+        .unwrap();
+    assert_eq!(balance_of(&mut c, "cached").await, 700);
+    let refused = c
+        .deduct(admin(pb::DeductRequest {
+            user_id: "cached".into(),
+            tokens: 5_000,
+            idempotency_key: "d".into(),
+            reason: "r".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Code::FailedPrecondition);
+    let b = c
+        .get_balance(admin(pb::GetBalanceRequest {
+            user_id: "cached".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((b.balance, b.transaction_count), (700, 2));
+    assert_eq!(b.totals.unwrap().used, 300);
+
+    // Concurrent writers and readers: afterwards the cached balance is the database's.
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let mut c = app.client().await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..50 {
+                c.track_usage(with_key(
+                    USAGE_KEY,
+                    usage_req("cached", 1, &format!("c{t}-{i}")),
+                ))
+                .await
+                .unwrap();
+                let _ = balance_of(&mut c, "cached").await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let in_db: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE user_id = 'cached'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(in_db, 700 - 400);
+    assert_eq!(balance_of(&mut c, "cached").await, in_db);
+}

@@ -378,9 +378,17 @@ async fn an_invoice_before_its_checkout_is_retried_until_the_user_is_known() {
 
     // The checkout (no product in its metadata: its $99 price says 28-day plan) teaches us the
     // user and credits the first cycle.
-    let mut session = subscription_checkout("cs_e", "sub_e", "in_e", "user-e", "vision_pro_28day", t0);
+    let mut session =
+        subscription_checkout("cs_e", "sub_e", "in_e", "user-e", "vision_pro_28day", t0);
     session["metadata"] = json!({});
-    assert_eq!(send(addr, &event("evt_cs_e", "checkout.session.completed", session)).await, 200);
+    assert_eq!(
+        send(
+            addr,
+            &event("evt_cs_e", "checkout.session.completed", session)
+        )
+        .await,
+        200
+    );
     assert_eq!(balance(&app, "user-e").await, 375_000);
 
     // Stripe retries the invoice.
@@ -905,20 +913,50 @@ async fn a_checkout_or_invoice_naming_no_product_is_recognised_by_its_price() {
     // A pack checkout with no metadata at all: $199 is the 5M pack, and only it.
     let mut session = pack_checkout("cs_amt", "pi_amt", "user-amt", "unused", 19_900);
     session["metadata"] = json!({});
-    assert_eq!(send(addr, &event("evt_amt", "checkout.session.completed", session)).await, 200);
+    assert_eq!(
+        send(
+            addr,
+            &event("evt_amt", "checkout.session.completed", session)
+        )
+        .await,
+        200
+    );
     assert_eq!(balance(&app, "user-amt").await, 5_000_000);
 
     // Expanded line items name the price.
     let mut session = pack_checkout("cs_li", "pi_li", "user-li", "unused", 1);
     session["metadata"] = json!({});
-    session["line_items"] = json!({"object": "list", "data": [{"price": {"id": "price_pack_12m"}}]});
-    assert_eq!(send(addr, &event("evt_li", "checkout.session.completed", session)).await, 200);
+    session["line_items"] =
+        json!({"object": "list", "data": [{"price": {"id": "price_pack_12m"}}]});
+    assert_eq!(
+        send(
+            addr,
+            &event("evt_li", "checkout.session.completed", session)
+        )
+        .await,
+        200
+    );
     assert_eq!(balance(&app, "user-li").await, 12_000_000);
 
     // An invoice.payment_succeeded twin of an invoice.paid credits once.
     let t0 = 1_760_000_000;
-    let inv = invoice_paid("in_tw", "sub_tw", "subscription_cycle", "price_vision_pro_28day", t0, t0 + 28 * DAY, Some("user-tw"), "cus_tw");
-    assert_eq!(send(addr, &event("evt_tw1", "invoice.paid", inv.clone())).await, 200);
-    assert_eq!(send(addr, &event("evt_tw2", "invoice.payment_succeeded", inv)).await, 200);
+    let inv = invoice_paid(
+        "in_tw",
+        "sub_tw",
+        "subscription_cycle",
+        "price_vision_pro_28day",
+        t0,
+        t0 + 28 * DAY,
+        Some("user-tw"),
+        "cus_tw",
+    );
+    assert_eq!(
+        send(addr, &event("evt_tw1", "invoice.paid", inv.clone())).await,
+        200
+    );
+    assert_eq!(
+        send(addr, &event("evt_tw2", "invoice.payment_succeeded", inv)).await,
+        200
+    );
     assert_eq!(balance(&app, "user-tw").await, 375_000);
 }

@@ -39,6 +39,14 @@ pub struct Pending {
 /// The result of each write of a batch, in order.
 pub type BatchResults = Vec<Result<Receipt, LedgerError>>;
 
+/// What a committed batch did: each write's result, and the new state of every account it moved
+/// (for the balance cache).
+#[derive(Debug)]
+pub struct BatchOutcome {
+    pub results: BatchResults,
+    pub balances: Vec<(String, super::Balance)>,
+}
+
 /// What the batch knows about an idempotency key.
 enum KeyState {
     /// Committed before this batch: a replay if the request matches, else a conflict.
@@ -93,11 +101,11 @@ fn is_retryable(err: &sqlx::Error) -> bool {
 impl Store {
     /// Applies `writes` in one transaction. The outer error means the whole batch failed and
     /// nothing of it was applied; otherwise each write has its own result.
-    pub async fn apply_batch(&self, writes: &[Pending]) -> Result<BatchResults, LedgerError> {
+    pub async fn apply_batch(&self, writes: &[Pending]) -> Result<BatchOutcome, LedgerError> {
         let mut attempt = 0;
         loop {
             match self.try_batch(writes).await {
-                Ok(results) => return Ok(results),
+                Ok(outcome) => return Ok(outcome),
                 Err(err) if is_retryable(&err) && attempt < BATCH_RETRIES_MAX => {
                     attempt += 1;
                     tracing::debug!(error = %err, attempt, "batch lost a race; retrying it whole");
@@ -114,7 +122,7 @@ impl Store {
         }
     }
 
-    async fn try_batch(&self, writes: &[Pending]) -> Result<BatchResults, sqlx::Error> {
+    async fn try_batch(&self, writes: &[Pending]) -> Result<BatchOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
 
         // 1. Idempotency keys: claim the new ones, read the committed ones.
@@ -406,10 +414,11 @@ impl Store {
                 .await?;
         }
         let touched: Vec<&AccountState> = accounts.values().filter(|a| a.touched).collect();
+        let mut balances = Vec::with_capacity(touched.len());
         if !touched.is_empty() {
             let col =
                 |f: fn(&AccountState) -> i64| touched.iter().map(|a| f(a)).collect::<Vec<i64>>();
-            sqlx::query(
+            let rows = sqlx::query(
                 "UPDATE accounts a SET balance = v.balance, last_seq = v.last_seq, \
                    granted_total = a.granted_total + v.granted, deducted_total = a.deducted_total + v.deducted, \
                    purchased_total = a.purchased_total + v.purchased, dripped_total = a.dripped_total + v.dripped, \
@@ -418,7 +427,9 @@ impl Store {
                  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
                              $7::bigint[], $8::bigint[], $9::bigint[]) \
                    AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed) \
-                 WHERE a.account_id = v.account_id AND a.account_id = ANY($1)",
+                 WHERE a.account_id = v.account_id AND a.account_id = ANY($1) \
+                 RETURNING a.user_id, a.balance, a.granted_total, a.deducted_total, a.purchased_total, \
+                   a.dripped_total, a.used_total, a.reversed_total, a.updated_at, a.last_seq",
             )
             .bind(col(|a| a.account_id))
             .bind(col(|a| a.balance))
@@ -429,12 +440,17 @@ impl Store {
             .bind(col(|a| a.delta.dripped))
             .bind(col(|a| a.delta.used))
             .bind(col(|a| a.delta.reversed))
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
+            for row in rows {
+                let balance = super::balance_from_row(&row)
+                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                balances.push((row.try_get("user_id")?, balance));
+            }
         }
 
         tx.commit().await?;
-        Ok(results)
+        Ok(BatchOutcome { results, balances })
     }
 }
 

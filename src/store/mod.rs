@@ -17,7 +17,7 @@ use crate::error::LedgerError;
 
 mod batch;
 
-pub use batch::{BatchResults, Pending};
+pub use batch::{BatchOutcome, BatchResults, Pending};
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -317,7 +317,7 @@ impl Store {
 }
 
 /// An `accounts` row's balance, totals and last change.
-fn balance_from_row(row: &sqlx::postgres::PgRow) -> Result<Balance, LedgerError> {
+pub(crate) fn balance_from_row(row: &sqlx::postgres::PgRow) -> Result<Balance, LedgerError> {
     Ok(Balance {
         balance: row.try_get("balance")?,
         totals: Totals {

@@ -1,0 +1,69 @@
+//! An in-memory copy of account balances, kept by the writers, so `GetBalance` need not ask
+//! PostgreSQL (`--balance-cache`, off by default).
+//!
+//! Correct only while this process is the only one writing to the database: the writers update
+//! it after each commit, in commit order for each account (one writer owns each account), and an
+//! entry is only ever replaced by one with a higher `last_seq`, so a read that raced a commit can
+//! never put an older balance back. A balance changed by anything else (another ledger process,
+//! SQL by hand) is not seen until the entry is evicted.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use crate::store::Balance;
+
+/// Shards, to keep readers and writers from contending on one lock.
+const SHARDS: usize = 32;
+
+pub struct BalanceCache {
+    shards: Vec<RwLock<HashMap<String, Balance>>>,
+    /// Entries per shard; a full shard is emptied (the next reads reload from PostgreSQL).
+    shard_entries_max: usize,
+}
+
+impl std::fmt::Debug for BalanceCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalanceCache").finish_non_exhaustive()
+    }
+}
+
+impl BalanceCache {
+    pub fn new(entries_max: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shard_entries_max: (entries_max / SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, user_id: &str) -> &RwLock<HashMap<String, Balance>> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in user_id.as_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.shards[(h % SHARDS as u64) as usize]
+    }
+
+    pub fn get(&self, user_id: &str) -> Option<Balance> {
+        self.shard(user_id)
+            .read()
+            .ok()
+            .and_then(|m| m.get(user_id).cloned())
+    }
+
+    /// Stores `balance` unless a newer one (higher `transaction_count`, the account's last_seq)
+    /// is already there.
+    pub fn offer(&self, user_id: &str, balance: Balance) {
+        let Ok(mut map) = self.shard(user_id).write() else {
+            return;
+        };
+        if let Some(existing) = map.get(user_id) {
+            if existing.transaction_count >= balance.transaction_count {
+                return;
+            }
+        } else if map.len() >= self.shard_entries_max {
+            map.clear();
+        }
+        map.insert(user_id.to_string(), balance);
+    }
+}
