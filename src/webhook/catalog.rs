@@ -78,8 +78,14 @@ impl Catalog {
                 .chain(&p.price_ids)
                 .chain(&p.lookup_keys);
             for key in keys {
-                if by_key.insert(key.clone(), i).is_some() {
-                    bail!("{key:?} names more than one product");
+                // One namespace for names, price ids and lookup keys; a product may repeat its
+                // own key (its name as its lookup key, say), never another product's.
+                if let Some(other) = by_key.insert(key.clone(), i).filter(|other| *other != i) {
+                    bail!(
+                        "{key:?} names two products: {:?} and {:?}",
+                        file.products[other].name,
+                        p.name
+                    );
                 }
             }
         }
@@ -134,6 +140,25 @@ mod tests {
                 assert_eq!(c.resolve(price).unwrap().name, name);
             }
         }
+    }
+
+    #[test]
+    fn a_product_may_use_its_name_as_its_lookup_key() {
+        let text = r#"
+            [[product]]
+            name = "pack_2m"
+            kind = "pack"
+            tokens = 2000000
+            lookup_keys = ["pack_2m"]
+        "#;
+        assert_eq!(
+            Catalog::parse(text)
+                .unwrap()
+                .resolve("pack_2m")
+                .unwrap()
+                .tokens,
+            2_000_000
+        );
     }
 
     #[test]
