@@ -100,7 +100,13 @@ async fn traced<T>(
     idempotency_key: &str,
     call: impl std::future::Future<Output = Result<T, LedgerError>>,
 ) -> Result<Response<T>, Status> {
-    let span = tracing::info_span!("rpc", method, user_id, idempotency_key);
+    // Clipped: these are caller input, and an over-long one is refused below anyway.
+    let span = tracing::info_span!(
+        "rpc",
+        method,
+        user_id = clip(user_id),
+        idempotency_key = clip(idempotency_key)
+    );
     async move {
         let started = Instant::now();
         let result = call.await;
@@ -129,6 +135,19 @@ async fn traced<T>(
     }
     .instrument(span)
     .await
+}
+
+/// At most 130 bytes of a caller-supplied string, for logs.
+fn clip(s: &str) -> &str {
+    const LOG_FIELD_BYTES_MAX: usize = 130;
+    if s.len() <= LOG_FIELD_BYTES_MAX {
+        return s;
+    }
+    let mut end = LOG_FIELD_BYTES_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn log_write(method: &'static str, receipt: &Receipt) {
