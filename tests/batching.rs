@@ -351,7 +351,8 @@ async fn a_full_write_queue_answers_resource_exhausted() {
         }));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every call has been sent (and queued or turned away) well before the lock goes.
+    tokio::time::sleep(Duration::from_millis(750)).await;
     blocker.rollback().await.unwrap();
 
     let mut ok = 0;
