@@ -1,17 +1,17 @@
-//! The ledger's rules: which writes may overdraw, how history is paged, and the checks made after
-//! every write. Transport-free (no tonic, no HTTP) and SQL-free (the store runs the statements).
+//! The ledger's rules (which writes may overdraw, how history is paged) and its write path: group
+//! commit by writer tasks that each own the accounts hashing to them. Transport-free (no tonic,
+//! no HTTP) and SQL-free (the store runs the statements).
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-
-use crate::domain::{Receipt, UserId, WriteCommand, WriteDetails};
-use crate::error::LedgerError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cache::BalanceCache;
+use crate::domain::{Receipt, UserId, WriteCommand, WriteDetails};
+use crate::error::LedgerError;
 use crate::store::{
     AccountCursor, AccountOrder, AccountSummary, Balance, EntryLookup, FoundEntry, HistoryFilter,
     JournalEntry, Overdraft, Pending, Store, VerifyReport,
@@ -137,8 +137,6 @@ impl Ledger {
 
     /// Applies one write, or replays it.
     pub async fn write(&self, cmd: WriteCommand) -> Result<Receipt, LedgerError> {
-        // Usage is always recorded: the AI call already happened and losing its record loses
-        // revenue. Admin deductions must be covered by the balance.
         let overdraft = overdraft_of(&cmd);
         let receipt = self.submit(Pending { cmd, overdraft })?.await?;
         if !receipt.replayed && overdraft == Overdraft::Refused && receipt.balance < 0 {
