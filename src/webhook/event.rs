@@ -83,6 +83,8 @@ pub struct CheckoutSession {
     pub invoice: Option<String>,
     pub customer: Option<String>,
     pub amount_total: Option<i64>,
+    /// Before discounts and tax: what identifies a product by price.
+    pub amount_subtotal: Option<i64>,
     pub currency: Option<String>,
     pub created: Option<i64>,
     /// `client_reference_id`, then `metadata.user_id`.
@@ -102,6 +104,7 @@ pub fn checkout_session(o: &Value) -> Result<CheckoutSession, String> {
         invoice: text(o, &["invoice"]),
         customer: text(o, &["customer"]),
         amount_total: int(o, &["amount_total"]),
+        amount_subtotal: int(o, &["amount_subtotal"]),
         currency: text(o, &["currency"]),
         created: int(o, &["created"]),
         users: user_hints(

@@ -275,7 +275,8 @@ impl Processor {
                 // Only when the session names no product at all: a named but unknown one is a
                 // catalog gap.
                 session
-                    .amount_total
+                    .amount_subtotal
+                    .or(session.amount_total)
                     .filter(|_| session.product_keys.is_empty())
                     .and_then(|a| self.catalog.resolve_by_amount(a, &[ProductKind::Pack]))
             })
@@ -331,15 +332,20 @@ impl Processor {
             what,
         )?;
         done.payment_intent = Some(payment_intent.clone());
-        // Refunds or disputes that arrived before this purchase was credited are clawed back now.
-        // If that fails, answer 503: the redelivery replays the purchase and retries the claims.
+        // Refunds or disputes that arrived before this purchase was credited are clawed back now,
+        // under the payment intent's lock (a claim parks itself under the same lock, so none is
+        // missed). If that fails, answer 503: the redelivery replays the purchase and retries.
+        let mut lock = self.store.lock_payment_intent(&payment_intent).await?;
         for (event_id, claim) in self.store.waiting_claims(&payment_intent).await? {
-            let settled = self.apply_claim(&payment_intent, &claim).await?;
+            let settled = self
+                .apply_claim_locked(&mut lock, &payment_intent, &claim, None)
+                .await?;
             self.store
                 .settle_claim(&event_id, settled.outcome, &settled.detail)
                 .await?;
             tracing::info!(%event_id, outcome = settled.outcome, "applied a reversal that was waiting for its purchase");
         }
+        lock.commit().await?;
         Ok(done)
     }
 
@@ -362,7 +368,8 @@ impl Processor {
         let subscription_kinds = [ProductKind::Annual, ProductKind::Drip];
         let Some(product) = self.product_from_keys(&session.product_keys).or_else(|| {
             session
-                .amount_total
+                .amount_subtotal
+                .or(session.amount_total)
                 .filter(|_| session.product_keys.is_empty())
                 .and_then(|a| self.catalog.resolve_by_amount(a, &subscription_kinds))
         }) else {
@@ -531,13 +538,22 @@ impl Processor {
             )));
         };
         let lines: Vec<_> = inv.lines.iter().filter(|l| !l.proration).collect();
-        let matched = lines.iter().find_map(|l| {
-            [l.price_id.as_deref(), l.lookup_key.as_deref()]
-                .into_iter()
-                .flatten()
-                .find_map(|k| self.catalog.resolve(k))
-                .map(|p| (p, *l))
-        });
+        // A subscription invoice may also carry one-off items: its plan's line decides.
+        let resolved: Vec<_> = lines
+            .iter()
+            .filter_map(|l| {
+                [l.price_id.as_deref(), l.lookup_key.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|k| self.catalog.resolve(k))
+                    .map(|p| (p, *l))
+            })
+            .collect();
+        let matched = resolved
+            .iter()
+            .find(|(p, _)| p.kind != ProductKind::Pack)
+            .or_else(|| resolved.first())
+            .copied();
         let (product, line) = match matched {
             Some((p, l)) => (p, Some(l)),
             None => match self.product_from_keys(&inv.product_keys).or_else(|| {
@@ -621,7 +637,7 @@ impl Processor {
             reference: charge.charge_id.clone(),
             amount_cents: charge.amount_refunded,
         };
-        self.claim(pi, claim).await
+        self.claim(env, pi, claim).await
     }
 
     async fn dispute_created(&self, env: &Envelope) -> Result<Done, Fail> {
@@ -637,12 +653,18 @@ impl Processor {
             reference: dispute.id.clone(),
             amount_cents: dispute.amount,
         };
-        self.claim(pi, claim).await
+        self.claim(env, pi, claim).await
     }
 
     /// Applies a refund or dispute, or parks it until its purchase is credited.
-    async fn claim(&self, pi: String, claim: Claim) -> Result<Done, Fail> {
-        let mut done = self.apply_claim(&pi, &claim).await?;
+    async fn claim(&self, env: &Envelope, pi: String, claim: Claim) -> Result<Done, Fail> {
+        // One claim per payment intent at a time: the share already reversed is read, then
+        // topped up, with no other claim (or waiting-claim check) of the same purchase between.
+        let mut lock = self.store.lock_payment_intent(&pi).await?;
+        let mut done = self
+            .apply_claim_locked(&mut lock, &pi, &claim, Some(env))
+            .await?;
+        lock.commit().await?;
         if done.outcome == "unmatched_reversal" {
             done.claim = Some(claim);
         }
@@ -650,10 +672,15 @@ impl Processor {
         Ok(done)
     }
 
-    async fn apply_claim(&self, pi: &str, claim: &Claim) -> Result<Done, Fail> {
-        // One claim per payment intent at a time: the share already reversed is read, then
-        // topped up, with no other claim of the same purchase in between.
-        let _lock = self.store.lock_payment_intent(pi).await?;
+    /// Applies `claim` while the caller holds the payment intent's lock in `lock`. With `park`,
+    /// a claim whose purchase is not credited yet is parked in the same transaction.
+    async fn apply_claim_locked(
+        &self,
+        lock: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        pi: &str,
+        claim: &Claim,
+        park: Option<&Envelope>,
+    ) -> Result<Done, Fail> {
         let lookup = pb::GetTransactionRequest {
             lookup: Some(pb::get_transaction_request::Lookup::StripePaymentIntentId(
                 pi.to_string(),
@@ -667,10 +694,25 @@ impl Processor {
                     kind = claim.kind.as_str(),
                     "no credited purchase for this payment intent yet; the reversal waits for it"
                 );
-                return Ok(Done::new(
-                    "unmatched_reversal",
-                    format!("{} {}: no purchase credited for payment intent {pi} yet; clawed back when it is", claim.kind.as_str(), claim.reference),
-                ));
+                let detail = format!(
+                    "{} {}: no purchase credited for payment intent {pi} yet; clawed back when it is",
+                    claim.kind.as_str(),
+                    claim.reference
+                );
+                if let Some(env) = park {
+                    let record = EventRecord {
+                        event_id: env.id.clone(),
+                        event_type: env.event_type.clone(),
+                        livemode: env.livemode,
+                        outcome: "unmatched_reversal".into(),
+                        detail: detail.clone(),
+                        payment_intent: Some(pi.to_string()),
+                        claim: Some(claim.clone()),
+                        ..EventRecord::default()
+                    };
+                    WebhookStore::park_claim(lock, &record).await?;
+                }
+                return Ok(Done::new("unmatched_reversal", detail));
             }
             Answer::AlreadyDone(msg) | Answer::Refused(msg) => return Err(Fail::Failed(msg)),
         };

@@ -179,6 +179,37 @@ impl WebhookStore {
         .map(|_| ())
     }
 
+    /// Parks a refund or dispute whose purchase is not credited yet, inside the transaction that
+    /// holds the payment intent's lock, so a purchase credited right after cannot miss it. The
+    /// delivery itself is counted by `record_event` afterwards.
+    pub async fn park_claim(
+        tx: &mut Transaction<'static, Postgres>,
+        r: &EventRecord,
+    ) -> Result<(), sqlx::Error> {
+        let Some(claim) = &r.claim else {
+            return Ok(());
+        };
+        sqlx::query(
+            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, detail, payment_intent, \
+             claim_kind, claim_reference, claim_amount_cents, deliveries) \
+             VALUES ($1, $2, $3, 'unmatched_reversal', $4, $5, $6, $7, $8, 0) \
+             ON CONFLICT (event_id) DO UPDATE SET outcome = 'unmatched_reversal', detail = EXCLUDED.detail, \
+             payment_intent = EXCLUDED.payment_intent, claim_kind = EXCLUDED.claim_kind, \
+             claim_reference = EXCLUDED.claim_reference, claim_amount_cents = EXCLUDED.claim_amount_cents",
+        )
+        .bind(&r.event_id)
+        .bind(&r.event_type)
+        .bind(r.livemode)
+        .bind(&r.detail)
+        .bind(&r.payment_intent)
+        .bind(claim.kind.as_str())
+        .bind(&claim.reference)
+        .bind(claim.amount_cents)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+    }
+
     /// Refunds and disputes of `payment_intent` still waiting for its purchase.
     pub async fn waiting_claims(
         &self,
