@@ -583,7 +583,10 @@ async fn a_refund_that_arrives_before_its_purchase_is_clawed_back_when_the_purch
         charge_refunded("ch_x", "pi_x", 9_900, 9_900),
     );
     assert_eq!(send(addr, &refund).await, 200);
-    assert_eq!(outcome(&app, "evt_ref_early").await, ("unmatched_reversal".to_string(), 1));
+    assert_eq!(
+        outcome(&app, "evt_ref_early").await,
+        ("unmatched_reversal".to_string(), 1)
+    );
 
     assert_eq!(
         send(
