@@ -150,14 +150,24 @@ fn clip(s: &str) -> &str {
     &s[..end]
 }
 
-fn log_write(method: &'static str, receipt: &Receipt) {
-    tracing::info!(
-        method,
-        transaction_id = %receipt.transaction_id,
-        balance = receipt.balance,
-        replayed = receipt.replayed,
-        "write committed"
-    );
+impl LedgerGrpc {
+    /// Applies a write, logs its commit, and answers with the write's response type. Usage is
+    /// the hot path: its commits are logged at debug, every other write's at info.
+    async fn commit<R: FromReceipt>(
+        &self,
+        method: &'static str,
+        cmd: crate::domain::WriteCommand,
+    ) -> Result<R, LedgerError> {
+        let receipt = self.ledger.write(cmd).await?;
+        let (transaction_id, balance, replayed) =
+            (receipt.transaction_id, receipt.balance, receipt.replayed);
+        if method == "TrackUsage" {
+            tracing::debug!(method, %transaction_id, balance, replayed, "write committed");
+        } else {
+            tracing::info!(method, %transaction_id, balance, replayed, "write committed");
+        }
+        Ok(R::from_receipt(receipt))
+    }
 }
 
 fn timestamp_to_chrono(
@@ -417,9 +427,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 stripe_subscription_id,
                 stripe_invoice_id,
             )?;
-            let receipt = self.ledger.write(cmd).await?;
-            log_write("Grant", &receipt);
-            Ok(pb::GrantResponse::from_receipt(receipt))
+            self.commit("Grant", cmd).await
         })
         .await
     }
@@ -450,9 +458,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 reason,
                 allow_negative,
             )?;
-            let receipt = self.ledger.write(cmd).await?;
-            log_write("Deduct", &receipt);
-            Ok(pb::DeductResponse::from_receipt(receipt))
+            self.commit("Deduct", cmd).await
         })
         .await
     }
@@ -487,9 +493,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 timestamp_to_chrono("period_start", period_start)?,
                 timestamp_to_chrono("period_end", period_end)?,
             )?;
-            let receipt = self.ledger.write(cmd).await?;
-            log_write("Drip", &receipt);
-            Ok(pb::DripResponse::from_receipt(receipt))
+            self.commit("Drip", cmd).await
         })
         .await
     }
@@ -526,9 +530,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 stripe_checkout_session_id,
                 pack,
             )?;
-            let receipt = self.ledger.write(cmd).await?;
-            log_write("RecordPurchase", &receipt);
-            Ok(pb::RecordPurchaseResponse::from_receipt(receipt))
+            self.commit("RecordPurchase", cmd).await
         })
         .await
     }
@@ -563,10 +565,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 output_tokens,
                 feature,
             )?;
-            // Usage is the hot path: its commits are logged at debug, not info.
-            let receipt = self.ledger.write(cmd).await?;
-            tracing::debug!(transaction_id = %receipt.transaction_id, balance = receipt.balance, replayed = receipt.replayed, "usage committed");
-            Ok(pb::TrackUsageResponse::from_receipt(receipt))
+            self.commit("TrackUsage", cmd).await
         })
         .await
     }
@@ -676,9 +675,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
                 reason,
                 stripe_reference,
             )?;
-            let receipt = self.ledger.write(cmd).await?;
-            log_write("Reverse", &receipt);
-            Ok(pb::ReverseResponse::from_receipt(receipt))
+            self.commit("Reverse", cmd).await
         })
         .await
     }
