@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use crate::store::Balance;
+use crate::domain::Balance;
 
 /// Shards, to keep readers and writers from contending on one lock.
 const SHARDS: usize = 32;
@@ -36,12 +36,7 @@ impl BalanceCache {
     }
 
     fn shard(&self, user_id: &str) -> &RwLock<HashMap<String, Balance>> {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in user_id.as_bytes() {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        &self.shards[(h % SHARDS as u64) as usize]
+        &self.shards[crate::domain::shard_of(user_id, SHARDS)]
     }
 
     pub fn get(&self, user_id: &str) -> Option<Balance> {

@@ -1,23 +1,34 @@
 //! The one error type of the ledger. Each variant says which gRPC status it becomes; the mapping
-//! itself lives in exactly one place, `transport::grpc::status`.
+//! itself lives in exactly one place, `transport::status`. This module knows nothing of SQL or
+//! gRPC: the store maps database errors into these variants (`store::error`).
 
 use std::borrow::Cow;
+
+/// One invalid field of a request and why, as `google.rpc.BadRequest.FieldViolation` carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: &'static str,
+    pub reason: Cow<'static, str>,
+}
 
 /// Everything a ledger operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming `field`: the caller sent something
-    /// the ledger will never accept. Nothing was written.
-    #[error("invalid {field}: {reason}")]
-    InvalidArgument {
-        field: &'static str,
-        reason: Cow<'static, str>,
-    },
+    /// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming every invalid field: the caller
+    /// sent something the ledger will never accept. Nothing was written.
+    #[error("{}", describe_violations(.violations))]
+    InvalidArgument { violations: Vec<FieldViolation> },
 
     /// `FAILED_PRECONDITION`: a deduction larger than the balance. Nothing was written; the same
     /// call may succeed once the account has been credited.
     #[error("insufficient balance: balance is {balance}, deduction asked for {requested}")]
     InsufficientBalance { balance: i64, requested: i64 },
+
+    /// `OUT_OF_RANGE` with `ErrorInfo` reason `AMOUNT_OVERFLOW`: applying the write would take
+    /// the balance or one of the account's running totals past what a signed 64-bit integer
+    /// holds. Nothing was written; the write's batch neighbours are not affected.
+    #[error("the write would take the account's {what} past {}", i64::MAX)]
+    AmountOverflow { what: &'static str },
 
     /// `ALREADY_EXISTS`: the idempotency key was used before for a different request. Nothing was
     /// written; the caller must pick a new key for a new request.
@@ -32,7 +43,7 @@ pub enum LedgerError {
     BusinessKeyConflict { object: String, transaction_id: i64 },
 
     /// `NOT_FOUND`: the transaction named by the request does not exist (or belongs to another
-    /// user).
+    /// user). The message is a sentence naming what was looked for.
     #[error("{0}")]
     NotFound(String),
 
@@ -75,22 +86,56 @@ pub enum LedgerError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
 
-    /// `INTERNAL`: a bug or a broken invariant. Logged with its cause; the client sees only an
-    /// opaque message.
+    /// `INTERNAL`: the ledger's own bookkeeping contradicts itself (a key that points at a
+    /// missing journal row, an account its batch did not lock). A bug; logged with the
+    /// description, the client sees only an opaque message.
+    #[error("broken invariant: {0}")]
+    Invariant(Cow<'static, str>),
+
+    /// `INTERNAL`: an unexpected failure (a database error nobody foresaw, a panic). Logged with
+    /// its cause chain; the client sees only an opaque message.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
 
+fn describe_violations(violations: &[FieldViolation]) -> String {
+    let parts: Vec<String> = violations
+        .iter()
+        .map(|v| format!("invalid {}: {}", v.field, v.reason))
+        .collect();
+    parts.join("; ")
+}
+
 impl LedgerError {
+    /// One invalid field.
     pub fn invalid(field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         LedgerError::InvalidArgument {
-            field,
-            reason: reason.into(),
+            violations: vec![FieldViolation {
+                field,
+                reason: reason.into(),
+            }],
         }
     }
 
     pub fn internal(err: impl Into<anyhow::Error>) -> Self {
         LedgerError::Internal(err.into())
+    }
+
+    /// Whether this is the ledger's fault (logged with its cause), not the caller's.
+    pub fn is_internal(&self) -> bool {
+        matches!(self, LedgerError::Internal(_) | LedgerError::Invariant(_))
+    }
+
+    /// The error and its whole cause chain on one line, for logs.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
     }
 
     /// The error each caller of a failed batch gets (the batch's own error is logged once, with
@@ -99,33 +144,34 @@ impl LedgerError {
         match self {
             LedgerError::Unavailable(m) => LedgerError::Unavailable(m.clone()),
             _ => LedgerError::Internal(anyhow::anyhow!(
-                "the batch holding this write failed: {self:#}"
+                "the batch holding this write failed: {}",
+                self.chain()
             )),
         }
     }
 }
 
-impl From<sqlx::Error> for LedgerError {
-    fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => LedgerError::Unavailable(err.to_string()),
-            sqlx::Error::Database(ref db)
-                if db.code().is_some_and(|c| {
-                    c.starts_with("08")
-                        || c.starts_with("57P")
-                        || matches!(c.as_ref(), "40001" | "40P01" | "55P03" | "57014")
-                }) =>
-            {
-                // Class 08: connection exceptions; 57P: the server is shutting down or restarting;
-                // serialization failure, deadlock, lock not available, statement timeout: passing
-                // conditions. All are safe to retry with the same idempotency key.
-                LedgerError::Unavailable(err.to_string())
-            }
-            other => LedgerError::Internal(other.into()),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_request_names_every_field_in_its_message() {
+        let err = LedgerError::InvalidArgument {
+            violations: vec![
+                FieldViolation {
+                    field: "user_id",
+                    reason: "must not be empty".into(),
+                },
+                FieldViolation {
+                    field: "tokens",
+                    reason: "must be positive, got 0".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            err.to_string(),
+            "invalid user_id: must not be empty; invalid tokens: must be positive, got 0"
+        );
     }
 }

@@ -37,44 +37,58 @@ fn common(user: &str, tokens: i64, key: &str) -> build::Common {
 fn mixed_commands() -> Vec<token_ledger::domain::WriteCommand> {
     let a = || Actor::new("key:test");
     let grant = |u: &str, t: i64, k: &str| {
-        build::grant(
-            common(u, t, k),
-            a(),
-            Some(GrantSource::Admin),
-            "r".into(),
-            String::new(),
-            String::new(),
-        )
+        build::Grant {
+            common: common(u, t, k),
+            source: Some(GrantSource::Admin),
+            reason: "r".into(),
+            stripe_subscription_id: String::new(),
+            stripe_invoice_id: String::new(),
+        }
+        .build(a())
         .unwrap()
     };
     let usage = |u: &str, t: i64, k: &str, m: &str| {
-        build::usage(common(u, t, k), a(), m.into(), 1, 1, String::new()).unwrap()
+        build::Usage {
+            common: common(u, t, k),
+            model: m.into(),
+            input_tokens: 1,
+            output_tokens: 1,
+            feature: String::new(),
+        }
+        .build(a())
+        .unwrap()
     };
     let deduct = |u: &str, t: i64, k: &str| {
-        build::deduction(common(u, t, k), a(), "r".into(), false).unwrap()
+        build::Deduction {
+            common: common(u, t, k),
+            reason: "r".into(),
+            allow_negative: false,
+        }
+        .build(a())
+        .unwrap()
     };
     let purchase = |u: &str, k: &str, pi: &str| {
-        build::purchase(
-            common(u, 500, k),
-            a(),
-            9_900,
-            "usd".into(),
-            pi.into(),
-            String::new(),
-            String::new(),
-        )
+        build::Purchase {
+            common: common(u, 500, k),
+            amount_paid_cents: 9_900,
+            currency: "usd".into(),
+            stripe_payment_intent_id: pi.into(),
+            stripe_checkout_session_id: String::new(),
+            pack: String::new(),
+        }
+        .build(a())
         .unwrap()
     };
     let drip = |u: &str, k: &str, day: u32| {
         let start = Utc.with_ymd_and_hms(2026, 1, day, 0, 0, 0).unwrap();
-        build::drip(
-            common(u, 300, k),
-            a(),
-            "sub_1".into(),
-            String::new(),
-            Some(start),
-            Some(start + chrono::Duration::days(28)),
-        )
+        build::Drip {
+            common: common(u, 300, k),
+            stripe_subscription_id: "sub_1".into(),
+            stripe_invoice_id: String::new(),
+            period_start: Some(start),
+            period_end: Some(start + chrono::Duration::days(28)),
+        }
+        .build(a())
         .unwrap()
     };
     vec![

@@ -1,8 +1,9 @@
 //! The one place where a `LedgerError` becomes a `tonic::Status`.
 //!
 //! User errors carry a message a person can act on (and, for bad input, a `google.rpc.BadRequest`
-//! naming the field). Internal errors are logged here with their whole cause chain and reach the
-//! client as an opaque `INTERNAL`.
+//! naming every invalid field). Internal errors reach the client as an opaque `INTERNAL`; their
+//! cause is logged once, in the RPC's span, before the conversion (`grpc::Call::run`). The
+//! conversion itself is pure: no logging, no I/O.
 
 use std::collections::HashMap;
 
@@ -18,10 +19,27 @@ impl From<LedgerError> for Status {
     fn from(err: LedgerError) -> Self {
         let message = err.to_string();
         match err {
-            LedgerError::InvalidArgument { field, reason } => Status::with_error_details(
+            LedgerError::InvalidArgument { violations } => Status::with_error_details(
                 Code::InvalidArgument,
                 message,
-                ErrorDetails::with_bad_request_violation(field, reason),
+                ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| tonic_types::FieldViolation::new(v.field, v.reason))
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+            LedgerError::AmountOverflow { what } => Status::with_error_details(
+                Code::OutOfRange,
+                message,
+                ErrorDetails::with_error_info(
+                    "AMOUNT_OVERFLOW",
+                    ERROR_DOMAIN,
+                    HashMap::from([
+                        ("what".to_string(), what.to_string()),
+                        ("limit".to_string(), i64::MAX.to_string()),
+                    ]),
+                ),
             ),
             LedgerError::InsufficientBalance { balance, requested } => Status::with_error_details(
                 Code::FailedPrecondition,
@@ -76,14 +94,10 @@ impl From<LedgerError> for Status {
             }
             LedgerError::PermissionDenied { .. } => Status::permission_denied(message),
             LedgerError::ResourceExhausted(_) => Status::resource_exhausted(message),
-            LedgerError::Unavailable(ref cause) => {
-                tracing::warn!(error = %cause, "database unavailable");
-                Status::unavailable(
-                    "the ledger database is unavailable; retry with the same idempotency key",
-                )
-            }
-            LedgerError::Internal(ref cause) => {
-                tracing::error!(error = format!("{cause:#}"), "internal error");
+            LedgerError::Unavailable(_) => Status::unavailable(
+                "the ledger database is unavailable; retry with the same idempotency key",
+            ),
+            LedgerError::Invariant(_) | LedgerError::Internal(_) => {
                 Status::internal("internal error")
             }
         }

@@ -1,0 +1,282 @@
+//! Write commands: one validated balance change each, its business key and its fingerprint.
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use super::FINGERPRINT_LEN;
+use super::{
+    Actor, EntryId, EntryKind, GrantSource, IdempotencyKey, ReversalSource, Tokens, UserId,
+};
+
+/// Whether a debit may take the balance below zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overdraft {
+    /// Usage: the AI call already happened, so it is always recorded. Reversals claw back
+    /// credits that may be spent already.
+    Allowed,
+    /// Admin deductions: refused when the balance does not cover them.
+    Refused,
+}
+
+/// The kind-specific part of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteDetails {
+    Grant {
+        source: GrantSource,
+        reason: Option<String>,
+        stripe_subscription_id: Option<String>,
+        stripe_invoice_id: Option<String>,
+    },
+    Deduction {
+        reason: String,
+        /// The admin explicitly allowed the balance to go below zero.
+        allow_negative: bool,
+    },
+    Purchase {
+        amount_paid_cents: i64,
+        currency: String,
+        stripe_payment_intent_id: String,
+        stripe_checkout_session_id: Option<String>,
+        pack: Option<String>,
+    },
+    Drip {
+        stripe_subscription_id: String,
+        stripe_invoice_id: Option<String>,
+        period_start: DateTime<Utc>,
+        period_end: DateTime<Utc>,
+    },
+    Usage {
+        model: Option<String>,
+        input_tokens: i64,
+        output_tokens: i64,
+        feature: Option<String>,
+    },
+    Reversal {
+        original: EntryId,
+        source: ReversalSource,
+        reason: String,
+        stripe_reference: Option<String>,
+    },
+}
+
+impl WriteDetails {
+    pub fn kind(&self) -> EntryKind {
+        match self {
+            WriteDetails::Grant { .. } => EntryKind::Grant,
+            WriteDetails::Deduction { .. } => EntryKind::Deduction,
+            WriteDetails::Purchase { .. } => EntryKind::Purchase,
+            WriteDetails::Drip { .. } => EntryKind::Drip,
+            WriteDetails::Usage { .. } => EntryKind::Usage,
+            WriteDetails::Reversal { .. } => EntryKind::Reversal,
+        }
+    }
+}
+
+/// The business object a write pays for. Whatever the idempotency key, one business object is
+/// credited once: a second write for it is a replay of the first.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BusinessKey {
+    /// A token pack, by its Stripe payment intent.
+    PaymentIntent(String),
+    /// An annual subscription allotment, by the Stripe invoice that paid it.
+    AnnualInvoice(String),
+    /// One cycle of a 28-day subscription.
+    SubscriptionPeriod {
+        stripe_subscription_id: String,
+        period_start: DateTime<Utc>,
+    },
+}
+
+/// One validated balance change, ready for the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteCommand {
+    pub user_id: UserId,
+    pub tokens: Tokens,
+    pub idempotency_key: IdempotencyKey,
+    pub created_by: Actor,
+    pub details: WriteDetails,
+}
+
+impl WriteCommand {
+    pub fn kind(&self) -> EntryKind {
+        self.details.kind()
+    }
+
+    /// Whether this write may overdraw: usage is always recorded (losing the record of an AI
+    /// call that happened loses revenue), reversals claw back what may be spent already, and an
+    /// admin deduction must be covered unless the admin explicitly allowed otherwise.
+    pub fn overdraft(&self) -> Overdraft {
+        match &self.details {
+            WriteDetails::Deduction {
+                allow_negative: false,
+                ..
+            } => Overdraft::Refused,
+            _ => Overdraft::Allowed,
+        }
+    }
+
+    /// The signed journal amount: positive credits, negative debits.
+    pub fn token_amount(&self) -> i64 {
+        if self.kind().is_credit() {
+            self.tokens.get()
+        } else {
+            -self.tokens.get()
+        }
+    }
+
+    pub fn business_key(&self) -> Option<BusinessKey> {
+        match &self.details {
+            WriteDetails::Purchase {
+                stripe_payment_intent_id,
+                ..
+            } => Some(BusinessKey::PaymentIntent(stripe_payment_intent_id.clone())),
+            WriteDetails::Grant {
+                source: GrantSource::AnnualSubscription,
+                stripe_invoice_id: Some(invoice),
+                ..
+            } => Some(BusinessKey::AnnualInvoice(invoice.clone())),
+            WriteDetails::Drip {
+                stripe_subscription_id,
+                period_start,
+                ..
+            } => Some(BusinessKey::SubscriptionPeriod {
+                stripe_subscription_id: stripe_subscription_id.clone(),
+                period_start: *period_start,
+            }),
+            _ => None,
+        }
+    }
+
+    /// A digest of everything that makes this request what it is, except the idempotency key and
+    /// the caller. A retry with the same key must carry the same fingerprint, else it is a
+    /// different request reusing a key.
+    pub fn fingerprint(&self) -> [u8; FINGERPRINT_LEN] {
+        let mut f = Fingerprint::default();
+        f.text(self.kind().as_str());
+        f.text(self.user_id.as_str());
+        f.int(self.tokens.get());
+        match &self.details {
+            WriteDetails::Grant {
+                source,
+                reason,
+                stripe_subscription_id,
+                stripe_invoice_id,
+            } => {
+                f.text(source.as_str());
+                f.opt(reason);
+                f.opt(stripe_subscription_id);
+                f.opt(stripe_invoice_id);
+            }
+            WriteDetails::Deduction {
+                reason,
+                allow_negative,
+            } => {
+                f.text(reason);
+                f.int(i64::from(*allow_negative));
+            }
+            WriteDetails::Purchase {
+                amount_paid_cents,
+                currency,
+                stripe_payment_intent_id,
+                stripe_checkout_session_id,
+                pack,
+            } => {
+                f.int(*amount_paid_cents);
+                f.text(currency);
+                f.text(stripe_payment_intent_id);
+                f.opt(stripe_checkout_session_id);
+                f.opt(pack);
+            }
+            WriteDetails::Drip {
+                stripe_subscription_id,
+                stripe_invoice_id,
+                period_start,
+                period_end,
+            } => {
+                f.text(stripe_subscription_id);
+                f.opt(stripe_invoice_id);
+                f.int(period_start.timestamp_micros());
+                f.int(period_end.timestamp_micros());
+            }
+            WriteDetails::Usage {
+                model,
+                input_tokens,
+                output_tokens,
+                feature,
+            } => {
+                f.opt(model);
+                f.int(*input_tokens);
+                f.int(*output_tokens);
+                f.opt(feature);
+            }
+            WriteDetails::Reversal {
+                original,
+                source,
+                reason,
+                stripe_reference,
+            } => {
+                f.int(original.0);
+                f.text(source.as_str());
+                f.text(reason);
+                f.opt(stripe_reference);
+            }
+        }
+        f.finish()
+    }
+}
+
+/// Length-prefixed hashing, so that ("ab", "c") and ("a", "bc") differ.
+#[derive(Default)]
+struct Fingerprint(Sha256);
+
+impl Fingerprint {
+    fn text(&mut self, value: &str) {
+        self.0.update((value.len() as u64).to_be_bytes());
+        self.0.update(value.as_bytes());
+    }
+    fn opt(&mut self, value: &Option<String>) {
+        match value {
+            Some(v) => {
+                self.0.update([1]);
+                self.text(v);
+            }
+            None => self.0.update([0]),
+        }
+    }
+    fn int(&mut self, value: i64) {
+        self.0.update(value.to_be_bytes());
+    }
+    fn finish(self) -> [u8; FINGERPRINT_LEN] {
+        let digest = self.0.finalize();
+        let mut out = [0u8; FINGERPRINT_LEN];
+        out.copy_from_slice(&digest[..FINGERPRINT_LEN]);
+        out
+    }
+}
+
+/// What a write returns: the journal row and the balance right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    pub transaction_id: EntryId,
+    pub balance: i64,
+    pub replayed: bool,
+}
+
+impl std::fmt::Display for BusinessKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BusinessKey::PaymentIntent(pi) => write!(f, "payment intent {pi}"),
+            BusinessKey::AnnualInvoice(invoice) => {
+                write!(f, "annual subscription invoice {invoice}")
+            }
+            BusinessKey::SubscriptionPeriod {
+                stripe_subscription_id,
+                period_start,
+            } => write!(
+                f,
+                "subscription {stripe_subscription_id} period starting {}",
+                period_start.to_rfc3339()
+            ),
+        }
+    }
+}

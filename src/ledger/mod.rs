@@ -1,0 +1,257 @@
+//! The ledger: its rules (`rules`, pure), its write path (`writer`, group commit by writer tasks
+//! that each own the accounts hashing to them) and its read path (balances, history pages,
+//! accounts). Transport-free (no tonic, no HTTP) and SQL-free (the store runs the statements).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::BalanceCache;
+use crate::domain::{
+    AccountOrder, AccountSummary, Balance, EntryLookup, FoundEntry, HistoryFilter, JournalEntry,
+    Overdraft, Receipt, UserId, VerifyReport, WriteCommand, USER_ID_LEN_MAX,
+};
+use crate::error::LedgerError;
+use crate::store::Store;
+
+mod paging;
+pub mod rules;
+mod writer;
+
+use paging::{decode_account_token, decode_page_token, encode_account_token, encode_page_token};
+use writer::{WriterConfig, Writers};
+
+/// Page size when the caller asks for none.
+pub const PAGE_SIZE_DEFAULT: i64 = 50;
+/// Largest page ListTransactions returns; larger requests are clamped to it, so one call reads at
+/// most this many rows.
+pub const PAGE_SIZE_MAX: i64 = 500;
+
+/// One page of a user's history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub entries: Vec<JournalEntry>,
+    pub next_page_token: Option<String>,
+}
+
+/// How writes are grouped into transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteConfig {
+    /// Most writes in one transaction. 1 gives one transaction per write (the baseline).
+    pub batch_max: usize,
+    /// Writes waiting for a writer, over all writers; when a writer's share is full, new writes
+    /// for it get RESOURCE_EXHAUSTED at once rather than queueing without bound.
+    pub queue_max: usize,
+    /// Writers, each committing its own batches on its own connection. Accounts are split among
+    /// them by a hash of the user id, so concurrent batches never wait on each other's account
+    /// locks, and one account's writes stay in arrival order.
+    pub writers: usize,
+    /// How long a writer that found more than one write waiting keeps collecting before it
+    /// commits. Never applied to a lone write, so an idle ledger adds no latency.
+    pub linger: Duration,
+    /// Keep balances in memory for GetBalance (see `cache`): only while this process is the only
+    /// writer of its database.
+    pub balance_cache: bool,
+}
+
+impl Default for WriteConfig {
+    fn default() -> Self {
+        Self {
+            batch_max: BATCH_MAX_DEFAULT,
+            queue_max: QUEUE_MAX_DEFAULT,
+            writers: WRITERS_DEFAULT,
+            linger: Duration::from_micros(LINGER_US_DEFAULT),
+            balance_cache: false,
+        }
+    }
+}
+
+/// Default most writes per transaction.
+pub const BATCH_MAX_DEFAULT: usize = 512;
+/// Default write queue bound.
+pub const QUEUE_MAX_DEFAULT: usize = 16_384;
+/// Default concurrent batches.
+pub const WRITERS_DEFAULT: usize = 4;
+/// Most balances the cache holds.
+pub const BALANCE_CACHE_ENTRIES_MAX: usize = 1_000_000;
+/// Default linger, in microseconds.
+pub const LINGER_US_DEFAULT: u64 = 500;
+
+/// The ledger: rules over a store. Cheap to clone; the writers stop when the last clone is
+/// dropped, after finishing what was queued.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    store: Store,
+    writers: Writers,
+    cache: Option<Arc<BalanceCache>>,
+}
+
+impl Ledger {
+    pub fn new(store: Store) -> Self {
+        Self::with_config(store, WriteConfig::default())
+    }
+
+    /// Starts `config.writers` writer tasks on the current runtime.
+    pub fn with_config(store: Store, config: WriteConfig) -> Self {
+        let writers = config.writers.max(1);
+        let cache = config
+            .balance_cache
+            .then(|| Arc::new(BalanceCache::new(BALANCE_CACHE_ENTRIES_MAX)));
+        let writer_config = WriterConfig {
+            batch_max: config.batch_max.max(1),
+            linger: config.linger,
+            cache: cache.clone(),
+        };
+        let per_writer = config.queue_max / writers;
+        Self {
+            writers: Writers::start(&store, writers, per_writer, writer_config),
+            store,
+            cache,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Applies one write, or replays it.
+    pub async fn write(&self, cmd: WriteCommand) -> Result<Receipt, LedgerError> {
+        let overdraft = cmd.overdraft();
+        let receipt = self.writers.submit(cmd)?.await?;
+        if !receipt.replayed && overdraft == Overdraft::Refused && receipt.balance < 0 {
+            // The rules make this impossible; if it ever happens the transaction has committed,
+            // so shout rather than hide it.
+            tracing::error!(
+                transaction_id = %receipt.transaction_id,
+                balance = receipt.balance,
+                "invariant broken: a refused-overdraft write left a negative balance"
+            );
+        }
+        Ok(receipt)
+    }
+
+    /// Several writes at once (TrackUsageBatch): all are queued before any is awaited, so they
+    /// share batches. Each has its own result, in order.
+    pub async fn write_many(&self, cmds: Vec<WriteCommand>) -> Vec<Result<Receipt, LedgerError>> {
+        let submitted: Vec<_> = cmds
+            .into_iter()
+            .map(|cmd| self.writers.submit(cmd))
+            .collect();
+        let mut results = Vec::with_capacity(submitted.len());
+        for s in submitted {
+            results.push(match s {
+                Ok(waiting) => waiting.await,
+                Err(err) => Err(err),
+            });
+        }
+        results
+    }
+
+    /// Writes waiting in the queue right now.
+    pub fn queue_depth(&self) -> usize {
+        self.writers.queue_depth()
+    }
+
+    pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
+        let Some(cache) = &self.cache else {
+            return self.store.balance(user_id).await;
+        };
+        if let Some(balance) = cache.get(user_id.as_str()) {
+            return Ok(balance);
+        }
+        let balance = self.store.balance(user_id).await?;
+        cache.offer(user_id.as_str(), balance.clone());
+        Ok(balance)
+    }
+
+    /// One page of history, newest first. `page_size` 0 means the default; larger than the maximum
+    /// is clamped.
+    pub async fn history(
+        &self,
+        user_id: &UserId,
+        page_size: i32,
+        page_token: &str,
+        filter: &HistoryFilter,
+    ) -> Result<HistoryPage, LedgerError> {
+        let limit = page_limit(page_size)?;
+        let before_seq = decode_page_token(page_token)?;
+        // One row more than asked tells whether another page exists.
+        let mut entries = self
+            .store
+            .history(user_id, before_seq, limit + 1, filter)
+            .await?;
+        let next_page_token = if entries.len() as i64 > limit {
+            entries.truncate(limit as usize);
+            entries.last().map(|e| encode_page_token(e.seq))
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            entries,
+            next_page_token,
+        })
+    }
+
+    /// One page of accounts for the admin page.
+    pub async fn accounts(
+        &self,
+        prefix: &str,
+        order: AccountOrder,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<AccountsPage, LedgerError> {
+        if prefix.chars().count() > USER_ID_LEN_MAX {
+            return Err(LedgerError::invalid(
+                "user_id_prefix",
+                format!("must be at most {USER_ID_LEN_MAX} characters"),
+            ));
+        }
+        if prefix.chars().any(char::is_control) {
+            return Err(LedgerError::invalid(
+                "user_id_prefix",
+                "must not contain control characters",
+            ));
+        }
+        let limit = page_limit(page_size)?;
+        let cursor = decode_account_token(order, page_token)?;
+        let mut accounts = self
+            .store
+            .list_accounts(prefix, order, cursor.as_ref(), limit + 1)
+            .await?;
+        let next_page_token = if accounts.len() as i64 > limit {
+            accounts.truncate(limit as usize);
+            accounts.last().map(|a| encode_account_token(order, a))
+        } else {
+            None
+        };
+        Ok(AccountsPage {
+            accounts,
+            next_page_token,
+        })
+    }
+
+    pub async fn find(&self, lookup: &EntryLookup) -> Result<Option<FoundEntry>, LedgerError> {
+        self.store.find_entry(lookup).await
+    }
+
+    pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        self.store.verify().await
+    }
+}
+
+fn page_limit(page_size: i32) -> Result<i64, LedgerError> {
+    match i64::from(page_size) {
+        n if n < 0 => Err(LedgerError::invalid(
+            "page_size",
+            format!("must not be negative, got {page_size}"),
+        )),
+        0 => Ok(PAGE_SIZE_DEFAULT),
+        n => Ok(n.min(PAGE_SIZE_MAX)),
+    }
+}
+
+/// One page of accounts.
+#[derive(Debug, Clone)]
+pub struct AccountsPage {
+    pub accounts: Vec<AccountSummary>,
+    pub next_page_token: Option<String>,
+}

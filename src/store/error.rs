@@ -1,0 +1,34 @@
+//! How database errors become ledger errors: the only place that looks inside a `sqlx::Error`
+//! to decide what the caller is told.
+
+use crate::error::LedgerError;
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(err: sqlx::Error) -> Self {
+        if is_unavailable(&err) {
+            LedgerError::Unavailable(err.to_string())
+        } else {
+            LedgerError::Internal(err.into())
+        }
+    }
+}
+
+/// Whether `err` is a passing condition that retrying with the same idempotency key fixes.
+pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // Class 08: connection exceptions; 57P: the server is shutting down or restarting;
+        // serialization failure, deadlock, lock not available, statement timeout: passing
+        // conditions. All are safe to retry with the same idempotency key.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || matches!(c.as_ref(), "40001" | "40P01" | "55P03" | "57014")
+        }),
+        _ => false,
+    }
+}

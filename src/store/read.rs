@@ -1,0 +1,306 @@
+//! Reads: history pages, account lists, lookups by id or payment intent, and `verify`, all over
+//! the `journal` view (migration 0004).
+
+use sqlx::Row;
+
+use super::{balance_from_row, Store};
+use crate::domain::{
+    AccountCursor, AccountOrder, AccountSummary, Discrepancy, EntryId, EntryKind, EntryLookup,
+    FoundEntry, GrantSource, HistoryFilter, JournalEntry, ReversalSource, UserId, VerifyReport,
+    WriteDetails,
+};
+use crate::error::LedgerError;
+
+impl Store {
+    /// One user's journal, newest first: rows with a sequence number below `before_seq`.
+    pub async fn history(
+        &self,
+        user_id: &UserId,
+        before_seq: Option<i64>,
+        limit: i64,
+        filter: &HistoryFilter,
+    ) -> Result<Vec<JournalEntry>, LedgerError> {
+        let account_id: Option<i64> =
+            sqlx::query_scalar("SELECT account_id FROM accounts WHERE user_id = $1")
+                .bind(user_id.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(account_id) = account_id else {
+            return Ok(Vec::new());
+        };
+        let rows = sqlx::query(HISTORY_SQL)
+            .bind(account_id)
+            .bind(before_seq.unwrap_or(i64::MAX))
+            .bind(limit)
+            .bind(
+                filter
+                    .kinds
+                    .as_ref()
+                    .map(|kinds| kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
+            )
+            .bind(filter.created_after)
+            .bind(filter.created_before)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(journal_entry_from_row).collect()
+    }
+
+    /// Accounts whose user id starts with `prefix`, in `order`, after `cursor`.
+    pub async fn list_accounts(
+        &self,
+        prefix: &str,
+        order: AccountOrder,
+        cursor: Option<&AccountCursor>,
+        limit: i64,
+    ) -> Result<Vec<AccountSummary>, LedgerError> {
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        const COLUMNS: &str = "user_id, balance, granted_total, deducted_total, purchased_total, \
+             dripped_total, used_total, reversed_total, updated_at, last_seq, created_at";
+        let (condition, order_by) = match order {
+            AccountOrder::UserId => ("($2::text IS NULL OR user_id > $2)", "user_id"),
+            AccountOrder::BalanceDesc => (
+                "($4::bigint IS NULL OR (balance, user_id) < ($4, $2))",
+                "balance DESC, user_id DESC",
+            ),
+            AccountOrder::LastActivityDesc => (
+                "($5::timestamptz IS NULL OR (updated_at, user_id) < ($5, $2))",
+                "updated_at DESC, user_id DESC",
+            ),
+        };
+        let (cursor_user, cursor_balance, cursor_time) = match cursor {
+            None => (None, None, None),
+            Some(AccountCursor::UserId(u)) => (Some(u.clone()), None, None),
+            Some(AccountCursor::Balance(b, u)) => (Some(u.clone()), Some(*b), None),
+            Some(AccountCursor::LastActivity(t, u)) => (Some(u.clone()), None, Some(*t)),
+        };
+        let sql = format!(
+            "SELECT {COLUMNS} FROM accounts WHERE user_id LIKE $1 AND {condition} ORDER BY {order_by} LIMIT $3"
+        );
+        let query = sqlx::query(&sql)
+            .bind(pattern)
+            .bind(cursor_user)
+            .bind(limit)
+            .bind(cursor_balance)
+            .bind(cursor_time);
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AccountSummary {
+                    user_id: row.try_get("user_id")?,
+                    created_at: row.try_get("created_at")?,
+                    balance: balance_from_row(row)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Checks `balance = Σ journal` (and the per-kind totals, the row count and the newest row's
+    /// `balance_after`) for every account.
+    pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        let rows = sqlx::query(VERIFY_SQL).fetch_all(&self.pool).await?;
+        let mut report = VerifyReport::default();
+        for row in rows {
+            report.accounts_checked += 1;
+            let user_id: String = row.try_get("user_id")?;
+            let rows_in_journal: i64 = row.try_get("journal_rows")?;
+            report.journal_rows += rows_in_journal;
+            let pairs: [(&str, &str, &str); 9] = [
+                ("balance", "balance", "journal_balance"),
+                ("granted total", "granted_total", "journal_granted"),
+                ("deducted total", "deducted_total", "journal_deducted"),
+                ("purchased total", "purchased_total", "journal_purchased"),
+                ("dripped total", "dripped_total", "journal_dripped"),
+                ("used total", "used_total", "journal_used"),
+                ("reversed total", "reversed_total", "journal_reversed"),
+                ("row count", "last_seq", "journal_rows"),
+                ("newest balance_after", "balance", "newest_balance_after"),
+            ];
+            for (what, stored, journal) in pairs {
+                let stored_value: i64 = row.try_get(stored)?;
+                let journal_value: i64 = row.try_get(journal)?;
+                if stored_value != journal_value {
+                    report.discrepancies.push(Discrepancy {
+                        user_id: user_id.clone(),
+                        what: format!(
+                            "{what}: account says {stored_value}, journal says {journal_value}"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    pub async fn find_entry(
+        &self,
+        lookup: &EntryLookup,
+    ) -> Result<Option<FoundEntry>, LedgerError> {
+        let row = match lookup {
+            EntryLookup::Id(id) => {
+                let sql = format!("{FOUND_ENTRY_SQL} WHERE j.id = $1");
+                sqlx::query(&sql)
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            EntryLookup::PaymentIntent(pi) => {
+                let sql = format!(
+                    "{FOUND_ENTRY_SQL} WHERE j.kind = 'purchase' AND j.stripe_payment_intent_id = $1"
+                );
+                sqlx::query(&sql)
+                    .bind(pi)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(FoundEntry {
+            entry: journal_entry_from_row(&row)?,
+            user_id: row.try_get("user_id")?,
+            reversed_tokens: row.try_get("reversed_tokens")?,
+        }))
+    }
+}
+
+/// One page of an account's journal, newest first, below the cursor.
+const HISTORY_SQL: &str = "\
+SELECT j.*, k.idempotency_key FROM (
+  SELECT * FROM journal
+   WHERE account_id = $1 AND entry_seq < $2
+     AND ($4::text[] IS NULL OR kind = ANY($4))
+     AND ($5::timestamptz IS NULL OR created_at >= $5)
+     AND ($6::timestamptz IS NULL OR created_at < $6)
+   ORDER BY entry_seq DESC LIMIT $3
+) j LEFT JOIN idempotency_keys k ON k.entry_id = j.id
+ORDER BY j.entry_seq DESC";
+
+/// What a looked-up row is answered with besides itself: its owner, its key, and how much of it
+/// reversals have taken back.
+const FOUND_ENTRY_SQL: &str = "\
+SELECT j.*, k.idempotency_key, a.user_id,
+       (SELECT COALESCE(-sum(r.token_amount), 0)::bigint FROM token_transactions r
+         WHERE r.reverses_transaction_id = j.id) AS reversed_tokens
+  FROM journal j JOIN accounts a USING (account_id)
+  LEFT JOIN idempotency_keys k ON k.entry_id = j.id";
+
+fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, LedgerError> {
+    let kind: String = row.try_get("kind")?;
+    let kind = EntryKind::from_db(&kind)
+        .ok_or_else(|| LedgerError::internal(anyhow::anyhow!("unknown journal kind {kind:?}")))?;
+    let details = match kind {
+        EntryKind::Grant => {
+            let source: String = row.try_get("source")?;
+            WriteDetails::Grant {
+                source: GrantSource::from_db(&source).ok_or_else(|| {
+                    LedgerError::internal(anyhow::anyhow!("unknown grant source {source:?}"))
+                })?,
+                reason: row.try_get("reason")?,
+                stripe_subscription_id: row.try_get("stripe_subscription_id")?,
+                stripe_invoice_id: row.try_get("stripe_invoice_id")?,
+            }
+        }
+        EntryKind::Deduction => WriteDetails::Deduction {
+            reason: row
+                .try_get::<Option<String>, _>("reason")?
+                .unwrap_or_default(),
+            allow_negative: row
+                .try_get::<Option<bool>, _>("allow_negative")?
+                .unwrap_or(false),
+        },
+        EntryKind::Purchase => WriteDetails::Purchase {
+            amount_paid_cents: row
+                .try_get::<Option<i64>, _>("amount_paid_cents")?
+                .unwrap_or_default(),
+            currency: row
+                .try_get::<Option<String>, _>("currency")?
+                .unwrap_or_default(),
+            stripe_payment_intent_id: row
+                .try_get::<Option<String>, _>("stripe_payment_intent_id")?
+                .unwrap_or_default(),
+            stripe_checkout_session_id: row.try_get("stripe_checkout_session_id")?,
+            pack: row.try_get("pack")?,
+        },
+        EntryKind::Drip => WriteDetails::Drip {
+            stripe_subscription_id: row
+                .try_get::<Option<String>, _>("stripe_subscription_id")?
+                .unwrap_or_default(),
+            stripe_invoice_id: row.try_get("stripe_invoice_id")?,
+            period_start: row.try_get("period_start")?,
+            period_end: row.try_get("period_end")?,
+        },
+        EntryKind::Usage => WriteDetails::Usage {
+            model: row.try_get("model")?,
+            input_tokens: row
+                .try_get::<Option<i64>, _>("input_tokens")?
+                .unwrap_or_default(),
+            output_tokens: row
+                .try_get::<Option<i64>, _>("output_tokens")?
+                .unwrap_or_default(),
+            feature: row.try_get("feature")?,
+        },
+        EntryKind::Reversal => {
+            let source: String = row.try_get("source")?;
+            WriteDetails::Reversal {
+                original: EntryId(
+                    row.try_get::<Option<i64>, _>("reverses_transaction_id")?
+                        .unwrap_or_default(),
+                ),
+                source: ReversalSource::from_db(&source).ok_or_else(|| {
+                    LedgerError::internal(anyhow::anyhow!("unknown reversal source {source:?}"))
+                })?,
+                reason: row
+                    .try_get::<Option<String>, _>("reason")?
+                    .unwrap_or_default(),
+                stripe_reference: row.try_get("stripe_reference")?,
+            }
+        }
+    };
+    Ok(JournalEntry {
+        id: EntryId(row.try_get("id")?),
+        seq: row.try_get("entry_seq")?,
+        token_amount: row.try_get("token_amount")?,
+        balance_after: row.try_get("balance_after")?,
+        created_at: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        details,
+    })
+}
+
+/// Per account: the stored figures beside the journal's.
+const VERIFY_SQL: &str = "\
+WITH sums AS (
+  SELECT account_id,
+         COALESCE(sum(token_amount), 0)::bigint AS journal_balance,
+         COALESCE(sum(token_amount) FILTER (WHERE kind = 'grant'), 0)::bigint AS journal_granted,
+         COALESCE(-sum(token_amount) FILTER (WHERE kind = 'deduction'), 0)::bigint AS journal_deducted,
+         COALESCE(sum(token_amount) FILTER (WHERE kind = 'purchase'), 0)::bigint AS journal_purchased,
+         COALESCE(sum(token_amount) FILTER (WHERE kind = 'drip'), 0)::bigint AS journal_dripped,
+         COALESCE(-sum(token_amount) FILTER (WHERE kind = 'usage'), 0)::bigint AS journal_used,
+         COALESCE(-sum(token_amount) FILTER (WHERE kind = 'reversal'), 0)::bigint AS journal_reversed,
+         count(*) AS journal_rows,
+         max(entry_seq) AS newest_seq
+    FROM journal
+   GROUP BY account_id
+)
+SELECT a.user_id, a.balance, a.granted_total, a.deducted_total, a.purchased_total, a.dripped_total,
+       a.used_total, a.reversed_total, a.last_seq,
+       COALESCE(j.journal_balance, 0) AS journal_balance,
+       COALESCE(j.journal_granted, 0) AS journal_granted,
+       COALESCE(j.journal_deducted, 0) AS journal_deducted,
+       COALESCE(j.journal_purchased, 0) AS journal_purchased,
+       COALESCE(j.journal_dripped, 0) AS journal_dripped,
+       COALESCE(j.journal_used, 0) AS journal_used,
+       COALESCE(j.journal_reversed, 0) AS journal_reversed,
+       COALESCE(j.journal_rows, 0) AS journal_rows,
+       COALESCE(n.balance_after, 0) AS newest_balance_after
+  FROM accounts a
+  LEFT JOIN sums j USING (account_id)
+  LEFT JOIN journal n ON n.account_id = a.account_id AND n.entry_seq = a.last_seq
+ ORDER BY a.user_id";

@@ -1,0 +1,535 @@
+//! Wire ↔ domain, one conversion per message, each destructuring its message exhaustively so a
+//! new proto field cannot be forgotten. Validation happens in the domain builders; what is
+//! converted here is only the shape (enums, timestamps, optional lookups).
+
+use chrono::{DateTime, Datelike, Utc};
+use tonic::Status;
+
+use crate::domain::build::{self, Common};
+use crate::domain::{
+    check_text, AccountOrder, AccountSummary, Balance, EntryId, EntryKind, EntryLookup,
+    GrantSource, HistoryFilter, JournalEntry, Receipt, ReversalSource, Totals, UserId, Violations,
+    WriteDetails, STRIPE_ID_LEN_MAX,
+};
+use crate::error::LedgerError;
+use crate::pb;
+
+/// Timestamps outside these years are caller bugs (and some would not fit PostgreSQL).
+const TIMESTAMP_YEAR_MIN: i32 = 1970;
+const TIMESTAMP_YEAR_MAX: i32 = 9999;
+
+pub(super) fn timestamp_to_chrono(
+    field: &'static str,
+    ts: Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<Utc>>, LedgerError> {
+    let Some(ts) = ts else { return Ok(None) };
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err(LedgerError::invalid(field, "nanos must be in 0..1e9"));
+    }
+    // PostgreSQL keeps microseconds: truncate here, so what is compared (business keys,
+    // fingerprints) is exactly what is stored.
+    let micros = ts.nanos / 1_000 * 1_000;
+    let t = DateTime::from_timestamp(ts.seconds, micros as u32)
+        .ok_or_else(|| LedgerError::invalid(field, "is out of range"))?;
+    if !(TIMESTAMP_YEAR_MIN..=TIMESTAMP_YEAR_MAX).contains(&t.year()) {
+        return Err(LedgerError::invalid(
+            field,
+            format!("must be between the years {TIMESTAMP_YEAR_MIN} and {TIMESTAMP_YEAR_MAX}"),
+        ));
+    }
+    Ok(Some(t))
+}
+
+pub(super) fn chrono_to_timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub(super) fn grant_source_from_pb(value: i32) -> Option<GrantSource> {
+    match pb::GrantSource::try_from(value).ok()? {
+        pb::GrantSource::Admin => Some(GrantSource::Admin),
+        pb::GrantSource::AnnualSubscription => Some(GrantSource::AnnualSubscription),
+        pb::GrantSource::Unspecified => None,
+    }
+}
+
+fn grant_source_to_pb(source: GrantSource) -> pb::GrantSource {
+    match source {
+        GrantSource::Admin => pb::GrantSource::Admin,
+        GrantSource::AnnualSubscription => pb::GrantSource::AnnualSubscription,
+    }
+}
+
+pub(super) fn reversal_source_from_pb(value: i32) -> Option<ReversalSource> {
+    match pb::ReversalSource::try_from(value).ok()? {
+        pb::ReversalSource::Refund => Some(ReversalSource::Refund),
+        pb::ReversalSource::Dispute => Some(ReversalSource::Dispute),
+        pb::ReversalSource::Admin => Some(ReversalSource::Admin),
+        pb::ReversalSource::Unspecified => None,
+    }
+}
+
+fn reversal_source_to_pb(source: ReversalSource) -> pb::ReversalSource {
+    match source {
+        ReversalSource::Refund => pb::ReversalSource::Refund,
+        ReversalSource::Dispute => pb::ReversalSource::Dispute,
+        ReversalSource::Admin => pb::ReversalSource::Admin,
+    }
+}
+
+fn entry_kind_from_pb(value: i32) -> Result<EntryKind, LedgerError> {
+    match pb::TransactionKind::try_from(value) {
+        Ok(pb::TransactionKind::Grant) => Ok(EntryKind::Grant),
+        Ok(pb::TransactionKind::Deduction) => Ok(EntryKind::Deduction),
+        Ok(pb::TransactionKind::Purchase) => Ok(EntryKind::Purchase),
+        Ok(pb::TransactionKind::Drip) => Ok(EntryKind::Drip),
+        Ok(pb::TransactionKind::Usage) => Ok(EntryKind::Usage),
+        Ok(pb::TransactionKind::Reversal) => Ok(EntryKind::Reversal),
+        Ok(pb::TransactionKind::Unspecified) | Err(_) => Err(LedgerError::invalid(
+            "kinds",
+            format!("{value} is not a transaction kind"),
+        )),
+    }
+}
+
+fn entry_kind_to_pb(kind: EntryKind) -> pb::TransactionKind {
+    match kind {
+        EntryKind::Grant => pb::TransactionKind::Grant,
+        EntryKind::Deduction => pb::TransactionKind::Deduction,
+        EntryKind::Purchase => pb::TransactionKind::Purchase,
+        EntryKind::Drip => pb::TransactionKind::Drip,
+        EntryKind::Usage => pb::TransactionKind::Usage,
+        EntryKind::Reversal => pb::TransactionKind::Reversal,
+    }
+}
+
+impl From<pb::GrantRequest> for build::Grant {
+    fn from(m: pb::GrantRequest) -> Self {
+        let pb::GrantRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            source,
+            reason,
+            stripe_subscription_id,
+            stripe_invoice_id,
+        } = m;
+        build::Grant {
+            common: Common {
+                user_id,
+                tokens,
+                idempotency_key,
+            },
+            source: grant_source_from_pb(source),
+            reason,
+            stripe_subscription_id,
+            stripe_invoice_id,
+        }
+    }
+}
+
+impl From<pb::DeductRequest> for build::Deduction {
+    fn from(m: pb::DeductRequest) -> Self {
+        let pb::DeductRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            reason,
+            allow_negative,
+        } = m;
+        build::Deduction {
+            common: Common {
+                user_id,
+                tokens,
+                idempotency_key,
+            },
+            reason,
+            allow_negative,
+        }
+    }
+}
+
+/// A drip's input, and the violations its timestamps already have.
+pub(super) fn drip_from_pb(m: pb::DripRequest) -> (build::Drip, Violations) {
+    let pb::DripRequest {
+        user_id,
+        tokens,
+        idempotency_key,
+        stripe_subscription_id,
+        stripe_invoice_id,
+        period_start,
+        period_end,
+    } = m;
+    let mut v = Violations::default();
+    let period_start = v
+        .check(timestamp_to_chrono("period_start", period_start))
+        .flatten();
+    let period_end = v
+        .check(timestamp_to_chrono("period_end", period_end))
+        .flatten();
+    let input = build::Drip {
+        common: Common {
+            user_id,
+            tokens,
+            idempotency_key,
+        },
+        stripe_subscription_id,
+        stripe_invoice_id,
+        period_start,
+        period_end,
+    };
+    (input, v)
+}
+
+impl From<pb::RecordPurchaseRequest> for build::Purchase {
+    fn from(m: pb::RecordPurchaseRequest) -> Self {
+        let pb::RecordPurchaseRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            amount_paid_cents,
+            currency,
+            stripe_payment_intent_id,
+            stripe_checkout_session_id,
+            pack,
+        } = m;
+        build::Purchase {
+            common: Common {
+                user_id,
+                tokens,
+                idempotency_key,
+            },
+            amount_paid_cents,
+            currency,
+            stripe_payment_intent_id,
+            stripe_checkout_session_id,
+            pack,
+        }
+    }
+}
+
+/// One conversion for TrackUsage and each event of TrackUsageBatch.
+impl From<pb::TrackUsageRequest> for build::Usage {
+    fn from(m: pb::TrackUsageRequest) -> Self {
+        let pb::TrackUsageRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            model,
+            input_tokens,
+            output_tokens,
+            feature,
+        } = m;
+        build::Usage {
+            common: Common {
+                user_id,
+                tokens,
+                idempotency_key,
+            },
+            model,
+            input_tokens,
+            output_tokens,
+            feature,
+        }
+    }
+}
+
+impl From<pb::ReverseRequest> for build::Reversal {
+    fn from(m: pb::ReverseRequest) -> Self {
+        let pb::ReverseRequest {
+            user_id,
+            tokens,
+            idempotency_key,
+            original_transaction_id,
+            source,
+            reason,
+            stripe_reference,
+        } = m;
+        build::Reversal {
+            common: Common {
+                user_id,
+                tokens,
+                idempotency_key,
+            },
+            original_transaction_id,
+            source: reversal_source_from_pb(source),
+            reason,
+            stripe_reference,
+        }
+    }
+}
+
+/// A ListTransactions request, validated.
+pub(super) struct HistoryQuery {
+    pub user_id: UserId,
+    pub filter: HistoryFilter,
+    pub page_size: i32,
+    pub page_token: String,
+}
+
+impl TryFrom<pb::ListTransactionsRequest> for HistoryQuery {
+    type Error = LedgerError;
+
+    fn try_from(m: pb::ListTransactionsRequest) -> Result<Self, LedgerError> {
+        let pb::ListTransactionsRequest {
+            user_id,
+            page_size,
+            page_token,
+            kinds,
+            created_after,
+            created_before,
+        } = m;
+        let mut v = Violations::default();
+        let user_id = v.check(UserId::parse("user_id", user_id));
+        let kinds: Option<Vec<EntryKind>> = if kinds.is_empty() {
+            Some(Vec::new())
+        } else {
+            v.check(kinds.into_iter().map(entry_kind_from_pb).collect())
+        };
+        let created_after = v.check(timestamp_to_chrono("created_after", created_after));
+        let created_before = v.check(timestamp_to_chrono("created_before", created_before));
+        v.finish()?;
+        let (Some(user_id), Some(kinds), Some(created_after), Some(created_before)) =
+            (user_id, kinds, created_after, created_before)
+        else {
+            return Err(LedgerError::Invariant(
+                "a conversion lost a field without recording why".into(),
+            ));
+        };
+        let filter = HistoryFilter {
+            kinds: (!kinds.is_empty()).then_some(kinds),
+            created_after,
+            created_before,
+        };
+        Ok(HistoryQuery {
+            user_id,
+            filter,
+            page_size,
+            page_token,
+        })
+    }
+}
+
+impl TryFrom<Option<pb::get_transaction_request::Lookup>> for EntryLookup {
+    type Error = LedgerError;
+
+    fn try_from(lookup: Option<pb::get_transaction_request::Lookup>) -> Result<Self, LedgerError> {
+        use pb::get_transaction_request::Lookup;
+        match lookup {
+            Some(Lookup::TransactionId(id)) => {
+                Ok(EntryLookup::Id(EntryId::parse("transaction_id", &id)?))
+            }
+            Some(Lookup::StripePaymentIntentId(pi)) => {
+                check_text("stripe_payment_intent_id", &pi, STRIPE_ID_LEN_MAX)?;
+                Ok(EntryLookup::PaymentIntent(pi))
+            }
+            None => Err(LedgerError::invalid(
+                "lookup",
+                "set transaction_id or stripe_payment_intent_id",
+            )),
+        }
+    }
+}
+
+pub(super) fn account_order_from_pb(value: i32) -> Result<AccountOrder, LedgerError> {
+    match pb::AccountOrder::try_from(value) {
+        Ok(pb::AccountOrder::Unspecified | pb::AccountOrder::UserId) => Ok(AccountOrder::UserId),
+        Ok(pb::AccountOrder::BalanceDesc) => Ok(AccountOrder::BalanceDesc),
+        Ok(pb::AccountOrder::LastActivityDesc) => Ok(AccountOrder::LastActivityDesc),
+        Err(_) => Err(LedgerError::invalid("order_by", "is not an account order")),
+    }
+}
+
+impl From<Totals> for pb::BalanceTotals {
+    fn from(t: Totals) -> Self {
+        let Totals {
+            granted,
+            deducted,
+            purchased,
+            dripped,
+            used,
+            reversed,
+        } = t;
+        pb::BalanceTotals {
+            granted,
+            deducted,
+            purchased,
+            dripped,
+            used,
+            reversed,
+        }
+    }
+}
+
+pub(super) fn balance_to_pb(user_id: &UserId, b: Balance) -> pb::GetBalanceResponse {
+    pb::GetBalanceResponse {
+        user_id: user_id.to_string(),
+        balance: b.balance,
+        totals: Some(b.totals.into()),
+        updated_at: b.updated_at.map(chrono_to_timestamp),
+        transaction_count: b.transaction_count,
+    }
+}
+
+impl From<AccountSummary> for pb::Account {
+    fn from(a: AccountSummary) -> Self {
+        pb::Account {
+            user_id: a.user_id,
+            balance: a.balance.balance,
+            totals: Some(a.balance.totals.into()),
+            updated_at: a.balance.updated_at.map(chrono_to_timestamp),
+            transaction_count: a.balance.transaction_count,
+            created_at: Some(chrono_to_timestamp(a.created_at)),
+        }
+    }
+}
+
+/// A row's reason (a column of its own in the message) and its kind-specific details.
+fn details_to_pb(details: WriteDetails) -> (String, pb::transaction::Details) {
+    use pb::transaction::Details;
+    match details {
+        WriteDetails::Grant {
+            source,
+            reason,
+            stripe_subscription_id,
+            stripe_invoice_id,
+        } => (
+            reason.unwrap_or_default(),
+            Details::Grant(pb::GrantDetails {
+                source: grant_source_to_pb(source) as i32,
+                stripe_subscription_id: stripe_subscription_id.unwrap_or_default(),
+                stripe_invoice_id: stripe_invoice_id.unwrap_or_default(),
+            }),
+        ),
+        WriteDetails::Deduction {
+            reason,
+            allow_negative,
+        } => (
+            reason,
+            Details::Deduction(pb::DeductionDetails { allow_negative }),
+        ),
+        WriteDetails::Purchase {
+            amount_paid_cents,
+            currency,
+            stripe_payment_intent_id,
+            stripe_checkout_session_id,
+            pack,
+        } => (
+            String::new(),
+            Details::Purchase(pb::PurchaseDetails {
+                amount_paid_cents,
+                currency,
+                stripe_payment_intent_id,
+                stripe_checkout_session_id: stripe_checkout_session_id.unwrap_or_default(),
+                pack: pack.unwrap_or_default(),
+            }),
+        ),
+        WriteDetails::Drip {
+            stripe_subscription_id,
+            stripe_invoice_id,
+            period_start,
+            period_end,
+        } => (
+            String::new(),
+            Details::Drip(pb::DripDetails {
+                stripe_subscription_id,
+                stripe_invoice_id: stripe_invoice_id.unwrap_or_default(),
+                period_start: Some(chrono_to_timestamp(period_start)),
+                period_end: Some(chrono_to_timestamp(period_end)),
+            }),
+        ),
+        WriteDetails::Usage {
+            model,
+            input_tokens,
+            output_tokens,
+            feature,
+        } => (
+            String::new(),
+            Details::Usage(pb::UsageDetails {
+                model: model.unwrap_or_default(),
+                input_tokens,
+                output_tokens,
+                feature: feature.unwrap_or_default(),
+            }),
+        ),
+        WriteDetails::Reversal {
+            original,
+            source,
+            reason,
+            stripe_reference,
+        } => (
+            reason,
+            Details::Reversal(pb::ReversalDetails {
+                original_transaction_id: original.to_string(),
+                source: reversal_source_to_pb(source) as i32,
+                stripe_reference: stripe_reference.unwrap_or_default(),
+            }),
+        ),
+    }
+}
+
+impl From<JournalEntry> for pb::Transaction {
+    fn from(entry: JournalEntry) -> Self {
+        let kind = entry_kind_to_pb(entry.kind());
+        let (reason, details) = details_to_pb(entry.details);
+        pb::Transaction {
+            id: entry.id.to_string(),
+            kind: kind as i32,
+            token_amount: entry.token_amount,
+            balance_after: entry.balance_after,
+            created_at: Some(chrono_to_timestamp(entry.created_at)),
+            created_by: entry.created_by,
+            reason,
+            idempotency_key: entry.idempotency_key.unwrap_or_default(),
+            sequence: entry.seq,
+            details: Some(details),
+        }
+    }
+}
+
+/// Every write response has the same three fields.
+pub(super) trait FromReceipt {
+    fn from_receipt(r: Receipt) -> Self;
+}
+
+macro_rules! impl_from_receipt {
+    ($($ty:ty),*) => {$(
+        impl FromReceipt for $ty {
+            fn from_receipt(r: Receipt) -> Self {
+                Self { transaction_id: r.transaction_id.to_string(), balance: r.balance, replayed: r.replayed }
+            }
+        }
+    )*};
+}
+
+impl_from_receipt!(
+    pb::ReverseResponse,
+    pb::GrantResponse,
+    pb::DeductResponse,
+    pb::DripResponse,
+    pb::RecordPurchaseResponse,
+    pb::TrackUsageResponse
+);
+
+/// One event's answer in a TrackUsageBatch response: its code is never OK unless it committed.
+pub(super) fn usage_result(r: Result<Receipt, LedgerError>) -> pb::TrackUsageResult {
+    match r {
+        Ok(r) => pb::TrackUsageResult {
+            code: tonic::Code::Ok as i32,
+            message: String::new(),
+            transaction_id: r.transaction_id.to_string(),
+            balance: r.balance,
+            replayed: r.replayed,
+        },
+        Err(err) => {
+            let status = Status::from(err);
+            pb::TrackUsageResult {
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                ..Default::default()
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The `tokenledger.v1.LedgerService` gRPC handlers: authorize, convert the request into a
+//! validated domain command (`convert`), call the ledger, convert the answer back.
+//!
+//! Handlers live in one file per caller: `usage` (the AI backend), `billing` (the Stripe
+//! adapter), `admin` (the admin console and read-only dashboards). Every handler goes through a
+//! `Call`, which carries the method's name (written once, in `method`), so its span, its metrics
+//! and its permission errors can never disagree.
+
+use std::time::Instant;
+
+use tonic::{Request, Response, Status};
+use tracing::Instrument;
+
+use crate::auth::{Authenticator, Caller, Scope};
+use crate::domain::WriteCommand;
+use crate::error::LedgerError;
+use crate::ledger::Ledger;
+use crate::pb;
+
+mod admin;
+mod billing;
+mod convert;
+mod usage;
+
+use convert::FromReceipt;
+
+pub use usage::USAGE_BATCH_EVENTS_MAX;
+
+/// The RPCs' names as gRPC spells them, each written once.
+mod method {
+    pub const GRANT: &str = "Grant";
+    pub const DEDUCT: &str = "Deduct";
+    pub const DRIP: &str = "Drip";
+    pub const RECORD_PURCHASE: &str = "RecordPurchase";
+    pub const TRACK_USAGE: &str = "TrackUsage";
+    pub const TRACK_USAGE_BATCH: &str = "TrackUsageBatch";
+    pub const GET_BALANCE: &str = "GetBalance";
+    pub const LIST_TRANSACTIONS: &str = "ListTransactions";
+    pub const REVERSE: &str = "Reverse";
+    pub const GET_TRANSACTION: &str = "GetTransaction";
+    pub const LIST_ACCOUNTS: &str = "ListAccounts";
+    pub const WHO_AM_I: &str = "WhoAmI";
+}
+
+/// The gRPC face of the ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerGrpc {
+    ledger: Ledger,
+    auth: Authenticator,
+}
+
+impl LedgerGrpc {
+    pub fn new(ledger: Ledger, auth: Authenticator) -> Self {
+        Self { ledger, auth }
+    }
+}
+
+/// A caller already authenticated by code in this process (the in-process Stripe webhook), set
+/// as a request extension. Remote clients cannot set extensions, only headers.
+#[derive(Debug, Clone)]
+pub struct InProcessCaller(pub Caller);
+
+/// Who a request says it comes from.
+enum Credentials {
+    InProcess(Caller),
+    Header(Option<String>),
+}
+
+fn credentials<T>(request: &Request<T>) -> Credentials {
+    if let Some(InProcessCaller(caller)) = request.extensions().get::<InProcessCaller>() {
+        return Credentials::InProcess(caller.clone());
+    }
+    Credentials::Header(
+        request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    )
+}
+
+/// At most 130 bytes of a caller-supplied string, for logs.
+fn clip(s: &str) -> &str {
+    const LOG_FIELD_BYTES_MAX: usize = 130;
+    if s.len() <= LOG_FIELD_BYTES_MAX {
+        return s;
+    }
+    let mut end = LOG_FIELD_BYTES_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// One call being handled: its method, its credentials and its span.
+struct Call<'a> {
+    grpc: &'a LedgerGrpc,
+    method: &'static str,
+    credentials: Credentials,
+    span: tracing::Span,
+}
+
+impl<'a> Call<'a> {
+    /// `user_id` and `idempotency_key` (empty where the call has none) go into the span, clipped:
+    /// they are caller input, and an over-long one is refused later anyway.
+    fn new<T>(
+        grpc: &'a LedgerGrpc,
+        method: &'static str,
+        request: &Request<T>,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Self {
+        let span = tracing::info_span!(
+            "rpc",
+            method,
+            user_id = clip(user_id),
+            idempotency_key = clip(idempotency_key)
+        );
+        Self {
+            grpc,
+            method,
+            credentials: credentials(request),
+            span,
+        }
+    }
+
+    fn ledger(&self) -> &Ledger {
+        &self.grpc.ledger
+    }
+
+    /// The caller, if it holds one of `allowed` (admins hold every scope).
+    fn authorize(&self, allowed: &[Scope]) -> Result<Caller, LedgerError> {
+        match &self.credentials {
+            Credentials::InProcess(caller) => {
+                Authenticator::permit(caller.clone(), self.method, allowed)
+            }
+            Credentials::Header(header) => {
+                self.grpc
+                    .auth
+                    .authorize(header.as_deref(), self.method, allowed)
+            }
+        }
+    }
+
+    /// Applies a write, logs its commit, and answers with the write's response type. Usage is
+    /// the hot path: its commits are logged at debug, every other write's at info.
+    async fn commit<R: FromReceipt>(&self, cmd: WriteCommand) -> Result<R, LedgerError> {
+        let receipt = self.ledger().write(cmd).await?;
+        let (transaction_id, balance, replayed) =
+            (receipt.transaction_id, receipt.balance, receipt.replayed);
+        if self.method == method::TRACK_USAGE {
+            tracing::debug!(%transaction_id, balance, replayed, "write committed");
+        } else {
+            tracing::info!(%transaction_id, balance, replayed, "write committed");
+        }
+        Ok(R::from_receipt(receipt))
+    }
+
+    /// Runs the call inside its span and logs its outcome: one line per call, with the status
+    /// code and the time it took. An internal error's cause chain is logged here, once; the
+    /// client only hears the opaque status.
+    async fn run<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, LedgerError>>,
+    ) -> Result<Response<T>, Status> {
+        let method = self.method;
+        async move {
+            let started = Instant::now();
+            let result = call.await;
+            let elapsed = started.elapsed().as_secs_f64();
+            let elapsed_ms = elapsed * 1000.0;
+            match result {
+                Ok(value) => {
+                    tracing::debug!(elapsed_ms, "ok");
+                    crate::metrics::request(method, tonic::Code::Ok, elapsed);
+                    Ok(Response::new(value))
+                }
+                Err(err) => {
+                    let cause = (err.is_internal() || matches!(err, LedgerError::Unavailable(_)))
+                        .then(|| err.chain());
+                    let status = Status::from(err);
+                    let code = status.code();
+                    crate::metrics::request(method, code, elapsed);
+                    match cause {
+                        Some(cause) if code == tonic::Code::Internal => {
+                            tracing::error!(?code, error = cause, elapsed_ms, "failed")
+                        }
+                        Some(cause) => tracing::warn!(?code, error = cause, elapsed_ms, "failed"),
+                        None => {
+                            tracing::info!(?code, message = status.message(), elapsed_ms, "refused")
+                        }
+                    }
+                    Err(status)
+                }
+            }
+        }
+        .instrument(self.span.clone())
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ledger_service_server::LedgerService for LedgerGrpc {
+    async fn grant(
+        &self,
+        request: Request<pb::GrantRequest>,
+    ) -> Result<Response<pb::GrantResponse>, Status> {
+        admin::grant(self, request).await
+    }
+
+    async fn deduct(
+        &self,
+        request: Request<pb::DeductRequest>,
+    ) -> Result<Response<pb::DeductResponse>, Status> {
+        admin::deduct(self, request).await
+    }
+
+    async fn drip(
+        &self,
+        request: Request<pb::DripRequest>,
+    ) -> Result<Response<pb::DripResponse>, Status> {
+        billing::drip(self, request).await
+    }
+
+    async fn record_purchase(
+        &self,
+        request: Request<pb::RecordPurchaseRequest>,
+    ) -> Result<Response<pb::RecordPurchaseResponse>, Status> {
+        billing::record_purchase(self, request).await
+    }
+
+    async fn track_usage(
+        &self,
+        request: Request<pb::TrackUsageRequest>,
+    ) -> Result<Response<pb::TrackUsageResponse>, Status> {
+        usage::track_usage(self, request).await
+    }
+
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        usage::get_balance(self, request).await
+    }
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        admin::list_transactions(self, request).await
+    }
+
+    async fn reverse(
+        &self,
+        request: Request<pb::ReverseRequest>,
+    ) -> Result<Response<pb::ReverseResponse>, Status> {
+        billing::reverse(self, request).await
+    }
+
+    async fn get_transaction(
+        &self,
+        request: Request<pb::GetTransactionRequest>,
+    ) -> Result<Response<pb::GetTransactionResponse>, Status> {
+        admin::get_transaction(self, request).await
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        admin::list_accounts(self, request).await
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        admin::who_am_i(self, request).await
+    }
+
+    async fn track_usage_batch(
+        &self,
+        request: Request<pb::TrackUsageBatchRequest>,
+    ) -> Result<Response<pb::TrackUsageBatchResponse>, Status> {
+        usage::track_usage_batch(self, request).await
+    }
+}

@@ -1,0 +1,104 @@
+//! What the AI backend calls on every request: TrackUsage, TrackUsageBatch, GetBalance.
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{balance_to_pb, usage_result};
+use super::{method, Call, LedgerGrpc};
+use crate::auth::Scope;
+use crate::domain::{build, UserId};
+use crate::error::LedgerError;
+use crate::pb;
+
+/// Most events one TrackUsageBatch call may carry.
+pub const USAGE_BATCH_EVENTS_MAX: usize = 1_000;
+
+pub(super) async fn track_usage(
+    grpc: &LedgerGrpc,
+    request: Request<pb::TrackUsageRequest>,
+) -> Result<Response<pb::TrackUsageResponse>, Status> {
+    let m = request.get_ref();
+    let call = Call::new(
+        grpc,
+        method::TRACK_USAGE,
+        &request,
+        &m.user_id,
+        &m.idempotency_key,
+    );
+    let input = build::Usage::from(request.into_inner());
+    call.run(async {
+        let caller = call.authorize(&[Scope::Usage])?;
+        call.commit(input.build(caller.actor())?).await
+    })
+    .await
+}
+
+pub(super) async fn track_usage_batch(
+    grpc: &LedgerGrpc,
+    request: Request<pb::TrackUsageBatchRequest>,
+) -> Result<Response<pb::TrackUsageBatchResponse>, Status> {
+    let call = Call::new(grpc, method::TRACK_USAGE_BATCH, &request, "", "");
+    let pb::TrackUsageBatchRequest { events } = request.into_inner();
+    call.run(async {
+        let caller = call.authorize(&[Scope::Usage])?;
+        if events.len() > USAGE_BATCH_EVENTS_MAX {
+            return Err(LedgerError::invalid(
+                "events",
+                format!(
+                    "at most {USAGE_BATCH_EVENTS_MAX} events per call, got {}",
+                    events.len()
+                ),
+            ));
+        }
+        // Each event is validated on its own: a bad one fails alone.
+        let mut results: Vec<Option<pb::TrackUsageResult>> = vec![None; events.len()];
+        let mut valid = Vec::with_capacity(events.len());
+        let mut positions = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            match build::Usage::from(event).build(caller.actor()) {
+                Ok(cmd) => {
+                    valid.push(cmd);
+                    positions.push(i);
+                }
+                Err(err) => results[i] = Some(usage_result(Err(err))),
+            }
+        }
+        let written = call.ledger().write_many(valid).await;
+        for (i, r) in positions.into_iter().zip(written) {
+            results[i] = Some(usage_result(r));
+        }
+        // An event without an answer is a bug; it must never read as committed.
+        let missing = || {
+            usage_result(Err(LedgerError::Invariant(
+                "no result for this event".into(),
+            )))
+        };
+        Ok(pb::TrackUsageBatchResponse {
+            results: results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(missing))
+                .collect(),
+        })
+    })
+    .await
+}
+
+pub(super) async fn get_balance(
+    grpc: &LedgerGrpc,
+    request: Request<pb::GetBalanceRequest>,
+) -> Result<Response<pb::GetBalanceResponse>, Status> {
+    let call = Call::new(
+        grpc,
+        method::GET_BALANCE,
+        &request,
+        &request.get_ref().user_id,
+        "",
+    );
+    let pb::GetBalanceRequest { user_id } = request.into_inner();
+    call.run(async {
+        call.authorize(&[Scope::Usage, Scope::Billing, Scope::Read])?;
+        let user_id = UserId::parse("user_id", user_id)?;
+        let balance = call.ledger().balance(&user_id).await?;
+        Ok(balance_to_pb(&user_id, balance))
+    })
+    .await
+}
