@@ -14,6 +14,17 @@ use tonic::Request;
 use crate::pb;
 use crate::pb::ledger_service_client::LedgerServiceClient;
 
+/// The `authorization` metadata value for an API key (`Bearer <key>`): the one place every
+/// client of the ledger (this CLI, the remote webhook adapter, the load generator) builds it.
+pub fn bearer(
+    api_key: &str,
+) -> Result<
+    tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    tonic::metadata::errors::InvalidMetadataValue,
+> {
+    MetadataValue::try_from(format!("Bearer {api_key}"))
+}
+
 /// Connection settings shared by every client subcommand.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
@@ -181,7 +192,7 @@ impl Client {
         let api_key = args
             .api_key
             .as_ref()
-            .map(|k| MetadataValue::try_from(format!("Bearer {k}")))
+            .map(|k| bearer(k))
             .transpose()
             .context("the API key must be printable ASCII")?;
         Ok(Self {

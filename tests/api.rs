@@ -1060,3 +1060,112 @@ async fn only_a_credit_of_the_same_user_can_be_reversed() {
     );
     assert_eq!(balance_of(&mut c, "u").await, 45);
 }
+
+#[tokio::test]
+async fn a_request_with_several_invalid_fields_names_every_one_of_them() {
+    use tonic_types::StatusExt;
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+
+    let err = client
+        .record_purchase(with_key(
+            BILLING_KEY,
+            pb::RecordPurchaseRequest {
+                user_id: String::new(),
+                tokens: 0,
+                idempotency_key: "p-bad".into(),
+                amount_paid_cents: 9_900,
+                currency: "USD".into(),
+                stripe_payment_intent_id: "pi_\0".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let fields: Vec<String> = err
+        .get_details_bad_request()
+        .expect("INVALID_ARGUMENT must carry google.rpc.BadRequest")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(
+        fields,
+        ["user_id", "tokens", "currency", "stripe_payment_intent_id"]
+    );
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM token_transactions")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn a_write_that_would_overflow_a_total_is_refused_alone_and_its_batch_neighbours_commit() {
+    use tonic_types::StatusExt;
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    client
+        .track_usage(with_key(USAGE_KEY, usage_req("heavy", 1, "seed")))
+        .await
+        .unwrap();
+    // An account whose used total is a few tokens from i64::MAX (reaching it through the API
+    // takes ~9 million maximal writes): balance = granted − used stays 0 - 1.
+    sqlx::query(
+        "UPDATE accounts SET granted_total = 9223372036854775800, \
+           used_total = 9223372036854775801, balance = -1 WHERE user_id = 'heavy'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let results = client
+        .track_usage_batch(with_key(
+            USAGE_KEY,
+            pb::TrackUsageBatchRequest {
+                events: vec![
+                    usage_req("light", 3, "n-1"),
+                    usage_req("heavy", 10, "over"),
+                    usage_req("light", 4, "n-2"),
+                ],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+
+    let codes: Vec<i32> = results.iter().map(|r| r.code).collect();
+    assert_eq!(
+        codes,
+        [Code::Ok as i32, Code::OutOfRange as i32, Code::Ok as i32],
+        "{results:?}"
+    );
+    assert_eq!(results[2].balance, -7);
+    // The same write alone: OUT_OF_RANGE with ErrorInfo AMOUNT_OVERFLOW, naming the total.
+    let err = client
+        .track_usage(with_key(USAGE_KEY, usage_req("heavy", 10, "over")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    let info = err.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "AMOUNT_OVERFLOW");
+    assert_eq!(info.metadata["what"], "used total");
+    let heavy_rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM token_usage u JOIN accounts a USING (account_id) \
+         WHERE a.user_id = 'heavy'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(heavy_rows, 1, "only the seed row");
+    // Its key was given back: a corrected retry under it applies.
+    let ok = client
+        .track_usage(with_key(USAGE_KEY, usage_req("heavy", 6, "over")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ok.balance, -7);
+}

@@ -533,3 +533,38 @@ pub(super) fn usage_result(r: Result<Receipt, LedgerError>) -> pb::TrackUsageRes
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The console shows a kind as its proto name lowercased; the database stores the domain's
+    /// name. They must be one and the same.
+    #[test]
+    fn every_domain_name_is_its_proto_name_lowercased() {
+        for kind in EntryKind::ALL {
+            let pb_kind = entry_kind_to_pb(kind);
+            assert_eq!(entry_kind_from_pb(pb_kind as i32).unwrap(), kind);
+            let name = pb_kind.as_str_name().strip_prefix("TRANSACTION_KIND_");
+            assert_eq!(name.map(str::to_lowercase).as_deref(), Some(kind.as_str()));
+        }
+        for source in GrantSource::ALL {
+            let pb_source = grant_source_to_pb(source);
+            assert_eq!(grant_source_from_pb(pb_source as i32), Some(source));
+            let name = pb_source.as_str_name().strip_prefix("GRANT_SOURCE_");
+            assert_eq!(
+                name.map(str::to_lowercase).as_deref(),
+                Some(source.as_str())
+            );
+        }
+        for source in ReversalSource::ALL {
+            let pb_source = reversal_source_to_pb(source);
+            assert_eq!(reversal_source_from_pb(pb_source as i32), Some(source));
+            let name = pb_source.as_str_name().strip_prefix("REVERSAL_SOURCE_");
+            assert_eq!(
+                name.map(str::to_lowercase).as_deref(),
+                Some(source.as_str())
+            );
+        }
+    }
+}
