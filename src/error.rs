@@ -81,6 +81,13 @@ pub enum LedgerError {
     #[error("{0}")]
     ResourceExhausted(&'static str),
 
+    /// `DEADLINE_EXCEEDED`: the caller's deadline (its `grpc-timeout`, or the server's
+    /// `--request-timeout-ms`) passed. The message says whether the write is known not to have
+    /// been written (it was still queued) or its outcome is unknown (its batch had started);
+    /// either way, retrying with the same idempotency key is the only safe retry.
+    #[error("{0}")]
+    DeadlineExceeded(&'static str),
+
     /// `UNAVAILABLE`: the database cannot be reached right now. Nothing was written or the write's
     /// outcome is unknown; retrying with the same idempotency key is always safe.
     #[error("database unavailable: {0}")]

@@ -7,6 +7,7 @@
 //! - `ledger_write_queue_depth` (writes waiting for a writer)
 //! - `ledger_pool_connections{state=idle|in_use}` (pool waits show as in_use at the maximum)
 //! - `ledger_journal_rows_total{kind}`
+//! - `ledger_writes_expired_total` (writes dropped because their deadline passed while queued)
 
 use std::net::SocketAddr;
 
@@ -60,4 +61,8 @@ pub fn pool(size: u32, idle: usize) {
 
 pub fn journal_row(kind: &'static str) {
     counter!("ledger_journal_rows_total", "kind" => kind).increment(1);
+}
+
+pub fn write_expired() {
+    counter!("ledger_writes_expired_total").increment(1);
 }

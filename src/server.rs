@@ -193,7 +193,8 @@ impl Application {
         let ledger = LedgerGrpc::new(
             core,
             Authenticator::new(config.api_keys.clone()).with_jwt(config.jwt.clone()),
-        );
+        )
+        .with_request_timeout(config.request_timeout);
         let webhook_task = match webhook {
             Some(w) => {
                 let processor = crate::webhook::Processor::new(
@@ -228,7 +229,10 @@ impl Application {
             .merge(crate::console::router());
         let served = Server::builder()
             .accept_http1(true)
-            .timeout(config.request_timeout)
+            // The ledger's handlers answer DEADLINE_EXCEEDED at `request_timeout` themselves
+            // (and drop writes still queued then); tonic's own timer, which answers CANCELLED
+            // and would race them, only backs up the other services.
+            .timeout(config.request_timeout + REQUEST_TIMEOUT_BACKSTOP)
             .concurrency_limit_per_connection(config.concurrency_per_connection_max)
             .layer(cors_layer(&config.cors_origins)?)
             .add_routes(tonic::service::Routes::from(routes))
@@ -316,6 +320,9 @@ async fn watch_database(
         }
     }
 }
+
+/// How long after `request_timeout` tonic's own timer ends a call the ledger did not end itself.
+const REQUEST_TIMEOUT_BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {

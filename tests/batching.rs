@@ -383,14 +383,17 @@ async fn a_full_write_queue_answers_resource_exhausted() {
     assert_eq!(app.count("SELECT count(*) FROM token_usage").await, 3);
 }
 
+/// A single-threaded runtime: the server's handler queues all 51 events of the TrackUsageBatch
+/// before the one writer task can run, so they form one batch.
 #[tokio::test]
-async fn a_batch_whose_commit_fails_leaves_nothing_and_fails_every_write_in_it() {
+async fn a_write_that_fails_inside_postgresql_fails_alone_and_its_batch_neighbours_commit() {
     let app = TestApp::spawn_with(TestOptions {
         write: config(512, 1),
         ..Default::default()
     })
     .await;
-    // A deferred trigger that fails the transaction at COMMIT when it sees one poisoned row.
+    // A deferred trigger (test-only) that fails the transaction at COMMIT when it sees one
+    // poisoned row: a failure the ledger's rules cannot foresee.
     sqlx::query(
         "CREATE FUNCTION explode_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN IF NEW.model = 'explode' THEN RAISE EXCEPTION 'boom at commit'; END IF; RETURN NULL; END $$",
@@ -406,10 +409,11 @@ async fn a_batch_whose_commit_fails_leaves_nothing_and_fails_every_write_in_it()
     .await
     .unwrap();
 
-    let mut events: Vec<pb::TrackUsageRequest> = (0..5)
-        .map(|i| usage_req(&format!("v{i}"), 10, &format!("e{i}")))
+    // 51 events, some users with several, the poisoned one in the middle of them.
+    let mut events: Vec<pb::TrackUsageRequest> = (0..51)
+        .map(|i| usage_req(&format!("v{}", i % 7), 10, &format!("e{i}")))
         .collect();
-    events[3].model = "explode".into();
+    events[23].model = "explode".into();
     let mut c = app.client().await;
     let results = c
         .track_usage_batch(with_key(USAGE_KEY, pb::TrackUsageBatchRequest { events }))
@@ -418,17 +422,142 @@ async fn a_batch_whose_commit_fails_leaves_nothing_and_fails_every_write_in_it()
         .into_inner()
         .results;
 
-    assert_eq!(results.len(), 5);
-    assert!(
-        results.iter().all(|r| r.code == Code::Internal as i32),
-        "{results:?}"
-    );
+    let failed: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.code != Code::Ok as i32)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(failed, [23], "{results:?}");
+    assert_eq!(results[23].code, Code::Internal as i32);
+    // 50 journal rows and their 50 keys.
+    assert_eq!(app.journal_rows().await, 100);
+    // The poisoned write left nothing, not even its key: fixed, it applies under the same key.
     assert_eq!(
-        app.journal_rows().await,
-        0,
-        "no journal row and no claimed key survive"
+        app.count("SELECT count(*) FROM idempotency_keys WHERE idempotency_key = 'e23'")
+            .await,
+        0
     );
-    assert_eq!(app.count("SELECT count(*) FROM accounts").await, 0);
+    // Each account's rows still count 1, 2, 3, … in arrival order, and balances are exact.
+    let report = token_ledger::store::Store::from_pool(app.pool.clone())
+        .verify()
+        .await
+        .unwrap();
+    assert!(report.discrepancies.is_empty(), "{report:?}");
+    let v2: i64 = app
+        .count("SELECT balance FROM accounts WHERE user_id = 'v2'")
+        .await;
+    // v2 had events 2, 9, 16, 23 (poisoned), 30, 37, 44: six of ten tokens each.
+    assert_eq!(v2, -60);
+}
+
+/// Blocks the single writer: holds the row lock of `held`'s account and sends one write for it,
+/// then waits until PostgreSQL shows that write waiting for the lock.
+async fn block_the_writer(
+    app: &TestApp,
+    key: &str,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::TrackUsageResponse>, tonic::Status>>,
+) {
+    let mut c = app.client().await;
+    c.grant(admin(grant_req("held", 10, &format!("seed-{key}"))))
+        .await
+        .unwrap();
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM accounts WHERE user_id = 'held' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let key = key.to_string();
+    let held = tokio::spawn(async move {
+        c.track_usage(with_key(USAGE_KEY, usage_req("held", 1, &key)))
+            .await
+    });
+    // An observable condition, polled: a lock request that is not granted yet.
+    let waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted";
+    for _ in 0..500 {
+        if app.count(waiting).await > 0 {
+            return (blocker, held);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the held write never waited for the lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_deadline_passes_while_queued_is_dropped_and_a_retry_with_its_key_applies_it()
+{
+    let app = TestApp::spawn_with(TestOptions {
+        write: config(1, 1),
+        ..Default::default()
+    })
+    .await;
+    let (blocker, held) = block_the_writer(&app, "held-1").await;
+
+    // Queued behind the blocked write, with a 200 ms deadline of the caller's own.
+    let mut c = app.client().await;
+    let mut late = with_key(USAGE_KEY, usage_req("late", 5, "late-1"));
+    late.set_timeout(Duration::from_millis(200));
+    let err = c.track_usage(late).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+
+    blocker.rollback().await.unwrap();
+    held.await.unwrap().unwrap();
+    // The writer reached the late write after its deadline: dropped, nothing written.
+    let rows = app
+        .count("SELECT count(*) FROM token_usage u JOIN accounts a USING (account_id) WHERE a.user_id = 'late'")
+        .await;
+    assert_eq!(rows, 0);
+    // The only safe retry, with the same key, applies it now (not a replay: it never landed).
+    let retried = c
+        .track_usage(with_key(USAGE_KEY, usage_req("late", 5, "late-1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!retried.replayed);
+    assert_eq!(retried.balance, -5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_timeout_answers_deadline_exceeded_and_a_write_already_in_its_batch_commits(
+) {
+    let app = TestApp::spawn_with(TestOptions {
+        write: config(1, 1),
+        request_timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    })
+    .await;
+    let (blocker, held) = block_the_writer(&app, "held-2").await;
+
+    // The held write is inside its batch (waiting for the lock) when the server's timeout ends
+    // the call: DEADLINE_EXCEEDED, not CANCELLED.
+    let err = held.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+
+    blocker.rollback().await.unwrap();
+    // Its batch had started, so it commits; a retry with the same key is a replay of it.
+    let mut c = app.client().await;
+    let mut replayed = None;
+    for _ in 0..200 {
+        let r = c
+            .track_usage(with_key(USAGE_KEY, usage_req("held", 1, "held-2")))
+            .await
+            .unwrap()
+            .into_inner();
+        if r.replayed {
+            replayed = Some(r);
+            break;
+        }
+        panic!("the retry applied the write a second time: {r:?}");
+    }
+    let replayed = replayed.expect("a replay");
+    assert_eq!(replayed.balance, 9);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_usage").await,
+        1,
+        "exactly one usage row"
+    );
 }
 
 #[tokio::test]

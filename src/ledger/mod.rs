@@ -115,8 +115,18 @@ impl Ledger {
 
     /// Applies one write, or replays it.
     pub async fn write(&self, cmd: WriteCommand) -> Result<Receipt, LedgerError> {
+        self.write_within(cmd, None).await
+    }
+
+    /// Like `write`, for a caller who stops waiting at `deadline`: if the write's batch has not
+    /// started by then, the write is dropped (`DEADLINE_EXCEEDED`, nothing written).
+    pub async fn write_within(
+        &self,
+        cmd: WriteCommand,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Receipt, LedgerError> {
         let overdraft = cmd.overdraft();
-        let receipt = self.writers.submit(cmd)?.await?;
+        let receipt = self.writers.submit(cmd, deadline)?.await?;
         if !receipt.replayed && overdraft == Overdraft::Refused && receipt.balance < 0 {
             // The rules make this impossible; if it ever happens the transaction has committed,
             // so shout rather than hide it.
@@ -132,9 +142,18 @@ impl Ledger {
     /// Several writes at once (TrackUsageBatch): all are queued before any is awaited, so they
     /// share batches. Each has its own result, in order.
     pub async fn write_many(&self, cmds: Vec<WriteCommand>) -> Vec<Result<Receipt, LedgerError>> {
+        self.write_many_within(cmds, None).await
+    }
+
+    /// `write_many` with a deadline, as `write_within`.
+    pub async fn write_many_within(
+        &self,
+        cmds: Vec<WriteCommand>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Vec<Result<Receipt, LedgerError>> {
         let submitted: Vec<_> = cmds
             .into_iter()
-            .map(|cmd| self.writers.submit(cmd))
+            .map(|cmd| self.writers.submit(cmd, deadline))
             .collect();
         let mut results = Vec::with_capacity(submitted.len());
         for s in submitted {

@@ -94,6 +94,7 @@ impl From<LedgerError> for Status {
             }
             LedgerError::PermissionDenied { .. } => Status::permission_denied(message),
             LedgerError::ResourceExhausted(_) => Status::resource_exhausted(message),
+            LedgerError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             LedgerError::Unavailable(_) => Status::unavailable(
                 "the ledger database is unavailable; retry with the same idempotency key",
             ),

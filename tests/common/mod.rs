@@ -255,6 +255,8 @@ pub struct TestOptions {
     pub jwt: Option<token_ledger::jwt::JwtVerifier>,
     pub cors_origins: Vec<String>,
     pub write: token_ledger::ledger::WriteConfig,
+    /// The server's `--request-timeout-ms`; `None` keeps the default.
+    pub request_timeout: Option<Duration>,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -270,6 +272,7 @@ impl Default for TestOptions {
             jwt: None,
             cors_origins: Vec::new(),
             write: token_ledger::ledger::WriteConfig::default(),
+            request_timeout: None,
         }
     }
 }
@@ -313,6 +316,9 @@ impl TestApp {
         config.jwt = options.jwt;
         config.cors_origins = options.cors_origins;
         config.write = options.write;
+        if let Some(timeout) = options.request_timeout {
+            config.request_timeout = timeout;
+        }
         let mut app = Application::build(config, store).await.unwrap();
         if options.webhook {
             app = app

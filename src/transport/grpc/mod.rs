@@ -6,7 +6,7 @@
 //! `Call`, which carries the method's name (written once, in `method`), so its span, its metrics
 //! and its permission errors can never disagree.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -47,12 +47,63 @@ mod method {
 pub struct LedgerGrpc {
     ledger: Ledger,
     auth: Authenticator,
+    /// The server's own limit on a call (`--request-timeout-ms`); a caller's `grpc-timeout` may
+    /// only shorten it.
+    request_timeout: Option<Duration>,
 }
 
 impl LedgerGrpc {
     pub fn new(ledger: Ledger, auth: Authenticator) -> Self {
-        Self { ledger, auth }
+        Self {
+            ledger,
+            auth,
+            request_timeout: None,
+        }
     }
+
+    /// Answers every call within `timeout` (`DEADLINE_EXCEEDED` past it).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+}
+
+/// How much earlier than the deadline a call gives up, so its `DEADLINE_EXCEEDED` reaches the
+/// caller before the caller's own clock runs out (and before tonic's timer for the same
+/// `grpc-timeout`, which would answer the less telling `CANCELLED`).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+
+/// A `grpc-timeout` header's value (gRPC over HTTP/2: up to 8 digits and a unit), or `None`
+/// when absent or malformed (a malformed one is ignored, as tonic ignores it).
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// When the call must be answered: the sooner of the server's limit and the caller's deadline.
+fn deadline_of<T>(request: &Request<T>, server: Option<Duration>) -> Option<tokio::time::Instant> {
+    let client = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(grpc_timeout);
+    let timeout = match (client, server) {
+        (Some(c), Some(s)) => Some(c.min(s)),
+        (c, s) => c.or(s),
+    }?;
+    Some(tokio::time::Instant::now() + timeout.saturating_sub(DEADLINE_MARGIN))
 }
 
 /// A caller already authenticated by code in this process (the in-process Stripe webhook), set
@@ -98,6 +149,7 @@ struct Call<'a> {
     method: &'static str,
     credentials: Credentials,
     span: tracing::Span,
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl<'a> Call<'a> {
@@ -121,6 +173,7 @@ impl<'a> Call<'a> {
             method,
             credentials: credentials(request),
             span,
+            deadline: deadline_of(request, grpc.request_timeout),
         }
     }
 
@@ -145,7 +198,7 @@ impl<'a> Call<'a> {
     /// Applies a write, logs its commit, and answers with the write's response type. Usage is
     /// the hot path: its commits are logged at debug, every other write's at info.
     async fn commit<R: FromReceipt>(&self, cmd: WriteCommand) -> Result<R, LedgerError> {
-        let receipt = self.ledger().write(cmd).await?;
+        let receipt = self.ledger().write_within(cmd, self.deadline).await?;
         let (transaction_id, balance, replayed) =
             (receipt.transaction_id, receipt.balance, receipt.replayed);
         if self.method == method::TRACK_USAGE {
@@ -164,9 +217,18 @@ impl<'a> Call<'a> {
         call: impl std::future::Future<Output = Result<T, LedgerError>>,
     ) -> Result<Response<T>, Status> {
         let method = self.method;
+        let deadline = self.deadline;
         async move {
             let started = Instant::now();
-            let result = call.await;
+            let result = match deadline {
+                None => call.await,
+                Some(deadline) => tokio::time::timeout_at(deadline, call).await.unwrap_or(Err(
+                    LedgerError::DeadlineExceeded(
+                        "the deadline passed before the call finished; a write may or may not \
+                         have been applied: retry with the same idempotency key",
+                    ),
+                )),
+            };
             let elapsed = started.elapsed().as_secs_f64();
             let elapsed_ms = elapsed * 1000.0;
             match result {
@@ -283,5 +345,26 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         request: Request<pb::TrackUsageBatchRequest>,
     ) -> Result<Response<pb::TrackUsageBatchResponse>, Status> {
         usage::track_usage_batch(self, request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_protocol_spells_them() {
+        assert_eq!(grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(
+            grpc_timeout("99999999n"),
+            Some(Duration::from_nanos(99_999_999))
+        );
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S", "S5"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad:?}");
+        }
     }
 }

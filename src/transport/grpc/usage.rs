@@ -62,7 +62,7 @@ pub(super) async fn track_usage_batch(
                 Err(err) => results[i] = Some(usage_result(Err(err))),
             }
         }
-        let written = call.ledger().write_many(valid).await;
+        let written = call.ledger().write_many_within(valid, call.deadline).await;
         for (i, r) in positions.into_iter().zip(written) {
             results[i] = Some(usage_result(r));
         }
