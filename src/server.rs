@@ -290,22 +290,38 @@ async fn sample_gauges(ledger: Ledger, store: Store) {
     }
 }
 
-/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does not.
+/// How often health pings the database while it is down, so recovery shows within a second.
+const DOWN_PING_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Keeps health in step with the database: SERVING while it answers, NOT_SERVING while it does
+/// not. Probes every `interval` while up and every [`DOWN_PING_INTERVAL`] while down; a call that
+/// loses the database, or waits [`crate::store::SLOW_ACQUIRE`] for a connection, wakes it at once,
+/// so an outage shows without waiting for the next ping: a database that stops answering shows
+/// after about `SLOW_ACQUIRE` + [`crate::store::PROBE_TIMEOUT`].
 async fn watch_database(
     store: Store,
     reporter: tonic_health::server::HealthReporter,
     interval: Duration,
 ) {
+    let availability = store.availability().clone();
+    let mut probe = store.probe();
     let mut serving: Option<bool> = None;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
-        // A ping that hangs (network partition) counts as down after one interval.
-        let ok = matches!(
-            tokio::time::timeout(interval.max(Duration::from_millis(500)), store.ping()).await,
-            Ok(Ok(()))
-        );
+        let wait = match serving {
+            None => Duration::ZERO,
+            Some(true) => interval,
+            Some(false) => DOWN_PING_INTERVAL,
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = availability.probe_wanted() => {}
+        }
+        let ok = probe.answers().await;
+        if ok {
+            availability.mark_up();
+        } else {
+            availability.mark_down();
+        }
         if serving != Some(ok) {
             let status = if ok {
                 tracing::info!("database answers: health SERVING");

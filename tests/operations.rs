@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::proxy::{Proxy, Upstream};
 use common::*;
@@ -245,32 +245,74 @@ async fn health_follows_the_database_and_needs_no_key() {
         proxy.addr.port(),
         db.name
     );
+    // The production default: a call waits up to 5 s for a connection while the database is up.
+    let pool_acquire_timeout = Duration::from_secs(5);
     let app = TestApp::spawn_on(
         db,
         TestOptions {
             database_url: Some(through_proxy),
+            // The production interval: an outage must show without waiting for a ping.
+            health_check_interval: Duration::from_secs(2),
+            pool_acquire_timeout,
             ..Default::default()
         },
     )
     .await;
 
     wait_for_health(&app, ServingStatus::Serving).await;
-    proxy.cut().await;
-    wait_for_health(&app, ServingStatus::NotServing).await;
-
-    // Writes fail as UNAVAILABLE (retryable) while the database is gone.
     let mut c = app.client().await;
-    let err = c.grant(admin(grant_req("u", 1, "k"))).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    c.grant(admin(grant_req("u", 1, "k1"))).await.unwrap();
+    proxy.cut();
 
-    proxy.restore().await;
+    // The call that finds the database gone flips health at once, not at the next ping. (Its
+    // connection was dropped and a new one gets no answer: it waits for the watcher's ping to
+    // time out, never for the whole pool wait.)
+    let started = Instant::now();
+    let err = c.grant(admin(grant_req("u", 1, "k2"))).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(health_status(&app, "").await, ServingStatus::NotServing);
+    eprintln!(
+        "first call after the cut answered in {:?}",
+        started.elapsed()
+    );
+
+    // While it is down, reads and writes answer UNAVAILABLE fast, far within the 5 s pool wait.
+    for i in 0..10 {
+        let started = Instant::now();
+        let err = c
+            .get_balance(with_key(
+                READ_KEY,
+                pb::GetBalanceRequest {
+                    user_id: "u".into(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        let err = c
+            .grant(admin(grant_req("u", 1, &format!("down-{i}"))))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(
+            started.elapsed() < pool_acquire_timeout / 5,
+            "two calls took {:?} while the database was known to be down",
+            started.elapsed()
+        );
+    }
+
+    // Recovery shows within a second (pings every 250 ms while down), then writes apply.
+    proxy.restore();
+    let restored = Instant::now();
     wait_for_health(&app, ServingStatus::Serving).await;
+    eprintln!("health SERVING {:?} after the restore", restored.elapsed());
+    assert!(restored.elapsed() < Duration::from_secs(2));
     let r = c
-        .grant(admin(grant_req("u", 1, "k")))
+        .grant(admin(grant_req("u", 1, "k2")))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(r.balance, 1);
+    assert_eq!(r.balance, 2);
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, Row as _, Transaction};
+use sqlx::{Connection as _, Postgres, Row as _, Transaction};
 
 use super::error::is_unavailable;
 use super::Store;
@@ -68,7 +68,7 @@ impl Store {
     pub async fn apply_batch(&self, writes: &[WriteCommand]) -> Result<BatchOutcome, LedgerError> {
         let mut attempt = 0;
         loop {
-            match self.try_batch(writes).await {
+            match self.try_batch(writes).await.map_err(|e| self.saw(e)) {
                 Ok(outcome) => return Ok(outcome),
                 Err(err) if is_retryable(&err) && attempt < BATCH_RETRIES_MAX => {
                     attempt += 1;
@@ -91,7 +91,8 @@ impl Store {
 
     /// load → evaluate → persist, in one transaction.
     async fn try_batch(&self, writes: &[WriteCommand]) -> Result<BatchOutcome, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.acquire().await?;
+        let mut tx = conn.begin().await?;
         let (state, now) = load(&mut tx, writes).await?;
         let (results, staged) = rules::evaluate(state, writes, now);
         persist(&mut tx, writes, &staged).await?;

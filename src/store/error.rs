@@ -32,3 +32,17 @@ pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Whether `err` says the database cannot be reached (as opposed to a passing conflict): the
+/// store then fails fast until it answers again. A pool timeout is not such a sign (a full pool
+/// of busy writers is load, not an outage); the health probe, on a connection of its own,
+/// decides those.
+pub(crate) fn is_connection_lost(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    }
+}

@@ -5,10 +5,14 @@
 //! transaction. Reads (balance, history, accounts, lookups, verify) are single statements
 //! (`read`). Database errors become ledger errors in one place (`error`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::{ConnectOptions as _, PgConnection, PgPool, Postgres, Row};
+use tokio::sync::Notify;
 
 use crate::domain::{Balance, Totals, UserId};
 use crate::error::LedgerError;
@@ -18,6 +22,10 @@ mod error;
 mod read;
 
 pub use batch::BatchOutcome;
+
+/// While the database is known to be down, how long a call may wait for a connection before it
+/// is answered UNAVAILABLE (instead of the whole pool-acquire timeout).
+pub const DOWN_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The migrations in `migrations/`, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -34,6 +42,91 @@ pub struct StoreConfig {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    availability: Arc<Availability>,
+}
+
+/// How long a call waits for a connection before it has the health watcher probe the database.
+pub const SLOW_ACQUIRE: Duration = Duration::from_millis(200);
+
+/// How long a probe may take to answer `SELECT 1` (connecting included) before the database
+/// counts as down.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Asks the database `SELECT 1` on a connection of its own, so a pool full of busy writers (a
+/// wedged table, a load spike) never reads as an outage, and a database that stopped answering
+/// does, after [`PROBE_TIMEOUT`].
+#[derive(Debug)]
+pub struct Probe {
+    options: PgConnectOptions,
+    conn: Option<PgConnection>,
+}
+
+impl Probe {
+    /// Whether the database answered within [`PROBE_TIMEOUT`].
+    pub async fn answers(&mut self) -> bool {
+        let answered = tokio::time::timeout(PROBE_TIMEOUT, async {
+            let conn = match &mut self.conn {
+                Some(conn) => conn,
+                None => self.conn.insert(self.options.connect().await?),
+            };
+            sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .map(|_| ())
+        })
+        .await;
+        let ok = matches!(answered, Ok(Ok(())));
+        if !ok {
+            // A connection that failed or hung is not trusted again.
+            self.conn = None;
+        }
+        ok
+    }
+}
+
+/// What the store last saw of the database: up, or down since a call lost its connection.
+/// Shared by every clone of a store and by the health watcher, which a loss wakes at once.
+#[derive(Debug, Default)]
+pub struct Availability {
+    down: AtomicBool,
+    /// Wakes the health watcher to probe now (one waiter, a stored permit).
+    probe_now: Notify,
+    /// Wakes every call waiting for a connection, so they fail fast too.
+    waiting: Notify,
+}
+
+impl Availability {
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Records that a call lost the database; wakes the watcher on the first loss.
+    pub fn mark_down(&self) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!("lost the database: calls fail fast until it answers again");
+            self.probe_now.notify_one();
+            self.waiting.notify_waiters();
+        }
+    }
+
+    /// Records that the database answered.
+    pub fn mark_up(&self) {
+        // Load first: every call passes here, and a plain load keeps the cache line shared.
+        if self.is_down() && self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("the database answers again");
+        }
+    }
+
+    /// Asks the watcher to probe now: a call has waited unusually long for a connection.
+    pub fn suspect(&self) {
+        self.probe_now.notify_one();
+    }
+
+    /// Resolves when a call lost the database or suspects it (at once if one did since the
+    /// last wait).
+    pub async fn probe_wanted(&self) {
+        self.probe_now.notified().await
+    }
 }
 
 impl Store {
@@ -47,11 +140,66 @@ impl Store {
             .max_connections(config.pool_connections_max)
             .acquire_timeout(config.pool_acquire_timeout)
             .connect_lazy_with(options.application_name("token-ledger"));
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            availability: Arc::default(),
+        }
+    }
+
+    pub fn availability(&self) -> &Arc<Availability> {
+        &self.availability
+    }
+
+    /// A connection from the pool. While the database is known to be down, waits at most
+    /// [`DOWN_ACQUIRE_TIMEOUT`] (a connection that comes back in that time is taken: recovery
+    /// needs no watcher).
+    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
+        let fail_fast = || async {
+            tokio::time::timeout(DOWN_ACQUIRE_TIMEOUT, self.pool.acquire())
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        };
+        // Registered before the check, so a loss between the two still wakes this call.
+        let went_down = self.availability.waiting.notified();
+        let acquired = if self.availability.is_down() {
+            fail_fast().await
+        } else {
+            let acquiring = self.pool.acquire();
+            tokio::pin!(acquiring, went_down);
+            let slow = tokio::time::sleep(SLOW_ACQUIRE);
+            tokio::select! {
+                acquired = &mut acquiring => acquired,
+                () = &mut went_down => fail_fast().await,
+                () = slow => {
+                    // A database that stopped answering shows here first: have it probed now
+                    // rather than at the next ping, and keep waiting.
+                    self.availability.suspect();
+                    tokio::select! {
+                        acquired = acquiring => acquired,
+                        () = went_down => fail_fast().await,
+                    }
+                }
+            }
+        };
+        match acquired {
+            Ok(conn) => {
+                self.availability.mark_up();
+                Ok(conn)
+            }
+            Err(err) => Err(self.saw(err)),
+        }
+    }
+
+    /// Passes `err` through, marking the database down when it says the connection is gone.
+    pub(crate) fn saw(&self, err: sqlx::Error) -> sqlx::Error {
+        if error::is_connection_lost(&err) {
+            self.availability.mark_down();
+        }
+        err
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -62,12 +210,12 @@ impl Store {
         MIGRATOR.run(&self.pool).await
     }
 
-    /// Answers whether the database takes queries right now.
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+    /// A probe of the database on a connection of its own, outside the pool.
+    pub fn probe(&self) -> Probe {
+        Probe {
+            options: (*self.pool.connect_options()).clone(),
+            conn: None,
+        }
     }
 
     pub async fn close(&self) {
@@ -76,13 +224,15 @@ impl Store {
 
     /// One indexed row read, however long the account's history.
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
+        let mut conn = self.acquire().await?;
         let row = sqlx::query(
             "SELECT balance, granted_total, deducted_total, purchased_total, dripped_total, \
              used_total, reversed_total, updated_at, last_seq FROM accounts WHERE user_id = $1",
         )
         .bind(user_id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.saw(e))?;
         match row {
             Some(row) => balance_from_row(&row),
             None => Ok(Balance::empty()),

@@ -20,11 +20,13 @@ impl Store {
         limit: i64,
         filter: &HistoryFilter,
     ) -> Result<Vec<JournalEntry>, LedgerError> {
+        let mut conn = self.acquire().await?;
         let account_id: Option<i64> =
             sqlx::query_scalar("SELECT account_id FROM accounts WHERE user_id = $1")
                 .bind(user_id.as_str())
-                .fetch_optional(&self.pool)
-                .await?;
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(|e| self.saw(e))?;
         let Some(account_id) = account_id else {
             return Ok(Vec::new());
         };
@@ -40,8 +42,9 @@ impl Store {
             )
             .bind(filter.created_after)
             .bind(filter.created_before)
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.saw(e))?;
         rows.iter().map(journal_entry_from_row).collect()
     }
 
@@ -53,6 +56,7 @@ impl Store {
         cursor: Option<&AccountCursor>,
         limit: i64,
     ) -> Result<Vec<AccountSummary>, LedgerError> {
+        let mut conn = self.acquire().await?;
         let pattern = format!(
             "{}%",
             prefix
@@ -88,7 +92,7 @@ impl Store {
             .bind(limit)
             .bind(cursor_balance)
             .bind(cursor_time);
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(&mut *conn).await.map_err(|e| self.saw(e))?;
         rows.iter()
             .map(|row| {
                 Ok(AccountSummary {
@@ -103,7 +107,11 @@ impl Store {
     /// Checks `balance = Σ journal` (and the per-kind totals, the row count and the newest row's
     /// `balance_after`) for every account.
     pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {
-        let rows = sqlx::query(VERIFY_SQL).fetch_all(&self.pool).await?;
+        let mut conn = self.acquire().await?;
+        let rows = sqlx::query(VERIFY_SQL)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.saw(e))?;
         let mut report = VerifyReport::default();
         for row in rows {
             report.accounts_checked += 1;
@@ -141,13 +149,15 @@ impl Store {
         &self,
         lookup: &EntryLookup,
     ) -> Result<Option<FoundEntry>, LedgerError> {
+        let mut conn = self.acquire().await?;
         let row = match lookup {
             EntryLookup::Id(id) => {
                 let sql = format!("{FOUND_ENTRY_SQL} WHERE j.id = $1");
                 sqlx::query(&sql)
                     .bind(id.0)
-                    .fetch_optional(&self.pool)
-                    .await?
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| self.saw(e))?
             }
             EntryLookup::PaymentIntent(pi) => {
                 let sql = format!(
@@ -155,8 +165,9 @@ impl Store {
                 );
                 sqlx::query(&sql)
                     .bind(pi)
-                    .fetch_optional(&self.pool)
-                    .await?
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| self.saw(e))?
             }
         };
         let Some(row) = row else { return Ok(None) };

@@ -257,6 +257,8 @@ pub struct TestOptions {
     pub write: token_ledger::ledger::WriteConfig,
     /// The server's `--request-timeout-ms`; `None` keeps the default.
     pub request_timeout: Option<Duration>,
+    /// How long a call waits for a pooled connection while the database is thought up.
+    pub pool_acquire_timeout: Duration,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -273,6 +275,7 @@ impl Default for TestOptions {
             cors_origins: Vec::new(),
             write: token_ledger::ledger::WriteConfig::default(),
             request_timeout: None,
+            pool_acquire_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -303,7 +306,7 @@ impl TestApp {
         let store = Store::connect_lazy(&StoreConfig {
             database_url: options.database_url.clone().unwrap_or_else(|| db.url()),
             pool_connections_max: 16,
-            pool_acquire_timeout: Duration::from_secs(2),
+            pool_acquire_timeout: options.pool_acquire_timeout,
         })
         .unwrap();
         let mut config = ServerConfig::new(

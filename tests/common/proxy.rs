@@ -1,11 +1,15 @@
 //! A TCP proxy in front of PostgreSQL that a test can cut and restore, to make "the database is
-//! down" real without stopping the shared server.
+//! down" real without stopping the shared server. The listener stays bound for the proxy's
+//! whole life (no test re-binds a released port). While cut, it has dropped the connections it
+//! was forwarding and holds every new one open without a byte of answer: a database that does
+//! not answer, the case where a client would otherwise wait out its whole timeout.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream, UnixStream};
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// Where the real PostgreSQL listens.
 #[derive(Clone, Debug)]
@@ -21,69 +25,83 @@ impl Upstream {
             None => Upstream::Tcp(options.get_host().to_string(), options.get_port()),
         }
     }
+
+    async fn forward(&self, mut client: TcpStream) {
+        match self {
+            Upstream::Tcp(host, port) => {
+                if let Ok(mut server) = TcpStream::connect((host.as_str(), *port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            }
+            Upstream::Unix(path) => {
+                if let Ok(mut server) = UnixStream::connect(path).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            }
+        }
+    }
 }
 
-/// A running proxy; `cut` closes the listener and every open connection.
+#[derive(Default)]
+struct State {
+    cut: bool,
+    forwarding: Vec<AbortHandle>,
+    /// Connections accepted while cut, held unanswered until `restore` closes them.
+    unanswered: Vec<TcpStream>,
+}
+
+/// A running proxy; `cut` drops every open connection and refuses new ones until `restore`.
 pub struct Proxy {
     pub addr: SocketAddr,
-    upstream: Upstream,
-    tasks: Option<JoinSet<()>>,
+    state: Arc<Mutex<State>>,
+    _tasks: JoinSet<()>,
 }
 
 impl Proxy {
     pub async fn start(upstream: Upstream) -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), upstream).await
-    }
-
-    pub async fn start_on(addr: SocketAddr, upstream: Upstream) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
         let mut tasks = JoinSet::new();
-        let up = upstream.clone();
+        let shared = state.clone();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
-                let Ok((mut client, _)) = listener.accept().await else {
+                let Ok((client, _)) = listener.accept().await else {
                     return;
                 };
-                let up = up.clone();
-                conns.spawn(async move {
-                    match up {
-                        Upstream::Tcp(host, port) => {
-                            if let Ok(mut server) = TcpStream::connect((host.as_str(), port)).await
-                            {
-                                let _ =
-                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                            }
-                        }
-                        Upstream::Unix(path) => {
-                            if let Ok(mut server) = UnixStream::connect(path).await {
-                                let _ =
-                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                            }
-                        }
-                    }
-                });
+                let mut state = shared.lock().unwrap();
+                if state.cut {
+                    state.unanswered.push(client);
+                    continue;
+                }
+                let up = upstream.clone();
+                let handle = conns.spawn(async move { up.forward(client).await });
+                state.forwarding.retain(|h| !h.is_finished());
+                state.forwarding.push(handle);
             }
-            // Dropping `conns` (when this task is aborted) aborts every forwarded connection.
+            // Dropping `conns` (when the proxy is dropped) aborts every forwarded connection.
         });
         Self {
             addr,
-            upstream,
-            tasks: Some(tasks),
+            state,
+            _tasks: tasks,
         }
     }
 
-    /// Stops forwarding: the listener closes and every open connection is dropped.
-    pub async fn cut(&mut self) {
-        if let Some(mut tasks) = self.tasks.take() {
-            tasks.shutdown().await;
+    /// Stops forwarding: every open connection is dropped; new ones are held without answer.
+    pub fn cut(&mut self) {
+        let mut state = self.state.lock().unwrap();
+        state.cut = true;
+        for handle in state.forwarding.drain(..) {
+            handle.abort();
         }
     }
 
-    /// Starts forwarding again on the same address.
-    pub async fn restore(&mut self) {
-        let fresh = Proxy::start_on(self.addr, self.upstream.clone()).await;
-        *self = fresh;
+    /// Forwards new connections again.
+    pub fn restore(&mut self) {
+        let mut state = self.state.lock().unwrap();
+        state.cut = false;
+        state.unanswered.clear();
     }
 }
