@@ -34,16 +34,21 @@ pub const USAGE_KEY: &str = "usage-secret-0000000000000002";
 pub const BILLING_KEY: &str = "billing-secret-000000000000003";
 pub const READ_KEY: &str = "read-secret-00000000000000004";
 
-pub fn test_keys() -> Vec<ApiKey> {
+/// The test keys in `--api-key` form (`NAME:SCOPE:SECRET`).
+pub fn test_key_specs() -> [String; 4] {
     [
         format!("ops:admin:{ADMIN_KEY}"),
         format!("ai-backend:usage:{USAGE_KEY}"),
         format!("stripe-webhook:billing:{BILLING_KEY}"),
         format!("dashboard:read:{READ_KEY}"),
     ]
-    .iter()
-    .map(|k| k.parse().unwrap())
-    .collect()
+}
+
+pub fn test_keys() -> Vec<ApiKey> {
+    test_key_specs()
+        .iter()
+        .map(|k| k.parse().unwrap())
+        .collect()
 }
 
 struct Cluster {
