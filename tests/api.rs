@@ -851,14 +851,35 @@ async fn the_journal_refuses_updates_and_deletes() {
     let app = TestApp::spawn().await;
     let mut c = app.client().await;
     c.grant(admin(grant_req("u", 10, "g"))).await.unwrap();
-    let update = sqlx::query("UPDATE token_transactions SET token_amount = 1000")
-        .execute(&app.pool)
-        .await;
-    assert!(update.is_err(), "journal rows are immutable");
-    let delete = sqlx::query("DELETE FROM token_transactions")
-        .execute(&app.pool)
-        .await;
-    assert!(delete.is_err(), "journal rows cannot be deleted");
+    c.track_usage(with_key(USAGE_KEY, usage_req("u", 1, "t")))
+        .await
+        .unwrap();
+    c.drip(with_key(
+        BILLING_KEY,
+        drip_req("u", "d", "sub_1", "2026-01-01T00:00:00Z"),
+    ))
+    .await
+    .unwrap();
+    let before = app.journal_rows().await;
+    for table in ["token_transactions", "token_drips", "token_usage"] {
+        for (op, sql) in [
+            ("UPDATE", format!("UPDATE {table} SET token_amount = 1000")),
+            ("DELETE", format!("DELETE FROM {table}")),
+        ] {
+            let err = sqlx::query(&sql)
+                .execute(&app.pool)
+                .await
+                .expect_err("journal rows are immutable");
+            // The trigger's own error (integrity_constraint_violation), not another failure.
+            let db = err.as_database_error().expect("a database error");
+            assert_eq!(db.code().as_deref(), Some("23000"), "{db}");
+            assert_eq!(
+                db.message(),
+                format!("journal table {table} is append-only: {op} is not allowed")
+            );
+        }
+    }
+    assert_eq!(app.journal_rows().await, before);
 }
 
 fn reverse_req(user: &str, tokens: i64, key: &str, original: &str) -> pb::ReverseRequest {

@@ -336,51 +336,54 @@ async fn a_concurrent_mixed_load_ends_where_the_model_says() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_write_queue_answers_resource_exhausted() {
+    const QUEUE_MAX: usize = 2;
+    const CALLS: usize = 11;
     let app = TestApp::spawn_with(TestOptions {
         write: WriteConfig {
             batch_max: 1,
             writers: 1,
-            queue_max: 2,
+            queue_max: QUEUE_MAX,
             ..WriteConfig::default()
         },
         ..Default::default()
     })
     .await;
-    let mut c = app.client().await;
-    c.grant(admin(grant_req("held", 10, "seed"))).await.unwrap();
+    // The one writer holds one write, blocked on a row lock.
+    let (blocker, held) = block_the_writer(&app, "held-q").await;
 
-    // Hold the account's row lock, so the one writer blocks on its first write.
-    let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM accounts WHERE user_id = 'held' FOR UPDATE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-
-    let mut calls = Vec::new();
-    for i in 0..12 {
+    let (answers, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..CALLS {
         let mut c = app.client().await;
-        calls.push(tokio::spawn(async move {
-            c.track_usage(with_key(USAGE_KEY, usage_req("held", 1, &format!("q{i}"))))
-                .await
-        }));
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let answers = answers.clone();
+        tokio::spawn(async move {
+            let r = c
+                .track_usage(with_key(USAGE_KEY, usage_req("held", 1, &format!("q{i}"))))
+                .await;
+            let _ = answers.send(r.map_err(|s| s.code()).map(|_| ()));
+        });
     }
-    // Every call has been sent (and queued or turned away) well before the lock goes.
-    tokio::time::sleep(Duration::from_millis(750)).await;
-    blocker.rollback().await.unwrap();
+    // The queue takes QUEUE_MAX of them; every other call is turned away while the writer is
+    // still blocked. Wait for those refusals themselves (no timing).
+    let refusals = CALLS - QUEUE_MAX;
+    for _ in 0..refusals {
+        let answer = tokio::time::timeout(Duration::from_secs(30), answered.recv())
+            .await
+            .expect("a call past the queue's bound was not turned away")
+            .unwrap();
+        assert_eq!(answer, Err(Code::ResourceExhausted));
+    }
+    assert_eq!(app.count("SELECT count(*) FROM token_usage").await, 0);
 
-    let mut ok = 0;
-    let mut exhausted = 0;
-    for call in calls {
-        match call.await.unwrap() {
-            Ok(_) => ok += 1,
-            Err(s) if s.code() == Code::ResourceExhausted => exhausted += 1,
-            Err(s) => panic!("unexpected {s:?}"),
-        }
+    // Released, the held write and the queued ones commit.
+    blocker.rollback().await.unwrap();
+    held.await.unwrap().unwrap();
+    for _ in 0..QUEUE_MAX {
+        assert_eq!(answered.recv().await.unwrap(), Ok(()));
     }
-    // One write held by the writer, two queued: the other nine are turned away at once.
-    assert_eq!((ok, exhausted), (3, 9));
-    assert_eq!(app.count("SELECT count(*) FROM token_usage").await, 3);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_usage").await,
+        1 + QUEUE_MAX as i64
+    );
 }
 
 /// A single-threaded runtime: the server's handler queues all 51 events of the TrackUsageBatch

@@ -426,16 +426,56 @@ async fn verify_passes_on_a_clean_ledger_and_names_a_tampered_account() {
     assert!(!out.contains("user honest"), "{out}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_drains_and_stops_accepting() {
     let mut app = TestApp::spawn().await;
     let mut c = app.client().await;
     c.grant(admin(grant_req("u", 1, "k"))).await.unwrap();
 
-    app.stop().await.expect("the server stops cleanly");
+    // An in-flight call: a write held on its account's row lock until we release it.
+    let mut blocker = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM accounts WHERE user_id = 'u' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let in_flight =
+        tokio::spawn(async move { c.grant(admin(grant_req("u", 2, "in-flight"))).await });
+    let mut polls = 0;
+    while app
+        .count("SELECT count(*) FROM pg_locks WHERE NOT granted")
+        .await
+        == 0
+    {
+        polls += 1;
+        assert!(
+            polls < 1_000,
+            "the in-flight write never waited for the lock"
+        );
+        tokio::task::yield_now().await;
+    }
 
-    let refused = tokio::net::TcpStream::connect(app.addr).await;
-    assert!(refused.is_err(), "the listener is closed after shutdown");
+    // Shutdown begins: new connections are refused while the call is still in flight.
+    let server = app.begin_stop();
+    let mut polls = 0;
+    while tokio::net::TcpStream::connect(app.addr).await.is_ok() {
+        polls += 1;
+        assert!(
+            polls < 10_000,
+            "the listener stayed open after shutdown began"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!in_flight.is_finished(), "the in-flight call was cut short");
+
+    // Released, the in-flight call completes, then the server finishes stopping.
+    blocker.rollback().await.unwrap();
+    let r = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes")
+        .into_inner();
+    assert_eq!(r.balance, 3);
+    server.await.unwrap().expect("the server stops cleanly");
 }
 
 /// The one-command run: `serve` with no DATABASE_URL starts a private PostgreSQL from the local

@@ -368,6 +368,14 @@ impl TestApp {
     }
 
     /// Stops the server and waits for it to drain.
+    /// Signals shutdown and returns the server task (which ends once it has drained).
+    pub fn begin_stop(&mut self) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.server.take().expect("the server is running")
+    }
+
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
