@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use sqlx::Row;
+use token_ledger::domain::{IDEMPOTENCY_KEY_LEN_MAX, REASON_LEN_MAX, TOKENS_MAX, USER_ID_LEN_MAX};
 use token_ledger::pb;
 use tonic::Code;
 
@@ -477,7 +478,7 @@ async fn list_transactions_rejects_a_bad_page_token_and_clamps_the_page_size() {
 async fn every_validation_error_names_its_field_and_writes_nothing() {
     let app = TestApp::spawn().await;
     let mut c = app.client().await;
-    let long = "x".repeat(129);
+    let long = "x".repeat(USER_ID_LEN_MAX.max(IDEMPOTENCY_KEY_LEN_MAX) + 1);
     let g = |f: &dyn Fn(&mut pb::GrantRequest)| {
         let mut r = grant_req("u", 10, "k");
         f(&mut r);
@@ -489,11 +490,11 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
         ("user_id", g(&|r| r.user_id = "a\u{0}b".into())),
         ("tokens", g(&|r| r.tokens = 0)),
         ("tokens", g(&|r| r.tokens = -5)),
-        ("tokens", g(&|r| r.tokens = 1_000_000_000_001)),
+        ("tokens", g(&|r| r.tokens = TOKENS_MAX + 1)),
         ("idempotency_key", g(&|r| r.idempotency_key.clear())),
         ("idempotency_key", g(&|r| r.idempotency_key = long.clone())),
         ("reason", g(&|r| r.reason.clear())),
-        ("reason", g(&|r| r.reason = "r".repeat(1_001))),
+        ("reason", g(&|r| r.reason = "r".repeat(REASON_LEN_MAX + 1))),
         ("source", g(&|r| r.source = 0)),
         ("source", g(&|r| r.source = 99)),
         (
@@ -611,10 +612,14 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
 async fn limits_accept_values_exactly_at_the_limit() {
     let app = TestApp::spawn().await;
     let mut c = app.client().await;
-    let mut req = grant_req(&"u".repeat(128), 1_000_000_000_000, &"k".repeat(128));
-    req.reason = "r".repeat(1_000);
+    let mut req = grant_req(
+        &"u".repeat(USER_ID_LEN_MAX),
+        TOKENS_MAX,
+        &"k".repeat(IDEMPOTENCY_KEY_LEN_MAX),
+    );
+    req.reason = "r".repeat(REASON_LEN_MAX);
     let r = c.grant(admin(req)).await.unwrap().into_inner();
-    assert_eq!(r.balance, 1_000_000_000_000);
+    assert_eq!(r.balance, TOKENS_MAX);
 }
 
 #[tokio::test]

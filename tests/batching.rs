@@ -503,7 +503,14 @@ async fn a_write_whose_deadline_passes_while_queued_is_dropped_and_a_retry_with_
     let mut late = with_key(USAGE_KEY, usage_req("late", 5, "late-1"));
     late.set_timeout(Duration::from_millis(200));
     let err = c.track_usage(late).await.unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    // The server answers DEADLINE_EXCEEDED just before the deadline; on a loaded machine
+    // tonic's own client timer (same deadline) may fire first and report CANCELLED "Timeout
+    // expired". Either way the write must be dropped, which is what is checked below.
+    assert!(
+        err.code() == Code::DeadlineExceeded
+            || (err.code() == Code::Cancelled && err.message() == "Timeout expired"),
+        "{err:?}"
+    );
 
     blocker.rollback().await.unwrap();
     held.await.unwrap().unwrap();
@@ -594,7 +601,7 @@ async fn track_usage_batch_answers_each_event_on_its_own() {
     assert!(results[2].replayed && results[2].transaction_id == results[0].transaction_id);
     assert_eq!(balance_of(&mut c, "b").await, -11);
 
-    let too_many = (0..1_001)
+    let too_many = (0..=token_ledger::transport::grpc::USAGE_BATCH_EVENTS_MAX)
         .map(|i| usage_req("b", 1, &format!("m{i}")))
         .collect();
     let err = c
