@@ -63,8 +63,13 @@ pub enum Command {
     Webhook(WebhookArgs),
     /// List the Stripe events the webhook has seen, newest first, with what it did about each.
     StripeEvents(StripeEventsArgs),
-    /// Load-test a ledger over real gRPC (see BENCHMARKS.md).
-    Bench(Box<crate::bench::BenchArgs>),
+    /// Load-test a ledger over real gRPC: runs `token-ledger-bench` (built beside this binary)
+    /// with the same arguments; see BENCHMARKS.md.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Stripe webhook settings, shared by `serve --stripe-webhook-listen` and `webhook`.
@@ -400,7 +405,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::History(a) => client::history(a).await,
         Command::Webhook(args) => webhook(args).await.map(|()| ExitCode::SUCCESS),
         Command::StripeEvents(args) => stripe_events(args).await,
-        Command::Bench(args) => crate::bench::run(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::Bench { args } => bench(&args),
     }
 }
 
@@ -530,4 +535,23 @@ impl ValueEnum for LogFormat {
             LogFormat::Json => clap::builder::PossibleValue::new("json"),
         })
     }
+}
+
+/// `token-ledger bench …`: a thin entry point to the load generator, its own binary.
+fn bench(args: &[std::ffi::OsString]) -> anyhow::Result<ExitCode> {
+    let binary = std::env::current_exe()?.with_file_name("token-ledger-bench");
+    let status = std::process::Command::new(&binary)
+        .args(args)
+        .status()
+        .with_context(|| {
+            format!(
+                "running {} (build it with `cargo build --release`)",
+                binary.display()
+            )
+        })?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
 }

@@ -5,7 +5,6 @@
 //! `domain` (validated types) and `error` (the one error enum) shared by all of them.
 
 pub mod auth;
-pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod client;

@@ -1,0 +1,453 @@
+//! The load itself: callers drawing accounts and sending calls, closed-loop or open-loop, and
+//! the seeding before the measured window.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::Rng;
+use tonic::transport::Channel;
+
+use token_ledger::pb;
+use token_ledger::pb::ledger_service_client::LedgerServiceClient;
+
+use crate::report::{RunReport, Stats};
+use crate::{BenchArgs, Distribution, Scenario};
+
+/// A run's figures and the balance every account must have after it.
+pub struct Run {
+    pub report: RunReport,
+    pub expected: BTreeMap<String, i64>,
+}
+
+/// What every caller of one run shares.
+struct Shared {
+    args: BenchArgs,
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    users: Vec<String>,
+    zipf_cdf: Vec<f64>,
+    /// Successful debits per account, to check balances after the run.
+    debited: Vec<AtomicI64>,
+    credited: Vec<AtomicI64>,
+    counter: AtomicU64,
+    run_id: String,
+}
+
+impl Shared {
+    fn new(args: &BenchArgs, api_key: Option<String>) -> anyhow::Result<Self> {
+        let accounts = if args.scenario == Scenario::UsageHot {
+            1
+        } else {
+            args.accounts.max(1)
+        };
+        let run_id = format!("bench-{}", uuid::Uuid::new_v4().simple());
+        let users = (0..accounts)
+            .map(|i| format!("{run_id}-user-{i}"))
+            .collect();
+        let harmonic: f64 = (1..=accounts).map(|k| 1.0 / k as f64).sum();
+        let mut acc = 0.0;
+        let zipf_cdf = (1..=accounts)
+            .map(|k| {
+                acc += 1.0 / k as f64 / harmonic;
+                acc
+            })
+            .collect();
+        Ok(Shared {
+            args: args.clone(),
+            auth: api_key
+                .map(|k| token_ledger::client::bearer(&k))
+                .transpose()?,
+            users,
+            zipf_cdf,
+            debited: (0..accounts).map(|_| AtomicI64::new(0)).collect(),
+            credited: (0..accounts).map(|_| AtomicI64::new(0)).collect(),
+            counter: AtomicU64::new(0),
+            run_id,
+        })
+    }
+
+    /// The balance each touched account must have: what was credited minus what was debited
+    /// by calls that succeeded.
+    fn expected(&self) -> BTreeMap<String, i64> {
+        let mut expected = BTreeMap::new();
+        for (i, user) in self.users.iter().enumerate() {
+            let debited = self.debited[i].load(Ordering::Relaxed);
+            let balance = self.credited[i].load(Ordering::Relaxed) - debited;
+            if balance != 0 || debited != 0 {
+                expected.insert(user.clone(), balance);
+            }
+        }
+        expected
+    }
+
+    fn pick(&self, rng: &mut impl Rng) -> usize {
+        if self.args.scenario == Scenario::UsageHot {
+            return 0;
+        }
+        match self.args.distribution {
+            Distribution::Uniform => rng.random_range(0..self.users.len()),
+            Distribution::Zipf => {
+                let u: f64 = rng.random();
+                self.zipf_cdf
+                    .partition_point(|c| *c < u)
+                    .min(self.users.len() - 1)
+            }
+        }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(a) = &self.auth {
+            r.metadata_mut().insert("authorization", a.clone());
+        }
+        r
+    }
+
+    fn key(&self) -> String {
+        format!(
+            "{}-{}",
+            self.run_id,
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// Outcome of one call: events it carried, and its error code if any.
+type CallOutcome = (u64, Option<tonic::Code>);
+
+async fn one_call(
+    s: &Shared,
+    client: &mut LedgerServiceClient<Channel>,
+    rng: &mut rand::rngs::StdRng,
+) -> CallOutcome {
+    let account = s.pick(rng);
+    let user = &s.users[account];
+    let tokens: i64 = rng.random_range(1..=20);
+    let scenario = match s.args.scenario {
+        Scenario::Mixed => match rng.random_range(0..100) {
+            0..70 => Scenario::Usage,
+            70..95 => Scenario::Balance,
+            _ => Scenario::Mixed, // a grant
+        },
+        other => other,
+    };
+    match scenario {
+        Scenario::Usage | Scenario::UsageHot => {
+            let r = client
+                .track_usage(s.request(pb::TrackUsageRequest {
+                    user_id: user.clone(),
+                    tokens,
+                    idempotency_key: s.key(),
+                    model: "bench-model".into(),
+                    input_tokens: tokens,
+                    output_tokens: 0,
+                    feature: "bench".into(),
+                }))
+                .await;
+            if r.is_ok() {
+                s.debited[account].fetch_add(tokens, Ordering::Relaxed);
+            }
+            (1, r.err().map(|e| e.code()))
+        }
+        Scenario::Balance => {
+            let r = client
+                .get_balance(s.request(pb::GetBalanceRequest {
+                    user_id: user.clone(),
+                }))
+                .await;
+            (1, r.err().map(|e| e.code()))
+        }
+        Scenario::Mixed => {
+            let r = client
+                .grant(s.request(pb::GrantRequest {
+                    user_id: user.clone(),
+                    tokens: tokens * 10,
+                    idempotency_key: s.key(),
+                    source: pb::GrantSource::Admin as i32,
+                    reason: "bench".into(),
+                    ..Default::default()
+                }))
+                .await;
+            if r.is_ok() {
+                s.credited[account].fetch_add(tokens * 10, Ordering::Relaxed);
+            }
+            (1, r.err().map(|e| e.code()))
+        }
+        Scenario::Batch => {
+            let mut accounts = Vec::with_capacity(s.args.batch_events);
+            let events = (0..s.args.batch_events)
+                .map(|_| {
+                    let a = s.pick(rng);
+                    let t: i64 = rng.random_range(1..=20);
+                    accounts.push((a, t));
+                    pb::TrackUsageRequest {
+                        user_id: s.users[a].clone(),
+                        tokens: t,
+                        idempotency_key: s.key(),
+                        model: "bench-model".into(),
+                        input_tokens: t,
+                        output_tokens: 0,
+                        feature: "bench".into(),
+                    }
+                })
+                .collect();
+            match client
+                .track_usage_batch(s.request(pb::TrackUsageBatchRequest { events }))
+                .await
+            {
+                Ok(r) => {
+                    let results = r.into_inner().results;
+                    let mut first_error = None;
+                    for (res, (a, t)) in results.iter().zip(&accounts) {
+                        if res.code == 0 {
+                            s.debited[*a].fetch_add(*t, Ordering::Relaxed);
+                        } else if first_error.is_none() {
+                            first_error = Some(tonic::Code::from_i32(res.code));
+                        }
+                    }
+                    (
+                        results.iter().filter(|r| r.code == 0).count() as u64,
+                        first_error,
+                    )
+                }
+                Err(e) => (0, Some(e.code())),
+            }
+        }
+    }
+}
+
+/// Seeds accounts (balance scenario and history), then runs warm-up and the measured window.
+pub async fn drive(
+    args: &BenchArgs,
+    url: &str,
+    api_key: Option<String>,
+    label: &str,
+) -> anyhow::Result<Run> {
+    let shared = Arc::new(Shared::new(args, api_key)?);
+    let clients = connect(args, url).await?;
+    seed(&shared, &clients[0]).await?;
+
+    let window = Window::starting_now(args);
+    let missed = Arc::new(AtomicU64::new(0));
+    let workers = match args.rate {
+        None => closed_loop(&shared, &clients, window),
+        Some(rate) => vec![open_loop(&shared, &clients, window, rate, missed.clone())],
+    };
+    let mut hist = new_histogram();
+    let mut stats = Stats::default();
+    for w in workers {
+        let (h, s) = w.await?;
+        hist.add(h)?;
+        stats.merge(s);
+    }
+    let seconds = window.measure.as_secs_f64();
+    Ok(Run {
+        report: RunReport {
+            label: label.to_string(),
+            calls: stats.calls,
+            events: stats.events,
+            seconds,
+            events_per_sec: stats.events as f64 / seconds,
+            calls_per_sec: stats.calls as f64 / seconds,
+            latency_us: [
+                hist.value_at_quantile(0.5),
+                hist.value_at_quantile(0.9),
+                hist.value_at_quantile(0.99),
+                hist.value_at_quantile(0.999),
+                hist.max(),
+            ],
+            errors: stats.errors,
+            missed_sends: missed.load(Ordering::Relaxed),
+            server_peak_rss_kib: None,
+            storage_bytes_per_usage_row: None,
+            verified: "not verified (external server)".into(),
+        },
+        expected: shared.expected(),
+    })
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// The warm-up and the measured window, from the run's start.
+#[derive(Clone, Copy)]
+struct Window {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    measure: Duration,
+}
+
+impl Window {
+    fn starting_now(args: &BenchArgs) -> Self {
+        let start = Instant::now();
+        let measure = Duration::from_secs(args.duration_secs);
+        let measure_from = start + Duration::from_secs(args.warmup_secs);
+        Window {
+            start,
+            measure_from,
+            end: measure_from + measure,
+            measure,
+        }
+    }
+}
+
+type Worker = tokio::task::JoinHandle<(Histogram<u64>, Stats)>;
+
+/// Opens `--connections` HTTP/2 connections for the callers to share.
+async fn connect(args: &BenchArgs, url: &str) -> anyhow::Result<Vec<LedgerServiceClient<Channel>>> {
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel = Channel::from_shared(url.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        clients.push(
+            LedgerServiceClient::new(channel)
+                .max_decoding_message_size(16 << 20)
+                .max_encoding_message_size(16 << 20),
+        );
+    }
+    Ok(clients)
+}
+
+/// A credit per account so balances exist (and the balance scenario reads real rows), and
+/// `--history-rows` usage rows on the first account.
+async fn seed(shared: &Shared, client: &LedgerServiceClient<Channel>) -> anyhow::Result<()> {
+    if matches!(shared.args.scenario, Scenario::Balance | Scenario::Mixed) {
+        let accounts: Vec<usize> = (0..shared.users.len()).collect();
+        for chunk in accounts.chunks(64) {
+            let mut calls = Vec::new();
+            for &a in chunk {
+                let mut c = client.clone();
+                let req = shared.request(pb::GrantRequest {
+                    user_id: shared.users[a].clone(),
+                    tokens: 1_000_000,
+                    idempotency_key: shared.key(),
+                    source: pb::GrantSource::Admin as i32,
+                    reason: "bench seed".into(),
+                    ..Default::default()
+                });
+                calls.push(tokio::spawn(async move { c.grant(req).await }));
+            }
+            for (call, &a) in calls.into_iter().zip(chunk) {
+                call.await??;
+                shared.credited[a].fetch_add(1_000_000, Ordering::Relaxed);
+            }
+        }
+    }
+    let rows = shared.args.history_rows;
+    if rows > 0 {
+        let mut client = client.clone();
+        let started = Instant::now();
+        let mut done = 0u64;
+        while done < rows {
+            let n = (rows - done).min(1_000);
+            let events = (0..n)
+                .map(|_| pb::TrackUsageRequest {
+                    user_id: shared.users[0].clone(),
+                    tokens: 1,
+                    idempotency_key: shared.key(),
+                    model: "seed".into(),
+                    ..Default::default()
+                })
+                .collect();
+            let r = client
+                .track_usage_batch(shared.request(pb::TrackUsageBatchRequest { events }))
+                .await?
+                .into_inner();
+            let ok = r.results.iter().filter(|r| r.code == 0).count() as i64;
+            shared.debited[0].fetch_add(ok, Ordering::Relaxed);
+            done += n;
+        }
+        println!(
+            "seeded {rows} history rows on {} in {:.1} s",
+            shared.users[0],
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// `--concurrency` callers, each sending as soon as its previous call returned.
+fn closed_loop(
+    shared: &Arc<Shared>,
+    clients: &[LedgerServiceClient<Channel>],
+    window: Window,
+) -> Vec<Worker> {
+    (0..shared.args.concurrency.max(1))
+        .map(|w| {
+            let s = shared.clone();
+            let mut c = clients[w % clients.len()].clone();
+            tokio::spawn(async move {
+                let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(w as u64);
+                let mut hist = new_histogram();
+                let mut stats = Stats::default();
+                while Instant::now() < window.end {
+                    let t0 = Instant::now();
+                    let (events, err) = one_call(&s, &mut c, &mut rng).await;
+                    if t0 >= window.measure_from {
+                        stats.record(&mut hist, t0.elapsed(), events, err);
+                    }
+                }
+                (hist, stats)
+            })
+        })
+        .collect()
+}
+
+/// Open loop: one scheduler issues calls on a fixed timetable into at most `--concurrency` in
+/// flight; latency counts from the scheduled instant, and a call that finds every slot busy is
+/// counted as missed.
+fn open_loop(
+    shared: &Arc<Shared>,
+    clients: &[LedgerServiceClient<Channel>],
+    window: Window,
+    rate: u64,
+    missed: Arc<AtomicU64>,
+) -> Worker {
+    let s = shared.clone();
+    let clients = clients.to_vec();
+    tokio::spawn(async move {
+        let permits = Arc::new(tokio::sync::Semaphore::new(s.args.concurrency.max(1)));
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Duration, CallOutcome, bool)>();
+        let mut n: u64 = 0;
+        loop {
+            let scheduled = window.start + interval.mul_f64(n as f64);
+            if scheduled >= window.end {
+                break;
+            }
+            tokio::time::sleep_until(scheduled.into()).await;
+            n += 1;
+            let measured = scheduled >= window.measure_from;
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                if measured {
+                    missed.fetch_add(1, Ordering::Relaxed);
+                }
+                continue;
+            };
+            let s = s.clone();
+            let mut c = clients[n as usize % clients.len()].clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut rng: rand::rngs::StdRng = rand::SeedableRng::seed_from_u64(n);
+                let outcome = one_call(&s, &mut c, &mut rng).await;
+                let _ = tx.send((scheduled.elapsed(), outcome, measured));
+                drop(permit);
+            });
+        }
+        drop(tx);
+        let mut hist = new_histogram();
+        let mut stats = Stats::default();
+        while let Some((latency, (events, err), measured)) = rx.recv().await {
+            if measured {
+                stats.record(&mut hist, latency, events, err);
+            }
+        }
+        (hist, stats)
+    })
+}

@@ -1,0 +1,183 @@
+//! `token-ledger-bench`: a load generator over real gRPC (see BENCHMARKS.md).
+//!
+//! It can start its own server (`token-ledger serve`, the binary beside this one, as a child
+//! process, so the server's peak RSS is its own) on a fresh database, run one scenario
+//! closed-loop (N callers, each sending as soon as its previous call returned) or open-loop (a
+//! target rate; a call that cannot be sent on time because every caller is busy is counted as
+//! missed), and report throughput and latency percentiles (HDR histogram) and errors by code, as
+//! text and JSON. With `--compare` it runs the same scenario at `--batch-max 1` (one transaction
+//! per write, the baseline) and at the default, and prints the ratio. After every run it checks
+//! the ledger invariant (`verify`) and that every account's balance is exactly what the
+//! successful calls say. No global state: each run's expected balances travel in its result.
+
+mod load;
+mod report;
+mod server;
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use serde_json::json;
+
+use report::RunReport;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// TrackUsage over many accounts.
+    Usage,
+    /// TrackUsage on one account.
+    UsageHot,
+    /// GetBalance over many accounts.
+    Balance,
+    /// 70% TrackUsage, 25% GetBalance, 5% Grant.
+    Mixed,
+    /// TrackUsageBatch, --batch-events per call.
+    Batch,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Distribution {
+    Uniform,
+    /// Zipf with exponent 1: a few accounts take most of the load.
+    Zipf,
+}
+
+/// The load to generate, and against what.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "token-ledger-bench", version)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = Scenario::Usage)]
+    pub scenario: Scenario,
+    /// Accounts the load spreads over (usage, balance, mixed, batch).
+    #[arg(long, default_value_t = 10_000)]
+    pub accounts: usize,
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    pub distribution: Distribution,
+    /// Concurrent callers (closed loop), or most calls in flight (open loop).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Unmeasured seconds first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup_secs: u64,
+    /// Open loop at this many calls per second (default: closed loop).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// HTTP/2 connections the callers share (as several backend processes would open).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Events per TrackUsageBatch call (batch scenario).
+    #[arg(long, default_value_t = 100)]
+    pub batch_events: usize,
+    /// Seed the first account with this many usage rows before measuring (to show GetBalance does
+    /// not depend on history length).
+    #[arg(long, default_value_t = 0)]
+    pub history_rows: u64,
+    /// Benchmark a running server instead of starting one (its data is not verified).
+    #[arg(long)]
+    pub ledger_url: Option<String>,
+    /// API key for --ledger-url.
+    #[arg(long, env = "TOKEN_LEDGER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// PostgreSQL server for the self-started ledger: a fresh database is created on it for each
+    /// run and dropped after. Default: the embedded cluster in ./data/bench-postgres.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// --batch-max of the self-started server.
+    #[arg(long)]
+    pub batch_max: Option<usize>,
+    /// Run at --batch-max 1 and at the default, and print the ratio.
+    #[arg(long)]
+    pub compare: bool,
+    /// Write the report as JSON to this file as well.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Keep the benchmark databases.
+    #[arg(long)]
+    pub keep: bool,
+    /// The `token-ledger` binary to start for self-hosted runs (default: the one beside this
+    /// binary, e.g. target/release/token-ledger).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run(BenchArgs::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the benchmark the arguments describe.
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let host = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "token-ledger bench: scenario {:?}, {} accounts ({:?}), concurrency {}, {} s + {} s warm-up, {}; {} cores, {}",
+        args.scenario,
+        args.accounts,
+        args.distribution,
+        args.concurrency,
+        args.duration_secs,
+        args.warmup_secs,
+        args.rate.map_or("closed loop".to_string(), |r| format!("open loop at {r}/s")),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        host
+    );
+    let mut reports = Vec::new();
+    if let Some(url) = &args.ledger_url {
+        reports.push(
+            load::drive(&args, url, args.api_key.clone(), "external server")
+                .await?
+                .report,
+        );
+    } else {
+        let batches: Vec<Option<usize>> = if args.compare {
+            vec![
+                Some(1),
+                args.batch_max
+                    .or(Some(token_ledger::ledger::BATCH_MAX_DEFAULT)),
+            ]
+        } else {
+            vec![args.batch_max]
+        };
+        for batch_max in batches {
+            let label = match batch_max {
+                Some(1) => "batch max 1 (baseline)".to_string(),
+                Some(n) => format!("batch max {n}"),
+                None => "default".to_string(),
+            };
+            reports.push(server::self_hosted(&args, batch_max, &label).await?);
+        }
+    }
+    println!();
+    for r in &reports {
+        r.print();
+    }
+    if reports.len() == 2 {
+        let ratio = reports[1].events_per_sec / reports[0].events_per_sec.max(1e-9);
+        println!("ratio default / baseline: {ratio:.1}x events/s");
+    }
+    if let Some(path) = &args.json {
+        let value = json!({
+            "scenario": format!("{:?}", args.scenario), "accounts": args.accounts,
+            "distribution": format!("{:?}", args.distribution), "concurrency": args.concurrency,
+            "duration_secs": args.duration_secs, "rate": args.rate, "batch_events": args.batch_events,
+            "runs": reports.iter().map(RunReport::to_json).collect::<Vec<_>>(),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&value)?)?;
+    }
+    Ok(())
+}
