@@ -69,20 +69,11 @@ function setNumber(node: HTMLElement, n: bigint): void {
   node.classList.toggle("negative", n < 0n);
 }
 
-const KIND_NAMES: Record<number, string> = {
-  [TransactionKind.GRANT]: "grant",
-  [TransactionKind.DEDUCTION]: "deduction",
-  [TransactionKind.PURCHASE]: "purchase",
-  [TransactionKind.DRIP]: "drip",
-  [TransactionKind.USAGE]: "usage",
-  [TransactionKind.REVERSAL]: "reversal",
-};
-
-const REVERSAL_SOURCES: Record<number, string> = {
-  [ReversalSource.REFUND]: "refund",
-  [ReversalSource.DISPUTE]: "dispute",
-  [ReversalSource.ADMIN]: "admin",
-};
+/** An enum value's name as the proto spells it, lower-cased ("grant", "refund"): the same
+ *  string the ledger's domain uses (a Rust test checks the domain names against the proto's). */
+function protoName(names: Record<number, string>, value: number): string | undefined {
+  return names[value]?.toLowerCase();
+}
 
 function details(tx: Transaction): string {
   const d = tx.details;
@@ -107,7 +98,7 @@ function details(tx: Transaction): string {
       return [v.model, v.feature, `in ${v.inputTokens} / out ${v.outputTokens}`].filter(Boolean).join(" · ");
     }
     case "reversal":
-      return [`of ${d.value.originalTransactionId}`, REVERSAL_SOURCES[d.value.source] ?? "", d.value.stripeReference]
+      return [`of ${d.value.originalTransactionId}`, protoName(ReversalSource, d.value.source) ?? "", d.value.stripeReference]
         .filter(Boolean)
         .join(" · ");
     default:
@@ -376,7 +367,7 @@ async function loadHistory(more: boolean): Promise<void> {
 
 function historyRow(tx: Transaction): HTMLTableRowElement {
   const row = document.createElement("tr");
-  const kind = KIND_NAMES[tx.kind] ?? `kind ${tx.kind}`;
+  const kind = protoName(TransactionKind, tx.kind) ?? `kind ${tx.kind}`;
   row.dataset.testid = "history-row";
   row.dataset.txId = tx.id;
   row.dataset.kind = kind;
