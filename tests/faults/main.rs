@@ -8,6 +8,7 @@
 mod common;
 
 mod checker;
+mod fuzz;
 mod server;
 
 use std::sync::atomic::{AtomicBool, Ordering};
