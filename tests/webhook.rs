@@ -963,3 +963,118 @@ async fn a_checkout_or_invoice_naming_no_product_is_recognised_by_its_price() {
     );
     assert_eq!(balance(&app, "user-tw").await, 375_000);
 }
+
+/// The hosted webhook runs in its own lane: fifty refunds at once, each holding its payment
+/// intent's lock across two ledger calls, take the webhook's own connections, never the ones the
+/// ledger's writers and readers need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_refunds_neither_starve_track_usage_nor_apply_twice() {
+    const PURCHASES: usize = 50;
+    const SPENDERS: usize = 8;
+    const SPEND_TOKENS: i64 = 1_000;
+    let (app, addr) = app().await;
+    let mut c = app.client().await;
+    for i in 0..PURCHASES {
+        c.record_purchase(with_key(
+            BILLING_KEY,
+            purchase_req(
+                &format!("lane-{i}"),
+                &format!("buy-{i}"),
+                &format!("pi_lane_{i}"),
+            ),
+        ))
+        .await
+        .unwrap();
+    }
+
+    // TrackUsage callers keep writing for as long as the refunds run (and a few calls more).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut spenders = Vec::new();
+    for w in 0..SPENDERS {
+        let mut c = app.client().await;
+        let stop = stop.clone();
+        spenders.push(tokio::spawn(async move {
+            let (mut spent, mut refused) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while n < 5 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let user = format!("lane-{}", (w * 7 + n) % PURCHASES);
+                let request = usage_req(&user, SPEND_TOKENS, &format!("use-{w}-{n}"));
+                match c.track_usage(with_key(USAGE_KEY, request)).await {
+                    Ok(_) => spent.push(user),
+                    Err(status) => refused.push(status),
+                }
+                n += 1;
+            }
+            (spent, refused)
+        }));
+    }
+    let refunds: Vec<_> = (0..PURCHASES)
+        .map(|i| {
+            let refund = event(
+                &format!("evt_lane_ref{i}"),
+                "charge.refunded",
+                charge_refunded(
+                    &format!("ch_lane_{i}"),
+                    &format!("pi_lane_{i}"),
+                    9_900,
+                    9_900,
+                ),
+            );
+            tokio::spawn(async move { deliver(addr, WEBHOOK_SECRET, &refund).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for r in refunds {
+        answers.push(r.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut spent_by = std::collections::HashMap::<String, i64>::new();
+    for s in spenders {
+        let (spent, refused) = s.await.unwrap();
+        let codes: Vec<_> = refused.iter().map(|s| s.code()).collect();
+        assert!(
+            codes.is_empty(),
+            "no TrackUsage may fail while the refunds run: {codes:?}"
+        );
+        for user in spent {
+            *spent_by.entry(user).or_default() += SPEND_TOKENS;
+        }
+    }
+
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        let outcome: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(outcome["outcome"], "reversed", "{body}");
+    }
+    let reversed: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT reverses_transaction_id) FROM token_transactions \
+         WHERE transaction_type = 'reversal' AND token_amount = -2000000",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        reversed,
+        vec![(PURCHASES as i64, PURCHASES as i64)],
+        "every refund is applied exactly once"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions WHERE transaction_type = 'reversal'")
+            .await,
+        PURCHASES as i64
+    );
+    for i in 0..PURCHASES {
+        let user = format!("lane-{i}");
+        let spent = spent_by.get(&user).copied().unwrap_or(0);
+        assert_eq!(
+            balance(&app, &user).await,
+            -spent,
+            "{user}: bought 2M, refunded 2M, spent {spent}"
+        );
+    }
+    let report = token_ledger::store::Store::from_pool(app.pool.clone())
+        .verify()
+        .await
+        .unwrap();
+    assert!(report.discrepancies.is_empty());
+}
