@@ -1078,3 +1078,59 @@ async fn fifty_concurrent_refunds_neither_starve_track_usage_nor_apply_twice() {
         .unwrap();
     assert!(report.discrepancies.is_empty());
 }
+
+/// The lane at its limit: with one connection, a purchase that settles refunds parked before it
+/// reads and settles them through the lock's own transaction, so it never waits for a second
+/// connection of its pool (which would deadlock until the acquire timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_connection_lane_settles_parked_refunds_while_purchases_land_at_once() {
+    const PURCHASES: usize = 10;
+    let app = TestApp::spawn_with(TestOptions {
+        webhook: true,
+        webhook_pool_connections_max: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let addr = app.webhook_addr.unwrap();
+    for i in 0..PURCHASES {
+        let refund = event(
+            &format!("evt_one_ref{i}"),
+            "charge.refunded",
+            charge_refunded(&format!("ch_one_{i}"), &format!("pi_one_{i}"), 9_900, 9_900),
+        );
+        assert_eq!(send(addr, &refund).await, 200);
+        assert_eq!(
+            outcome(&app, &format!("evt_one_ref{i}")).await.0,
+            "unmatched_reversal"
+        );
+    }
+
+    let purchases: Vec<_> = (0..PURCHASES)
+        .map(|i| {
+            let buy = event(
+                &format!("evt_one_buy{i}"),
+                "checkout.session.completed",
+                pack_checkout(
+                    &format!("cs_one_{i}"),
+                    &format!("pi_one_{i}"),
+                    &format!("one-{i}"),
+                    "pack_2m",
+                    9_900,
+                ),
+            );
+            tokio::spawn(async move { deliver(addr, WEBHOOK_SECRET, &buy).await })
+        })
+        .collect();
+    for p in purchases {
+        let (status, body) = p.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+
+    for i in 0..PURCHASES {
+        assert_eq!(balance(&app, &format!("one-{i}")).await, 0);
+        assert_eq!(
+            outcome(&app, &format!("evt_one_ref{i}")).await.0,
+            "reversed"
+        );
+    }
+}

@@ -31,6 +31,12 @@ pub use process::Processor;
 pub const BODY_BYTES_MAX: usize = 512 * 1024;
 /// Default tolerance between a signature's timestamp and now, as Stripe's libraries use.
 pub const TOLERANCE_SECS_DEFAULT: i64 = 300;
+/// Default size of the hosted webhook's own connection pool (its lane; see
+/// `store::WebhookStore::lane`). Each delivery uses one connection at a time, holding it across
+/// its ledger calls only while it holds a payment intent's lock; at the limit, further deliveries
+/// wait for a connection (up to the database acquire timeout, then 503 and Stripe retries) while
+/// the ledger's own pool stays free for its writers and readers.
+pub const POOL_CONNECTIONS_MAX_DEFAULT: u32 = 4;
 
 /// Signature settings.
 #[derive(Clone)]

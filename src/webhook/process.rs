@@ -336,12 +336,11 @@ impl Processor {
         // under the payment intent's lock (a claim parks itself under the same lock, so none is
         // missed). If that fails, answer 503: the redelivery replays the purchase and retries.
         let mut lock = self.store.lock_payment_intent(&payment_intent).await?;
-        for (event_id, claim) in self.store.waiting_claims(&payment_intent).await? {
+        for (event_id, claim) in WebhookStore::waiting_claims(&mut lock, &payment_intent).await? {
             let settled = self
                 .apply_claim_locked(&mut lock, &payment_intent, &claim, None)
                 .await?;
-            self.store
-                .settle_claim(&event_id, settled.outcome, &settled.detail)
+            WebhookStore::settle_claim(&mut lock, &event_id, settled.outcome, &settled.detail)
                 .await?;
             tracing::info!(%event_id, outcome = settled.outcome, "applied a reversal that was waiting for its purchase");
         }

@@ -74,6 +74,40 @@ impl WebhookStore {
         Self { pool }
     }
 
+    /// The hosted webhook's own lane: a pool of at most `connections_max` connections to the
+    /// ledger's database, opened lazily with the ledger pool's settings.
+    ///
+    /// Why a pool of its own, rather than ledger calls made outside the lock transaction: the
+    /// payment intent's lock must span those calls to stay correct. Released between the read of
+    /// the share already reversed and `Reverse`, two refund steps of one charge could both top
+    /// up from the same total (clawing back twice); released between a refund finding no
+    /// purchase and parking itself, the purchase could be credited and look for waiting claims
+    /// in that gap, and the refund would stay parked forever (a lost claim). So the lock stays
+    /// where it is, and what changes is whose connection holds it: taken from the ledger's pool,
+    /// enough concurrent reversals held every connection while their own ledger calls, and every
+    /// writer and reader of the ledger, waited for one (`UNAVAILABLE` for all of them at the
+    /// acquire timeout). From this pool, the webhook holds at most `connections_max` connections,
+    /// none of the ledger's; its ledger calls borrow the ledger's connections only for their own
+    /// duration, as any client's do. At the limit, further deliveries wait for one of these
+    /// connections (up to the acquire timeout, then 503 `store_unavailable` and Stripe retries).
+    pub fn lane(ledger_pool: &PgPool, connections_max: u32) -> Self {
+        let options = ledger_pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name("token-ledger-webhook");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(connections_max)
+            .acquire_timeout(ledger_pool.options().get_acquire_timeout())
+            .connect_lazy_with(options);
+        Self { pool }
+    }
+
+    /// Closes the store's pool (the lane's, when it has one of its own).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     pub async fn customer_user(&self, customer: &str) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar("SELECT user_id FROM stripe_customers WHERE customer_id = $1")
             .bind(customer)
@@ -210,9 +244,10 @@ impl WebhookStore {
         .map(|_| ())
     }
 
-    /// Refunds and disputes of `payment_intent` still waiting for its purchase.
+    /// Refunds and disputes of `payment_intent` still waiting for its purchase, read inside the
+    /// transaction that holds its lock (see `lock_payment_intent`).
     pub async fn waiting_claims(
-        &self,
+        lock: &mut Transaction<'static, Postgres>,
         payment_intent: &str,
     ) -> Result<Vec<(String, Claim)>, sqlx::Error> {
         let rows = sqlx::query(
@@ -220,7 +255,7 @@ impl WebhookStore {
              WHERE outcome = 'unmatched_reversal' AND payment_intent = $1 ORDER BY first_seen_at",
         )
         .bind(payment_intent)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut **lock)
         .await?;
         let mut claims = Vec::new();
         for r in rows {
@@ -245,8 +280,10 @@ impl WebhookStore {
         Ok(claims)
     }
 
+    /// Records what became of a waiting claim, in the transaction holding its payment intent's
+    /// lock, so it commits (or not) with the reversals applied under that lock.
     pub async fn settle_claim(
-        &self,
+        lock: &mut Transaction<'static, Postgres>,
         event_id: &str,
         outcome: &str,
         detail: &str,
@@ -255,7 +292,7 @@ impl WebhookStore {
             .bind(event_id)
             .bind(outcome)
             .bind(detail)
-            .execute(&self.pool)
+            .execute(&mut **lock)
             .await
             .map(|_| ())
     }
@@ -263,6 +300,13 @@ impl WebhookStore {
     /// Serialises every reversal of one payment intent (refund steps, disputes, retries) across
     /// concurrent deliveries and adapter processes: the lock is held until the returned
     /// transaction ends.
+    ///
+    /// The lock is held across ledger calls (reading the share already reversed, then `Reverse`;
+    /// or finding no purchase, then parking the claim), so the transaction's connection is busy
+    /// for as long as those calls take. Every other store call made while it is held goes
+    /// through the same transaction (`park_claim`, `waiting_claims`, `settle_claim`): a request
+    /// never waits for a second connection of this store's pool while holding one, so however
+    /// small the pool (see `WebhookStore::lane`), the webhook cannot deadlock on it.
     pub async fn lock_payment_intent(
         &self,
         payment_intent: &str,

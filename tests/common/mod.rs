@@ -257,6 +257,8 @@ pub struct TestOptions {
     pub write: token_ledger::ledger::WriteConfig,
     /// The server's `--request-timeout-ms`; `None` keeps the default.
     pub request_timeout: Option<Duration>,
+    /// The hosted webhook's own pool size; `None` keeps the default.
+    pub webhook_pool_connections_max: Option<u32>,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -273,6 +275,7 @@ impl Default for TestOptions {
             cors_origins: Vec::new(),
             write: token_ledger::ledger::WriteConfig::default(),
             request_timeout: None,
+            webhook_pool_connections_max: None,
         }
     }
 }
@@ -318,6 +321,9 @@ impl TestApp {
         config.write = options.write;
         if let Some(timeout) = options.request_timeout {
             config.request_timeout = timeout;
+        }
+        if let Some(connections) = options.webhook_pool_connections_max {
+            config.webhook_pool_connections_max = connections;
         }
         let mut app = Application::build(config, store).await.unwrap();
         if options.webhook {
