@@ -509,6 +509,7 @@ async fn a_refund_in_two_partial_steps_claws_back_the_refunded_share() {
         "a redelivery claws back nothing more"
     );
     assert_eq!(balance(&app, "user-r").await, 700_000);
+    assert_eq!(outcome(&app, "evt_ref1").await.0, "already_reversed");
 
     let full = event(
         "evt_ref2",
@@ -1133,4 +1134,29 @@ async fn a_one_connection_lane_settles_parked_refunds_while_purchases_land_at_on
             "reversed"
         );
     }
+}
+
+#[tokio::test]
+async fn outcomes_are_a_known_list_held_by_a_named_constraint() {
+    let (app, addr) = app().await;
+    // A charge with no amount_refunded is malformed: refused (400) and recorded as such.
+    let mut charge = charge_refunded("ch_bad", "pi_bad", 9_900, 9_900);
+    charge.as_object_mut().unwrap().remove("amount_refunded");
+    let (status, body) = deliver(
+        addr,
+        WEBHOOK_SECRET,
+        &event("evt_bad", "charge.refunded", charge),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(outcome(&app, "evt_bad").await.0, "malformed");
+
+    let err = sqlx::query("UPDATE stripe_events SET outcome = 'done' WHERE event_id = 'evt_bad'")
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.constraint()),
+        Some("stripe_events_outcome_known")
+    );
 }

@@ -10,6 +10,7 @@ use tonic::{Code, Status};
 use super::catalog::{Catalog, Product, ProductKind};
 use super::event::{self, CheckoutSession, Envelope, Invoice};
 use super::ledger_port::LedgerPort;
+use super::outcome::{EventOutcome, Fail};
 use super::store::{Claim, ClaimKind, EventRecord, WebhookStore};
 use crate::pb;
 
@@ -22,23 +23,6 @@ const DRIP_CYCLE_DAYS: i64 = 28;
 pub struct Outcome {
     pub http_status: u16,
     pub record: EventRecord,
-}
-
-/// Why an event could not be handled (yet).
-#[derive(Debug)]
-enum Fail {
-    /// 400: a request Stripe should not send again unchanged (a catalog gap, a malformed object).
-    Rejected(&'static str, String),
-    /// 503: try again later (user not known yet, ledger or database unreachable).
-    Retry(&'static str, String),
-    /// 500: a bug or a misconfiguration; logged as an error, Stripe retries.
-    Failed(String),
-}
-
-impl From<sqlx::Error> for Fail {
-    fn from(e: sqlx::Error) -> Self {
-        Fail::Retry("store_unavailable", format!("webhook database error: {e}"))
-    }
 }
 
 /// A ledger call's answer, sorted by what the adapter does about it.
@@ -61,14 +45,14 @@ fn answer<T>(result: Result<T, Status>) -> Result<Answer<T>, Fail> {
             Code::FailedPrecondition => Ok(Answer::Refused(s.message().to_string())),
             Code::NotFound => Ok(Answer::NotFound),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
-                Err(Fail::Retry("ledger_unavailable", format!("ledger unavailable: {:?} {}", s.code(), s.message())))
+                Err(Fail::new(EventOutcome::LedgerUnavailable, format!("ledger unavailable: {:?} {}", s.code(), s.message())))
             }
-            Code::Unauthenticated | Code::PermissionDenied => Err(Fail::Failed(format!(
+            Code::Unauthenticated | Code::PermissionDenied => Err(Fail::failed(format!(
                 "the ledger refused the webhook's credentials ({:?}: {}); it needs an API key with the billing scope",
                 s.code(),
                 s.message()
             ))),
-            _ => Err(Fail::Failed(format!("ledger answered {:?}: {}", s.code(), s.message()))),
+            _ => Err(Fail::failed(format!("ledger answered {:?}: {}", s.code(), s.message()))),
         },
     }
 }
@@ -82,7 +66,7 @@ pub struct Processor {
 }
 
 struct Done {
-    outcome: &'static str,
+    outcome: EventOutcome,
     detail: String,
     user_id: Option<String>,
     transaction_id: Option<String>,
@@ -91,7 +75,11 @@ struct Done {
 }
 
 impl Done {
-    fn new(outcome: &'static str, detail: impl Into<String>) -> Self {
+    fn new(outcome: EventOutcome, detail: impl Into<String>) -> Self {
+        assert!(
+            outcome.is_acknowledged(),
+            "{outcome} is a failure, not a handled event"
+        );
         Self {
             outcome,
             detail: detail.into(),
@@ -101,14 +89,25 @@ impl Done {
             claim: None,
         }
     }
+    /// The record of an event that was not handled (yet).
+    fn unhandled(outcome: EventOutcome, detail: String) -> Self {
+        Self {
+            outcome,
+            detail,
+            user_id: None,
+            transaction_id: None,
+            payment_intent: None,
+            claim: None,
+        }
+    }
     fn ignored(detail: impl Into<String>) -> Self {
-        Self::new("ignored", detail)
+        Self::new(EventOutcome::Ignored, detail)
     }
     fn credit(user_id: &str, transaction_id: String, replayed: bool, what: String) -> Self {
         let (outcome, verb) = if replayed {
-            ("replayed", "already credited")
+            (EventOutcome::Replayed, "already credited")
         } else {
-            ("credited", "credited")
+            (EventOutcome::Credited, "credited")
         };
         Self {
             user_id: Some(user_id.to_string()),
@@ -155,28 +154,29 @@ impl Processor {
                 Ok(Done::ignored(format!("event type {other} is not handled")))
             }
         };
-        let (http_status, done) = match result {
-            Ok(done) => (200, done),
-            Err(Fail::Rejected(outcome, detail)) => {
-                tracing::error!(%detail, "Stripe event rejected (400): Stripe will retry until this is fixed");
-                (400, Done::new(outcome, detail))
-            }
-            Err(Fail::Retry(outcome, detail)) => {
-                tracing::warn!(%detail, "Stripe event not handled yet (503): Stripe will retry");
-                (503, Done::new(outcome, detail))
-            }
-            Err(Fail::Failed(detail)) => {
-                tracing::error!(%detail, "Stripe event failed (500)");
-                (500, Done::new("failed", detail))
+        let done = match result {
+            Ok(done) => done,
+            Err(fail) => {
+                let Fail { outcome, detail } = fail;
+                match outcome.http_status() {
+                    400 => {
+                        tracing::error!(%outcome, %detail, "Stripe event rejected (400): Stripe will retry until this is fixed")
+                    }
+                    503 => {
+                        tracing::warn!(%outcome, %detail, "Stripe event not handled yet (503): Stripe will retry")
+                    }
+                    status => tracing::error!(%outcome, %detail, status, "Stripe event failed"),
+                }
+                Done::unhandled(outcome, detail)
             }
         };
         Outcome {
-            http_status,
+            http_status: done.outcome.http_status(),
             record: EventRecord {
                 event_id: env.id.clone(),
                 event_type: env.event_type.clone(),
                 livemode: env.livemode,
-                outcome: done.outcome.to_string(),
+                outcome: done.outcome,
                 detail: done.detail,
                 user_id: done.user_id,
                 transaction_id: done.transaction_id,
@@ -208,8 +208,8 @@ impl Processor {
                 return Ok(user);
             }
         }
-        Err(Fail::Retry(
-            "user_unknown",
+        Err(Fail::new(
+            EventOutcome::UserUnknown,
             format!(
                 "no user for {what}: no client_reference_id or metadata.user_id, and neither subscription {} nor customer {} has been seen at checkout yet",
                 subscription.unwrap_or("-"),
@@ -223,8 +223,7 @@ impl Processor {
     }
 
     async fn checkout(&self, env: &Envelope) -> Result<Done, Fail> {
-        let session =
-            event::checkout_session(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let session = event::checkout_session(&env.object).map_err(Fail::malformed)?;
         if session.status.as_deref().is_some_and(|s| s != "complete") {
             return Ok(Done::ignored(format!(
                 "checkout session {} is not complete",
@@ -239,7 +238,7 @@ impl Processor {
             ("payment", true) => self.purchase(&session).await,
             ("subscription", true) => self.subscription_checkout(&session).await,
             (_, false) if session.payment_status == "unpaid" => Ok(Done::new(
-                "awaiting_payment",
+                EventOutcome::AwaitingPayment,
                 format!(
                     "checkout session {} is unpaid (delayed payment method); credited on checkout.session.async_payment_succeeded",
                     session.id
@@ -281,8 +280,7 @@ impl Processor {
                     .and_then(|a| self.catalog.resolve_by_amount(a, &[ProductKind::Pack]))
             })
             .ok_or_else(|| {
-            Fail::Rejected(
-                "unknown_price",
+            Fail::unknown_price(
                 format!(
                     "catalog gap: checkout session {} names no catalog product (metadata.pack/product/price_id/lookup_key: {:?})",
                     session.id, session.product_keys
@@ -290,8 +288,7 @@ impl Processor {
             )
         })?;
         if product.kind != ProductKind::Pack {
-            return Err(Fail::Rejected(
-                "unknown_price",
+            return Err(Fail::unknown_price(
                 format!(
                     "catalog product {} is not a token pack, but checkout session {} is a one-off payment",
                     product.name, session.id
@@ -342,7 +339,7 @@ impl Processor {
                 .await?;
             WebhookStore::settle_claim(&mut lock, &event_id, settled.outcome, &settled.detail)
                 .await?;
-            tracing::info!(%event_id, outcome = settled.outcome, "applied a reversal that was waiting for its purchase");
+            tracing::info!(%event_id, outcome = %settled.outcome, "applied a reversal that was waiting for its purchase");
         }
         lock.commit().await?;
         Ok(done)
@@ -373,7 +370,7 @@ impl Processor {
                 .and_then(|a| self.catalog.resolve_by_amount(a, &subscription_kinds))
         }) else {
             let mut done = Done::new(
-                "recorded",
+                EventOutcome::Recorded,
                 format!("subscription {sub} belongs to {user}; its first invoice (invoice.paid) credits it"),
             );
             done.user_id = Some(user);
@@ -384,7 +381,7 @@ impl Processor {
                 Some(invoice) => self.grant_annual(&user, product, &sub, invoice).await,
                 None => {
                     let mut done = Done::new(
-                        "recorded",
+                        EventOutcome::Recorded,
                         format!("subscription {sub} belongs to {user}; the session names no invoice, so invoice.paid credits it"),
                     );
                     done.user_id = Some(user);
@@ -406,13 +403,10 @@ impl Processor {
                 )
                 .await
             }
-            ProductKind::Pack => Err(Fail::Rejected(
-                "unknown_price",
-                format!(
-                    "catalog product {} is a token pack, but checkout session {} is a subscription",
-                    product.name, session.id
-                ),
-            )),
+            ProductKind::Pack => Err(Fail::unknown_price(format!(
+                "catalog product {} is a token pack, but checkout session {} is a subscription",
+                product.name, session.id
+            ))),
         }
     }
 
@@ -503,17 +497,19 @@ impl Processor {
                 tracing::info!(%msg, "already credited by its twin event");
                 Ok(Done {
                     user_id: Some(user.to_string()),
-                    ..Done::new("replayed", format!("already credited ({what}): {msg}"))
+                    ..Done::new(
+                        EventOutcome::Replayed,
+                        format!("already credited ({what}): {msg}"),
+                    )
                 })
             }
-            Answer::Refused(msg) => Err(Fail::Failed(msg)),
-            Answer::NotFound => Err(Fail::Failed("ledger answered NOT_FOUND to a credit".into())),
+            Answer::Refused(msg) => Err(Fail::failed(msg)),
+            Answer::NotFound => Err(Fail::failed("ledger answered NOT_FOUND to a credit")),
         }
     }
 
     async fn invoice_paid(&self, env: &Envelope) -> Result<Done, Fail> {
-        let inv: Invoice =
-            event::invoice(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let inv: Invoice = event::invoice(&env.object).map_err(Fail::malformed)?;
         let first_cycle = match inv.billing_reason.as_str() {
             "subscription_create" => true,
             "subscription_cycle" => false,
@@ -574,8 +570,7 @@ impl Processor {
                 Some(p) => (p, lines.first().copied()),
                 None => {
                     let prices: Vec<_> = lines.iter().filter_map(|l| l.price_id.clone()).collect();
-                    return Err(Fail::Rejected(
-                        "unknown_price",
+                    return Err(Fail::unknown_price(
                         format!("catalog gap: invoice {} has no line with a catalog price (prices {prices:?}{})", inv.id,
                             if inv.lines_has_more { ", more lines not included" } else { "" }),
                     ));
@@ -601,10 +596,10 @@ impl Processor {
                     line.and_then(|l| l.period_start),
                     line.and_then(|l| l.period_end),
                 ) else {
-                    return Err(Fail::Rejected(
-                        "malformed",
-                        format!("invoice {} line has no period", inv.id),
-                    ));
+                    return Err(Fail::malformed(format!(
+                        "invoice {} line has no period",
+                        inv.id
+                    )));
                 };
                 self.drip(&user, product, &sub, Some(&inv.id), start, end, first_cycle)
                     .await
@@ -617,8 +612,7 @@ impl Processor {
     }
 
     async fn charge_refunded(&self, env: &Envelope) -> Result<Done, Fail> {
-        let charge =
-            event::charge_refund(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let charge = event::charge_refund(&env.object).map_err(Fail::malformed)?;
         let Some(pi) = charge.payment_intent.clone() else {
             return Ok(Done::ignored(format!(
                 "charge {} has no payment intent: not a token pack",
@@ -640,7 +634,7 @@ impl Processor {
     }
 
     async fn dispute_created(&self, env: &Envelope) -> Result<Done, Fail> {
-        let dispute = event::dispute(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let dispute = event::dispute(&env.object).map_err(Fail::malformed)?;
         let Some(pi) = dispute.payment_intent.clone() else {
             return Ok(Done::ignored(format!(
                 "dispute {} names no payment intent (charge {:?}): cannot find its purchase",
@@ -664,7 +658,7 @@ impl Processor {
             .apply_claim_locked(&mut lock, &pi, &claim, Some(env))
             .await?;
         lock.commit().await?;
-        if done.outcome == "unmatched_reversal" {
+        if done.outcome == EventOutcome::UnmatchedReversal {
             done.claim = Some(claim);
         }
         done.payment_intent = Some(pi);
@@ -703,17 +697,18 @@ impl Processor {
                         event_id: env.id.clone(),
                         event_type: env.event_type.clone(),
                         livemode: env.livemode,
-                        outcome: "unmatched_reversal".into(),
+                        outcome: EventOutcome::UnmatchedReversal,
                         detail: detail.clone(),
+                        user_id: None,
+                        transaction_id: None,
                         payment_intent: Some(pi.to_string()),
                         claim: Some(claim.clone()),
-                        ..EventRecord::default()
                     };
                     WebhookStore::park_claim(lock, &record).await?;
                 }
-                return Ok(Done::new("unmatched_reversal", detail));
+                return Ok(Done::new(EventOutcome::UnmatchedReversal, detail));
             }
-            Answer::AlreadyDone(msg) | Answer::Refused(msg) => return Err(Fail::Failed(msg)),
+            Answer::AlreadyDone(msg) | Answer::Refused(msg) => return Err(Fail::failed(msg)),
         };
         let purchase = found.transaction.unwrap_or_default();
         let tokens = purchase.token_amount;
@@ -744,7 +739,7 @@ impl Processor {
         };
         let mut done = if delta <= 0 {
             Done::new(
-                "already_reversed",
+                EventOutcome::AlreadyReversed,
                 format!(
                     "{} {}: {} of {tokens} tokens already reversed",
                     claim.kind.as_str(),
@@ -766,7 +761,11 @@ impl Processor {
                 Answer::Done(r) => Done {
                     transaction_id: Some(r.transaction_id),
                     ..Done::new(
-                        if r.replayed { "replayed" } else { "reversed" },
+                        if r.replayed {
+                            EventOutcome::Replayed
+                        } else {
+                            EventOutcome::Reversed
+                        },
                         format!(
                             "{} {}: {delta} tokens of purchase {} clawed back",
                             claim.kind.as_str(),
@@ -776,10 +775,10 @@ impl Processor {
                     )
                 },
                 Answer::AlreadyDone(msg) | Answer::Refused(msg) => {
-                    Done::new("already_reversed", msg)
+                    Done::new(EventOutcome::AlreadyReversed, msg)
                 }
                 Answer::NotFound => {
-                    return Err(Fail::Failed(format!("purchase {} vanished", purchase.id)))
+                    return Err(Fail::failed(format!("purchase {} vanished", purchase.id)))
                 }
             }
         };
@@ -788,8 +787,7 @@ impl Processor {
     }
 
     async fn subscription_deleted(&self, env: &Envelope) -> Result<Done, Fail> {
-        let sub =
-            event::ended_subscription(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let sub = event::ended_subscription(&env.object).map_err(Fail::malformed)?;
         let ended_at = sub
             .ended_at
             .and_then(|t| DateTime::from_timestamp(t, 0))
@@ -798,7 +796,7 @@ impl Processor {
             .end_subscription(&sub.id, ended_at, sub.users.first().map(String::as_str))
             .await?;
         let mut done = Done::new(
-            "recorded",
+            EventOutcome::Recorded,
             format!("subscription {} ended at {ended_at}: no more drips", sub.id),
         );
         done.user_id = sub.users.first().cloned();

@@ -5,6 +5,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
+use super::outcome::EventOutcome;
+
 /// A refund or dispute that arrived before its purchase was credited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -31,12 +33,12 @@ impl ClaimKind {
 }
 
 /// What the adapter did with one event, as written to `stripe_events`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EventRecord {
     pub event_id: String,
     pub event_type: String,
     pub livemode: bool,
-    pub outcome: String,
+    pub outcome: EventOutcome,
     pub detail: String,
     pub user_id: Option<String>,
     pub transaction_id: Option<String>,
@@ -200,7 +202,7 @@ impl WebhookStore {
         .bind(&r.event_id)
         .bind(&r.event_type)
         .bind(r.livemode)
-        .bind(&r.outcome)
+        .bind(r.outcome.as_str())
         .bind(&r.detail)
         .bind(&r.user_id)
         .bind(&r.transaction_id)
@@ -215,7 +217,9 @@ impl WebhookStore {
 
     /// Parks a refund or dispute whose purchase is not credited yet, inside the transaction that
     /// holds the payment intent's lock, so a purchase credited right after cannot miss it. The
-    /// delivery itself is counted by `record_event` afterwards.
+    /// delivery itself is counted by `record_event` afterwards. (`'unmatched_reversal'`, here and
+    /// in `waiting_claims`, is `EventOutcome::UnmatchedReversal` written out, as the partial index
+    /// `stripe_events_unmatched_idx` needs a literal to match its predicate.)
     pub async fn park_claim(
         tx: &mut Transaction<'static, Postgres>,
         r: &EventRecord,
@@ -285,12 +289,12 @@ impl WebhookStore {
     pub async fn settle_claim(
         lock: &mut Transaction<'static, Postgres>,
         event_id: &str,
-        outcome: &str,
+        outcome: EventOutcome,
         detail: &str,
     ) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE stripe_events SET outcome = $2, detail = $3 WHERE event_id = $1")
             .bind(event_id)
-            .bind(outcome)
+            .bind(outcome.as_str())
             .bind(detail)
             .execute(&mut **lock)
             .await
