@@ -5,11 +5,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use tonic::{Code, Status};
 
 use super::catalog::{Catalog, Product, ProductKind};
 use super::event::{self, CheckoutSession, Envelope, Invoice};
-use super::ledger_port::LedgerPort;
+use super::ledger_port::{answer, Answer, LedgerPort};
 use super::outcome::{EventOutcome, Fail};
 use super::store::{Claim, ClaimKind, EventRecord, WebhookStore};
 use crate::pb;
@@ -23,38 +22,6 @@ const DRIP_CYCLE_DAYS: i64 = 28;
 pub struct Outcome {
     pub http_status: u16,
     pub record: EventRecord,
-}
-
-/// A ledger call's answer, sorted by what the adapter does about it.
-enum Answer<T> {
-    Done(T),
-    /// ALREADY_EXISTS: the same Stripe object was credited under the same key with other details
-    /// (a twin event carrying slightly different data). Nothing more to do.
-    AlreadyDone(String),
-    /// FAILED_PRECONDITION.
-    Refused(String),
-    /// NOT_FOUND.
-    NotFound,
-}
-
-fn answer<T>(result: Result<T, Status>) -> Result<Answer<T>, Fail> {
-    match result {
-        Ok(t) => Ok(Answer::Done(t)),
-        Err(s) => match s.code() {
-            Code::AlreadyExists => Ok(Answer::AlreadyDone(s.message().to_string())),
-            Code::FailedPrecondition => Ok(Answer::Refused(s.message().to_string())),
-            Code::NotFound => Ok(Answer::NotFound),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
-                Err(Fail::new(EventOutcome::LedgerUnavailable, format!("ledger unavailable: {:?} {}", s.code(), s.message())))
-            }
-            Code::Unauthenticated | Code::PermissionDenied => Err(Fail::failed(format!(
-                "the ledger refused the webhook's credentials ({:?}: {}); it needs an API key with the billing scope",
-                s.code(),
-                s.message()
-            ))),
-            _ => Err(Fail::failed(format!("ledger answered {:?}: {}", s.code(), s.message()))),
-        },
-    }
 }
 
 /// The event-to-ledger mapping.
@@ -801,16 +768,5 @@ impl Processor {
         );
         done.user_id = sub.users.first().cloned();
         Ok(done)
-    }
-}
-
-impl<T> Answer<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
-        match self {
-            Answer::Done(t) => Answer::Done(f(t)),
-            Answer::AlreadyDone(m) => Answer::AlreadyDone(m),
-            Answer::Refused(m) => Answer::Refused(m),
-            Answer::NotFound => Answer::NotFound,
-        }
     }
 }
