@@ -185,10 +185,6 @@ impl Processor {
         ))
     }
 
-    fn product_from_keys(&self, keys: &[String]) -> Option<&Product> {
-        keys.iter().find_map(|k| self.catalog.resolve(k))
-    }
-
     async fn checkout(&self, env: &Envelope) -> Result<Done, Fail> {
         let session = event::checkout_session(&env.object).map_err(Fail::malformed)?;
         if session.status.as_deref().is_some_and(|s| s != "complete") {
@@ -236,16 +232,8 @@ impl Processor {
             )));
         };
         let product = self
-            .product_from_keys(&session.product_keys)
-            .or_else(|| {
-                // Only when the session names no product at all: a named but unknown one is a
-                // catalog gap.
-                session
-                    .amount_subtotal
-                    .or(session.amount_total)
-                    .filter(|_| session.product_keys.is_empty())
-                    .and_then(|a| self.catalog.resolve_by_amount(a, &[ProductKind::Pack]))
-            })
+            .catalog
+            .for_checkout(session, &[ProductKind::Pack])
             .ok_or_else(|| {
             Fail::unknown_price(
                 format!(
@@ -329,13 +317,7 @@ impl Processor {
             .await?;
         self.link_checkout(session, &user).await?;
         let subscription_kinds = [ProductKind::Annual, ProductKind::Drip];
-        let Some(product) = self.product_from_keys(&session.product_keys).or_else(|| {
-            session
-                .amount_subtotal
-                .or(session.amount_total)
-                .filter(|_| session.product_keys.is_empty())
-                .and_then(|a| self.catalog.resolve_by_amount(a, &subscription_kinds))
-        }) else {
+        let Some(product) = self.catalog.for_checkout(session, &subscription_kinds) else {
             let mut done = Done::new(
                 EventOutcome::Recorded,
                 format!("subscription {sub} belongs to {user}; its first invoice (invoice.paid) credits it"),
@@ -499,50 +481,22 @@ impl Processor {
                 inv.id
             )));
         };
-        let lines: Vec<_> = inv.lines.iter().filter(|l| !l.proration).collect();
-        // A subscription invoice may also carry one-off items: its plan's line decides.
-        let resolved: Vec<_> = lines
-            .iter()
-            .filter_map(|l| {
-                [l.price_id.as_deref(), l.lookup_key.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .find_map(|k| self.catalog.resolve(k))
-                    .map(|p| (p, *l))
-            })
-            .collect();
-        let matched = resolved
-            .iter()
-            .find(|(p, _)| p.kind != ProductKind::Pack)
-            .or_else(|| resolved.first())
-            .copied();
-        let (product, line) = match matched {
-            Some((p, l)) => (p, Some(l)),
-            None => match self.product_from_keys(&inv.product_keys).or_else(|| {
-                // Last resort: a subscription product with exactly this price.
-                let kinds = [ProductKind::Annual, ProductKind::Drip];
-                let names_a_price = inv
-                    .lines
-                    .iter()
-                    .any(|l| l.price_id.is_some() || l.lookup_key.is_some());
-                if names_a_price || !inv.product_keys.is_empty() {
-                    return None;
+        let Some((product, line)) = self.catalog.for_invoice(&inv) else {
+            let prices: Vec<_> = inv
+                .lines
+                .iter()
+                .filter(|l| !l.proration)
+                .filter_map(|l| l.price_id.clone())
+                .collect();
+            return Err(Fail::unknown_price(format!(
+                "catalog gap: invoice {} has no line with a catalog price (prices {prices:?}{})",
+                inv.id,
+                if inv.lines_has_more {
+                    ", more lines not included"
+                } else {
+                    ""
                 }
-                lines
-                    .first()
-                    .and_then(|l| l.amount)
-                    .or(inv.amount_paid)
-                    .and_then(|a| self.catalog.resolve_by_amount(a, &kinds))
-            }) {
-                Some(p) => (p, lines.first().copied()),
-                None => {
-                    let prices: Vec<_> = lines.iter().filter_map(|l| l.price_id.clone()).collect();
-                    return Err(Fail::unknown_price(
-                        format!("catalog gap: invoice {} has no line with a catalog price (prices {prices:?}{})", inv.id,
-                            if inv.lines_has_more { ", more lines not included" } else { "" }),
-                    ));
-                }
-            },
+            )));
         };
         let user = self
             .resolve_user(
