@@ -231,25 +231,7 @@ impl Processor {
                 session.id
             )));
         };
-        let product = self
-            .catalog
-            .for_checkout(session, &[ProductKind::Pack])
-            .ok_or_else(|| {
-            Fail::unknown_price(
-                format!(
-                    "catalog gap: checkout session {} names no catalog product (metadata.pack/product/price_id/lookup_key: {:?})",
-                    session.id, session.product_keys
-                ),
-            )
-        })?;
-        if product.kind != ProductKind::Pack {
-            return Err(Fail::unknown_price(
-                format!(
-                    "catalog product {} is not a token pack, but checkout session {} is a one-off payment",
-                    product.name, session.id
-                ),
-            ));
-        }
+        let product = self.pack_for(session)?;
         let user = self
             .resolve_user(
                 &session.users,
@@ -283,21 +265,47 @@ impl Processor {
                 .map(|r| (r.transaction_id, r.replayed)),
             what,
         )?;
-        done.payment_intent = Some(payment_intent.clone());
-        // Refunds or disputes that arrived before this purchase was credited are clawed back now,
-        // under the payment intent's lock (a claim parks itself under the same lock, so none is
-        // missed). If that fails, answer 503: the redelivery replays the purchase and retries.
-        let mut lock = self.store.lock_payment_intent(&payment_intent).await?;
-        for (event_id, claim) in WebhookStore::waiting_claims(&mut lock, &payment_intent).await? {
+        self.settle_waiting_claims(&payment_intent).await?;
+        done.payment_intent = Some(payment_intent);
+        Ok(done)
+    }
+
+    /// The token pack a one-off checkout buys; any other product (or none) is a catalog gap.
+    fn pack_for(&self, session: &CheckoutSession) -> Result<&Product, Fail> {
+        let product = self
+            .catalog
+            .for_checkout(session, &[ProductKind::Pack])
+            .ok_or_else(|| {
+                Fail::unknown_price(format!(
+                    "catalog gap: checkout session {} names no catalog product (metadata.pack/product/price_id/lookup_key: {:?})",
+                    session.id, session.product_keys
+                ))
+            })?;
+        if product.kind != ProductKind::Pack {
+            return Err(Fail::unknown_price(format!(
+                "catalog product {} is not a token pack, but checkout session {} is a one-off payment",
+                product.name, session.id
+            )));
+        }
+        Ok(product)
+    }
+
+    /// Claws back the refunds and disputes that arrived before the purchase of `payment_intent`
+    /// was credited, under the payment intent's lock (a claim parks itself under the same lock,
+    /// so none is missed). If that fails, the answer is 503: the redelivery replays the purchase
+    /// and retries.
+    async fn settle_waiting_claims(&self, payment_intent: &str) -> Result<(), Fail> {
+        let mut lock = self.store.lock_payment_intent(payment_intent).await?;
+        for (event_id, claim) in WebhookStore::waiting_claims(&mut lock, payment_intent).await? {
             let settled = self
-                .apply_claim_locked(&mut lock, &payment_intent, &claim, None)
+                .apply_claim_locked(&mut lock, payment_intent, &claim, None)
                 .await?;
             WebhookStore::settle_claim(&mut lock, &event_id, settled.outcome, &settled.detail)
                 .await?;
             tracing::info!(%event_id, outcome = %settled.outcome, "applied a reversal that was waiting for its purchase");
         }
         lock.commit().await?;
-        Ok(done)
+        Ok(())
     }
 
     async fn subscription_checkout(&self, session: &CheckoutSession) -> Result<Done, Fail> {
@@ -602,109 +610,69 @@ impl Processor {
         };
         let found = match answer(self.ledger.get_transaction(lookup).await)? {
             Answer::Done(found) => found,
-            Answer::NotFound => {
-                tracing::warn!(
-                    payment_intent = pi,
-                    kind = claim.kind.as_str(),
-                    "no credited purchase for this payment intent yet; the reversal waits for it"
-                );
-                let detail = format!(
-                    "{} {}: no purchase credited for payment intent {pi} yet; clawed back when it is",
-                    claim.kind.as_str(),
-                    claim.reference
-                );
-                if let Some(env) = park {
-                    let record = EventRecord {
-                        event_id: env.id.clone(),
-                        event_type: env.event_type.clone(),
-                        livemode: env.livemode,
-                        outcome: EventOutcome::UnmatchedReversal,
-                        detail: detail.clone(),
-                        user_id: None,
-                        transaction_id: None,
-                        payment_intent: Some(pi.to_string()),
-                        claim: Some(claim.clone()),
-                    };
-                    WebhookStore::park_claim(lock, &record).await?;
-                }
-                return Ok(Done::new(EventOutcome::UnmatchedReversal, detail));
-            }
+            Answer::NotFound => return wait_for_purchase(lock, pi, claim, park).await,
             Answer::AlreadyDone(msg) | Answer::Refused(msg) => return Err(Fail::failed(msg)),
         };
         let purchase = found.transaction.unwrap_or_default();
-        let tokens = purchase.token_amount;
-        let paid = match &purchase.details {
-            Some(pb::transaction::Details::Purchase(p)) => p.amount_paid_cents,
-            _ => 0,
-        };
-        let share = |amount: i64| -> i64 {
-            if paid <= 0 || amount >= paid {
-                tokens
-            } else {
-                (i128::from(tokens) * i128::from(amount) / i128::from(paid)) as i64
-            }
-        };
-        let (delta, key, source) = match claim.kind {
-            // Cumulative: bring the purchase's reversed total up to the refunded share.
-            ClaimKind::Refund => (
-                share(claim.amount_cents) - found.reversed_tokens,
-                format!("stripe:refund:{}:{}", claim.reference, claim.amount_cents),
-                pb::ReversalSource::Refund,
-            ),
-            // One dispute claws back its share once, within what is left.
-            ClaimKind::Dispute => (
-                share(claim.amount_cents).min(tokens - found.reversed_tokens),
-                format!("stripe:dispute:{}", claim.reference),
-                pb::ReversalSource::Dispute,
-            ),
-        };
-        let mut done = if delta <= 0 {
+        let due = reversal_due(&purchase, found.reversed_tokens, claim);
+        let mut done = if due.tokens <= 0 {
             Done::new(
                 EventOutcome::AlreadyReversed,
                 format!(
-                    "{} {}: {} of {tokens} tokens already reversed",
+                    "{} {}: {} of {} tokens already reversed",
                     claim.kind.as_str(),
                     claim.reference,
-                    found.reversed_tokens
+                    found.reversed_tokens,
+                    purchase.token_amount
                 ),
             )
         } else {
-            let request = pb::ReverseRequest {
-                user_id: found.user_id.clone(),
-                tokens: delta,
-                idempotency_key: key,
-                original_transaction_id: purchase.id.clone(),
-                source: source as i32,
-                reason: format!("stripe {} {}", claim.kind.as_str(), claim.reference),
-                stripe_reference: claim.reference.clone(),
-            };
-            match answer(self.ledger.reverse(request).await)? {
-                Answer::Done(r) => Done {
-                    transaction_id: Some(r.transaction_id),
-                    ..Done::new(
-                        if r.replayed {
-                            EventOutcome::Replayed
-                        } else {
-                            EventOutcome::Reversed
-                        },
-                        format!(
-                            "{} {}: {delta} tokens of purchase {} clawed back",
-                            claim.kind.as_str(),
-                            claim.reference,
-                            purchase.id
-                        ),
-                    )
-                },
-                Answer::AlreadyDone(msg) | Answer::Refused(msg) => {
-                    Done::new(EventOutcome::AlreadyReversed, msg)
-                }
-                Answer::NotFound => {
-                    return Err(Fail::failed(format!("purchase {} vanished", purchase.id)))
-                }
-            }
+            self.reverse(&found.user_id, &purchase.id, claim, due)
+                .await?
         };
         done.user_id = Some(found.user_id);
         Ok(done)
+    }
+
+    /// Claws back `due` of purchase `purchase_id` for `claim`.
+    async fn reverse(
+        &self,
+        user_id: &str,
+        purchase_id: &str,
+        claim: &Claim,
+        due: Reversal,
+    ) -> Result<Done, Fail> {
+        let request = pb::ReverseRequest {
+            user_id: user_id.to_string(),
+            tokens: due.tokens,
+            idempotency_key: due.idempotency_key,
+            original_transaction_id: purchase_id.to_string(),
+            source: due.source as i32,
+            reason: format!("stripe {} {}", claim.kind.as_str(), claim.reference),
+            stripe_reference: claim.reference.clone(),
+        };
+        match answer(self.ledger.reverse(request).await)? {
+            Answer::Done(r) => Ok(Done {
+                transaction_id: Some(r.transaction_id),
+                ..Done::new(
+                    if r.replayed {
+                        EventOutcome::Replayed
+                    } else {
+                        EventOutcome::Reversed
+                    },
+                    format!(
+                        "{} {}: {} tokens of purchase {purchase_id} clawed back",
+                        claim.kind.as_str(),
+                        claim.reference,
+                        due.tokens
+                    ),
+                )
+            }),
+            Answer::AlreadyDone(msg) | Answer::Refused(msg) => {
+                Ok(Done::new(EventOutcome::AlreadyReversed, msg))
+            }
+            Answer::NotFound => Err(Fail::failed(format!("purchase {purchase_id} vanished"))),
+        }
     }
 
     async fn subscription_deleted(&self, env: &Envelope) -> Result<Done, Fail> {
@@ -722,5 +690,138 @@ impl Processor {
         );
         done.user_id = sub.users.first().cloned();
         Ok(done)
+    }
+}
+
+/// No purchase is credited for `pi` yet: the claim waits for it. With `park` (the claim's own
+/// delivery, not a purchase settling waiting claims), it is parked in `lock`'s transaction, so
+/// the purchase, which looks for waiting claims under the same lock, cannot miss it.
+async fn wait_for_purchase(
+    lock: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    pi: &str,
+    claim: &Claim,
+    park: Option<&Envelope>,
+) -> Result<Done, Fail> {
+    tracing::warn!(
+        payment_intent = pi,
+        kind = claim.kind.as_str(),
+        "no credited purchase for this payment intent yet; the reversal waits for it"
+    );
+    let detail = format!(
+        "{} {}: no purchase credited for payment intent {pi} yet; clawed back when it is",
+        claim.kind.as_str(),
+        claim.reference
+    );
+    if let Some(env) = park {
+        let record = EventRecord {
+            event_id: env.id.clone(),
+            event_type: env.event_type.clone(),
+            livemode: env.livemode,
+            outcome: EventOutcome::UnmatchedReversal,
+            detail: detail.clone(),
+            user_id: None,
+            transaction_id: None,
+            payment_intent: Some(pi.to_string()),
+            claim: Some(claim.clone()),
+        };
+        WebhookStore::park_claim(lock, &record).await?;
+    }
+    Ok(Done::new(EventOutcome::UnmatchedReversal, detail))
+}
+
+/// What a refund or dispute still has to claw back of its purchase.
+#[derive(Debug, PartialEq, Eq)]
+struct Reversal {
+    /// Zero or less: nothing left to reverse.
+    tokens: i64,
+    idempotency_key: String,
+    source: pb::ReversalSource,
+}
+
+/// The claim's share of the purchase's tokens (its amount over the amount paid, all of it when
+/// nothing was paid or the claim covers it all), less what is already reversed. A refund is
+/// cumulative: it tops the reversals up to the refunded share, keyed by that cumulative amount.
+/// A dispute claws back its share once, within what is left.
+fn reversal_due(purchase: &pb::Transaction, reversed_tokens: i64, claim: &Claim) -> Reversal {
+    let tokens = purchase.token_amount;
+    let paid = match &purchase.details {
+        Some(pb::transaction::Details::Purchase(p)) => p.amount_paid_cents,
+        _ => 0,
+    };
+    let share = if paid <= 0 || claim.amount_cents >= paid {
+        tokens
+    } else {
+        // i128: tokens × cents cannot overflow; the quotient is below `tokens`.
+        (i128::from(tokens) * i128::from(claim.amount_cents) / i128::from(paid)) as i64
+    };
+    match claim.kind {
+        ClaimKind::Refund => Reversal {
+            tokens: share - reversed_tokens,
+            idempotency_key: format!("stripe:refund:{}:{}", claim.reference, claim.amount_cents),
+            source: pb::ReversalSource::Refund,
+        },
+        ClaimKind::Dispute => Reversal {
+            tokens: share.min(tokens - reversed_tokens),
+            idempotency_key: format!("stripe:dispute:{}", claim.reference),
+            source: pb::ReversalSource::Dispute,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purchase(tokens: i64, paid_cents: i64) -> pb::Transaction {
+        pb::Transaction {
+            token_amount: tokens,
+            details: Some(pb::transaction::Details::Purchase(pb::PurchaseDetails {
+                amount_paid_cents: paid_cents,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn claim(kind: ClaimKind, amount_cents: i64) -> Claim {
+        Claim {
+            kind,
+            reference: "ch_1".into(),
+            amount_cents,
+        }
+    }
+
+    #[test]
+    fn a_refund_tops_the_reversals_up_to_its_cumulative_share() {
+        let p = purchase(2_000_000, 9_900);
+        let half = reversal_due(&p, 0, &claim(ClaimKind::Refund, 4_950));
+        assert_eq!(
+            (half.tokens, half.idempotency_key.as_str()),
+            (1_000_000, "stripe:refund:ch_1:4950")
+        );
+        assert_eq!(
+            reversal_due(&p, 1_000_000, &claim(ClaimKind::Refund, 9_900)).tokens,
+            1_000_000
+        );
+        assert_eq!(
+            reversal_due(&p, 2_000_000, &claim(ClaimKind::Refund, 4_950)).tokens,
+            -1_000_000,
+            "a late, smaller step reverses nothing"
+        );
+    }
+
+    #[test]
+    fn a_dispute_claws_back_its_share_within_what_is_left() {
+        let p = purchase(2_000_000, 9_900);
+        let due = reversal_due(&p, 1_500_000, &claim(ClaimKind::Dispute, 9_900));
+        assert_eq!(
+            (due.tokens, due.source),
+            (500_000, pb::ReversalSource::Dispute)
+        );
+        assert_eq!(
+            reversal_due(&purchase(2_000_000, 0), 0, &claim(ClaimKind::Dispute, 1)).tokens,
+            2_000_000,
+            "nothing paid: the whole purchase"
+        );
     }
 }
