@@ -8,6 +8,8 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["proto/tokenledger/v1/ledger.proto"];
     println!("cargo:rerun-if-changed=proto");
+    // `sqlx::migrate!` cannot ask to be rebuilt when a migration is added; this does.
+    println!("cargo:rerun-if-changed=migrations");
     let fds = protox::compile(protos, ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("ledger_descriptor.bin"), fds.encode_to_vec())?;

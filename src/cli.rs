@@ -248,6 +248,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TOKEN_LEDGER_STRIPE_WEBHOOK_LISTEN")]
     pub stripe_webhook_listen: Option<SocketAddr>,
 
+    /// Database connections of the hosted webhook's own pool, apart from --db-pool-max, so the
+    /// webhook cannot take the connections the ledger's writers need.
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_STRIPE_WEBHOOK_DB_POOL_MAX",
+        default_value_t = crate::webhook::POOL_CONNECTIONS_MAX_DEFAULT
+    )]
+    pub stripe_webhook_db_pool_max: u32,
+
     #[command(flatten)]
     pub stripe: StripeArgs,
 
@@ -424,6 +433,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.cors_origins = args.cors_origins.clone();
         config.jwt = args.jwt.verifier()?;
         config.write = args.write.config(args.database.db_pool_max);
+        config.webhook_pool_connections_max = args.stripe_webhook_db_pool_max;
         if let Some(listen) = args.metrics_listen {
             crate::metrics::install(listen)?;
         }

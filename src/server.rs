@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub jwt: Option<JwtVerifier>,
     /// Group commit settings.
     pub write: WriteConfig,
+    /// Connections of the hosted webhook's own pool, apart from the ledger's (its lane).
+    pub webhook_pool_connections_max: u32,
 }
 
 impl ServerConfig {
@@ -65,6 +67,7 @@ impl ServerConfig {
             cors_origins: Vec::new(),
             jwt: None,
             write: WriteConfig::default(),
+            webhook_pool_connections_max: crate::webhook::POOL_CONNECTIONS_MAX_DEFAULT,
         }
     }
 }
@@ -102,6 +105,10 @@ impl Application {
                  Fine for local development only; set TOKEN_LEDGER_API_KEYS for anything else"
             );
         }
+        anyhow::ensure!(
+            config.webhook_pool_connections_max >= 1,
+            "the Stripe webhook's pool needs at least one connection"
+        );
         let listener = TcpListener::bind(config.listen).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -197,17 +204,22 @@ impl Application {
         .with_request_timeout(config.request_timeout);
         let webhook_task = match webhook {
             Some(w) => {
+                // Its own pool, so reversals holding a payment intent's lock across their ledger
+                // calls never hold the connections the ledger needs (WebhookStore::lane says why).
+                let webhook_store =
+                    WebhookStore::lane(store.pool(), config.webhook_pool_connections_max);
                 let processor = crate::webhook::Processor::new(
                     Arc::new(InProcessLedger::new(ledger.clone())),
-                    WebhookStore::new(store.pool().clone()),
+                    webhook_store.clone(),
                     Arc::new(w.catalog),
                 );
                 let router = crate::webhook::router(w.config, processor);
-                Some(tokio::spawn(crate::webhook::serve(
-                    w.listener,
-                    router,
-                    stopped(stop_rx.clone()),
-                )))
+                let served = crate::webhook::serve(w.listener, router, stopped(stop_rx.clone()));
+                Some(tokio::spawn(async move {
+                    let result = served.await;
+                    webhook_store.close().await;
+                    result
+                }))
             }
             None => None,
         };

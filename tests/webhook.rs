@@ -509,6 +509,7 @@ async fn a_refund_in_two_partial_steps_claws_back_the_refunded_share() {
         "a redelivery claws back nothing more"
     );
     assert_eq!(balance(&app, "user-r").await, 700_000);
+    assert_eq!(outcome(&app, "evt_ref1").await.0, "already_reversed");
 
     let full = event(
         "evt_ref2",
@@ -962,4 +963,200 @@ async fn a_checkout_or_invoice_naming_no_product_is_recognised_by_its_price() {
         200
     );
     assert_eq!(balance(&app, "user-tw").await, 375_000);
+}
+
+/// The hosted webhook runs in its own lane: fifty refunds at once, each holding its payment
+/// intent's lock across two ledger calls, take the webhook's own connections, never the ones the
+/// ledger's writers and readers need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_refunds_neither_starve_track_usage_nor_apply_twice() {
+    const PURCHASES: usize = 50;
+    const SPENDERS: usize = 8;
+    const SPEND_TOKENS: i64 = 1_000;
+    let (app, addr) = app().await;
+    let mut c = app.client().await;
+    for i in 0..PURCHASES {
+        c.record_purchase(with_key(
+            BILLING_KEY,
+            purchase_req(
+                &format!("lane-{i}"),
+                &format!("buy-{i}"),
+                &format!("pi_lane_{i}"),
+            ),
+        ))
+        .await
+        .unwrap();
+    }
+
+    // TrackUsage callers keep writing for as long as the refunds run (and a few calls more).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut spenders = Vec::new();
+    for w in 0..SPENDERS {
+        let mut c = app.client().await;
+        let stop = stop.clone();
+        spenders.push(tokio::spawn(async move {
+            let (mut spent, mut refused) = (Vec::new(), Vec::new());
+            let mut n = 0;
+            while n < 5 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let user = format!("lane-{}", (w * 7 + n) % PURCHASES);
+                let request = usage_req(&user, SPEND_TOKENS, &format!("use-{w}-{n}"));
+                match c.track_usage(with_key(USAGE_KEY, request)).await {
+                    Ok(_) => spent.push(user),
+                    Err(status) => refused.push(status),
+                }
+                n += 1;
+            }
+            (spent, refused)
+        }));
+    }
+    let refunds: Vec<_> = (0..PURCHASES)
+        .map(|i| {
+            let refund = event(
+                &format!("evt_lane_ref{i}"),
+                "charge.refunded",
+                charge_refunded(
+                    &format!("ch_lane_{i}"),
+                    &format!("pi_lane_{i}"),
+                    9_900,
+                    9_900,
+                ),
+            );
+            tokio::spawn(async move { deliver(addr, WEBHOOK_SECRET, &refund).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for r in refunds {
+        answers.push(r.await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut spent_by = std::collections::HashMap::<String, i64>::new();
+    for s in spenders {
+        let (spent, refused) = s.await.unwrap();
+        let codes: Vec<_> = refused.iter().map(|s| s.code()).collect();
+        assert!(
+            codes.is_empty(),
+            "no TrackUsage may fail while the refunds run: {codes:?}"
+        );
+        for user in spent {
+            *spent_by.entry(user).or_default() += SPEND_TOKENS;
+        }
+    }
+
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        let outcome: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(outcome["outcome"], "reversed", "{body}");
+    }
+    let reversed: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT reverses_transaction_id) FROM token_transactions \
+         WHERE transaction_type = 'reversal' AND token_amount = -2000000",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        reversed,
+        vec![(PURCHASES as i64, PURCHASES as i64)],
+        "every refund is applied exactly once"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions WHERE transaction_type = 'reversal'")
+            .await,
+        PURCHASES as i64
+    );
+    for i in 0..PURCHASES {
+        let user = format!("lane-{i}");
+        let spent = spent_by.get(&user).copied().unwrap_or(0);
+        assert_eq!(
+            balance(&app, &user).await,
+            -spent,
+            "{user}: bought 2M, refunded 2M, spent {spent}"
+        );
+    }
+    let report = token_ledger::store::Store::from_pool(app.pool.clone())
+        .verify()
+        .await
+        .unwrap();
+    assert!(report.discrepancies.is_empty());
+}
+
+/// The lane at its limit: with one connection, a purchase that settles refunds parked before it
+/// reads and settles them through the lock's own transaction, so it never waits for a second
+/// connection of its pool (which would deadlock until the acquire timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_connection_lane_settles_parked_refunds_while_purchases_land_at_once() {
+    const PURCHASES: usize = 10;
+    let app = TestApp::spawn_with(TestOptions {
+        webhook: true,
+        webhook_pool_connections_max: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let addr = app.webhook_addr.unwrap();
+    for i in 0..PURCHASES {
+        let refund = event(
+            &format!("evt_one_ref{i}"),
+            "charge.refunded",
+            charge_refunded(&format!("ch_one_{i}"), &format!("pi_one_{i}"), 9_900, 9_900),
+        );
+        assert_eq!(send(addr, &refund).await, 200);
+        assert_eq!(
+            outcome(&app, &format!("evt_one_ref{i}")).await.0,
+            "unmatched_reversal"
+        );
+    }
+
+    let purchases: Vec<_> = (0..PURCHASES)
+        .map(|i| {
+            let buy = event(
+                &format!("evt_one_buy{i}"),
+                "checkout.session.completed",
+                pack_checkout(
+                    &format!("cs_one_{i}"),
+                    &format!("pi_one_{i}"),
+                    &format!("one-{i}"),
+                    "pack_2m",
+                    9_900,
+                ),
+            );
+            tokio::spawn(async move { deliver(addr, WEBHOOK_SECRET, &buy).await })
+        })
+        .collect();
+    for p in purchases {
+        let (status, body) = p.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+
+    for i in 0..PURCHASES {
+        assert_eq!(balance(&app, &format!("one-{i}")).await, 0);
+        assert_eq!(
+            outcome(&app, &format!("evt_one_ref{i}")).await.0,
+            "reversed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn outcomes_are_a_known_list_held_by_a_named_constraint() {
+    let (app, addr) = app().await;
+    // A charge with no amount_refunded is malformed: refused (400) and recorded as such.
+    let mut charge = charge_refunded("ch_bad", "pi_bad", 9_900, 9_900);
+    charge.as_object_mut().unwrap().remove("amount_refunded");
+    let (status, body) = deliver(
+        addr,
+        WEBHOOK_SECRET,
+        &event("evt_bad", "charge.refunded", charge),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(outcome(&app, "evt_bad").await.0, "malformed");
+
+    let err = sqlx::query("UPDATE stripe_events SET outcome = 'done' WHERE event_id = 'evt_bad'")
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.as_database_error().and_then(|e| e.constraint()),
+        Some("stripe_events_outcome_known")
+    );
 }

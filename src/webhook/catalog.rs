@@ -1,5 +1,6 @@
 //! The product catalog: which Stripe prices (by id or lookup key) buy which tokens, and how they
-//! are credited. Loaded from a TOML file (see `catalog.example.toml`).
+//! are credited. Loaded from a TOML file (see `catalog.example.toml`). Also the one place that
+//! decides which product an event pays for (`for_checkout`, `for_invoice`): pure, no I/O.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -7,6 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+use super::event::{CheckoutSession, Invoice, InvoiceLine};
 use crate::domain::TOKENS_MAX;
 
 /// The built-in example catalog, used when no catalog file is configured.
@@ -113,6 +115,88 @@ impl Catalog {
     pub fn products(&self) -> &[Product] {
         &self.products
     }
+
+    /// The product the first known one of `keys` names.
+    pub fn resolve_first(&self, keys: &[String]) -> Option<&Product> {
+        keys.iter().find_map(|k| self.resolve(k))
+    }
+
+    /// The product a checkout session buys: the first of its product keys the catalog knows;
+    /// only when the session names no product at all, the one product of `kinds` with its price
+    /// before discounts (a named but unknown product is a catalog gap, never guessed at). The
+    /// caller checks the product's kind against the session's mode.
+    pub fn for_checkout(
+        &self,
+        session: &CheckoutSession,
+        kinds: &[ProductKind],
+    ) -> Option<&Product> {
+        self.resolve_first(&session.product_keys).or_else(|| {
+            session
+                .amount_subtotal
+                .or(session.amount_total)
+                .filter(|_| session.product_keys.is_empty())
+                .and_then(|a| self.resolve_by_amount(a, kinds))
+        })
+    }
+
+    /// The product a subscription invoice pays for, and the line that pays it (whose period a
+    /// drip cycle uses). Proration lines never decide. A line's price id or lookup key comes
+    /// first, the plan's line before one-off items on the same invoice; then `metadata.product`;
+    /// last, when nothing on the invoice names a price or product, the one subscription product
+    /// with the first line's (or the invoice's) amount.
+    pub fn for_invoice<'a>(
+        &'a self,
+        inv: &'a Invoice,
+    ) -> Option<(&'a Product, Option<&'a InvoiceLine>)> {
+        let lines: Vec<&InvoiceLine> = inv.lines.iter().filter(|l| !l.proration).collect();
+        if let Some(by_line) = self.plan_line(&lines) {
+            return Some(by_line);
+        }
+        let product = self
+            .resolve_first(&inv.product_keys)
+            .or_else(|| self.invoice_by_amount(inv, &lines))?;
+        Some((product, lines.first().copied()))
+    }
+
+    /// The product of the first line naming a subscription product, else of the first line
+    /// naming any known product.
+    fn plan_line<'a>(
+        &'a self,
+        lines: &[&'a InvoiceLine],
+    ) -> Option<(&'a Product, Option<&'a InvoiceLine>)> {
+        let resolved: Vec<(&Product, &InvoiceLine)> = lines
+            .iter()
+            .filter_map(|l| {
+                [l.price_id.as_deref(), l.lookup_key.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|k| self.resolve(k))
+                    .map(|p| (p, *l))
+            })
+            .collect();
+        resolved
+            .iter()
+            .find(|(p, _)| p.kind != ProductKind::Pack)
+            .or_else(|| resolved.first())
+            .map(|(p, l)| (*p, Some(*l)))
+    }
+
+    /// Last resort for an invoice that names no price and no product: a subscription product
+    /// with exactly its amount.
+    fn invoice_by_amount(&self, inv: &Invoice, lines: &[&InvoiceLine]) -> Option<&Product> {
+        let names_a_price = inv
+            .lines
+            .iter()
+            .any(|l| l.price_id.is_some() || l.lookup_key.is_some());
+        if names_a_price || !inv.product_keys.is_empty() {
+            return None;
+        }
+        lines
+            .first()
+            .and_then(|l| l.amount)
+            .or(inv.amount_paid)
+            .and_then(|a| self.resolve_by_amount(a, &[ProductKind::Annual, ProductKind::Drip]))
+    }
 }
 
 #[cfg(test)]
@@ -159,6 +243,82 @@ mod tests {
                 .tokens,
             2_000_000
         );
+    }
+
+    fn line(price: Option<&str>, amount: i64, proration: bool) -> InvoiceLine {
+        InvoiceLine {
+            amount: Some(amount),
+            price_id: price.map(str::to_owned),
+            lookup_key: None,
+            period_start: Some(10),
+            period_end: Some(20),
+            proration,
+        }
+    }
+
+    fn invoice(lines: Vec<InvoiceLine>, product_keys: &[&str]) -> Invoice {
+        Invoice {
+            id: "in_1".into(),
+            billing_reason: "subscription_cycle".into(),
+            subscription: Some("sub_1".into()),
+            customer: None,
+            users: Vec::new(),
+            product_keys: product_keys.iter().map(|k| k.to_string()).collect(),
+            lines,
+            lines_has_more: false,
+            amount_paid: None,
+            currency: None,
+        }
+    }
+
+    #[test]
+    fn an_invoice_is_paid_for_by_its_plans_line_before_a_one_off_item() {
+        let c = Catalog::parse(EXAMPLE_CATALOG).unwrap();
+        let inv = invoice(
+            vec![
+                line(Some("price_pack_2m"), 9_900, false),
+                line(Some("price_vision_pro_28day"), 9_900, false),
+            ],
+            &[],
+        );
+        let (product, paid_by) = c.for_invoice(&inv).unwrap();
+        assert_eq!(product.name, "vision_pro_28day");
+        assert_eq!(paid_by, Some(&inv.lines[1]));
+    }
+
+    #[test]
+    fn an_invoice_is_matched_by_amount_only_when_it_names_nothing() {
+        let c = Catalog::parse(EXAMPLE_CATALOG).unwrap();
+        // $99 is a pack's price too, but only one subscription product has it.
+        let bare = invoice(vec![line(None, 9_900, false)], &[]);
+        assert_eq!(c.for_invoice(&bare).unwrap().0.name, "vision_pro_28day");
+        let unknown_price = invoice(vec![line(Some("price_elsewhere"), 9_900, false)], &[]);
+        assert!(c.for_invoice(&unknown_price).is_none());
+        let named = invoice(vec![line(None, 9_900, false)], &["vision_pro_annual"]);
+        assert_eq!(c.for_invoice(&named).unwrap().0.name, "vision_pro_annual");
+        let only_proration = invoice(vec![line(Some("price_vision_pro_28day"), 1, true)], &[]);
+        assert!(c.for_invoice(&only_proration).is_none());
+    }
+
+    #[test]
+    fn a_checkout_naming_no_product_is_matched_by_its_price_of_the_right_kind() {
+        let c = Catalog::parse(EXAMPLE_CATALOG).unwrap();
+        let mut session = crate::webhook::event::checkout_session(&serde_json::json!({
+            "id": "cs_1", "amount_subtotal": 9_900, "amount_total": 5_000
+        }))
+        .unwrap();
+        assert_eq!(
+            c.for_checkout(&session, &[ProductKind::Pack]).unwrap().name,
+            "pack_2m"
+        );
+        assert_eq!(
+            c.for_checkout(&session, &[ProductKind::Annual, ProductKind::Drip])
+                .unwrap()
+                .name,
+            "vision_pro_28day"
+        );
+        session.product_keys = vec!["no_such_pack".into()];
+        assert!(c.for_checkout(&session, &[ProductKind::Pack]).is_none());
     }
 
     #[test]

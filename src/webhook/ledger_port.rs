@@ -1,13 +1,16 @@
 //! How the webhook adapter reaches the ledger: over gRPC as a client with its own API key, or,
 //! when `serve` hosts the webhook, by calling the same gRPC service in process. Both go through
 //! the ledger service's own authorization, validation and idempotency, so the event-to-call
-//! mapping cannot tell them apart.
+//! mapping cannot tell them apart. `answer` is the one place a ledger call's status becomes
+//! what the webhook does about it.
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+use tonic::{Code, Request, Status};
 
+use super::outcome::{EventOutcome, Fail};
 use crate::auth::{Caller, Credential, Scope};
+use crate::client::bearer;
 use crate::pb;
 use crate::pb::ledger_service_client::LedgerServiceClient;
 use crate::pb::ledger_service_server::LedgerService;
@@ -29,6 +32,61 @@ pub trait LedgerPort: Send + Sync + 'static {
     ) -> Result<pb::GetTransactionResponse, Status>;
 }
 
+/// A ledger call's answer that the event-to-call mapping acts on: each is a fact about the
+/// ledger's state, acknowledged or not depending on the call.
+#[derive(Debug)]
+pub enum Answer<T> {
+    Done(T),
+    /// ALREADY_EXISTS: the same Stripe object was credited under the same key with other details
+    /// (a twin event carrying slightly different data). Nothing more to do.
+    AlreadyDone(String),
+    /// FAILED_PRECONDITION.
+    Refused(String),
+    /// NOT_FOUND.
+    NotFound,
+}
+
+impl<T> Answer<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
+        match self {
+            Answer::Done(t) => Answer::Done(f(t)),
+            Answer::AlreadyDone(m) => Answer::AlreadyDone(m),
+            Answer::Refused(m) => Answer::Refused(m),
+            Answer::NotFound => Answer::NotFound,
+        }
+    }
+}
+
+/// Sorts a ledger call's result: the answers the mapping acts on, or the event's failure, which
+/// decides the webhook's HTTP answer. A ledger that cannot answer now (unreachable, timed out,
+/// overloaded, cancelled) is `ledger_unavailable`, 503, and Stripe retries; a ledger refusing the
+/// webhook's credentials, or answering anything else, is a bug or a misconfiguration: `failed`,
+/// 500 (Stripe retries too, and the error log says what to fix).
+pub fn answer<T>(result: Result<T, Status>) -> Result<Answer<T>, Fail> {
+    let status = match result {
+        Ok(t) => return Ok(Answer::Done(t)),
+        Err(status) => status,
+    };
+    let (code, message) = (status.code(), status.message());
+    match code {
+        Code::AlreadyExists => Ok(Answer::AlreadyDone(message.to_string())),
+        Code::FailedPrecondition => Ok(Answer::Refused(message.to_string())),
+        Code::NotFound => Ok(Answer::NotFound),
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::ResourceExhausted => Err(Fail::new(
+            EventOutcome::LedgerUnavailable,
+            format!("ledger unavailable: {code:?} {message}"),
+        )),
+        Code::Unauthenticated | Code::PermissionDenied => Err(Fail::failed(format!(
+            "the ledger refused the webhook's credentials ({code:?}: {message}); it needs an API key with the billing scope"
+        ))),
+        _ => Err(Fail::failed(format!("ledger answered {code:?}: {message}"))),
+    }
+}
+
 /// The ledger over the network.
 #[derive(Clone)]
 pub struct RemoteLedger {
@@ -47,9 +105,7 @@ impl RemoteLedger {
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(timeout)
             .connect_lazy();
-        let authorization = api_key
-            .map(|k| MetadataValue::try_from(format!("Bearer {k}")))
-            .transpose()?;
+        let authorization = api_key.map(bearer).transpose()?;
         Ok(Self {
             client: LedgerServiceClient::new(channel),
             authorization,
@@ -172,5 +228,50 @@ impl LedgerPort for InProcessLedger {
             .get_transaction(self.request(r))
             .await?
             .into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome_of(code: Code) -> Option<EventOutcome> {
+        answer::<()>(Err(Status::new(code, "x")))
+            .err()
+            .map(|f| f.outcome)
+    }
+
+    #[test]
+    fn a_ledger_that_cannot_answer_now_is_retried_and_a_refusal_of_credentials_is_a_failure() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::ResourceExhausted,
+        ] {
+            assert_eq!(
+                outcome_of(code),
+                Some(EventOutcome::LedgerUnavailable),
+                "{code:?}"
+            );
+        }
+        for code in [
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::InvalidArgument,
+            Code::Internal,
+        ] {
+            assert_eq!(outcome_of(code), Some(EventOutcome::Failed), "{code:?}");
+        }
+        assert!(matches!(
+            answer::<()>(Err(Status::already_exists("twin"))),
+            Ok(Answer::AlreadyDone(m)) if m == "twin"
+        ));
+        assert!(matches!(
+            answer::<()>(Err(Status::not_found("x"))),
+            Ok(Answer::NotFound)
+        ));
+        assert!(matches!(answer(Ok(7)), Ok(Answer::Done(7))));
     }
 }

@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod event;
 pub mod ledger_port;
+pub mod outcome;
 pub mod process;
 pub mod signature;
 pub mod store;
@@ -24,6 +25,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+pub use outcome::EventOutcome;
 pub use process::Processor;
 
 /// Largest webhook body accepted. Stripe's events are a few KiB; invoices with many lines reach
@@ -31,6 +33,12 @@ pub use process::Processor;
 pub const BODY_BYTES_MAX: usize = 512 * 1024;
 /// Default tolerance between a signature's timestamp and now, as Stripe's libraries use.
 pub const TOLERANCE_SECS_DEFAULT: i64 = 300;
+/// Default size of the hosted webhook's own connection pool (its lane; see
+/// `store::WebhookStore::lane`). Each delivery uses one connection at a time, holding it across
+/// its ledger calls only while it holds a payment intent's lock; at the limit, further deliveries
+/// wait for a connection (up to the database acquire timeout, then 503 and Stripe retries) while
+/// the ledger's own pool stays free for its writers and readers.
+pub const POOL_CONNECTIONS_MAX_DEFAULT: u32 = 4;
 
 /// Signature settings.
 #[derive(Clone)]
@@ -97,13 +105,15 @@ async fn handle(
         now,
     ) {
         tracing::warn!(error = %err, body_bytes = body.len(), "Stripe webhook refused: bad signature");
+        // Not an `EventOutcome`: nothing unverified is recorded.
         return reply(400, "bad_signature", &err.to_string());
     }
     let envelope = match event::parse_envelope(&body) {
         Ok(e) => e,
         Err(err) => {
             tracing::warn!(error = %err, "Stripe webhook refused: unparseable body");
-            return reply(400, "malformed", &err);
+            // Not recorded: with no event id there is no row to write.
+            return reply(400, EventOutcome::Malformed.as_str(), &err);
         }
     };
     let span = tracing::info_span!("stripe_event", event_id = %envelope.id, event_type = %envelope.event_type);
@@ -123,7 +133,7 @@ async fn handle(
         );
         reply(
             outcome.http_status,
-            &outcome.record.outcome,
+            outcome.record.outcome.as_str(),
             &outcome.record.detail,
         )
     }

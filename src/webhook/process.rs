@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use tonic::{Code, Status};
 
 use super::catalog::{Catalog, Product, ProductKind};
 use super::event::{self, CheckoutSession, Envelope, Invoice};
-use super::ledger_port::LedgerPort;
+use super::ledger_port::{answer, Answer, LedgerPort};
+use super::outcome::{EventOutcome, Fail};
 use super::store::{Claim, ClaimKind, EventRecord, WebhookStore};
 use crate::pb;
 
@@ -24,55 +24,6 @@ pub struct Outcome {
     pub record: EventRecord,
 }
 
-/// Why an event could not be handled (yet).
-#[derive(Debug)]
-enum Fail {
-    /// 400: a request Stripe should not send again unchanged (a catalog gap, a malformed object).
-    Rejected(&'static str, String),
-    /// 503: try again later (user not known yet, ledger or database unreachable).
-    Retry(&'static str, String),
-    /// 500: a bug or a misconfiguration; logged as an error, Stripe retries.
-    Failed(String),
-}
-
-impl From<sqlx::Error> for Fail {
-    fn from(e: sqlx::Error) -> Self {
-        Fail::Retry("store_unavailable", format!("webhook database error: {e}"))
-    }
-}
-
-/// A ledger call's answer, sorted by what the adapter does about it.
-enum Answer<T> {
-    Done(T),
-    /// ALREADY_EXISTS: the same Stripe object was credited under the same key with other details
-    /// (a twin event carrying slightly different data). Nothing more to do.
-    AlreadyDone(String),
-    /// FAILED_PRECONDITION.
-    Refused(String),
-    /// NOT_FOUND.
-    NotFound,
-}
-
-fn answer<T>(result: Result<T, Status>) -> Result<Answer<T>, Fail> {
-    match result {
-        Ok(t) => Ok(Answer::Done(t)),
-        Err(s) => match s.code() {
-            Code::AlreadyExists => Ok(Answer::AlreadyDone(s.message().to_string())),
-            Code::FailedPrecondition => Ok(Answer::Refused(s.message().to_string())),
-            Code::NotFound => Ok(Answer::NotFound),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
-                Err(Fail::Retry("ledger_unavailable", format!("ledger unavailable: {:?} {}", s.code(), s.message())))
-            }
-            Code::Unauthenticated | Code::PermissionDenied => Err(Fail::Failed(format!(
-                "the ledger refused the webhook's credentials ({:?}: {}); it needs an API key with the billing scope",
-                s.code(),
-                s.message()
-            ))),
-            _ => Err(Fail::Failed(format!("ledger answered {:?}: {}", s.code(), s.message()))),
-        },
-    }
-}
-
 /// The event-to-ledger mapping.
 #[derive(Clone)]
 pub struct Processor {
@@ -82,7 +33,7 @@ pub struct Processor {
 }
 
 struct Done {
-    outcome: &'static str,
+    outcome: EventOutcome,
     detail: String,
     user_id: Option<String>,
     transaction_id: Option<String>,
@@ -91,7 +42,11 @@ struct Done {
 }
 
 impl Done {
-    fn new(outcome: &'static str, detail: impl Into<String>) -> Self {
+    fn new(outcome: EventOutcome, detail: impl Into<String>) -> Self {
+        assert!(
+            outcome.is_acknowledged(),
+            "{outcome} is a failure, not a handled event"
+        );
         Self {
             outcome,
             detail: detail.into(),
@@ -101,14 +56,25 @@ impl Done {
             claim: None,
         }
     }
+    /// The record of an event that was not handled (yet).
+    fn unhandled(outcome: EventOutcome, detail: String) -> Self {
+        Self {
+            outcome,
+            detail,
+            user_id: None,
+            transaction_id: None,
+            payment_intent: None,
+            claim: None,
+        }
+    }
     fn ignored(detail: impl Into<String>) -> Self {
-        Self::new("ignored", detail)
+        Self::new(EventOutcome::Ignored, detail)
     }
     fn credit(user_id: &str, transaction_id: String, replayed: bool, what: String) -> Self {
         let (outcome, verb) = if replayed {
-            ("replayed", "already credited")
+            (EventOutcome::Replayed, "already credited")
         } else {
-            ("credited", "credited")
+            (EventOutcome::Credited, "credited")
         };
         Self {
             user_id: Some(user_id.to_string()),
@@ -155,28 +121,29 @@ impl Processor {
                 Ok(Done::ignored(format!("event type {other} is not handled")))
             }
         };
-        let (http_status, done) = match result {
-            Ok(done) => (200, done),
-            Err(Fail::Rejected(outcome, detail)) => {
-                tracing::error!(%detail, "Stripe event rejected (400): Stripe will retry until this is fixed");
-                (400, Done::new(outcome, detail))
-            }
-            Err(Fail::Retry(outcome, detail)) => {
-                tracing::warn!(%detail, "Stripe event not handled yet (503): Stripe will retry");
-                (503, Done::new(outcome, detail))
-            }
-            Err(Fail::Failed(detail)) => {
-                tracing::error!(%detail, "Stripe event failed (500)");
-                (500, Done::new("failed", detail))
+        let done = match result {
+            Ok(done) => done,
+            Err(fail) => {
+                let Fail { outcome, detail } = fail;
+                match outcome.http_status() {
+                    400 => {
+                        tracing::error!(%outcome, %detail, "Stripe event rejected (400): Stripe will retry until this is fixed")
+                    }
+                    503 => {
+                        tracing::warn!(%outcome, %detail, "Stripe event not handled yet (503): Stripe will retry")
+                    }
+                    status => tracing::error!(%outcome, %detail, status, "Stripe event failed"),
+                }
+                Done::unhandled(outcome, detail)
             }
         };
         Outcome {
-            http_status,
+            http_status: done.outcome.http_status(),
             record: EventRecord {
                 event_id: env.id.clone(),
                 event_type: env.event_type.clone(),
                 livemode: env.livemode,
-                outcome: done.outcome.to_string(),
+                outcome: done.outcome,
                 detail: done.detail,
                 user_id: done.user_id,
                 transaction_id: done.transaction_id,
@@ -208,8 +175,8 @@ impl Processor {
                 return Ok(user);
             }
         }
-        Err(Fail::Retry(
-            "user_unknown",
+        Err(Fail::new(
+            EventOutcome::UserUnknown,
             format!(
                 "no user for {what}: no client_reference_id or metadata.user_id, and neither subscription {} nor customer {} has been seen at checkout yet",
                 subscription.unwrap_or("-"),
@@ -218,13 +185,8 @@ impl Processor {
         ))
     }
 
-    fn product_from_keys(&self, keys: &[String]) -> Option<&Product> {
-        keys.iter().find_map(|k| self.catalog.resolve(k))
-    }
-
     async fn checkout(&self, env: &Envelope) -> Result<Done, Fail> {
-        let session =
-            event::checkout_session(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let session = event::checkout_session(&env.object).map_err(Fail::malformed)?;
         if session.status.as_deref().is_some_and(|s| s != "complete") {
             return Ok(Done::ignored(format!(
                 "checkout session {} is not complete",
@@ -239,7 +201,7 @@ impl Processor {
             ("payment", true) => self.purchase(&session).await,
             ("subscription", true) => self.subscription_checkout(&session).await,
             (_, false) if session.payment_status == "unpaid" => Ok(Done::new(
-                "awaiting_payment",
+                EventOutcome::AwaitingPayment,
                 format!(
                     "checkout session {} is unpaid (delayed payment method); credited on checkout.session.async_payment_succeeded",
                     session.id
@@ -269,35 +231,7 @@ impl Processor {
                 session.id
             )));
         };
-        let product = self
-            .product_from_keys(&session.product_keys)
-            .or_else(|| {
-                // Only when the session names no product at all: a named but unknown one is a
-                // catalog gap.
-                session
-                    .amount_subtotal
-                    .or(session.amount_total)
-                    .filter(|_| session.product_keys.is_empty())
-                    .and_then(|a| self.catalog.resolve_by_amount(a, &[ProductKind::Pack]))
-            })
-            .ok_or_else(|| {
-            Fail::Rejected(
-                "unknown_price",
-                format!(
-                    "catalog gap: checkout session {} names no catalog product (metadata.pack/product/price_id/lookup_key: {:?})",
-                    session.id, session.product_keys
-                ),
-            )
-        })?;
-        if product.kind != ProductKind::Pack {
-            return Err(Fail::Rejected(
-                "unknown_price",
-                format!(
-                    "catalog product {} is not a token pack, but checkout session {} is a one-off payment",
-                    product.name, session.id
-                ),
-            ));
-        }
+        let product = self.pack_for(session)?;
         let user = self
             .resolve_user(
                 &session.users,
@@ -331,22 +265,47 @@ impl Processor {
                 .map(|r| (r.transaction_id, r.replayed)),
             what,
         )?;
-        done.payment_intent = Some(payment_intent.clone());
-        // Refunds or disputes that arrived before this purchase was credited are clawed back now,
-        // under the payment intent's lock (a claim parks itself under the same lock, so none is
-        // missed). If that fails, answer 503: the redelivery replays the purchase and retries.
-        let mut lock = self.store.lock_payment_intent(&payment_intent).await?;
-        for (event_id, claim) in self.store.waiting_claims(&payment_intent).await? {
+        self.settle_waiting_claims(&payment_intent).await?;
+        done.payment_intent = Some(payment_intent);
+        Ok(done)
+    }
+
+    /// The token pack a one-off checkout buys; any other product (or none) is a catalog gap.
+    fn pack_for(&self, session: &CheckoutSession) -> Result<&Product, Fail> {
+        let product = self
+            .catalog
+            .for_checkout(session, &[ProductKind::Pack])
+            .ok_or_else(|| {
+                Fail::unknown_price(format!(
+                    "catalog gap: checkout session {} names no catalog product (metadata.pack/product/price_id/lookup_key: {:?})",
+                    session.id, session.product_keys
+                ))
+            })?;
+        if product.kind != ProductKind::Pack {
+            return Err(Fail::unknown_price(format!(
+                "catalog product {} is not a token pack, but checkout session {} is a one-off payment",
+                product.name, session.id
+            )));
+        }
+        Ok(product)
+    }
+
+    /// Claws back the refunds and disputes that arrived before the purchase of `payment_intent`
+    /// was credited, under the payment intent's lock (a claim parks itself under the same lock,
+    /// so none is missed). If that fails, the answer is 503: the redelivery replays the purchase
+    /// and retries.
+    async fn settle_waiting_claims(&self, payment_intent: &str) -> Result<(), Fail> {
+        let mut lock = self.store.lock_payment_intent(payment_intent).await?;
+        for (event_id, claim) in WebhookStore::waiting_claims(&mut lock, payment_intent).await? {
             let settled = self
-                .apply_claim_locked(&mut lock, &payment_intent, &claim, None)
+                .apply_claim_locked(&mut lock, payment_intent, &claim, None)
                 .await?;
-            self.store
-                .settle_claim(&event_id, settled.outcome, &settled.detail)
+            WebhookStore::settle_claim(&mut lock, &event_id, settled.outcome, &settled.detail)
                 .await?;
-            tracing::info!(%event_id, outcome = settled.outcome, "applied a reversal that was waiting for its purchase");
+            tracing::info!(%event_id, outcome = %settled.outcome, "applied a reversal that was waiting for its purchase");
         }
         lock.commit().await?;
-        Ok(done)
+        Ok(())
     }
 
     async fn subscription_checkout(&self, session: &CheckoutSession) -> Result<Done, Fail> {
@@ -366,15 +325,9 @@ impl Processor {
             .await?;
         self.link_checkout(session, &user).await?;
         let subscription_kinds = [ProductKind::Annual, ProductKind::Drip];
-        let Some(product) = self.product_from_keys(&session.product_keys).or_else(|| {
-            session
-                .amount_subtotal
-                .or(session.amount_total)
-                .filter(|_| session.product_keys.is_empty())
-                .and_then(|a| self.catalog.resolve_by_amount(a, &subscription_kinds))
-        }) else {
+        let Some(product) = self.catalog.for_checkout(session, &subscription_kinds) else {
             let mut done = Done::new(
-                "recorded",
+                EventOutcome::Recorded,
                 format!("subscription {sub} belongs to {user}; its first invoice (invoice.paid) credits it"),
             );
             done.user_id = Some(user);
@@ -385,7 +338,7 @@ impl Processor {
                 Some(invoice) => self.grant_annual(&user, product, &sub, invoice).await,
                 None => {
                     let mut done = Done::new(
-                        "recorded",
+                        EventOutcome::Recorded,
                         format!("subscription {sub} belongs to {user}; the session names no invoice, so invoice.paid credits it"),
                     );
                     done.user_id = Some(user);
@@ -407,13 +360,10 @@ impl Processor {
                 )
                 .await
             }
-            ProductKind::Pack => Err(Fail::Rejected(
-                "unknown_price",
-                format!(
-                    "catalog product {} is a token pack, but checkout session {} is a subscription",
-                    product.name, session.id
-                ),
-            )),
+            ProductKind::Pack => Err(Fail::unknown_price(format!(
+                "catalog product {} is a token pack, but checkout session {} is a subscription",
+                product.name, session.id
+            ))),
         }
     }
 
@@ -504,17 +454,19 @@ impl Processor {
                 tracing::info!(%msg, "already credited by its twin event");
                 Ok(Done {
                     user_id: Some(user.to_string()),
-                    ..Done::new("replayed", format!("already credited ({what}): {msg}"))
+                    ..Done::new(
+                        EventOutcome::Replayed,
+                        format!("already credited ({what}): {msg}"),
+                    )
                 })
             }
-            Answer::Refused(msg) => Err(Fail::Failed(msg)),
-            Answer::NotFound => Err(Fail::Failed("ledger answered NOT_FOUND to a credit".into())),
+            Answer::Refused(msg) => Err(Fail::failed(msg)),
+            Answer::NotFound => Err(Fail::failed("ledger answered NOT_FOUND to a credit")),
         }
     }
 
     async fn invoice_paid(&self, env: &Envelope) -> Result<Done, Fail> {
-        let inv: Invoice =
-            event::invoice(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let inv: Invoice = event::invoice(&env.object).map_err(Fail::malformed)?;
         let first_cycle = match inv.billing_reason.as_str() {
             "subscription_create" => true,
             "subscription_cycle" => false,
@@ -537,51 +489,22 @@ impl Processor {
                 inv.id
             )));
         };
-        let lines: Vec<_> = inv.lines.iter().filter(|l| !l.proration).collect();
-        // A subscription invoice may also carry one-off items: its plan's line decides.
-        let resolved: Vec<_> = lines
-            .iter()
-            .filter_map(|l| {
-                [l.price_id.as_deref(), l.lookup_key.as_deref()]
-                    .into_iter()
-                    .flatten()
-                    .find_map(|k| self.catalog.resolve(k))
-                    .map(|p| (p, *l))
-            })
-            .collect();
-        let matched = resolved
-            .iter()
-            .find(|(p, _)| p.kind != ProductKind::Pack)
-            .or_else(|| resolved.first())
-            .copied();
-        let (product, line) = match matched {
-            Some((p, l)) => (p, Some(l)),
-            None => match self.product_from_keys(&inv.product_keys).or_else(|| {
-                // Last resort: a subscription product with exactly this price.
-                let kinds = [ProductKind::Annual, ProductKind::Drip];
-                let names_a_price = inv
-                    .lines
-                    .iter()
-                    .any(|l| l.price_id.is_some() || l.lookup_key.is_some());
-                if names_a_price || !inv.product_keys.is_empty() {
-                    return None;
+        let Some((product, line)) = self.catalog.for_invoice(&inv) else {
+            let prices: Vec<_> = inv
+                .lines
+                .iter()
+                .filter(|l| !l.proration)
+                .filter_map(|l| l.price_id.clone())
+                .collect();
+            return Err(Fail::unknown_price(format!(
+                "catalog gap: invoice {} has no line with a catalog price (prices {prices:?}{})",
+                inv.id,
+                if inv.lines_has_more {
+                    ", more lines not included"
+                } else {
+                    ""
                 }
-                lines
-                    .first()
-                    .and_then(|l| l.amount)
-                    .or(inv.amount_paid)
-                    .and_then(|a| self.catalog.resolve_by_amount(a, &kinds))
-            }) {
-                Some(p) => (p, lines.first().copied()),
-                None => {
-                    let prices: Vec<_> = lines.iter().filter_map(|l| l.price_id.clone()).collect();
-                    return Err(Fail::Rejected(
-                        "unknown_price",
-                        format!("catalog gap: invoice {} has no line with a catalog price (prices {prices:?}{})", inv.id,
-                            if inv.lines_has_more { ", more lines not included" } else { "" }),
-                    ));
-                }
-            },
+            )));
         };
         let user = self
             .resolve_user(
@@ -602,10 +525,10 @@ impl Processor {
                     line.and_then(|l| l.period_start),
                     line.and_then(|l| l.period_end),
                 ) else {
-                    return Err(Fail::Rejected(
-                        "malformed",
-                        format!("invoice {} line has no period", inv.id),
-                    ));
+                    return Err(Fail::malformed(format!(
+                        "invoice {} line has no period",
+                        inv.id
+                    )));
                 };
                 self.drip(&user, product, &sub, Some(&inv.id), start, end, first_cycle)
                     .await
@@ -618,8 +541,7 @@ impl Processor {
     }
 
     async fn charge_refunded(&self, env: &Envelope) -> Result<Done, Fail> {
-        let charge =
-            event::charge_refund(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let charge = event::charge_refund(&env.object).map_err(Fail::malformed)?;
         let Some(pi) = charge.payment_intent.clone() else {
             return Ok(Done::ignored(format!(
                 "charge {} has no payment intent: not a token pack",
@@ -641,7 +563,7 @@ impl Processor {
     }
 
     async fn dispute_created(&self, env: &Envelope) -> Result<Done, Fail> {
-        let dispute = event::dispute(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let dispute = event::dispute(&env.object).map_err(Fail::malformed)?;
         let Some(pi) = dispute.payment_intent.clone() else {
             return Ok(Done::ignored(format!(
                 "dispute {} names no payment intent (charge {:?}): cannot find its purchase",
@@ -665,7 +587,7 @@ impl Processor {
             .apply_claim_locked(&mut lock, &pi, &claim, Some(env))
             .await?;
         lock.commit().await?;
-        if done.outcome == "unmatched_reversal" {
+        if done.outcome == EventOutcome::UnmatchedReversal {
             done.claim = Some(claim);
         }
         done.payment_intent = Some(pi);
@@ -688,109 +610,73 @@ impl Processor {
         };
         let found = match answer(self.ledger.get_transaction(lookup).await)? {
             Answer::Done(found) => found,
-            Answer::NotFound => {
-                tracing::warn!(
-                    payment_intent = pi,
-                    kind = claim.kind.as_str(),
-                    "no credited purchase for this payment intent yet; the reversal waits for it"
-                );
-                let detail = format!(
-                    "{} {}: no purchase credited for payment intent {pi} yet; clawed back when it is",
-                    claim.kind.as_str(),
-                    claim.reference
-                );
-                if let Some(env) = park {
-                    let record = EventRecord {
-                        event_id: env.id.clone(),
-                        event_type: env.event_type.clone(),
-                        livemode: env.livemode,
-                        outcome: "unmatched_reversal".into(),
-                        detail: detail.clone(),
-                        payment_intent: Some(pi.to_string()),
-                        claim: Some(claim.clone()),
-                        ..EventRecord::default()
-                    };
-                    WebhookStore::park_claim(lock, &record).await?;
-                }
-                return Ok(Done::new("unmatched_reversal", detail));
-            }
-            Answer::AlreadyDone(msg) | Answer::Refused(msg) => return Err(Fail::Failed(msg)),
+            Answer::NotFound => return wait_for_purchase(lock, pi, claim, park).await,
+            Answer::AlreadyDone(msg) | Answer::Refused(msg) => return Err(Fail::failed(msg)),
         };
         let purchase = found.transaction.unwrap_or_default();
-        let tokens = purchase.token_amount;
-        let paid = match &purchase.details {
-            Some(pb::transaction::Details::Purchase(p)) => p.amount_paid_cents,
-            _ => 0,
-        };
-        let share = |amount: i64| -> i64 {
-            if paid <= 0 || amount >= paid {
-                tokens
-            } else {
-                (i128::from(tokens) * i128::from(amount) / i128::from(paid)) as i64
-            }
-        };
-        let (delta, key, source) = match claim.kind {
-            // Cumulative: bring the purchase's reversed total up to the refunded share.
-            ClaimKind::Refund => (
-                share(claim.amount_cents) - found.reversed_tokens,
-                format!("stripe:refund:{}:{}", claim.reference, claim.amount_cents),
-                pb::ReversalSource::Refund,
-            ),
-            // One dispute claws back its share once, within what is left.
-            ClaimKind::Dispute => (
-                share(claim.amount_cents).min(tokens - found.reversed_tokens),
-                format!("stripe:dispute:{}", claim.reference),
-                pb::ReversalSource::Dispute,
-            ),
-        };
-        let mut done = if delta <= 0 {
+        let due = reversal_due(&purchase, found.reversed_tokens, claim);
+        let mut done = if due.tokens <= 0 {
             Done::new(
-                "already_reversed",
+                EventOutcome::AlreadyReversed,
                 format!(
-                    "{} {}: {} of {tokens} tokens already reversed",
+                    "{} {}: {} of {} tokens already reversed",
                     claim.kind.as_str(),
                     claim.reference,
-                    found.reversed_tokens
+                    found.reversed_tokens,
+                    purchase.token_amount
                 ),
             )
         } else {
-            let request = pb::ReverseRequest {
-                user_id: found.user_id.clone(),
-                tokens: delta,
-                idempotency_key: key,
-                original_transaction_id: purchase.id.clone(),
-                source: source as i32,
-                reason: format!("stripe {} {}", claim.kind.as_str(), claim.reference),
-                stripe_reference: claim.reference.clone(),
-            };
-            match answer(self.ledger.reverse(request).await)? {
-                Answer::Done(r) => Done {
-                    transaction_id: Some(r.transaction_id),
-                    ..Done::new(
-                        if r.replayed { "replayed" } else { "reversed" },
-                        format!(
-                            "{} {}: {delta} tokens of purchase {} clawed back",
-                            claim.kind.as_str(),
-                            claim.reference,
-                            purchase.id
-                        ),
-                    )
-                },
-                Answer::AlreadyDone(msg) | Answer::Refused(msg) => {
-                    Done::new("already_reversed", msg)
-                }
-                Answer::NotFound => {
-                    return Err(Fail::Failed(format!("purchase {} vanished", purchase.id)))
-                }
-            }
+            self.reverse(&found.user_id, &purchase.id, claim, due)
+                .await?
         };
         done.user_id = Some(found.user_id);
         Ok(done)
     }
 
+    /// Claws back `due` of purchase `purchase_id` for `claim`.
+    async fn reverse(
+        &self,
+        user_id: &str,
+        purchase_id: &str,
+        claim: &Claim,
+        due: Reversal,
+    ) -> Result<Done, Fail> {
+        let request = pb::ReverseRequest {
+            user_id: user_id.to_string(),
+            tokens: due.tokens,
+            idempotency_key: due.idempotency_key,
+            original_transaction_id: purchase_id.to_string(),
+            source: due.source as i32,
+            reason: format!("stripe {} {}", claim.kind.as_str(), claim.reference),
+            stripe_reference: claim.reference.clone(),
+        };
+        match answer(self.ledger.reverse(request).await)? {
+            Answer::Done(r) => Ok(Done {
+                transaction_id: Some(r.transaction_id),
+                ..Done::new(
+                    if r.replayed {
+                        EventOutcome::Replayed
+                    } else {
+                        EventOutcome::Reversed
+                    },
+                    format!(
+                        "{} {}: {} tokens of purchase {purchase_id} clawed back",
+                        claim.kind.as_str(),
+                        claim.reference,
+                        due.tokens
+                    ),
+                )
+            }),
+            Answer::AlreadyDone(msg) | Answer::Refused(msg) => {
+                Ok(Done::new(EventOutcome::AlreadyReversed, msg))
+            }
+            Answer::NotFound => Err(Fail::failed(format!("purchase {purchase_id} vanished"))),
+        }
+    }
+
     async fn subscription_deleted(&self, env: &Envelope) -> Result<Done, Fail> {
-        let sub =
-            event::ended_subscription(&env.object).map_err(|e| Fail::Rejected("malformed", e))?;
+        let sub = event::ended_subscription(&env.object).map_err(Fail::malformed)?;
         let ended_at = sub
             .ended_at
             .and_then(|t| DateTime::from_timestamp(t, 0))
@@ -799,7 +685,7 @@ impl Processor {
             .end_subscription(&sub.id, ended_at, sub.users.first().map(String::as_str))
             .await?;
         let mut done = Done::new(
-            "recorded",
+            EventOutcome::Recorded,
             format!("subscription {} ended at {ended_at}: no more drips", sub.id),
         );
         done.user_id = sub.users.first().cloned();
@@ -807,13 +693,135 @@ impl Processor {
     }
 }
 
-impl<T> Answer<T> {
-    fn map<U>(self, f: impl FnOnce(T) -> U) -> Answer<U> {
-        match self {
-            Answer::Done(t) => Answer::Done(f(t)),
-            Answer::AlreadyDone(m) => Answer::AlreadyDone(m),
-            Answer::Refused(m) => Answer::Refused(m),
-            Answer::NotFound => Answer::NotFound,
+/// No purchase is credited for `pi` yet: the claim waits for it. With `park` (the claim's own
+/// delivery, not a purchase settling waiting claims), it is parked in `lock`'s transaction, so
+/// the purchase, which looks for waiting claims under the same lock, cannot miss it.
+async fn wait_for_purchase(
+    lock: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    pi: &str,
+    claim: &Claim,
+    park: Option<&Envelope>,
+) -> Result<Done, Fail> {
+    tracing::warn!(
+        payment_intent = pi,
+        kind = claim.kind.as_str(),
+        "no credited purchase for this payment intent yet; the reversal waits for it"
+    );
+    let detail = format!(
+        "{} {}: no purchase credited for payment intent {pi} yet; clawed back when it is",
+        claim.kind.as_str(),
+        claim.reference
+    );
+    if let Some(env) = park {
+        let record = EventRecord {
+            event_id: env.id.clone(),
+            event_type: env.event_type.clone(),
+            livemode: env.livemode,
+            outcome: EventOutcome::UnmatchedReversal,
+            detail: detail.clone(),
+            user_id: None,
+            transaction_id: None,
+            payment_intent: Some(pi.to_string()),
+            claim: Some(claim.clone()),
+        };
+        WebhookStore::park_claim(lock, &record).await?;
+    }
+    Ok(Done::new(EventOutcome::UnmatchedReversal, detail))
+}
+
+/// What a refund or dispute still has to claw back of its purchase.
+#[derive(Debug, PartialEq, Eq)]
+struct Reversal {
+    /// Zero or less: nothing left to reverse.
+    tokens: i64,
+    idempotency_key: String,
+    source: pb::ReversalSource,
+}
+
+/// The claim's share of the purchase's tokens (its amount over the amount paid, all of it when
+/// nothing was paid or the claim covers it all), less what is already reversed. A refund is
+/// cumulative: it tops the reversals up to the refunded share, keyed by that cumulative amount.
+/// A dispute claws back its share once, within what is left.
+fn reversal_due(purchase: &pb::Transaction, reversed_tokens: i64, claim: &Claim) -> Reversal {
+    let tokens = purchase.token_amount;
+    let paid = match &purchase.details {
+        Some(pb::transaction::Details::Purchase(p)) => p.amount_paid_cents,
+        _ => 0,
+    };
+    let share = if paid <= 0 || claim.amount_cents >= paid {
+        tokens
+    } else {
+        // i128: tokens × cents cannot overflow; the quotient is below `tokens`.
+        (i128::from(tokens) * i128::from(claim.amount_cents) / i128::from(paid)) as i64
+    };
+    match claim.kind {
+        ClaimKind::Refund => Reversal {
+            tokens: share - reversed_tokens,
+            idempotency_key: format!("stripe:refund:{}:{}", claim.reference, claim.amount_cents),
+            source: pb::ReversalSource::Refund,
+        },
+        ClaimKind::Dispute => Reversal {
+            tokens: share.min(tokens - reversed_tokens),
+            idempotency_key: format!("stripe:dispute:{}", claim.reference),
+            source: pb::ReversalSource::Dispute,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn purchase(tokens: i64, paid_cents: i64) -> pb::Transaction {
+        pb::Transaction {
+            token_amount: tokens,
+            details: Some(pb::transaction::Details::Purchase(pb::PurchaseDetails {
+                amount_paid_cents: paid_cents,
+                ..Default::default()
+            })),
+            ..Default::default()
         }
+    }
+
+    fn claim(kind: ClaimKind, amount_cents: i64) -> Claim {
+        Claim {
+            kind,
+            reference: "ch_1".into(),
+            amount_cents,
+        }
+    }
+
+    #[test]
+    fn a_refund_tops_the_reversals_up_to_its_cumulative_share() {
+        let p = purchase(2_000_000, 9_900);
+        let half = reversal_due(&p, 0, &claim(ClaimKind::Refund, 4_950));
+        assert_eq!(
+            (half.tokens, half.idempotency_key.as_str()),
+            (1_000_000, "stripe:refund:ch_1:4950")
+        );
+        assert_eq!(
+            reversal_due(&p, 1_000_000, &claim(ClaimKind::Refund, 9_900)).tokens,
+            1_000_000
+        );
+        assert_eq!(
+            reversal_due(&p, 2_000_000, &claim(ClaimKind::Refund, 4_950)).tokens,
+            -1_000_000,
+            "a late, smaller step reverses nothing"
+        );
+    }
+
+    #[test]
+    fn a_dispute_claws_back_its_share_within_what_is_left() {
+        let p = purchase(2_000_000, 9_900);
+        let due = reversal_due(&p, 1_500_000, &claim(ClaimKind::Dispute, 9_900));
+        assert_eq!(
+            (due.tokens, due.source),
+            (500_000, pb::ReversalSource::Dispute)
+        );
+        assert_eq!(
+            reversal_due(&purchase(2_000_000, 0), 0, &claim(ClaimKind::Dispute, 1)).tokens,
+            2_000_000,
+            "nothing paid: the whole purchase"
+        );
     }
 }

@@ -5,6 +5,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
+use super::outcome::EventOutcome;
+
 /// A refund or dispute that arrived before its purchase was credited.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -31,12 +33,12 @@ impl ClaimKind {
 }
 
 /// What the adapter did with one event, as written to `stripe_events`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EventRecord {
     pub event_id: String,
     pub event_type: String,
     pub livemode: bool,
-    pub outcome: String,
+    pub outcome: EventOutcome,
     pub detail: String,
     pub user_id: Option<String>,
     pub transaction_id: Option<String>,
@@ -72,6 +74,40 @@ pub struct WebhookStore {
 impl WebhookStore {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+
+    /// The hosted webhook's own lane: a pool of at most `connections_max` connections to the
+    /// ledger's database, opened lazily with the ledger pool's settings.
+    ///
+    /// Why a pool of its own, rather than ledger calls made outside the lock transaction: the
+    /// payment intent's lock must span those calls to stay correct. Released between the read of
+    /// the share already reversed and `Reverse`, two refund steps of one charge could both top
+    /// up from the same total (clawing back twice); released between a refund finding no
+    /// purchase and parking itself, the purchase could be credited and look for waiting claims
+    /// in that gap, and the refund would stay parked forever (a lost claim). So the lock stays
+    /// where it is, and what changes is whose connection holds it: taken from the ledger's pool,
+    /// enough concurrent reversals held every connection while their own ledger calls, and every
+    /// writer and reader of the ledger, waited for one (`UNAVAILABLE` for all of them at the
+    /// acquire timeout). From this pool, the webhook holds at most `connections_max` connections,
+    /// none of the ledger's; its ledger calls borrow the ledger's connections only for their own
+    /// duration, as any client's do. At the limit, further deliveries wait for one of these
+    /// connections (up to the acquire timeout, then 503 `store_unavailable` and Stripe retries).
+    pub fn lane(ledger_pool: &PgPool, connections_max: u32) -> Self {
+        let options = ledger_pool
+            .connect_options()
+            .as_ref()
+            .clone()
+            .application_name("token-ledger-webhook");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(connections_max)
+            .acquire_timeout(ledger_pool.options().get_acquire_timeout())
+            .connect_lazy_with(options);
+        Self { pool }
+    }
+
+    /// Closes the store's pool (the lane's, when it has one of its own).
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     pub async fn customer_user(&self, customer: &str) -> Result<Option<String>, sqlx::Error> {
@@ -166,7 +202,7 @@ impl WebhookStore {
         .bind(&r.event_id)
         .bind(&r.event_type)
         .bind(r.livemode)
-        .bind(&r.outcome)
+        .bind(r.outcome.as_str())
         .bind(&r.detail)
         .bind(&r.user_id)
         .bind(&r.transaction_id)
@@ -181,7 +217,9 @@ impl WebhookStore {
 
     /// Parks a refund or dispute whose purchase is not credited yet, inside the transaction that
     /// holds the payment intent's lock, so a purchase credited right after cannot miss it. The
-    /// delivery itself is counted by `record_event` afterwards.
+    /// delivery itself is counted by `record_event` afterwards. (`'unmatched_reversal'`, here and
+    /// in `waiting_claims`, is `EventOutcome::UnmatchedReversal` written out, as the partial index
+    /// `stripe_events_unmatched_idx` needs a literal to match its predicate.)
     pub async fn park_claim(
         tx: &mut Transaction<'static, Postgres>,
         r: &EventRecord,
@@ -210,9 +248,10 @@ impl WebhookStore {
         .map(|_| ())
     }
 
-    /// Refunds and disputes of `payment_intent` still waiting for its purchase.
+    /// Refunds and disputes of `payment_intent` still waiting for its purchase, read inside the
+    /// transaction that holds its lock (see `lock_payment_intent`).
     pub async fn waiting_claims(
-        &self,
+        lock: &mut Transaction<'static, Postgres>,
         payment_intent: &str,
     ) -> Result<Vec<(String, Claim)>, sqlx::Error> {
         let rows = sqlx::query(
@@ -220,7 +259,7 @@ impl WebhookStore {
              WHERE outcome = 'unmatched_reversal' AND payment_intent = $1 ORDER BY first_seen_at",
         )
         .bind(payment_intent)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut **lock)
         .await?;
         let mut claims = Vec::new();
         for r in rows {
@@ -245,17 +284,19 @@ impl WebhookStore {
         Ok(claims)
     }
 
+    /// Records what became of a waiting claim, in the transaction holding its payment intent's
+    /// lock, so it commits (or not) with the reversals applied under that lock.
     pub async fn settle_claim(
-        &self,
+        lock: &mut Transaction<'static, Postgres>,
         event_id: &str,
-        outcome: &str,
+        outcome: EventOutcome,
         detail: &str,
     ) -> Result<(), sqlx::Error> {
         sqlx::query("UPDATE stripe_events SET outcome = $2, detail = $3 WHERE event_id = $1")
             .bind(event_id)
-            .bind(outcome)
+            .bind(outcome.as_str())
             .bind(detail)
-            .execute(&self.pool)
+            .execute(&mut **lock)
             .await
             .map(|_| ())
     }
@@ -263,6 +304,13 @@ impl WebhookStore {
     /// Serialises every reversal of one payment intent (refund steps, disputes, retries) across
     /// concurrent deliveries and adapter processes: the lock is held until the returned
     /// transaction ends.
+    ///
+    /// The lock is held across ledger calls (reading the share already reversed, then `Reverse`;
+    /// or finding no purchase, then parking the claim), so the transaction's connection is busy
+    /// for as long as those calls take. Every other store call made while it is held goes
+    /// through the same transaction (`park_claim`, `waiting_claims`, `settle_claim`): a request
+    /// never waits for a second connection of this store's pool while holding one, so however
+    /// small the pool (see `WebhookStore::lane`), the webhook cannot deadlock on it.
     pub async fn lock_payment_intent(
         &self,
         payment_intent: &str,

@@ -264,6 +264,8 @@ pub struct TestOptions {
     pub request_timeout: Option<Duration>,
     /// How long a call waits for a pooled connection while the database is thought up.
     pub pool_acquire_timeout: Duration,
+    /// The hosted webhook's own pool size; `None` keeps the default.
+    pub webhook_pool_connections_max: Option<u32>,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -281,6 +283,7 @@ impl Default for TestOptions {
             write: token_ledger::ledger::WriteConfig::default(),
             request_timeout: None,
             pool_acquire_timeout: Duration::from_secs(2),
+            webhook_pool_connections_max: None,
         }
     }
 }
@@ -326,6 +329,9 @@ impl TestApp {
         config.write = options.write;
         if let Some(timeout) = options.request_timeout {
             config.request_timeout = timeout;
+        }
+        if let Some(connections) = options.webhook_pool_connections_max {
+            config.webhook_pool_connections_max = connections;
         }
         let mut app = Application::build(config, store).await.unwrap();
         if options.webhook {
