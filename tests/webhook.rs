@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::proxy::{Proxy, Upstream};
 use common::stripe::*;
 use common::*;
 use rand::seq::SliceRandom;
@@ -703,12 +704,12 @@ async fn remote_webhook(db_pool: sqlx::PgPool, ledger_url: &str) -> SocketAddr {
 async fn while_the_ledger_is_down_events_get_503_and_are_credited_once_it_is_back() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    // A port with no ledger behind it (yet).
-    let ledger_addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let addr = remote_webhook(pool.clone(), &format!("http://{ledger_addr}")).await;
+    // The webhook reaches the ledger through a proxy that does not answer (yet): the ledger is
+    // down as far as the webhook can tell, and no port is released and bound again.
+    let app = TestApp::spawn_on(db, TestOptions::default()).await;
+    let mut proxy = Proxy::start(Upstream::Tcp("127.0.0.1".into(), app.addr.port())).await;
+    proxy.cut();
+    let addr = remote_webhook(pool.clone(), &format!("http://{}", proxy.addr)).await;
     let e = event(
         "evt_down",
         "checkout.session.completed",
@@ -724,15 +725,8 @@ async fn while_the_ledger_is_down_events_get_503_and_are_credited_once_it_is_bac
             .unwrap();
     assert_eq!(recorded, "ledger_unavailable");
 
-    // The ledger comes up on that address; Stripe retries.
-    let app = TestApp::spawn_on(
-        db,
-        TestOptions {
-            listen: Some(ledger_addr),
-            ..Default::default()
-        },
-    )
-    .await;
+    // The ledger becomes reachable; Stripe retries.
+    proxy.restore();
     let mut status = 0;
     for _ in 0..50 {
         status = send(addr, &e).await;
