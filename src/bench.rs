@@ -238,9 +238,9 @@ async fn self_hosted(
     let (admin_url, _embedded) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
-            let pg = crate::embedded_pg::EmbeddedPostgres::start(std::path::Path::new(
-                "./data/bench-postgres",
-            ))
+            let pg = crate::embedded_pg::EmbeddedPostgres::start(
+                &crate::embedded_pg::DataDir::Default("./data/bench-postgres".into()),
+            )
             .await?;
             (pg.url_for("postgres"), Some(pg))
         }

@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use token_ledger::auth::ApiKey;
-use token_ledger::embedded_pg::EmbeddedPostgres;
+use token_ledger::embedded_pg::{DataDir, EmbeddedPostgres};
 use token_ledger::pb;
 use token_ledger::pb::ledger_service_client::LedgerServiceClient;
 use token_ledger::server::{Application, ServerConfig};
@@ -89,11 +89,12 @@ fn cluster() -> &'static Cluster {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
                     .unwrap();
-                let path = dir.path().to_path_buf();
+                // Inside the temp dir, so its lock file goes with it.
+                let data_dir = DataDir::Explicit(dir.path().join("pg"));
                 let pg = std::thread::spawn(move || {
                     tokio::runtime::Runtime::new()
                         .unwrap()
-                        .block_on(EmbeddedPostgres::start(&path))
+                        .block_on(EmbeddedPostgres::start(&data_dir))
                 })
                 .join()
                 .unwrap()
