@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::auth::ApiKey;
 use crate::client;
-use crate::embedded_pg::EmbeddedPostgres;
+use crate::embedded_pg::{DataDir, EmbeddedPostgres};
 use crate::server::{self, Application, ServerConfig};
 use crate::store::{Store, StoreConfig};
 use crate::telemetry::{self, LogFormat};
@@ -176,9 +176,11 @@ pub struct DatabaseArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Data directory of the embedded cluster (used only without DATABASE_URL).
-    #[arg(long, env = "TOKEN_LEDGER_DATA_DIR", default_value = "./data/postgres")]
-    pub data_dir: PathBuf,
+    /// Data directory of the embedded cluster (used only without DATABASE_URL). Default:
+    /// ./data/postgres; as root, when the postgres user cannot reach it, a directory under
+    /// /var/lib/token-ledger tied to this checkout.
+    #[arg(long, env = "TOKEN_LEDGER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 
     /// Most database connections the pool opens.
     #[arg(long, env = "TOKEN_LEDGER_DB_POOL_MAX", default_value_t = 16)]
@@ -358,8 +360,12 @@ impl Database {
         let (url, embedded) = match &args.database_url {
             Some(url) => (url.clone(), None),
             None => {
-                tracing::info!(data_dir = %args.data_dir.display(), "no DATABASE_URL: starting the embedded PostgreSQL");
-                let pg = EmbeddedPostgres::start(&args.data_dir).await?;
+                let data_dir = DataDir::from_option(args.data_dir.clone());
+                tracing::info!(
+                    ?data_dir,
+                    "no DATABASE_URL: starting the embedded PostgreSQL"
+                );
+                let pg = EmbeddedPostgres::start(&data_dir).await?;
                 (pg.database_url(), Some(pg))
             }
         };

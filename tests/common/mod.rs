@@ -23,7 +23,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use token_ledger::auth::ApiKey;
-use token_ledger::embedded_pg::EmbeddedPostgres;
+use token_ledger::embedded_pg::{DataDir, EmbeddedPostgres};
 use token_ledger::pb;
 use token_ledger::pb::ledger_service_client::LedgerServiceClient;
 use token_ledger::server::{Application, ServerConfig};
@@ -94,11 +94,12 @@ fn cluster() -> &'static Cluster {
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
                     .unwrap();
-                let path = dir.path().to_path_buf();
+                // Inside the temp dir, so its lock file goes with it.
+                let data_dir = DataDir::Explicit(dir.path().join("pg"));
                 let pg = std::thread::spawn(move || {
                     tokio::runtime::Runtime::new()
                         .unwrap()
-                        .block_on(EmbeddedPostgres::start(&path))
+                        .block_on(EmbeddedPostgres::start(&data_dir))
                 })
                 .join()
                 .unwrap()
@@ -115,16 +116,29 @@ fn cluster() -> &'static Cluster {
     })
 }
 
-fn template_name() -> String {
+/// The prefix of the shared template's name; a test of the harness itself passes its own.
+pub const TEMPLATE_PREFIX: &str = "tl_template";
+/// One advisory lock id for template creation across every test process on the server.
+const TEMPLATE_LOCK_ID: i64 = 727274;
+/// How long the harness waits for PostgreSQL to end the backends on a database it is about to
+/// rename or clone. Backends end within milliseconds; this only bounds a hung server.
+const BACKENDS_GONE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the harness looks at `pg_stat_activity` while it waits.
+const BACKENDS_POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// SQLSTATE object_in_use: "database ... is being accessed by other users".
+const OBJECT_IN_USE: &str = "55006";
+
+/// `<prefix>_<hash of the migrations>`: a new migration gets a new template.
+pub fn template_name(prefix: &str) -> String {
     let mut h = Sha256::new();
     for m in MIGRATOR.iter() {
         h.update(m.version.to_be_bytes());
         h.update(&*m.checksum);
     }
-    format!("tl_template_{}", &hex::encode(h.finalize())[..16])
+    format!("{prefix}_{}", &hex::encode(h.finalize())[..16])
 }
 
-async fn admin_connection() -> PgConnection {
+pub async fn admin_connection() -> PgConnection {
     cluster()
         .admin
         .connect()
@@ -132,27 +146,92 @@ async fn admin_connection() -> PgConnection {
         .expect("connecting to the test PostgreSQL")
 }
 
-/// Creates (once per migrations version, across concurrently running test binaries) a migrated
-/// template database.
-async fn ensure_template(conn: &mut PgConnection) -> String {
-    let name = template_name();
-    // One lock id for template creation across every test process.
-    sqlx::query("SELECT pg_advisory_lock(727274)")
+async fn database_exists(conn: &mut PgConnection, name: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+/// Waits until no backend is connected to `database`. `pool.close()` returns before the server
+/// has ended the pool's backends (sqlx issue 3217), and a RENAME or a clone fails while any
+/// remain.
+async fn wait_until_no_backends(conn: &mut PgConnection, database: &str) {
+    let deadline = tokio::time::Instant::now() + BACKENDS_GONE_TIMEOUT;
+    loop {
+        let backends: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(database)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        if backends == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{backends} backends still on {database} after {BACKENDS_GONE_TIMEOUT:?}"
+        );
+        tokio::time::sleep(BACKENDS_POLL_INTERVAL).await;
+    }
+}
+
+fn is_object_in_use(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some(OBJECT_IN_USE))
+}
+
+/// Runs `sql` (a RENAME or a clone of `busy_database`), waiting out backends still on
+/// `busy_database` and retrying while the server says it is in use, up to
+/// [`BACKENDS_GONE_TIMEOUT`].
+async fn execute_when_unused(conn: &mut PgConnection, sql: &str, busy_database: &str) {
+    let deadline = tokio::time::Instant::now() + BACKENDS_GONE_TIMEOUT;
+    loop {
+        wait_until_no_backends(conn, busy_database).await;
+        match sqlx::query(sql).execute(&mut *conn).await {
+            Ok(_) => return,
+            Err(err) if is_object_in_use(&err) && tokio::time::Instant::now() < deadline => {}
+            Err(err) => panic!("{sql}: {err}"),
+        }
+    }
+}
+
+/// Creates, once per migrations version across concurrently running test binaries and
+/// `cargo test` runs, the migrated template database `name`.
+///
+/// It is built under a unique name, so a builder that crashed never leaves a name in anyone's
+/// way, and under the advisory lock, so the migrations run once and stale builds can be dropped
+/// safely. Connections to it are then disallowed (no pool or autovacuum backend can appear
+/// again), and it is renamed once the server shows no backend on it.
+async fn ensure_template(conn: &mut PgConnection, name: &str) {
+    if database_exists(conn, name).await {
+        return;
+    }
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(TEMPLATE_LOCK_ID)
         .execute(&mut *conn)
         .await
         .unwrap();
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-    if !exists {
-        let building = format!("{name}_building");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {building}"))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
+    if !database_exists(conn, name).await {
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) \
+             AND datname ~ '_b[0-9a-f]{12}$' AND length(datname) = length($1) + 12",
+        )
+        .bind(format!("{name}_b"))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        for db in stale {
+            // Only a builder holding the lock uses a build; this one's builder is gone.
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+        let building = format!(
+            "{name}_b{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         sqlx::query(&format!("CREATE DATABASE {building}"))
             .execute(&mut *conn)
             .await
@@ -162,16 +241,24 @@ async fn ensure_template(conn: &mut PgConnection) -> String {
             .unwrap();
         MIGRATOR.run(&pool).await.expect("migrating the template");
         pool.close().await;
-        sqlx::query(&format!("ALTER DATABASE {building} RENAME TO {name}"))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
-    sqlx::query("SELECT pg_advisory_unlock(727274)")
+        sqlx::query(&format!(
+            "ALTER DATABASE {building} WITH ALLOW_CONNECTIONS false"
+        ))
         .execute(&mut *conn)
         .await
         .unwrap();
-    name
+        execute_when_unused(
+            conn,
+            &format!("ALTER DATABASE {building} RENAME TO {name}"),
+            &building,
+        )
+        .await;
+    }
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(TEMPLATE_LOCK_ID)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
 }
 
 /// A fresh, migrated database, dropped when this value is dropped.
@@ -182,25 +269,24 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> Self {
+        Self::from_template(TEMPLATE_PREFIX).await
+    }
+
+    /// A fresh database cloned from the template `template_name(template_prefix)`, which is
+    /// built first if it does not exist yet.
+    pub async fn from_template(template_prefix: &str) -> Self {
         let mut conn = admin_connection().await;
-        let template = ensure_template(&mut conn).await;
+        let template = template_name(template_prefix);
+        ensure_template(&mut conn, &template).await;
         let name = format!("tl_test_{}", uuid::Uuid::new_v4().simple());
-        // Cloning a template fails while another session is connected to it; that window is tiny.
-        let mut attempts = 0;
-        loop {
-            match sqlx::query(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
-                .execute(&mut conn)
-                .await
-            {
-                Ok(_) => break,
-                Err(err) if attempts < 20 => {
-                    attempts += 1;
-                    let _ = err;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(err) => panic!("creating test database: {err}"),
-            }
-        }
+        // Cloning fails while a session is connected to the template; templates disallow
+        // connections, but one made by an older harness may not.
+        execute_when_unused(
+            &mut conn,
+            &format!("CREATE DATABASE {name} TEMPLATE {template}"),
+            &template,
+        )
+        .await;
         conn.close().await.ok();
         let options = cluster().admin.clone().database(&name);
         Self { name, options }

@@ -21,7 +21,7 @@ use server::ServerProcess;
 use tokio::sync::watch;
 use tonic::Code;
 
-use token_ledger::embedded_pg::EmbeddedPostgres;
+use token_ledger::embedded_pg::{DataDir, EmbeddedPostgres};
 use token_ledger::pb;
 
 /// Concurrent writers in the kill and restart scenarios.
@@ -79,7 +79,9 @@ async fn kill_9_of_the_server_under_32_writers_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_immediate_restart_of_the_database_under_load_loses_and_doubles_nothing() {
     let dir = server::cluster_dir();
-    let pg = EmbeddedPostgres::start(dir.path()).await.unwrap();
+    let pg = EmbeddedPostgres::start(&DataDir::Explicit(dir.path().into()))
+        .await
+        .unwrap();
     let url = pg.database_url();
     let server = ServerProcess::start(&url, &[]).await;
     let (_addr_tx, addr) = watch::channel(Some(server.addr.clone()));

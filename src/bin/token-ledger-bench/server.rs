@@ -2,7 +2,7 @@
 //! stopped, and its books checked.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use token_ledger::embedded_pg::EmbeddedPostgres;
+use token_ledger::embedded_pg::{DataDir, EmbeddedPostgres};
 use token_ledger::store::{url_of, Store, StoreConfig};
 
 use crate::report::RunReport;
@@ -29,7 +29,8 @@ pub async fn self_hosted(
     let (admin_url, embedded) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
-            let pg = EmbeddedPostgres::start(Path::new("./data/bench-postgres")).await?;
+            let pg =
+                EmbeddedPostgres::start(&DataDir::Default("./data/bench-postgres".into())).await?;
             (pg.url_for("postgres"), Some(pg))
         }
     };
