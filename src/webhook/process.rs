@@ -60,6 +60,13 @@ fn answer<T>(result: Result<T, Status>) -> Result<Answer<T>, Fail> {
             Code::AlreadyExists => Ok(Answer::AlreadyDone(s.message().to_string())),
             Code::FailedPrecondition => Ok(Answer::Refused(s.message().to_string())),
             Code::NotFound => Ok(Answer::NotFound),
+            // The event carries a value the ledger will never accept (an over-long user id, a
+            // period outside the years a timestamp may hold): as sent, it can never be credited,
+            // so retrying (a 5xx) would only repeat the refusal for days.
+            Code::InvalidArgument => Err(Fail::Rejected(
+                "malformed",
+                format!("the ledger refused the event's values: {}", s.message()),
+            )),
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::ResourceExhausted => {
                 Err(Fail::Retry("ledger_unavailable", format!("ledger unavailable: {:?} {}", s.code(), s.message())))
             }
@@ -116,6 +123,12 @@ impl Done {
             ..Self::new(outcome, format!("{verb}: {what}"))
         }
     }
+}
+
+/// The end of a first drip cycle that starts at `start` (a checkout's `created`, which is the
+/// sender's to choose), or `None` when it does not fit an i64.
+fn first_cycle_end(start: i64) -> Option<i64> {
+    start.checked_add(ChronoDuration::days(DRIP_CYCLE_DAYS).num_seconds())
 }
 
 fn ts(secs: i64) -> Option<prost_types::Timestamp> {
@@ -395,7 +408,15 @@ impl Processor {
             ProductKind::Drip => {
                 // The session has no billing period: the cycle starts at checkout.
                 let start = session.created.unwrap_or_else(|| Utc::now().timestamp());
-                let end = start + ChronoDuration::days(DRIP_CYCLE_DAYS).num_seconds();
+                let Some(end) = first_cycle_end(start) else {
+                    return Err(Fail::Rejected(
+                        "malformed",
+                        format!(
+                            "checkout session {} was created at {start}: no cycle can start then",
+                            session.id
+                        ),
+                    ));
+                };
                 self.drip(
                     &user,
                     product,
@@ -815,5 +836,37 @@ impl<T> Answer<T> {
             Answer::Refused(m) => Answer::Refused(m),
             Answer::NotFound => Answer::NotFound,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_refusal_of_the_events_values_is_a_400_not_a_500() {
+        match answer::<()>(Err(Status::invalid_argument("invalid user_id: too long"))) {
+            Err(Fail::Rejected(outcome, _)) => assert_eq!(outcome, "malformed"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a refusal read as an answer"),
+        }
+        assert!(matches!(
+            answer::<()>(Err(Status::unavailable("down"))),
+            Err(Fail::Retry(..))
+        ));
+    }
+
+    #[test]
+    fn a_first_cycle_from_any_checkout_time_ends_without_overflow() {
+        assert_eq!(first_cycle_end(0), Some(DRIP_CYCLE_DAYS * 86_400));
+        assert_eq!(first_cycle_end(i64::MAX), None);
+        assert_eq!(
+            first_cycle_end(i64::MAX - DRIP_CYCLE_DAYS * 86_400),
+            Some(i64::MAX)
+        );
+        assert_eq!(
+            first_cycle_end(i64::MIN),
+            Some(i64::MIN + DRIP_CYCLE_DAYS * 86_400)
+        );
     }
 }
