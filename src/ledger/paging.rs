@@ -60,7 +60,13 @@ pub(super) fn decode_account_token(
             AccountCursor::Balance(balance, parts.next().ok_or_else(bad)?.to_string())
         }
         (AccountOrder::LastActivityDesc, Some("t")) => {
-            let micros: i64 = parts.next().and_then(|b| b.parse().ok()).ok_or_else(bad)?;
+            // A server issues the epoch for "no activity yet" and later times otherwise; an
+            // earlier one is forged, and some (before 4714 BC) PostgreSQL cannot even compare.
+            let micros: i64 = parts
+                .next()
+                .and_then(|b| b.parse().ok())
+                .filter(|m| *m >= 0)
+                .ok_or_else(bad)?;
             let at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
             AccountCursor::LastActivity(at, parts.next().ok_or_else(bad)?.to_string())
         }
@@ -113,5 +119,21 @@ mod tests {
             decode_account_token(AccountOrder::UserId, &fine).unwrap(),
             Some(AccountCursor::UserId("ab".into()))
         );
+    }
+
+    #[test]
+    fn an_activity_token_from_before_the_epoch_is_rejected() {
+        // One microsecond before PostgreSQL's earliest timestamp: it answered "out of range",
+        // which reached the caller as INTERNAL.
+        let min = format!("t:{}:a", i64::MIN);
+        for forged in ["t:-210866803200000001:a", "t:-1:a", min.as_str()] {
+            let token = URL_SAFE_NO_PAD.encode(forged);
+            assert!(
+                decode_account_token(AccountOrder::LastActivityDesc, &token).is_err(),
+                "{forged}"
+            );
+        }
+        let never_active = URL_SAFE_NO_PAD.encode("t:0:a");
+        assert!(decode_account_token(AccountOrder::LastActivityDesc, &never_active).is_ok());
     }
 }

@@ -18,6 +18,11 @@ pub struct Envelope {
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope, String> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    if holds_nul(&value) {
+        // Refused here, as the malformed input it is: stored later, it fails in PostgreSQL,
+        // which reads as the database being down (503), and Stripe would retry it for days.
+        return Err("body holds a NUL character (\\u0000), which no Stripe object does".into());
+    }
     let id = text(&value, &["id"]).ok_or("event has no id")?;
     let event_type = text(&value, &["type"]).ok_or("event has no type")?;
     let livemode = value
@@ -35,6 +40,17 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, String> {
         livemode,
         object,
     })
+}
+
+/// Whether a string or key anywhere in `v` holds a NUL, which PostgreSQL text cannot store.
+/// (The depth is bounded by serde_json's recursion limit.)
+fn holds_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(holds_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 /// A non-empty string at `path`; an expanded object at the end of the path yields its `id`.
@@ -361,6 +377,20 @@ mod tests {
         assert!(parse_envelope(br#"{"id":"evt_1","type":"x"}"#).is_err());
         assert!(parse_envelope(b"not json").is_err());
         let e = parse_envelope(br#"{"id":"evt_1","type":"x","data":{"object":{}}}"#).unwrap();
+        assert_eq!((e.id.as_str(), e.event_type.as_str()), ("evt_1", "x"));
+    }
+
+    #[test]
+    fn an_envelope_holding_a_nul_anywhere_is_refused() {
+        for body in [
+            r#"{"id":"evt_1","type":"x","data":{"object":{"metadata":{"user_id":"a\u0000b"}}}}"#,
+            r#"{"id":"evt_1","type":"x","data":{"object":{"lines":[{"k\u0000":1}]}}}"#,
+            r#"{"id":"evt_\u0000","type":"x","data":{"object":{}}}"#,
+        ] {
+            assert!(parse_envelope(body.as_bytes()).is_err(), "{body}");
+        }
+        let e = parse_envelope(br#"{"id":"evt_1","type":"x","data":{"object":{"a":"\u0001"}}}"#)
+            .unwrap();
         assert_eq!((e.id.as_str(), e.event_type.as_str()), ("evt_1", "x"));
     }
 }

@@ -72,6 +72,13 @@ pub fn answer<T>(result: Result<T, Status>) -> Result<Answer<T>, Fail> {
         Code::AlreadyExists => Ok(Answer::AlreadyDone(message.to_string())),
         Code::FailedPrecondition => Ok(Answer::Refused(message.to_string())),
         Code::NotFound => Ok(Answer::NotFound),
+        // The event carries a value the ledger will never accept (an over-long user id, a period
+        // outside the years a timestamp may hold): as sent it can never be credited, so a retry
+        // (a 5xx) would only repeat the refusal for days.
+        Code::InvalidArgument => Err(Fail::new(
+            EventOutcome::Malformed,
+            format!("the ledger refused the event's values: {message}"),
+        )),
         Code::Unavailable
         | Code::DeadlineExceeded
         | Code::Cancelled
@@ -239,6 +246,15 @@ mod tests {
         answer::<()>(Err(Status::new(code, "x")))
             .err()
             .map(|f| f.outcome)
+    }
+
+    #[test]
+    fn a_ledger_refusal_of_the_events_values_is_a_400_not_a_500() {
+        assert_eq!(
+            outcome_of(Code::InvalidArgument),
+            Some(EventOutcome::Malformed)
+        );
+        assert_eq!(EventOutcome::Malformed.http_status(), 400);
     }
 
     #[test]

@@ -84,6 +84,12 @@ impl Done {
     }
 }
 
+/// The end of a first drip cycle that starts at `start` (a checkout's `created`, which is the
+/// sender's to choose), or `None` when it does not fit an i64.
+fn first_cycle_end(start: i64) -> Option<i64> {
+    start.checked_add(ChronoDuration::days(DRIP_CYCLE_DAYS).num_seconds())
+}
+
 fn ts(secs: i64) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp {
         seconds: secs,
@@ -348,7 +354,15 @@ impl Processor {
             ProductKind::Drip => {
                 // The session has no billing period: the cycle starts at checkout.
                 let start = session.created.unwrap_or_else(|| Utc::now().timestamp());
-                let end = start + ChronoDuration::days(DRIP_CYCLE_DAYS).num_seconds();
+                let Some(end) = first_cycle_end(start) else {
+                    return Err(Fail::new(
+                        EventOutcome::Malformed,
+                        format!(
+                            "checkout session {} was created at {start}: no cycle can start then",
+                            session.id
+                        ),
+                    ));
+                };
                 self.drip(
                     &user,
                     product,
@@ -822,6 +836,20 @@ mod tests {
             reversal_due(&purchase(2_000_000, 0), 0, &claim(ClaimKind::Dispute, 1)).tokens,
             2_000_000,
             "nothing paid: the whole purchase"
+        );
+    }
+
+    #[test]
+    fn a_first_cycle_from_any_checkout_time_ends_without_overflow() {
+        assert_eq!(first_cycle_end(0), Some(DRIP_CYCLE_DAYS * 86_400));
+        assert_eq!(first_cycle_end(i64::MAX), None);
+        assert_eq!(
+            first_cycle_end(i64::MAX - DRIP_CYCLE_DAYS * 86_400),
+            Some(i64::MAX)
+        );
+        assert_eq!(
+            first_cycle_end(i64::MIN),
+            Some(i64::MIN + DRIP_CYCLE_DAYS * 86_400)
         );
     }
 }

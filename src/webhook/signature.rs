@@ -81,7 +81,8 @@ pub fn verify(
     if !matched {
         return Err(SignatureError::NoMatch);
     }
-    if (now - timestamp).abs() > tolerance_secs {
+    // In i128: a genuine but absurd timestamp (i64::MIN) is stale, not an overflow panic.
+    if (i128::from(now) - i128::from(timestamp)).abs() > i128::from(tolerance_secs) {
         return Err(SignatureError::Stale {
             timestamp,
             now,
@@ -159,6 +160,31 @@ mod tests {
                 300,
                 10
             ),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn a_genuine_signature_at_an_extreme_timestamp_is_stale_not_a_panic() {
+        let body = b"{}";
+        for (t, now) in [
+            (i64::MIN, 0),
+            (1, i64::MIN),
+            (i64::MAX, i64::MIN),
+            (i64::MIN, i64::MAX),
+        ] {
+            let h = header(t, &[sign(SECRET, t, body)]);
+            assert!(
+                matches!(
+                    verify(Some(&h), body, &[SECRET.into()], 300, now),
+                    Err(SignatureError::Stale { .. })
+                ),
+                "t={t} now={now}"
+            );
+        }
+        let h = header(i64::MIN, &[sign(SECRET, i64::MIN, body)]);
+        assert_eq!(
+            verify(Some(&h), body, &[SECRET.into()], i64::MAX, i64::MIN + 5),
             Ok(())
         );
     }
