@@ -275,7 +275,6 @@ mod tests {
         for code in [
             Code::Unauthenticated,
             Code::PermissionDenied,
-            Code::InvalidArgument,
             Code::Internal,
         ] {
             assert_eq!(outcome_of(code), Some(EventOutcome::Failed), "{code:?}");
