@@ -37,8 +37,26 @@ enum Fail {
 
 impl From<sqlx::Error> for Fail {
     fn from(e: sqlx::Error) -> Self {
-        Fail::Retry("store_unavailable", format!("webhook database error: {e}"))
+        let refused_value = match &e {
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| is_refused_value(&c)),
+            _ => false,
+        };
+        if refused_value {
+            Fail::Rejected(
+                "malformed",
+                format!("the event holds a value the webhook database cannot store: {e}"),
+            )
+        } else {
+            Fail::Retry("store_unavailable", format!("webhook database error: {e}"))
+        }
     }
+}
+
+/// Whether a SQLSTATE says the database refused a value itself: class 22 (data exception: a
+/// NUL, a timestamp out of range) or 54 (over a limit, such as an id too long for an index
+/// entry). The value came from the event, so a retry would only send it again.
+fn is_refused_value(sqlstate: &str) -> bool {
+    sqlstate.starts_with("22") || sqlstate.starts_with("54")
 }
 
 /// A ledger call's answer, sorted by what the adapter does about it.
@@ -854,6 +872,17 @@ mod tests {
             answer::<()>(Err(Status::unavailable("down"))),
             Err(Fail::Retry(..))
         ));
+    }
+
+    #[test]
+    fn only_a_value_the_database_refuses_is_a_400_and_every_other_database_error_a_503() {
+        for refused in ["22021", "22008", "22001", "54000"] {
+            assert!(is_refused_value(refused), "{refused}");
+        }
+        // Connection lost, serialization failure, shutting down, a unique violation (a race).
+        for passing in ["08006", "40001", "57P01", "23505"] {
+            assert!(!is_refused_value(passing), "{passing}");
+        }
     }
 
     #[test]
