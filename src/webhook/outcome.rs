@@ -153,11 +153,29 @@ impl Fail {
 /// The webhook's own tables could not be used: 503, Stripe retries.
 impl From<sqlx::Error> for Fail {
     fn from(e: sqlx::Error) -> Self {
-        Fail::new(
-            EventOutcome::StoreUnavailable,
-            format!("webhook database error: {e}"),
-        )
+        let refused_value = match &e {
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| is_refused_value(&c)),
+            _ => false,
+        };
+        if refused_value {
+            Fail::new(
+                EventOutcome::Malformed,
+                format!("the event holds a value the webhook database cannot store: {e}"),
+            )
+        } else {
+            Fail::new(
+                EventOutcome::StoreUnavailable,
+                format!("webhook database error: {e}"),
+            )
+        }
     }
+}
+
+/// Whether a SQLSTATE says the database refused a value itself: class 22 (data exception: a
+/// NUL, a timestamp out of range) or 54 (over a limit, such as an id too long for an index
+/// entry). The value came from the event, so a retry would only send it again.
+fn is_refused_value(sqlstate: &str) -> bool {
+    sqlstate.starts_with("22") || sqlstate.starts_with("54")
 }
 
 #[cfg(test)]
@@ -206,6 +224,17 @@ mod tests {
         for outcome in EventOutcome::ALL {
             let built = std::panic::catch_unwind(|| Fail::new(outcome, "x"));
             assert_eq!(built.is_err(), outcome.is_acknowledged(), "{outcome}");
+        }
+    }
+
+    #[test]
+    fn only_a_value_the_database_refuses_is_a_400_and_every_other_database_error_a_503() {
+        for refused in ["22021", "22008", "22001", "54000"] {
+            assert!(is_refused_value(refused), "{refused}");
+        }
+        // Connection lost, serialization failure, shutting down, a unique violation (a race).
+        for passing in ["08006", "40001", "57P01", "23505"] {
+            assert!(!is_refused_value(passing), "{passing}");
         }
     }
 }

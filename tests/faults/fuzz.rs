@@ -62,8 +62,9 @@ const LENGTHS: &[usize] = &[
 ];
 
 /// Any text a caller might send: plausible ids most of the time, else empty, any Unicode,
-/// control characters and odd whitespace at the edges, non-ASCII, and runs of one- to
-/// four-byte characters at and past the limits (so characters and bytes disagree).
+/// control characters and odd whitespace at the edges, non-ASCII, runs of one- to four-byte
+/// characters at and past the limits (so characters and bytes disagree), and random text past
+/// what a PostgreSQL index entry holds.
 fn text() -> BoxedStrategy<String> {
     prop_oneof![
         4 => "[a-z][a-z0-9_-]{0,15}",
@@ -74,6 +75,8 @@ fn text() -> BoxedStrategy<String> {
         1 => "[é漢🙂\u{200b}\u{feff}\u{fffd}\u{10ffff}]{1,12}",
         1 => (select(LENGTHS), select(vec!['a', 'é', '漢', '🙂']))
             .prop_map(|(n, c)| std::iter::repeat_n(c, n).collect()),
+        // Long and incompressible, so it stays long in a PostgreSQL index entry.
+        1 => "[a-zA-Z0-9]{2600,3200}",
     ]
     .boxed()
 }
