@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::proxy::{Proxy, Upstream};
@@ -478,6 +479,232 @@ async fn shutdown_drains_and_stops_accepting() {
     server.await.unwrap().expect("the server stops cleanly");
 }
 
+/// A `token-ledger serve` child on the embedded cluster (no DATABASE_URL), its stderr kept.
+struct EmbeddedServe {
+    child: tokio::process::Child,
+    url: String,
+    /// Everything the server logged, collected as it goes (so it never blocks on a full pipe).
+    log: tokio::task::JoinHandle<String>,
+}
+
+impl EmbeddedServe {
+    /// Starts `serve` from `cwd` on an ephemeral port, with `--data-dir` only if `data_dir` is
+    /// given, and waits until it is SERVING. The port comes from its "listening" log line: no
+    /// port is picked, released and bound again.
+    async fn start(cwd: &Path, data_dir: Option<&Path>) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(cwd)
+            .env_remove("DATABASE_URL")
+            .env_remove("TOKEN_LEDGER_DATA_DIR")
+            .env_remove("TOKEN_LEDGER_API_KEYS")
+            .env("TOKEN_LEDGER_HEALTH_INTERVAL_MS", "100")
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = data_dir {
+            command.arg("--data-dir").arg(dir);
+        }
+        let mut child = command.spawn().unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut logged = String::new();
+        let addr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+                .await
+                .expect("the embedded server did not listen in time")
+                .unwrap()
+                .unwrap_or_else(|| panic!("serve exited before listening:\n{logged}"));
+            logged.push_str(&line);
+            logged.push('\n');
+            if line.contains("gRPC server listening") {
+                let addr = strip_ansi(&line);
+                let addr = addr
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("local_addr="))
+                    .expect("the listening line names its address");
+                break addr.to_string();
+            }
+        };
+        let log = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                logged.push_str(&line);
+                logged.push('\n');
+            }
+            logged
+        });
+        let url = format!("http://{addr}");
+        let mut polls = 0;
+        loop {
+            if let Ok(channel) = tonic::transport::Channel::from_shared(url.clone())
+                .unwrap()
+                .connect()
+                .await
+            {
+                let mut health = HealthClient::new(channel);
+                if let Ok(r) = health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
+                    if r.into_inner().status == ServingStatus::Serving as i32 {
+                        return Self { child, url, log };
+                    }
+                }
+            }
+            polls += 1;
+            assert!(polls < 600, "the embedded server never became SERVING");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Grants 10 tokens to `u` (open mode) and returns the balance.
+    async fn grant_ten(&self, key: &str) -> i64 {
+        let mut c = pb::ledger_service_client::LedgerServiceClient::connect(self.url.clone())
+            .await
+            .unwrap();
+        c.grant(grant_req("u", 10, key))
+            .await
+            .unwrap()
+            .into_inner()
+            .balance
+    }
+
+    /// Sends `signal`, waits for the exit and returns it with everything logged.
+    async fn signal_and_wait(mut self, signal: i32) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().unwrap() as i32;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, signal) };
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        (status, self.log.await.unwrap())
+    }
+}
+
+/// `line` without terminal colour codes (`ESC [ … m`), should the log have any.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The postmaster's pid, if `data_dir` has a postmaster.pid.
+fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Whether `pid` runs (a zombie waiting to be reaped does not).
+fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Asserts that no server runs for `data_dir`, and none of the given postmasters is alive.
+/// `pg_ctl stop -w` returns once postmaster.pid is gone, a moment before the process exits, so
+/// the processes get a bounded wait.
+async fn assert_no_server_for(data_dir: &Path, postmasters: &[i32]) {
+    assert!(
+        !data_dir.join("postmaster.pid").exists(),
+        "no postmaster.pid left in {}",
+        data_dir.display()
+    );
+    for pid in postmasters {
+        let mut waited = Duration::ZERO;
+        while process_alive(*pid) {
+            assert!(
+                waited < Duration::from_secs(10),
+                "postmaster {pid} still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        }
+    }
+}
+
+/// Stops a cluster a failed test left running and removes what it made outside its temp dir.
+struct ClusterCleanup {
+    data_dir: PathBuf,
+    /// A directory under /var/lib/token-ledger this test made.
+    remove: Option<PathBuf>,
+}
+
+impl Drop for ClusterCleanup {
+    fn drop(&mut self) {
+        if self.data_dir.join("postmaster.pid").exists() {
+            if let Ok(bin) = token_ledger::embedded_pg::find_binaries() {
+                let mut stop = if running_as_root() {
+                    let mut c = std::process::Command::new("runuser");
+                    c.args(["-u", "postgres", "--"]).arg(bin.join("pg_ctl"));
+                    c
+                } else {
+                    std::process::Command::new(bin.join("pg_ctl"))
+                };
+                let _ = stop
+                    .arg("-D")
+                    .arg(&self.data_dir)
+                    .args(["-m", "immediate", "-w", "stop"])
+                    .current_dir("/")
+                    .output();
+            }
+        }
+        if let Some(dir) = &self.remove {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A mode-700 directory to run `serve` from, like a clone in root's home, and where the
+/// embedded cluster is expected to live when `serve` runs there without --data-dir.
+fn closed_checkout() -> (tempfile::TempDir, ClusterCleanup) {
+    let dir = tempfile::Builder::new()
+        .prefix("tl-home-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let default = dir.path().canonicalize().unwrap().join("data/postgres");
+    let cleanup = if running_as_root() {
+        let data_dir = token_ledger::embedded_pg::fallback_data_dir(&default);
+        ClusterCleanup {
+            remove: Some(data_dir.parent().unwrap().to_path_buf()),
+            data_dir,
+        }
+    } else {
+        eprintln!("note: not root, so the cluster stays in ./data/postgres; the fallback under /var/lib/token-ledger is not exercised");
+        ClusterCleanup {
+            data_dir: default,
+            remove: None,
+        }
+    };
+    (dir, cleanup)
+}
+
 /// The one-command run: `serve` with no DATABASE_URL starts a private PostgreSQL from the local
 /// binaries, serves, and on SIGTERM drains and stops the cluster; data persists across restarts.
 #[tokio::test]
@@ -494,77 +721,159 @@ async fn serve_without_a_database_url_runs_on_an_embedded_cluster_that_persists(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data_dir = dir.path().join("pg");
+    let _cleanup = ClusterCleanup {
+        data_dir: data_dir.clone(),
+        remove: None,
+    };
 
     for round in 0..2 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .env_remove("DATABASE_URL")
-            .env_remove("TOKEN_LEDGER_API_KEYS")
-            .env("TOKEN_LEDGER_HEALTH_INTERVAL_MS", "100")
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-
-        let url = format!("http://127.0.0.1:{port}");
-        let mut serving = false;
-        for _ in 0..300 {
-            if let Ok(channel) = tonic::transport::Channel::from_shared(url.clone())
-                .unwrap()
-                .connect()
-                .await
-            {
-                let mut health = HealthClient::new(channel);
-                if let Ok(r) = health
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                {
-                    if r.into_inner().status == ServingStatus::Serving as i32 {
-                        serving = true;
-                        break;
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(serving, "the embedded server never became SERVING");
-
-        let mut c = pb::ledger_service_client::LedgerServiceClient::connect(url)
-            .await
-            .unwrap();
-        let r = c
-            .grant(grant_req("u", 10, &format!("round-{round}")))
-            .await
-            .unwrap()
-            .into_inner();
+        let serve = EmbeddedServe::start(Path::new("/"), Some(&data_dir)).await;
         assert_eq!(
-            r.balance,
+            serve.grant_ten(&format!("round-{round}")).await,
             10 * (round + 1),
             "round {round}: the balance survives a restart"
         );
+        let postmaster = postmaster_pid(&data_dir).expect("the cluster runs");
 
         // SIGTERM: drain, close the pool, stop the cluster, exit 0.
-        let pid = child.id().unwrap() as i32;
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-            .await
+        let (status, log) = serve.signal_and_wait(libc::SIGTERM).await;
+        assert!(status.success(), "serve exited with {status}: {log}");
+        assert_no_server_for(&data_dir, &[postmaster]).await;
+    }
+}
+
+/// As root, from a checkout postgres cannot enter (a clone in root's mode-700 home), the default
+/// cluster lives under /var/lib/token-ledger, persists, and is stopped on exit; the checkout is
+/// left as it was.
+#[tokio::test]
+async fn serve_from_a_directory_closed_to_postgres_keeps_its_cluster_where_postgres_can_reach() {
+    if token_ledger::embedded_pg::find_binaries().is_err() {
+        eprintln!("skipped: no local PostgreSQL binaries");
+        return;
+    }
+    let (checkout, cleanup) = closed_checkout();
+
+    for round in 0..2 {
+        let serve = EmbeddedServe::start(checkout.path(), None).await;
+        assert_eq!(
+            serve.grant_ten(&format!("round-{round}")).await,
+            10 * (round + 1),
+            "round {round}: the balance survives a restart"
+        );
+        let postmaster = postmaster_pid(&cleanup.data_dir).expect("the cluster runs there");
+
+        let (status, log) = serve.signal_and_wait(libc::SIGTERM).await;
+        assert!(status.success(), "serve exited with {status}: {log}");
+        if running_as_root() {
+            assert!(
+                log.contains(&cleanup.data_dir.display().to_string()),
+                "the log names where the cluster lives: {log}"
+            );
+        }
+        assert_no_server_for(&cleanup.data_dir, &[postmaster]).await;
+    }
+    if running_as_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(checkout.path())
             .unwrap()
-            .unwrap();
-        assert!(status.success(), "serve exited with {status}");
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o777,
+            0o700,
+            "the checkout's permissions are untouched"
+        );
         assert!(
-            !data_dir.join("postmaster.pid").exists(),
-            "the embedded cluster was stopped"
+            std::fs::read_dir(checkout.path()).unwrap().next().is_none(),
+            "nothing was made in the checkout"
         );
     }
+}
+
+/// As root, an explicit --data-dir the postgres user cannot reach is refused in one line that
+/// names the fix, and nothing is made.
+#[tokio::test]
+async fn an_explicit_data_dir_postgres_cannot_reach_is_refused_in_one_line_leaving_nothing() {
+    if !running_as_root() {
+        eprintln!("skipped: only root runs the cluster as another user");
+        return;
+    }
+    if token_ledger::embedded_pg::find_binaries().is_err() {
+        eprintln!("skipped: no local PostgreSQL binaries");
+        return;
+    }
+    let closed = tempfile::Builder::new()
+        .prefix("tl-closed-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(closed.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let wanted = closed.path().join("ledger/pg");
+    let _cleanup = ClusterCleanup {
+        data_dir: wanted.clone(),
+        remove: None,
+    };
+
+    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&wanted)
+        .env_remove("DATABASE_URL")
+        .env_remove("TOKEN_LEDGER_API_KEYS")
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), serve)
+        .await
+        .expect("serve must refuse at once, not start")
+        .unwrap();
+
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert_eq!(
+        errors[0],
+        format!(
+            "error: the postgres user (the embedded cluster runs as it, as PostgreSQL refuses root) cannot reach {}: \
+             choose a --data-dir under a directory it can traverse, such as /var/lib/token-ledger, or set DATABASE_URL",
+            wanted.display()
+        )
+    );
+    assert!(
+        std::fs::read_dir(closed.path()).unwrap().next().is_none(),
+        "nothing was made"
+    );
+}
+
+/// A `serve` killed with -9 cannot stop its cluster; the next `serve` adopts it (no live process
+/// holds the lock) and stops it on SIGTERM.
+#[tokio::test]
+async fn a_cluster_left_by_a_killed_serve_is_adopted_and_stopped_by_the_next() {
+    if token_ledger::embedded_pg::find_binaries().is_err() {
+        eprintln!("skipped: no local PostgreSQL binaries");
+        return;
+    }
+    let (checkout, cleanup) = closed_checkout();
+    let first = EmbeddedServe::start(checkout.path(), None).await;
+    assert_eq!(first.grant_ten("before-the-crash").await, 10);
+    let orphan = postmaster_pid(&cleanup.data_dir).expect("the cluster runs");
+
+    let (status, _) = first.signal_and_wait(libc::SIGKILL).await;
+    assert!(!status.success());
+    assert!(process_alive(orphan), "the cluster outlives a killed serve");
+
+    let second = EmbeddedServe::start(checkout.path(), None).await;
+    assert_eq!(
+        postmaster_pid(&cleanup.data_dir),
+        Some(orphan),
+        "the running cluster is reused, not restarted"
+    );
+    assert_eq!(second.grant_ten("after-the-crash").await, 20);
+    let (status, log) = second.signal_and_wait(libc::SIGTERM).await;
+
+    assert!(status.success(), "serve exited with {status}: {log}");
+    assert!(log.contains("adopting"), "{log}");
+    assert_no_server_for(&cleanup.data_dir, &[orphan]).await;
 }
 
 #[tokio::test]
