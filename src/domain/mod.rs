@@ -45,7 +45,12 @@ pub(crate) fn check_text(
     value: &str,
     len_max: usize,
 ) -> Result<(), LedgerError> {
-    let len = value.chars().count();
+    // One pass over the characters: this runs for every text field of every write.
+    let (mut len, mut control) = (0usize, false);
+    for c in value.chars() {
+        len += 1;
+        control |= c.is_control();
+    }
     if len == 0 {
         return Err(LedgerError::invalid(field, "must not be empty"));
     }
@@ -55,7 +60,7 @@ pub(crate) fn check_text(
             format!("must be at most {len_max} characters, got {len}"),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if control {
         return Err(LedgerError::invalid(
             field,
             "must not contain control characters",

@@ -98,6 +98,9 @@ pub struct BatchState {
     pub credited: HashMap<BusinessKey, PriorCredit>,
     /// The rows the batch's reversals name (those that exist).
     pub originals: HashMap<EntryId, Original>,
+    /// Each write's [`WriteCommand::fingerprint`], in the batch's order: computed once, by
+    /// whoever loads the state (the store needs them to claim the keys).
+    pub fingerprints: Vec<Fingerprint>,
 }
 
 /// One journal row to insert: write `write` of the batch, at `seq` of its account.
@@ -137,15 +140,21 @@ pub struct Staged {
 /// Decides every write of a batch in arrival order. `now` is the batch's clock (the database
 /// transaction's time): the accounts' `updated_at`.
 pub fn evaluate(
-    state: BatchState,
+    mut state: BatchState,
     writes: &[WriteCommand],
     now: DateTime<Utc>,
 ) -> (Vec<Outcome>, Staged) {
+    let fingerprints = std::mem::take(&mut state.fingerprints);
     let mut batch = Batch::new(state);
     let outcomes = writes
         .iter()
         .enumerate()
-        .map(|(i, cmd)| batch.decide(i, cmd))
+        .map(|(i, cmd)| match fingerprints.get(i) {
+            Some(fingerprint) => batch.decide(i, cmd, *fingerprint),
+            None => Err(LedgerError::Invariant(
+                format!("write {i} of the batch came without its fingerprint").into(),
+            )),
+        })
         .collect();
     (outcomes, batch.finish(now))
 }
@@ -232,8 +241,7 @@ impl Batch {
     }
 
     /// Rule 1, then the rest for a write whose key this batch claimed.
-    fn decide(&mut self, write: usize, cmd: &WriteCommand) -> Outcome {
-        let fingerprint = cmd.fingerprint();
+    fn decide(&mut self, write: usize, cmd: &WriteCommand, fingerprint: Fingerprint) -> Outcome {
         let key = cmd.idempotency_key.as_str();
         let conflict = || LedgerError::IdempotencyConflict {
             key: key.to_string(),

@@ -111,7 +111,8 @@ async fn load(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
 ) -> Result<(BatchState, DateTime<Utc>), sqlx::Error> {
-    let keys = load_keys(tx, writes).await?;
+    let fingerprints: Vec<Fingerprint> = writes.iter().map(WriteCommand::fingerprint).collect();
+    let keys = load_keys(tx, writes, &fingerprints).await?;
     let claimed = |w: &&WriteCommand| {
         matches!(
             keys.get(w.idempotency_key.as_str()),
@@ -147,6 +148,7 @@ async fn load(
         accounts,
         credited,
         originals,
+        fingerprints,
     };
     Ok((state, now.unwrap_or_else(Utc::now)))
 }
@@ -156,13 +158,14 @@ async fn load(
 async fn load_keys(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
+    fingerprints: &[Fingerprint],
 ) -> Result<HashMap<String, KeyState>, sqlx::Error> {
     // The fingerprint stored with a key is that of the batch's first write under it.
     let mut first: BTreeMap<&str, Fingerprint> = BTreeMap::new();
-    for w in writes {
+    for (w, fingerprint) in writes.iter().zip(fingerprints) {
         first
             .entry(w.idempotency_key.as_str())
-            .or_insert_with(|| w.fingerprint());
+            .or_insert(*fingerprint);
     }
     let keys: Vec<&str> = first.keys().copied().collect();
     let hashes: Vec<Vec<u8>> = first.values().map(|h| h.to_vec()).collect();

@@ -94,7 +94,10 @@ fn reverse(user: &str, tokens: i64, key: &str, original: i64) -> WriteCommand {
 /// The state the store would load for `writes` on an empty ledger: every key claimed (journal
 /// ids from 100 in key order), every account new.
 fn fresh_state(writes: &[WriteCommand]) -> BatchState {
-    let mut state = BatchState::default();
+    let mut state = BatchState {
+        fingerprints: writes.iter().map(WriteCommand::fingerprint).collect(),
+        ..BatchState::default()
+    };
     for cmd in writes {
         let next_id = 100 + state.keys.len() as i64;
         state
@@ -156,7 +159,10 @@ fn moved<'a>(staged: &'a Staged, user: &str) -> &'a AccountMove {
 #[test]
 fn a_replay_with_the_same_fingerprint_answers_the_committed_row() {
     let write = grant("alice", 10, "k1");
-    let mut state = BatchState::default();
+    let mut state = BatchState {
+        fingerprints: vec![write.fingerprint()],
+        ..BatchState::default()
+    };
     state.keys.insert(
         "k1".into(),
         KeyState::Committed {
@@ -176,7 +182,11 @@ fn a_replay_with_the_same_fingerprint_answers_the_committed_row() {
 
 #[test]
 fn a_replay_with_a_different_fingerprint_is_a_conflict() {
-    let mut state = BatchState::default();
+    let write = grant("alice", 11, "k1");
+    let mut state = BatchState {
+        fingerprints: vec![write.fingerprint()],
+        ..BatchState::default()
+    };
     state.keys.insert(
         "k1".into(),
         KeyState::Committed {
@@ -185,7 +195,7 @@ fn a_replay_with_a_different_fingerprint_is_a_conflict() {
             balance_after: Some(10),
         },
     );
-    let (outcomes, staged) = evaluate(state, &[grant("alice", 11, "k1")], now());
+    let (outcomes, staged) = evaluate(state, &[write], now());
     assert_eq!(summary(&outcomes), ["key-conflict"]);
     assert_eq!(staged, Staged::default());
 }
@@ -193,7 +203,10 @@ fn a_replay_with_a_different_fingerprint_is_a_conflict() {
 #[test]
 fn a_key_pointing_at_a_missing_row_is_a_broken_invariant_not_a_success() {
     let write = grant("alice", 10, "k1");
-    let mut state = BatchState::default();
+    let mut state = BatchState {
+        fingerprints: vec![write.fingerprint()],
+        ..BatchState::default()
+    };
     state.keys.insert(
         "k1".into(),
         KeyState::Committed {
