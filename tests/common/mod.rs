@@ -169,10 +169,19 @@ async fn wait_until_no_backends(conn: &mut PgConnection, database: &str) {
         if backends == 0 {
             return;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{backends} backends still on {database} after {BACKENDS_GONE_TIMEOUT:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let who: Vec<String> = sqlx::query_scalar(
+                "SELECT format('%s %s (%s) last query: %s', pid, backend_type, state, query) \
+                     FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(database)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+            panic!(
+                "{backends} backends still on {database} after {BACKENDS_GONE_TIMEOUT:?}: {who:?}"
+            );
+        }
         tokio::time::sleep(BACKENDS_POLL_INTERVAL).await;
     }
 }
@@ -236,17 +245,35 @@ async fn ensure_template(conn: &mut PgConnection, name: &str) {
             .execute(&mut *conn)
             .await
             .unwrap();
-        let pool = PgPool::connect_with(cluster().admin.clone().database(&building))
+        // One connection, closed with a Terminate the server acknowledges by ending its backend.
+        // (A pool's close() returns before its connections are gone, and a connection the
+        // migrator handed back as the pool closed was seen to stay open, idle after its
+        // `pg_advisory_unlock`, for good: sqlx issue 3217.)
+        let mut migrating = cluster()
+            .admin
+            .clone()
+            .database(&building)
+            .connect()
             .await
             .unwrap();
-        MIGRATOR.run(&pool).await.expect("migrating the template");
-        pool.close().await;
+        MIGRATOR
+            .run_direct(&mut migrating)
+            .await
+            .expect("migrating the template");
+        migrating.close().await.unwrap();
         sqlx::query(&format!(
             "ALTER DATABASE {building} WITH ALLOW_CONNECTIONS false"
         ))
         .execute(&mut *conn)
         .await
         .unwrap();
+        // No one may connect now, and only this builder (holding the lock) ever used the build:
+        // anything still on it is a leftover of ours, ended here rather than waited for.
+        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&building)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
         execute_when_unused(
             conn,
             &format!("ALTER DATABASE {building} RENAME TO {name}"),
