@@ -368,8 +368,6 @@ pub struct TestOptions {
     pub health_check_interval: Duration,
     /// Host the Stripe webhook in process (secret `WEBHOOK_SECRET`, the example catalog).
     pub webhook: bool,
-    /// Listen on this address instead of an ephemeral port.
-    pub listen: Option<std::net::SocketAddr>,
     pub jwt: Option<token_ledger::jwt::JwtVerifier>,
     pub cors_origins: Vec<String>,
     pub write: token_ledger::ledger::WriteConfig,
@@ -390,7 +388,6 @@ impl Default for TestOptions {
             database_url: None,
             health_check_interval: Duration::from_millis(100),
             webhook: false,
-            listen: None,
             jwt: None,
             cors_origins: Vec::new(),
             write: token_ledger::ledger::WriteConfig::default(),
@@ -430,11 +427,7 @@ impl TestApp {
             pool_acquire_timeout: options.pool_acquire_timeout,
         })
         .unwrap();
-        let mut config = ServerConfig::new(
-            options
-                .listen
-                .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
-        );
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
         config.api_keys = options.api_keys;
         config.health_check_interval = options.health_check_interval;
         config.jwt = options.jwt;

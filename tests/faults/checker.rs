@@ -156,13 +156,20 @@ impl History {
 /// Where the ledger listens now; `None` while it is down (between a kill and a restart).
 pub type Address = watch::Receiver<Option<String>>;
 
-/// A client for the current address, rebuilt when the address changes.
-struct Connection {
+/// A writer's client for the ledger's current address, rebuilt when the address changes.
+pub struct Connection {
     addr: Address,
     current: Option<(String, LedgerServiceClient<Channel>)>,
 }
 
 impl Connection {
+    pub fn new(addr: Address) -> Self {
+        Self {
+            addr,
+            current: None,
+        }
+    }
+
     fn client(&mut self) -> Option<&mut LedgerServiceClient<Channel>> {
         let addr = self.addr.borrow().clone()?;
         if self.current.as_ref().map(|(a, _)| a) != Some(&addr) {
@@ -178,9 +185,9 @@ impl Connection {
 }
 
 /// Sends `op` until it is acknowledged or refused by a rule, recording every answer.
-pub async fn settle(op: Op, conn: &mut ConnectionHandle, history: &History) {
+pub async fn settle(op: Op, conn: &mut Connection, history: &History) {
     loop {
-        let Some(client) = conn.0.client() else {
+        let Some(client) = conn.client() else {
             tokio::time::sleep(RETRY_PAUSE).await;
             continue;
         };
@@ -211,18 +218,6 @@ pub async fn settle(op: Op, conn: &mut ConnectionHandle, history: &History) {
     }
 }
 
-/// A writer's connection, following the ledger's address.
-pub struct ConnectionHandle(Connection);
-
-impl ConnectionHandle {
-    pub fn new(addr: Address) -> Self {
-        Self(Connection {
-            addr,
-            current: None,
-        })
-    }
-}
-
 /// Starts `writers` writers; each sends its writes one after another, each settled before the
 /// next, until `stop` is set (the write in hand is still settled).
 pub fn start_writers(
@@ -233,7 +228,7 @@ pub fn start_writers(
 ) -> tokio::task::JoinSet<usize> {
     let mut set = tokio::task::JoinSet::new();
     for w in 0..writers {
-        let mut conn = ConnectionHandle::new(addr.clone());
+        let mut conn = Connection::new(addr.clone());
         let history = history.clone();
         let stop = stop.clone();
         set.spawn(async move {
