@@ -276,6 +276,7 @@ pub async fn grant(a: GrantArgs) -> anyhow::Result<ExitCode> {
         reason: a.reason,
         stripe_subscription_id: a.stripe_subscription_id,
         stripe_invoice_id: a.stripe_invoice_id,
+        ..Default::default()
     });
     write_call!(c, key, c.inner.grant(req))
 }
@@ -314,6 +315,7 @@ pub async fn drip(a: DripArgs) -> anyhow::Result<ExitCode> {
         stripe_invoice_id: a.stripe_invoice_id,
         period_start: Some(timestamp(a.period_start)),
         period_end: Some(timestamp(end)),
+        ..Default::default()
     });
     write_call!(c, key, c.inner.drip(req))
 }
@@ -330,6 +332,7 @@ pub async fn purchase(a: PurchaseArgs) -> anyhow::Result<ExitCode> {
         stripe_payment_intent_id: a.stripe_payment_intent_id,
         stripe_checkout_session_id: a.stripe_checkout_session_id,
         pack: a.pack,
+        ..Default::default()
     });
     write_call!(c, key, c.inner.record_purchase(req))
 }

@@ -21,8 +21,21 @@ pub enum LedgerError {
 
     /// `FAILED_PRECONDITION`: a deduction larger than the balance. Nothing was written; the same
     /// call may succeed once the account has been credited.
-    #[error("insufficient balance: balance is {balance}, deduction asked for {requested}")]
-    InsufficientBalance { balance: i64, requested: i64 },
+    #[error("insufficient balance: balance is {balance}, {available} available (the rest is held), asked for {requested}")]
+    InsufficientBalance {
+        balance: i64,
+        available: i64,
+        requested: i64,
+    },
+
+    /// `FAILED_PRECONDITION` with `ErrorInfo` reason `HOLD_RELEASED`, `HOLD_ALREADY_COMMITTED` or
+    /// `HOLD_EXPIRED`: the hold is not in a state that allows the write. Nothing was written.
+    #[error("hold {hold_id} is {state}: {reason}")]
+    HoldRefused {
+        hold_id: i64,
+        reason: &'static str,
+        state: &'static str,
+    },
 
     /// `OUT_OF_RANGE` with `ErrorInfo` reason `AMOUNT_OVERFLOW`: applying the write would take
     /// the balance or one of the account's running totals past what a signed 64-bit integer

@@ -7,9 +7,10 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    optional_text, required_text, Actor, EntryId, GrantSource, IdempotencyKey, ReversalSource,
-    Tokens, UserId, Violations, WriteCommand, WriteDetails, AMOUNT_PAID_CENTS_MAX,
-    DRIP_PERIOD_DAYS_MAX, LABEL_LEN_MAX, REASON_LEN_MAX, STRIPE_ID_LEN_MAX, TOKENS_MAX,
+    optional_text, required_text, Actor, CreditTerms, EntryId, GrantSource, IdempotencyKey,
+    Overage, ReversalSource, Tokens, UserId, Violations, WriteCommand, WriteDetails,
+    AMOUNT_PAID_CENTS_MAX, DRIP_PERIOD_DAYS_MAX, HOLD_TTL_DEFAULT, HOLD_TTL_MAX, LABEL_LEN_MAX,
+    REASON_LEN_MAX, STRIPE_ID_LEN_MAX, TOKENS_MAX,
 };
 use crate::error::LedgerError;
 
@@ -54,6 +55,7 @@ impl CommonChecked {
                     idempotency_key,
                     created_by,
                     details,
+                    terms: CreditTerms::default(),
                 })
             }
             // Every `None` above recorded a violation, so `finish` has returned already.
@@ -353,6 +355,180 @@ impl Reversal {
             }
             _ => None,
         };
+        common.finish(v, created_by, details)
+    }
+}
+
+/// Attaches a credit's terms to its command, reporting the violations of both at once.
+pub fn with_terms(
+    built: Result<WriteCommand, LedgerError>,
+    terms: Result<CreditTerms, LedgerError>,
+) -> Result<WriteCommand, LedgerError> {
+    match (built, terms) {
+        (Ok(mut cmd), Ok(terms)) => {
+            cmd.terms = terms;
+            Ok(cmd)
+        }
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(a), Err(b)) => {
+            let mut v = Violations::default();
+            v.check::<()>(Err(a));
+            v.check::<()>(Err(b));
+            v.finish()
+                .map(|()| unreachable!("two errors were recorded"))
+        }
+    }
+}
+
+/// A hold's time to live: the default when not given, else `1 s ..= HOLD_TTL_MAX`.
+fn hold_ttl(
+    v: &mut Violations,
+    ttl: Option<chrono::Duration>,
+    default: Option<chrono::Duration>,
+) -> Option<chrono::Duration> {
+    match ttl.or(default) {
+        Some(t) if t < chrono::Duration::seconds(1) || t > HOLD_TTL_MAX => {
+            v.add(
+                "ttl",
+                format!(
+                    "must be between 1 second and {} hours",
+                    HOLD_TTL_MAX.num_hours()
+                ),
+            );
+            None
+        }
+        other => other,
+    }
+}
+
+fn hold_id(v: &mut Violations, value: &str) -> Option<EntryId> {
+    v.check(EntryId::parse("hold_id", value))
+}
+
+/// Reserve: hold tokens for an AI call in flight.
+#[derive(Debug, Clone)]
+pub struct Reserve {
+    pub common: Common,
+    pub ttl: Option<chrono::Duration>,
+    pub overage: Overage,
+    pub model: String,
+    pub feature: String,
+}
+
+impl Reserve {
+    pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
+        let mut v = Violations::default();
+        let common = self.common.check(&mut v);
+        let ttl = hold_ttl(&mut v, self.ttl, Some(HOLD_TTL_DEFAULT));
+        let model = v.check(optional_text("model", self.model, LABEL_LEN_MAX));
+        let feature = v.check(optional_text("feature", self.feature, LABEL_LEN_MAX));
+        let details = match (ttl, model, feature) {
+            (Some(ttl), Some(model), Some(feature)) => Some(WriteDetails::Reserve {
+                ttl,
+                overage: self.overage,
+                model,
+                feature,
+            }),
+            _ => None,
+        };
+        common.finish(v, created_by, details)
+    }
+}
+
+/// CommitHold: the tokens a held call actually used (`tokens` may be 0).
+#[derive(Debug, Clone)]
+pub struct CommitHold {
+    pub user_id: String,
+    pub hold_id: String,
+    pub tokens: i64,
+    pub idempotency_key: String,
+    pub model: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub feature: String,
+}
+
+impl CommitHold {
+    pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
+        let mut v = Violations::default();
+        let common = CommonChecked {
+            user_id: v.check(UserId::parse("user_id", self.user_id)),
+            tokens: v.check(Tokens::parse_count("tokens", self.tokens)),
+            idempotency_key: v.check(IdempotencyKey::parse(self.idempotency_key)),
+        };
+        let hold_id = hold_id(&mut v, &self.hold_id);
+        let model = v.check(optional_text("model", self.model, LABEL_LEN_MAX));
+        let feature = v.check(optional_text("feature", self.feature, LABEL_LEN_MAX));
+        for (field, value) in [
+            ("input_tokens", self.input_tokens),
+            ("output_tokens", self.output_tokens),
+        ] {
+            if !(0..=TOKENS_MAX).contains(&value) {
+                v.add(field, format!("must be between 0 and {TOKENS_MAX}"));
+            }
+        }
+        let details = match (hold_id, model, feature) {
+            (Some(hold_id), Some(model), Some(feature)) => Some(WriteDetails::CommitHold {
+                hold_id,
+                model,
+                input_tokens: self.input_tokens,
+                output_tokens: self.output_tokens,
+                feature,
+            }),
+            _ => None,
+        };
+        common.finish(v, created_by, details)
+    }
+}
+
+/// ReleaseHold: end a hold unused. Idempotent by its nature: the key is the hold's own.
+#[derive(Debug, Clone)]
+pub struct ReleaseHold {
+    pub user_id: String,
+    pub hold_id: String,
+}
+
+impl ReleaseHold {
+    pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
+        let mut v = Violations::default();
+        let hold = hold_id(&mut v, &self.hold_id);
+        let common = CommonChecked {
+            user_id: v.check(UserId::parse("user_id", self.user_id)),
+            tokens: Some(Tokens::ZERO),
+            idempotency_key: Some(IdempotencyKey::parse(format!(
+                "hold:{}:release",
+                self.hold_id
+            ))?),
+        };
+        let details = hold.map(|hold_id| WriteDetails::ReleaseHold { hold_id });
+        common.finish(v, created_by, details)
+    }
+}
+
+/// ExtendHold: a later expiry and/or more tokens held.
+#[derive(Debug, Clone)]
+pub struct ExtendHold {
+    pub user_id: String,
+    pub hold_id: String,
+    pub ttl: Option<chrono::Duration>,
+    pub add_tokens: i64,
+    pub idempotency_key: String,
+}
+
+impl ExtendHold {
+    pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
+        let mut v = Violations::default();
+        let common = CommonChecked {
+            user_id: v.check(UserId::parse("user_id", self.user_id)),
+            tokens: v.check(Tokens::parse_count("add_tokens", self.add_tokens)),
+            idempotency_key: v.check(IdempotencyKey::parse(self.idempotency_key)),
+        };
+        let hold = hold_id(&mut v, &self.hold_id);
+        let ttl = hold_ttl(&mut v, self.ttl, None);
+        if self.ttl.is_none() && self.add_tokens == 0 {
+            v.add("ttl", "ttl or add_tokens must be given");
+        }
+        let details = hold.map(|hold_id| WriteDetails::ExtendHold { hold_id, ttl });
         common.finish(v, created_by, details)
     }
 }

@@ -5,7 +5,8 @@ use sha2::{Digest, Sha256};
 
 use super::FINGERPRINT_LEN;
 use super::{
-    Actor, EntryId, EntryKind, GrantSource, IdempotencyKey, ReversalSource, Tokens, UserId,
+    Actor, CreditTerms, EntryId, EntryKind, GrantSource, HoldReceipt, IdempotencyKey, Overage,
+    ReversalSource, Tokens, UserId,
 };
 
 /// Whether a debit may take the balance below zero.
@@ -57,6 +58,35 @@ pub enum WriteDetails {
         reason: String,
         stripe_reference: Option<String>,
     },
+    /// A lot's unused tokens leaving the balance (written by the ledger itself, never asked
+    /// for): `carried` is what a rollover moved into the lot `carried_to` instead.
+    Expiry {
+        lot_id: i64,
+        carried: i64,
+        carried_to: Option<i64>,
+    },
+    /// Reserve `tokens` for an AI call for `ttl`.
+    Reserve {
+        ttl: chrono::Duration,
+        overage: Overage,
+        model: Option<String>,
+        feature: Option<String>,
+    },
+    /// End a hold with the tokens actually used (`tokens`, may be 0): a usage row.
+    CommitHold {
+        hold_id: EntryId,
+        model: Option<String>,
+        input_tokens: i64,
+        output_tokens: i64,
+        feature: Option<String>,
+    },
+    /// End a hold unused.
+    ReleaseHold { hold_id: EntryId },
+    /// Hold `tokens` more and/or until `ttl` from now.
+    ExtendHold {
+        hold_id: EntryId,
+        ttl: Option<chrono::Duration>,
+    },
 }
 
 impl WriteDetails {
@@ -68,6 +98,21 @@ impl WriteDetails {
             WriteDetails::Drip { .. } => EntryKind::Drip,
             WriteDetails::Usage { .. } => EntryKind::Usage,
             WriteDetails::Reversal { .. } => EntryKind::Reversal,
+            WriteDetails::Expiry { .. } => EntryKind::Expiry,
+            WriteDetails::CommitHold { .. } => EntryKind::Usage,
+            WriteDetails::Reserve { .. }
+            | WriteDetails::ReleaseHold { .. }
+            | WriteDetails::ExtendHold { .. } => EntryKind::Hold,
+        }
+    }
+
+    /// The hold a hold write names.
+    pub fn hold_id(&self) -> Option<EntryId> {
+        match self {
+            WriteDetails::CommitHold { hold_id, .. }
+            | WriteDetails::ReleaseHold { hold_id }
+            | WriteDetails::ExtendHold { hold_id, .. } => Some(*hold_id),
+            _ => None,
         }
     }
 }
@@ -95,6 +140,8 @@ pub struct WriteCommand {
     pub idempotency_key: IdempotencyKey,
     pub created_by: Actor,
     pub details: WriteDetails,
+    /// Credits only: how the credit's lot lives. Default for every other kind.
+    pub terms: CreditTerms,
 }
 
 impl WriteCommand {
@@ -117,10 +164,10 @@ impl WriteCommand {
 
     /// The signed journal amount: positive credits, negative debits.
     pub fn token_amount(&self) -> i64 {
-        if self.kind().is_credit() {
-            self.tokens.get()
-        } else {
-            -self.tokens.get()
+        match self.kind() {
+            k if k.is_credit() => self.tokens.get(),
+            EntryKind::Hold => 0,
+            _ => -self.tokens.get(),
         }
     }
 
@@ -220,6 +267,62 @@ impl WriteCommand {
                 f.text(reason);
                 f.opt(stripe_reference);
             }
+            WriteDetails::Expiry {
+                lot_id,
+                carried,
+                carried_to,
+            } => {
+                f.int(*lot_id);
+                f.int(*carried);
+                f.int(carried_to.unwrap_or(0));
+            }
+            WriteDetails::Reserve {
+                ttl,
+                overage,
+                model,
+                feature,
+            } => {
+                f.text("reserve");
+                f.int(ttl.num_milliseconds());
+                f.int(i64::from(*overage == Overage::Cap));
+                f.opt(model);
+                f.opt(feature);
+            }
+            WriteDetails::CommitHold {
+                hold_id,
+                model,
+                input_tokens,
+                output_tokens,
+                feature,
+            } => {
+                f.text("commit_hold");
+                f.int(hold_id.0);
+                f.opt(model);
+                f.int(*input_tokens);
+                f.int(*output_tokens);
+                f.opt(feature);
+            }
+            WriteDetails::ReleaseHold { hold_id } => {
+                f.text("release_hold");
+                f.int(hold_id.0);
+            }
+            WriteDetails::ExtendHold { hold_id, ttl } => {
+                f.text("extend_hold");
+                f.int(hold_id.0);
+                f.int(ttl.map_or(-1, |t| t.num_milliseconds()));
+            }
+        }
+        // Only terms that differ from the default, so the fingerprints of requests stored
+        // before credits had terms stay what they were.
+        if !self.terms.is_default() {
+            let t = &self.terms;
+            f.text("terms");
+            f.int(t.expires_at.map_or(i64::MIN, |e| e.timestamp_micros()));
+            f.int(i64::from(t.priority));
+            let r = t.rollover.unwrap_or_default();
+            f.int(i64::from(t.rollover.is_some()));
+            f.int(r.max_tokens.unwrap_or(-1));
+            f.int(r.max_percent.map_or(-1, i64::from));
         }
         f.finish()
     }
@@ -260,6 +363,11 @@ pub struct Receipt {
     pub transaction_id: EntryId,
     pub balance: i64,
     pub replayed: bool,
+    /// Tokens held by active holds right after the write; `None` on a replay (the ledger then
+    /// reads the current figure).
+    pub held: Option<i64>,
+    /// For hold writes: the hold after the write.
+    pub hold: Option<HoldReceipt>,
 }
 
 impl std::fmt::Display for BusinessKey {

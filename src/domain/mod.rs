@@ -12,9 +12,14 @@ use crate::error::{FieldViolation, LedgerError};
 
 pub mod build;
 mod command;
+mod credit;
 mod read;
 
 pub use command::{BusinessKey, Overdraft, Receipt, WriteCommand, WriteDetails};
+pub use credit::{
+    CreditTerms, HoldReceipt, HoldState, LotSource, Overage, RolloverPolicy,
+    HOLDS_PER_ACCOUNT_DEFAULT, HOLD_TTL_DEFAULT, HOLD_TTL_MAX, PRIORITY_MAX, PRIORITY_MIN,
+};
 pub use read::{
     AccountCursor, AccountOrder, AccountSummary, Balance, Discrepancy, EntryLookup, FoundEntry,
     HistoryFilter, JournalEntry, Totals, VerifyReport,
@@ -140,6 +145,23 @@ impl fmt::Display for IdempotencyKey {
 pub struct Tokens(i64);
 
 impl Tokens {
+    /// No tokens: what a hold write that moves none carries (a release, an extension that only
+    /// extends, a commit of nothing used).
+    pub const ZERO: Tokens = Tokens(0);
+
+    /// A count that may be zero, `0..=TOKENS_MAX`.
+    pub fn parse_count(field: &'static str, value: i64) -> Result<Self, LedgerError> {
+        if value == 0 {
+            return Ok(Self(0));
+        }
+        Self::parse(value).map_err(|_| {
+            LedgerError::invalid(
+                field,
+                format!("must be between 0 and {TOKENS_MAX}, got {value}"),
+            )
+        })
+    }
+
     pub fn parse(value: i64) -> Result<Self, LedgerError> {
         if value <= 0 {
             return Err(LedgerError::invalid(
@@ -256,16 +278,23 @@ pub enum EntryKind {
     Drip,
     Usage,
     Reversal,
+    /// Unused tokens of a lot leaving the balance at its expiry (or at a rollover).
+    Expiry,
+    /// Reserve, ReleaseHold and ExtendHold: writes that change what is available, not the
+    /// balance, and leave no journal row (the hold's row in `token_holds` records them).
+    Hold,
 }
 
 impl EntryKind {
-    pub const ALL: [EntryKind; 6] = [
+    /// The kinds of journal rows.
+    pub const ALL: [EntryKind; 7] = [
         EntryKind::Grant,
         EntryKind::Deduction,
         EntryKind::Purchase,
         EntryKind::Drip,
         EntryKind::Usage,
         EntryKind::Reversal,
+        EntryKind::Expiry,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -275,6 +304,8 @@ impl EntryKind {
             EntryKind::Drip => "drip",
             EntryKind::Usage => "usage",
             EntryKind::Reversal => "reversal",
+            EntryKind::Expiry => "expiry",
+            EntryKind::Hold => "hold",
         }
     }
     /// The inverse of `as_str`, derived from it so the two can never disagree.
@@ -388,7 +419,7 @@ mod tests {
     /// The journal's CHECK constraints list the same kind names as `EntryKind::as_str`.
     #[test]
     fn the_schema_checks_use_the_domain_names() {
-        let schema = include_str!("../../migrations/0002_reversals_and_stripe.sql");
+        let schema = include_str!("../../migrations/0006_lots_and_holds.sql");
         let check = schema
             .rsplit("token_transactions_type_check")
             .next()
@@ -399,6 +430,7 @@ mod tests {
             EntryKind::Deduction,
             EntryKind::Purchase,
             EntryKind::Reversal,
+            EntryKind::Expiry,
         ] {
             assert!(check.contains(&format!("'{}'", kind.as_str())), "{check}");
         }

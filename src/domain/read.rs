@@ -16,19 +16,22 @@ pub struct Totals {
     pub dripped: i64,
     pub used: i64,
     pub reversed: i64,
+    pub expired: i64,
 }
 
 impl Totals {
-    /// The total `kind` adds to.
-    pub fn of_kind_mut(&mut self, kind: EntryKind) -> &mut i64 {
-        match kind {
+    /// The total `kind` adds to (hold writes add to none).
+    pub fn of_kind_mut(&mut self, kind: EntryKind) -> Option<&mut i64> {
+        Some(match kind {
             EntryKind::Grant => &mut self.granted,
             EntryKind::Deduction => &mut self.deducted,
             EntryKind::Purchase => &mut self.purchased,
             EntryKind::Drip => &mut self.dripped,
             EntryKind::Usage => &mut self.used,
             EntryKind::Reversal => &mut self.reversed,
-        }
+            EntryKind::Expiry => &mut self.expired,
+            EntryKind::Hold => return None,
+        })
     }
 }
 
@@ -39,9 +42,20 @@ pub struct Balance {
     pub totals: Totals,
     pub updated_at: Option<DateTime<Utc>>,
     pub transaction_count: i64,
+    /// Tokens reserved by active holds; `available = balance − held`.
+    pub held: i64,
+    /// The soonest expiry of unheld tokens, and how many expire then.
+    pub next_expiry: Option<(DateTime<Utc>, i64)>,
+    /// Until this instant nothing of the account expires or lapses by itself (a cache may keep
+    /// the figures until then).
+    pub settle_at: Option<DateTime<Utc>>,
 }
 
 impl Balance {
+    pub fn available(&self) -> i64 {
+        self.balance - self.held
+    }
+
     /// An account that has never been written to.
     pub fn empty() -> Self {
         Self {
@@ -49,6 +63,9 @@ impl Balance {
             totals: Totals::default(),
             updated_at: None,
             transaction_count: 0,
+            held: 0,
+            next_expiry: None,
+            settle_at: None,
         }
     }
 }

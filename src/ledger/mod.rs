@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use crate::cache::BalanceCache;
 use crate::domain::{
-    AccountOrder, AccountSummary, Balance, EntryLookup, FoundEntry, HistoryFilter, JournalEntry,
-    Overdraft, Receipt, UserId, VerifyReport, WriteCommand, USER_ID_LEN_MAX,
+    AccountOrder, AccountSummary, Balance, EntryId, EntryKind, EntryLookup, FoundEntry,
+    HistoryFilter, HoldState, JournalEntry, Overdraft, Receipt, UserId, VerifyReport, WriteCommand,
+    USER_ID_LEN_MAX,
 };
 use crate::error::LedgerError;
 use crate::store::Store;
+use rules::{Hold, Lot};
 
 mod paging;
 pub mod rules;
@@ -126,7 +128,17 @@ impl Ledger {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Receipt, LedgerError> {
         let overdraft = cmd.overdraft();
-        let receipt = self.writers.submit(cmd, deadline)?.await?;
+        let hold_write = cmd.kind() == EntryKind::Hold;
+        let user = (cmd.details.hold_id().is_some() || hold_write).then(|| cmd.user_id.clone());
+        let mut receipt = self.writers.submit(cmd, deadline)?.await?;
+        if let (Some(user), None) = (user, receipt.held) {
+            // A replayed hold write: its figures are the account's current ones.
+            let now = self.store.balance(&user).await?;
+            if hold_write {
+                receipt.balance = now.balance;
+            }
+            receipt.held = Some(now.held);
+        }
         if !receipt.replayed && overdraft == Overdraft::Refused && receipt.balance < 0 {
             // The rules make this impossible; if it ever happens the transaction has committed,
             // so shout rather than hide it.
@@ -163,6 +175,56 @@ impl Ledger {
             });
         }
         results
+    }
+
+    /// The owner of a hold (NOT_FOUND if there is no such hold).
+    pub async fn hold_owner(&self, hold_id: EntryId) -> Result<String, LedgerError> {
+        self.store
+            .hold_owner(hold_id)
+            .await?
+            .ok_or_else(|| LedgerError::NotFound(format!("hold {hold_id} does not exist")))
+    }
+
+    /// A user's holds, newest first (at most 1,000), as of the ledger's now: a hold past its
+    /// expiry shows as expired even before the sweeper has written it.
+    pub async fn holds(
+        &self,
+        user_id: &UserId,
+        active_only: bool,
+    ) -> Result<Vec<Hold>, LedgerError> {
+        let (mut wallet, now) = self.store.wallet(user_id, false, !active_only).await?;
+        wallet.settle(now);
+        let mut holds = wallet.holds;
+        if active_only {
+            holds.retain(|h| h.state == HoldState::Active);
+        }
+        holds.sort_by_key(|h| std::cmp::Reverse(h.hold_id));
+        Ok(holds)
+    }
+
+    /// One hold of a user.
+    pub async fn hold(&self, user_id: &UserId, hold_id: EntryId) -> Result<Hold, LedgerError> {
+        self.holds(user_id, false)
+            .await?
+            .into_iter()
+            .find(|h| h.hold_id == hold_id.0)
+            .ok_or_else(|| LedgerError::NotFound(format!("hold {hold_id} does not exist")))
+    }
+
+    /// A user's lots in burn order (the next debit takes from the first), as of the ledger's
+    /// now: what has expired is shown expired even before the sweeper has written it.
+    pub async fn lots(
+        &self,
+        user_id: &UserId,
+        include_spent: bool,
+    ) -> Result<Vec<Lot>, LedgerError> {
+        let (mut wallet, now) = self.store.wallet(user_id, include_spent, false).await?;
+        wallet.settle(now);
+        let mut lots = wallet.lots_in_burn_order();
+        if !include_spent {
+            lots.retain(|l| l.remaining > 0);
+        }
+        Ok(lots)
     }
 
     /// Writes waiting in the queue right now.

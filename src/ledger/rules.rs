@@ -18,6 +18,11 @@
 //!    together never exceed the credit's amount.
 //! 5. **Range.** The balance and every running total are computed with checked arithmetic; a
 //!    write that would overflow `i64` is refused alone (`AMOUNT_OVERFLOW`).
+//! 6. **Lots and holds** (`wallet`). Before anything else, what is due on the account expires
+//!    (lots past their expiry, holds past their time), whatever becomes of the write. Credits
+//!    add a lot (paying any debt first); debits burn lots in burn order; a deduction and a
+//!    Reserve must be covered by `available = balance − held`; hold writes follow the hold's
+//!    state (`HOLD_RELEASED`, `HOLD_ALREADY_COMMITTED`, ...).
 //!
 //! A refused write stages nothing and gives its idempotency key back, so a corrected retry under
 //! the same key is evaluated afresh.
@@ -27,10 +32,14 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Balance, BusinessKey, EntryId, EntryKind, Overdraft, Receipt, Totals, WriteCommand,
-    WriteDetails, FINGERPRINT_LEN,
+    Balance, BusinessKey, EntryId, EntryKind, HoldReceipt, HoldState, LotSource, Overage,
+    Overdraft, Receipt, Totals, WriteCommand, WriteDetails, FINGERPRINT_LEN,
 };
 use crate::error::LedgerError;
+
+pub mod wallet;
+
+pub use wallet::{Expiry, Hold, Lot, Wallet, WalletSummary};
 
 /// A request fingerprint (see `WriteCommand::fingerprint`).
 pub type Fingerprint = [u8; FINGERPRINT_LEN];
@@ -101,6 +110,15 @@ pub struct BatchState {
     /// Each write's [`WriteCommand::fingerprint`], in the batch's order: computed once, by
     /// whoever loads the state (the store needs them to claim the keys).
     pub fingerprints: Vec<Fingerprint>,
+    /// The live lots (remaining above zero) of every locked account, by account id.
+    pub lots: HashMap<i64, Vec<Lot>>,
+    /// The active holds of every locked account, plus every hold a write of the batch names
+    /// (by its id, or a replayed Reserve by its key), whatever its state.
+    pub holds: Vec<Hold>,
+    /// Debt of every locked account that owes some, by account id.
+    pub debts: HashMap<i64, i64>,
+    /// Most active holds one account may have.
+    pub holds_per_account_max: i64,
 }
 
 /// One journal row to insert: write `write` of the batch, at `seq` of its account.
@@ -111,6 +129,19 @@ pub struct StagedRow {
     pub account_id: i64,
     pub seq: i64,
     pub balance_after: i64,
+    /// A CommitHold's usage row: the tokens its hold held.
+    pub hold_tokens: Option<i64>,
+}
+
+/// An expiry row the rules wrote on their own. `entry_id` is a placeholder (negative) until the
+/// store assigns the row an id; a rollover lot shares its placeholder with the row that carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedExpiry {
+    pub entry_id: i64,
+    pub account_id: i64,
+    pub seq: i64,
+    pub balance_after: i64,
+    pub expiry: Expiry,
 }
 
 /// An account's state after the batch: what its row must hold.
@@ -119,6 +150,7 @@ pub struct AccountMove {
     pub account_id: i64,
     pub user_id: String,
     pub balance: Balance,
+    pub wallet: WalletSummary,
 }
 
 /// Every change the batch makes, for the store to persist in one transaction.
@@ -135,17 +167,26 @@ pub struct Staged {
     /// Keys whose first write was refused and a later, different one applied: the stored
     /// fingerprint must become the applied write's.
     pub rehashed_keys: Vec<(String, Fingerprint)>,
+    /// Expiry rows, in the order they happened.
+    pub expiries: Vec<StagedExpiry>,
+    /// How many placeholder ids (-1, -2, ...) the expiry rows and rollover lots use.
+    pub placeholders: i64,
+    /// Lots created or changed, with their account id.
+    pub lots: Vec<(i64, Lot)>,
+    /// Holds placed or changed.
+    pub holds: Vec<Hold>,
 }
 
 /// Decides every write of a batch in arrival order. `now` is the batch's clock (the database
-/// transaction's time): the accounts' `updated_at`.
+/// transaction's time, plus the test clock's offset): the accounts' `updated_at`, and the instant
+/// against which lots and holds expire.
 pub fn evaluate(
     mut state: BatchState,
     writes: &[WriteCommand],
     now: DateTime<Utc>,
 ) -> (Vec<Outcome>, Staged) {
     let fingerprints = std::mem::take(&mut state.fingerprints);
-    let mut batch = Batch::new(state);
+    let mut batch = Batch::new(state, now);
     let outcomes = writes
         .iter()
         .enumerate()
@@ -156,7 +197,7 @@ pub fn evaluate(
             )),
         })
         .collect();
-    (outcomes, batch.finish(now))
+    (outcomes, batch.finish())
 }
 
 /// A key during evaluation.
@@ -177,16 +218,23 @@ enum KeyRun {
 /// An account during evaluation.
 struct RunningAccount {
     locked: LockedAccount,
+    wallet: Wallet,
     touched: bool,
 }
 
 struct Batch {
+    now: DateTime<Utc>,
     keys: HashMap<String, KeyRun>,
     accounts: HashMap<String, RunningAccount>,
     /// Prior credits, plus the batch's own as they are applied.
     credited: HashMap<BusinessKey, PriorCredit>,
     originals: HashMap<EntryId, Original>,
+    /// Every hold loaded, as it was before the batch: what a replayed hold write answers with.
+    holds_before: HashMap<i64, Hold>,
+    holds_per_account_max: i64,
     rows: Vec<StagedRow>,
+    expiries: Vec<StagedExpiry>,
+    placeholders: i64,
 }
 
 /// A write that passed every rule: the account's next state.
@@ -196,7 +244,7 @@ struct Next {
 }
 
 impl Batch {
-    fn new(state: BatchState) -> Self {
+    fn new(state: BatchState, now: DateTime<Utc>) -> Self {
         let keys = state
             .keys
             .into_iter()
@@ -220,23 +268,42 @@ impl Batch {
                 (key, run)
             })
             .collect();
+        let mut lots = state.lots;
+        let mut holds: HashMap<i64, Vec<Hold>> = HashMap::new();
+        let holds_before = state.holds.iter().map(|h| (h.hold_id, h.clone())).collect();
+        for hold in state.holds {
+            holds.entry(hold.account_id).or_default().push(hold);
+        }
         let accounts = state
             .accounts
             .into_iter()
             .map(|(user, locked)| {
+                let id = locked.account_id;
+                let wallet = Wallet {
+                    lots: lots.remove(&id).unwrap_or_default(),
+                    holds: holds.remove(&id).unwrap_or_default(),
+                    debt: state.debts.get(&id).copied().unwrap_or(0),
+                    ..Wallet::default()
+                };
                 let running = RunningAccount {
                     locked,
+                    wallet,
                     touched: false,
                 };
                 (user, running)
             })
             .collect();
         Self {
+            now,
             keys,
             accounts,
             credited: state.credited,
             originals: state.originals,
+            holds_before,
+            holds_per_account_max: state.holds_per_account_max,
             rows: Vec::new(),
+            expiries: Vec::new(),
+            placeholders: 0,
         }
     }
 
@@ -259,17 +326,7 @@ impl Batch {
                 if stored.as_slice() != fingerprint.as_slice() {
                     return Err(conflict());
                 }
-                let balance = balance_after.ok_or_else(|| {
-                    LedgerError::Invariant(
-                        format!("idempotency key {key:?} points at journal row {entry_id}, which does not exist")
-                            .into(),
-                    )
-                })?;
-                Ok(Receipt {
-                    transaction_id: *entry_id,
-                    balance,
-                    replayed: true,
-                })
+                self.replay(cmd, *entry_id, *balance_after)
             }
             Some(KeyRun::Claimed {
                 applied: Some((applied, receipt)),
@@ -298,7 +355,35 @@ impl Batch {
         }
     }
 
-    /// Rules 2 to 5 for a fresh write; stages its row when all pass.
+    /// The answer to a write committed by an earlier transaction. A hold write without a
+    /// journal row answers with its hold as loaded; the ledger fills in the current balance.
+    fn replay(&self, cmd: &WriteCommand, entry_id: EntryId, balance_after: Option<i64>) -> Outcome {
+        let hold_id = cmd.details.hold_id().unwrap_or(entry_id);
+        let hold = self
+            .holds_before
+            .get(&hold_id.0)
+            .map(|h| hold_receipt(h, false));
+        let balance = match (balance_after, cmd.kind()) {
+            (Some(balance), _) => balance,
+            (None, EntryKind::Hold) => 0,
+            (None, _) => return Err(LedgerError::Invariant(
+                format!(
+                    "idempotency key {:?} points at journal row {entry_id}, which does not exist",
+                    cmd.idempotency_key.as_str()
+                )
+                .into(),
+            )),
+        };
+        Ok(Receipt {
+            transaction_id: entry_id,
+            balance,
+            replayed: true,
+            held: None,
+            hold,
+        })
+    }
+
+    /// Rules 2 to 6 for a fresh write; stages what it changes when all pass.
     fn apply(&mut self, write: usize, cmd: &WriteCommand, entry_id: EntryId) -> Outcome {
         let business_key = cmd.business_key();
         if let Some(bk) = &business_key {
@@ -306,34 +391,48 @@ impl Batch {
                 return replay_of_credit(cmd, bk, prior);
             }
         }
+        let now = self.now;
         let user = cmd.user_id.as_str();
         let Some(account) = self.accounts.get_mut(user) else {
             return Err(LedgerError::Invariant(
                 format!("the account of {user} was not locked by its batch").into(),
             ));
         };
-        check_overdraft(cmd, &account.locked)?;
-        let reversed = check_reversal(cmd, &account.locked, &self.originals)?;
-        let next = next_state(cmd, &account.locked)?;
-
-        // Every rule passed: the write applies.
-        if let Some((original, tokens)) = reversed {
-            if let Some(o) = self.originals.get_mut(&original) {
-                o.reversed += tokens;
+        // What is due expires whatever becomes of this write.
+        let due = account.wallet.settle(now);
+        stage_expiries(account, due, &mut self.expiries, &mut self.placeholders);
+        let outcome = match &cmd.details {
+            WriteDetails::Reserve { .. } => {
+                reserve(account, cmd, entry_id, now, self.holds_per_account_max)
             }
-        }
-        let locked = &mut account.locked;
-        locked.balance = next.balance;
-        locked.totals = next.totals;
-        locked.last_seq += 1;
+            WriteDetails::ReleaseHold { hold_id } => release(account, *hold_id, now),
+            WriteDetails::ExtendHold { hold_id, ttl } => {
+                extend(account, *hold_id, cmd.tokens.get(), *ttl, now)
+            }
+            _ => {
+                let ctx = JournalWrite {
+                    write,
+                    cmd,
+                    entry_id,
+                    now,
+                    originals: &mut self.originals,
+                    rows: &mut self.rows,
+                    expiries: &mut self.expiries,
+                    placeholders: &mut self.placeholders,
+                };
+                ctx.apply(account)
+            }
+        };
+        // A hold that ended on an expired lot leaves the balance now; freed tokens pay debt.
+        let due = account.wallet.expire_due(now);
+        stage_expiries(account, due, &mut self.expiries, &mut self.placeholders);
+        account.wallet.pay_debt(now);
+        let mut receipt = outcome?;
         account.touched = true;
-        self.rows.push(StagedRow {
-            write,
-            entry_id,
-            account_id: locked.account_id,
-            seq: locked.last_seq,
-            balance_after: locked.balance,
-        });
+        if cmd.kind() == EntryKind::Hold {
+            receipt.balance = account.locked.balance;
+        }
+        receipt.held = Some(account.wallet.held());
         if let Some(bk) = business_key {
             self.credited.insert(
                 bk,
@@ -341,20 +440,19 @@ impl Batch {
                     transaction_id: entry_id,
                     user_id: user.to_string(),
                     token_amount: cmd.token_amount(),
-                    balance_after: locked.balance,
+                    balance_after: receipt.balance,
                 },
             );
         }
-        Ok(Receipt {
-            transaction_id: entry_id,
-            balance: locked.balance,
-            replayed: false,
-        })
+        Ok(receipt)
     }
 
-    fn finish(self, now: DateTime<Utc>) -> Staged {
+    fn finish(self) -> Staged {
+        let now = self.now;
         let mut staged = Staged {
             rows: self.rows,
+            expiries: self.expiries,
+            placeholders: self.placeholders,
             ..Staged::default()
         };
         for (key, run) in self.keys {
@@ -372,8 +470,23 @@ impl Batch {
             }
         }
         for (user_id, account) in self.accounts {
-            let locked = account.locked;
-            if account.touched {
+            let RunningAccount {
+                locked,
+                mut wallet,
+                touched,
+            } = account;
+            if touched || !wallet.changed_lots.is_empty() || !wallet.changed_holds.is_empty() {
+                let summary = wallet.summary(now);
+                for lot_id in std::mem::take(&mut wallet.changed_lots) {
+                    if let Some(lot) = wallet.lots.iter().find(|l| l.lot_id == lot_id) {
+                        staged.lots.push((locked.account_id, lot.clone()));
+                    }
+                }
+                for hold_id in std::mem::take(&mut wallet.changed_holds) {
+                    if let Some(hold) = wallet.hold(hold_id) {
+                        staged.holds.push(hold.clone());
+                    }
+                }
                 staged.moved.push(AccountMove {
                     account_id: locked.account_id,
                     user_id,
@@ -382,7 +495,11 @@ impl Batch {
                         totals: locked.totals,
                         updated_at: Some(now),
                         transaction_count: locked.last_seq,
+                        held: summary.held,
+                        next_expiry: summary.next_expiry,
+                        settle_at: summary.settle_at,
                     },
+                    wallet: summary,
                 });
             } else if locked.created {
                 staged.abandoned_accounts.push(locked.account_id);
@@ -393,7 +510,348 @@ impl Batch {
         staged.rehashed_keys.sort_unstable();
         staged.moved.sort_unstable_by_key(|m| m.account_id);
         staged.abandoned_accounts.sort_unstable();
+        staged.lots.sort_unstable_by_key(|(_, l)| l.lot_id);
+        staged.holds.sort_unstable_by_key(|h| h.hold_id);
         staged
+    }
+}
+
+/// Stages an expiry row for each expiry of `account`, at its next sequence numbers.
+fn stage_expiries(
+    account: &mut RunningAccount,
+    due: Vec<Expiry>,
+    out: &mut Vec<StagedExpiry>,
+    placeholders: &mut i64,
+) {
+    for expiry in due {
+        let locked = &mut account.locked;
+        locked.balance -= expiry.tokens;
+        locked.totals.expired += expiry.tokens;
+        locked.last_seq += 1;
+        account.touched = true;
+        let entry_id = match expiry.carried {
+            Some((_, lot_id)) => lot_id,
+            None => {
+                *placeholders += 1;
+                -*placeholders
+            }
+        };
+        out.push(StagedExpiry {
+            entry_id,
+            account_id: locked.account_id,
+            seq: locked.last_seq,
+            balance_after: locked.balance,
+            expiry,
+        });
+    }
+}
+
+fn hold_receipt(hold: &Hold, had_expired: bool) -> HoldReceipt {
+    HoldReceipt {
+        hold_id: EntryId(hold.hold_id),
+        state: hold.state,
+        tokens: hold.tokens,
+        expires_at: hold.expires_at,
+        had_expired,
+    }
+}
+
+fn hold_refused(hold: &Hold) -> LedgerError {
+    let reason = match hold.state {
+        HoldState::Released => "HOLD_RELEASED",
+        HoldState::Committed => "HOLD_ALREADY_COMMITTED",
+        HoldState::Expired if hold.committed_transaction_id.is_some() => "HOLD_ALREADY_COMMITTED",
+        HoldState::Expired => "HOLD_EXPIRED",
+        HoldState::Active => "HOLD_ACTIVE",
+    };
+    LedgerError::HoldRefused {
+        hold_id: hold.hold_id,
+        reason,
+        state: hold.state.as_str(),
+    }
+}
+
+fn hold_not_found(hold_id: EntryId) -> LedgerError {
+    LedgerError::NotFound(format!("hold {hold_id} does not exist"))
+}
+
+/// A Reserve: earmarks `available` tokens for a new hold.
+fn reserve(
+    account: &mut RunningAccount,
+    cmd: &WriteCommand,
+    entry_id: EntryId,
+    now: DateTime<Utc>,
+    holds_max: i64,
+) -> Outcome {
+    let WriteDetails::Reserve {
+        ttl,
+        overage,
+        model,
+        feature,
+    } = &cmd.details
+    else {
+        return Err(LedgerError::Invariant("reserve without its details".into()));
+    };
+    let wallet = &mut account.wallet;
+    if wallet.active_holds() >= holds_max {
+        return Err(LedgerError::ResourceExhausted(
+            "the account has as many active holds as allowed: commit or release one first",
+        ));
+    }
+    let available = wallet.available();
+    let requested = cmd.tokens.get();
+    let tokens = match overage {
+        Overage::Reject if available >= requested => requested,
+        Overage::Cap if available >= 1 => requested.min(available),
+        _ => {
+            return Err(LedgerError::InsufficientBalance {
+                balance: account.locked.balance,
+                available,
+                requested,
+            })
+        }
+    };
+    let earmarks = wallet.earmark(tokens, now);
+    let hold = Hold {
+        hold_id: entry_id.0,
+        account_id: account.locked.account_id,
+        tokens,
+        state: HoldState::Active,
+        expires_at: now + *ttl,
+        earmarks,
+        model: model.clone(),
+        feature: feature.clone(),
+        created_by: cmd.created_by.as_str().to_string(),
+        placed_at: now,
+        ended_at: None,
+        committed_transaction_id: None,
+        committed_tokens: None,
+        available_after: available - tokens,
+    };
+    let receipt = hold_receipt(&hold, false);
+    wallet.new_holds.push(hold.hold_id);
+    wallet.holds.push(hold);
+    let _ = wallet.hold_mut(entry_id.0);
+    Ok(Receipt {
+        transaction_id: entry_id,
+        balance: account.locked.balance,
+        replayed: false,
+        held: None,
+        hold: Some(receipt),
+    })
+}
+
+/// A ReleaseHold: an active hold ends unused; any other answers its state.
+fn release(account: &mut RunningAccount, hold_id: EntryId, now: DateTime<Utc>) -> Outcome {
+    let Some(hold) = account.wallet.hold(hold_id.0) else {
+        return Err(hold_not_found(hold_id));
+    };
+    if hold.state == HoldState::Active {
+        account
+            .wallet
+            .end_hold(hold_id.0, HoldState::Released, Some(now));
+    }
+    let hold = account
+        .wallet
+        .hold(hold_id.0)
+        .map(|h| hold_receipt(h, false));
+    Ok(Receipt {
+        transaction_id: hold_id,
+        balance: account.locked.balance,
+        replayed: false,
+        held: None,
+        hold,
+    })
+}
+
+/// An ExtendHold: a later expiry and/or more tokens, for an active hold.
+fn extend(
+    account: &mut RunningAccount,
+    hold_id: EntryId,
+    add: i64,
+    ttl: Option<chrono::Duration>,
+    now: DateTime<Utc>,
+) -> Outcome {
+    let wallet = &mut account.wallet;
+    let Some(hold) = wallet.hold(hold_id.0) else {
+        return Err(hold_not_found(hold_id));
+    };
+    if hold.state != HoldState::Active {
+        return Err(hold_refused(hold));
+    }
+    let available = wallet.available();
+    if add > available {
+        return Err(LedgerError::InsufficientBalance {
+            balance: account.locked.balance,
+            available,
+            requested: add,
+        });
+    }
+    let more = wallet.earmark(add, now);
+    let Some(hold) = wallet.hold_mut(hold_id.0) else {
+        return Err(LedgerError::Invariant(
+            "a hold vanished while extended".into(),
+        ));
+    };
+    for (lot_id, tokens) in more {
+        match hold.earmarks.iter_mut().find(|(l, _)| *l == lot_id) {
+            Some((_, t)) => *t += tokens,
+            None => hold.earmarks.push((lot_id, tokens)),
+        }
+    }
+    hold.tokens += add;
+    if add > 0 {
+        hold.available_after = available - add;
+    }
+    if let Some(ttl) = ttl {
+        hold.expires_at = hold.expires_at.max(now + ttl);
+    }
+    let receipt = hold_receipt(hold, false);
+    Ok(Receipt {
+        transaction_id: hold_id,
+        balance: account.locked.balance,
+        replayed: false,
+        held: None,
+        hold: Some(receipt),
+    })
+}
+
+/// A write that leaves a journal row: a credit, a debit, a reversal or a hold's commit.
+struct JournalWrite<'a> {
+    write: usize,
+    cmd: &'a WriteCommand,
+    entry_id: EntryId,
+    now: DateTime<Utc>,
+    originals: &'a mut HashMap<EntryId, Original>,
+    rows: &'a mut Vec<StagedRow>,
+    expiries: &'a mut Vec<StagedExpiry>,
+    placeholders: &'a mut i64,
+}
+
+impl JournalWrite<'_> {
+    fn apply(self, account: &mut RunningAccount) -> Outcome {
+        let (cmd, now) = (self.cmd, self.now);
+        // Every check before any change: a refused write changes nothing.
+        let commit = match &cmd.details {
+            WriteDetails::CommitHold { hold_id, .. } => Some(check_commit(account, *hold_id)?),
+            _ => None,
+        };
+        check_overdraft(cmd, &account.locked, account.wallet.held())?;
+        let reversed = check_reversal(cmd, &account.locked, self.originals)?;
+        let next = next_state(cmd, &account.locked)?;
+
+        // Every rule passed: the write applies.
+        if let Some((original, tokens)) = reversed {
+            if let Some(o) = self.originals.get_mut(&original) {
+                o.reversed += tokens;
+            }
+        }
+        let wallet = &mut account.wallet;
+        let tokens = cmd.tokens.get();
+        let mut hold = None;
+        match (&cmd.details, commit) {
+            (WriteDetails::CommitHold { hold_id, .. }, Some(had_expired)) => {
+                let first: Vec<i64> = wallet
+                    .hold(hold_id.0)
+                    .map(|h| h.earmarks.iter().map(|(l, _)| *l).collect())
+                    .unwrap_or_default();
+                if !had_expired {
+                    wallet.end_hold(hold_id.0, HoldState::Committed, Some(now));
+                }
+                wallet.debit(tokens, &first, now);
+                if let Some(h) = wallet.hold_mut(hold_id.0) {
+                    h.committed_transaction_id = Some(self.entry_id.0);
+                    h.committed_tokens = Some(tokens);
+                    hold = Some(hold_receipt(h, had_expired));
+                }
+            }
+            (WriteDetails::Reversal { original, .. }, _) => wallet.reverse(original.0, tokens, now),
+            (d, _) if d.kind().is_credit() => wallet.credit(new_lot(cmd, self.entry_id, now)),
+            _ => wallet.debit(tokens, &[], now),
+        }
+        let locked = &mut account.locked;
+        locked.balance = next.balance;
+        locked.totals = next.totals;
+        locked.last_seq += 1;
+        self.rows.push(StagedRow {
+            write: self.write,
+            entry_id: self.entry_id,
+            account_id: locked.account_id,
+            seq: locked.last_seq,
+            balance_after: locked.balance,
+            hold_tokens: hold.map(|h| h.tokens),
+        });
+        let balance = locked.balance;
+        if let WriteDetails::Drip {
+            stripe_subscription_id,
+            ..
+        } = &cmd.details
+        {
+            if let Some(policy) = cmd.terms.rollover {
+                let lot = new_lot(cmd, self.entry_id, now);
+                let placeholders = &mut *self.placeholders;
+                let mut next_id = || {
+                    *placeholders += 1;
+                    -*placeholders
+                };
+                let rolled = account.wallet.rollover(
+                    stripe_subscription_id,
+                    Some(policy),
+                    &lot,
+                    &mut next_id,
+                    now,
+                );
+                stage_expiries(account, rolled, self.expiries, self.placeholders);
+            }
+        }
+        Ok(Receipt {
+            transaction_id: self.entry_id,
+            balance,
+            replayed: false,
+            held: None,
+            hold,
+        })
+    }
+}
+
+/// Whether a hold may be committed: `Ok(had_expired)`.
+fn check_commit(account: &RunningAccount, hold_id: EntryId) -> Result<bool, LedgerError> {
+    let Some(hold) = account.wallet.hold(hold_id.0) else {
+        return Err(hold_not_found(hold_id));
+    };
+    match hold.state {
+        HoldState::Active => Ok(false),
+        HoldState::Expired if hold.committed_transaction_id.is_none() => Ok(true),
+        _ => Err(hold_refused(hold)),
+    }
+}
+
+/// The lot a credit creates.
+fn new_lot(cmd: &WriteCommand, entry_id: EntryId, now: DateTime<Utc>) -> Lot {
+    let (source, paid, subscription) = match &cmd.details {
+        WriteDetails::Grant { source, .. } => (
+            LotSource::Grant,
+            *source == crate::domain::GrantSource::AnnualSubscription,
+            None,
+        ),
+        WriteDetails::Purchase { .. } => (LotSource::Purchase, true, None),
+        WriteDetails::Drip {
+            stripe_subscription_id,
+            ..
+        } => (LotSource::Drip, true, Some(stripe_subscription_id.clone())),
+        _ => (LotSource::Grant, false, None),
+    };
+    Lot {
+        lot_id: entry_id.0,
+        source,
+        paid,
+        subscription,
+        granted: cmd.tokens.get(),
+        remaining: cmd.tokens.get(),
+        held: 0,
+        expires_at: cmd.terms.expires_at,
+        priority: cmd.terms.priority,
+        created_at: now,
     }
 }
 
@@ -404,6 +862,8 @@ fn replay_of_credit(cmd: &WriteCommand, bk: &BusinessKey, prior: &PriorCredit) -
             transaction_id: prior.transaction_id,
             balance: prior.balance_after,
             replayed: true,
+            held: None,
+            hold: None,
         })
     } else {
         Err(LedgerError::BusinessKeyConflict {
@@ -413,13 +873,18 @@ fn replay_of_credit(cmd: &WriteCommand, bk: &BusinessKey, prior: &PriorCredit) -
     }
 }
 
-/// Rule 3.
-fn check_overdraft(cmd: &WriteCommand, account: &LockedAccount) -> Result<(), LedgerError> {
+/// Rule 3: a deduction must be covered by what is available (held tokens are promised).
+fn check_overdraft(
+    cmd: &WriteCommand,
+    account: &LockedAccount,
+    held: i64,
+) -> Result<(), LedgerError> {
     let tokens = cmd.tokens.get();
-    if !cmd.kind().is_credit() && cmd.overdraft() == Overdraft::Refused && account.balance < tokens
-    {
+    let available = account.balance - held;
+    if !cmd.kind().is_credit() && cmd.overdraft() == Overdraft::Refused && available < tokens {
         return Err(LedgerError::InsufficientBalance {
             balance: account.balance,
+            available,
             requested: tokens,
         });
     }
@@ -470,10 +935,11 @@ fn next_state(cmd: &WriteCommand, account: &LockedAccount) -> Result<Next, Ledge
         .ok_or(overflow("balance"))?;
     let mut totals = account.totals;
     let kind = cmd.kind();
-    let total = totals.of_kind_mut(kind);
-    *total = total
-        .checked_add(cmd.tokens.get())
-        .ok_or(overflow(total_name(kind)))?;
+    if let Some(total) = totals.of_kind_mut(kind) {
+        *total = total
+            .checked_add(cmd.tokens.get())
+            .ok_or(overflow(total_name(kind)))?;
+    }
     let t = totals;
     t.granted
         .checked_add(t.purchased)
@@ -481,6 +947,7 @@ fn next_state(cmd: &WriteCommand, account: &LockedAccount) -> Result<Next, Ledge
         .and_then(|s| s.checked_sub(t.deducted))
         .and_then(|s| s.checked_sub(t.used))
         .and_then(|s| s.checked_sub(t.reversed))
+        .and_then(|s| s.checked_sub(t.expired))
         .ok_or(overflow("sum of totals"))?;
     Ok(Next { balance, totals })
 }
@@ -493,6 +960,8 @@ fn total_name(kind: EntryKind) -> &'static str {
         EntryKind::Drip => "dripped total",
         EntryKind::Usage => "used total",
         EntryKind::Reversal => "reversed total",
+        EntryKind::Expiry => "expired total",
+        EntryKind::Hold => "held total",
     }
 }
 

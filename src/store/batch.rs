@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection as _, Postgres, Row as _, Transaction};
 
 use super::error::is_unavailable;
-use super::Store;
+use super::{credit, Store};
 use crate::domain::{Balance, BusinessKey, EntryId, EntryKind, Totals, WriteCommand, WriteDetails};
 use crate::error::LedgerError;
 use crate::ledger::rules::{
@@ -93,7 +93,8 @@ impl Store {
     async fn try_batch(&self, writes: &[WriteCommand]) -> Result<BatchOutcome, sqlx::Error> {
         let mut conn = self.acquire().await?;
         let mut tx = conn.begin().await?;
-        let (state, now) = load(&mut tx, writes).await?;
+        let (mut state, now) = load(&mut tx, writes, self.clock().offset_micros()).await?;
+        state.holds_per_account_max = self.holds_per_account_max();
         let (results, staged) = rules::evaluate(state, writes, now);
         persist(&mut tx, writes, &staged).await?;
         tx.commit().await?;
@@ -110,6 +111,7 @@ impl Store {
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
+    clock_offset_micros: i64,
 ) -> Result<(BatchState, DateTime<Utc>), sqlx::Error> {
     let fingerprints: Vec<Fingerprint> = writes.iter().map(WriteCommand::fingerprint).collect();
     let keys = load_keys(tx, writes, &fingerprints).await?;
@@ -126,7 +128,7 @@ async fn load(
         .collect();
     users.sort_unstable();
     users.dedup();
-    let (accounts, now) = lock_accounts(tx, &users).await?;
+    let (accounts, debts, now) = lock_accounts(tx, &users, clock_offset_micros).await?;
     // Read after the account locks, so a concurrent credit of the same user's object has
     // committed (or not) by now.
     let business_keys: Vec<BusinessKey> = writes
@@ -143,14 +145,35 @@ async fn load(
         })
         .collect();
     let originals = load_originals(tx, &originals).await?;
+    let account_ids: Vec<i64> = accounts.values().map(|a| a.account_id).collect();
+    let lots = credit::load_lots(tx, &account_ids).await?;
+    // The holds the batch's hold writes name; a replayed Reserve names its hold by its key.
+    let named: Vec<i64> = writes
+        .iter()
+        .filter_map(
+            |w| match (&w.details, keys.get(w.idempotency_key.as_str())) {
+                (WriteDetails::Reserve { .. }, Some(KeyState::Committed { entry_id, .. })) => {
+                    Some(entry_id.0)
+                }
+                (details, _) => details.hold_id().map(|h| h.0),
+            },
+        )
+        .collect();
+    let holds = credit::load_holds(tx, &account_ids, &named).await?;
     let state = BatchState {
         keys,
         accounts,
         credited,
         originals,
         fingerprints,
+        lots,
+        holds,
+        debts,
+        holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
     };
-    Ok((state, now.unwrap_or_else(Utc::now)))
+    let now =
+        now.unwrap_or_else(|| Utc::now() + chrono::Duration::microseconds(clock_offset_micros));
+    Ok((state, now))
 }
 
 /// Claims the batch's new idempotency keys (in key order) and reads the committed ones with the
@@ -212,26 +235,42 @@ async fn load_keys(
 
 /// Locks (creating where new) every account the batch may move, in user-id order, with its
 /// balance and totals. Also answers the transaction's time (`now()`), the batch's clock.
+/// Accounts locked by a batch, the debts of those that owe, and the batch's clock.
+type Locked = (
+    HashMap<String, LockedAccount>,
+    HashMap<i64, i64>,
+    Option<DateTime<Utc>>,
+);
+
 async fn lock_accounts(
     tx: &mut Transaction<'_, Postgres>,
     users: &[&str],
-) -> Result<(HashMap<String, LockedAccount>, Option<DateTime<Utc>>), sqlx::Error> {
+    clock_offset_micros: i64,
+) -> Result<Locked, sqlx::Error> {
     let mut accounts = HashMap::with_capacity(users.len());
+    let mut debts = HashMap::new();
     if users.is_empty() {
-        return Ok((accounts, None));
+        return Ok((accounts, debts, None));
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query(&format!(
         "INSERT INTO accounts (user_id) SELECT u FROM unnest($1::text[]) AS u ORDER BY u \
          ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
          RETURNING account_id, user_id, balance, granted_total, deducted_total, purchased_total, \
-           dripped_total, used_total, reversed_total, last_seq, (xmax = 0) AS created, now() AS now",
-    )
+           dripped_total, used_total, reversed_total, expired_total, debt, last_seq, \
+           (xmax = 0) AS created, {} AS now",
+        credit::now_sql(2)
+    ))
     .bind(users)
+    .bind(clock_offset_micros)
     .fetch_all(&mut **tx)
     .await?;
     let mut now = None;
     for row in rows {
         now = Some(row.try_get("now")?);
+        let debt: i64 = row.try_get("debt")?;
+        if debt != 0 {
+            debts.insert(row.try_get("account_id")?, debt);
+        }
         let account = LockedAccount {
             account_id: row.try_get("account_id")?,
             balance: row.try_get("balance")?,
@@ -242,13 +281,14 @@ async fn lock_accounts(
                 dripped: row.try_get("dripped_total")?,
                 used: row.try_get("used_total")?,
                 reversed: row.try_get("reversed_total")?,
+                expired: row.try_get("expired_total")?,
             },
             last_seq: row.try_get("last_seq")?,
             created: row.try_get("created")?,
         };
         accounts.insert(row.try_get("user_id")?, account);
     }
-    Ok((accounts, now))
+    Ok((accounts, debts, now))
 }
 
 /// The rows reversals name (read under the account locks just taken), with what committed
@@ -315,6 +355,8 @@ async fn persist(
         .await?;
     }
     insert_rows(tx, writes, &staged.rows).await?;
+    let ids = credit::draw_ids(tx, staged.placeholders).await?;
+    credit::persist(tx, staged, &ids).await?;
     if !staged.abandoned_accounts.is_empty() {
         sqlx::query("DELETE FROM accounts WHERE account_id = ANY($1)")
             .bind(&staged.abandoned_accounts)
@@ -335,14 +377,23 @@ async fn move_accounts(
     let col = |f: fn(&AccountMove) -> i64| moved.iter().map(f).collect::<Vec<i64>>();
     let updated_at: Vec<Option<DateTime<Utc>>> =
         moved.iter().map(|m| m.balance.updated_at).collect();
+    let wallet = |f: fn(&AccountMove) -> Option<DateTime<Utc>>| {
+        moved.iter().map(f).collect::<Vec<Option<DateTime<Utc>>>>()
+    };
     sqlx::query(
         "UPDATE accounts a SET balance = v.balance, last_seq = v.last_seq, \
            granted_total = v.granted, deducted_total = v.deducted, purchased_total = v.purchased, \
            dripped_total = v.dripped, used_total = v.used, reversed_total = v.reversed, \
-           updated_at = v.updated_at \
+           updated_at = v.updated_at, expired_total = v.expired, held = v.held, debt = v.debt, \
+           active_holds = v.active_holds, settle_at = v.settle_at, \
+           next_expiry_at = v.next_expiry_at, next_expiry_tokens = v.next_expiry_tokens \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[]) \
-           AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, updated_at) \
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[], $11::bigint[], \
+                     $12::bigint[], $13::bigint[], $14::bigint[], $15::timestamptz[], \
+                     $16::timestamptz[], $17::bigint[]) \
+           AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, \
+                updated_at, expired, held, debt, active_holds, settle_at, next_expiry_at, \
+                next_expiry_tokens) \
          WHERE a.account_id = v.account_id AND a.account_id = ANY($1)",
     )
     .bind(col(|m| m.account_id))
@@ -355,6 +406,13 @@ async fn move_accounts(
     .bind(col(|m| m.balance.totals.used))
     .bind(col(|m| m.balance.totals.reversed))
     .bind(updated_at)
+    .bind(col(|m| m.balance.totals.expired))
+    .bind(col(|m| m.wallet.held))
+    .bind(col(|m| m.wallet.debt))
+    .bind(col(|m| m.wallet.active_holds))
+    .bind(wallet(|m| m.wallet.settle_at))
+    .bind(wallet(|m| m.wallet.next_expiry.map(|(at, _)| at)))
+    .bind(col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t)))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -521,38 +579,70 @@ async fn insert_usage(
     let mut inputs = Vec::with_capacity(rows.len());
     let mut outputs = Vec::with_capacity(rows.len());
     let mut features = Vec::with_capacity(rows.len());
+    let mut holds: Vec<Option<i64>> = Vec::with_capacity(rows.len());
     for r in rows {
-        if let WriteDetails::Usage {
-            model,
-            input_tokens,
-            output_tokens,
-            feature,
-        } = &r.cmd.details
-        {
-            models.push(model.clone());
-            inputs.push(*input_tokens);
-            outputs.push(*output_tokens);
-            features.push(feature.clone());
-        }
+        let hold = match &r.cmd.details {
+            WriteDetails::Usage {
+                model,
+                input_tokens,
+                output_tokens,
+                feature,
+            } => {
+                models.push(model.clone());
+                inputs.push(*input_tokens);
+                outputs.push(*output_tokens);
+                features.push(feature.clone());
+                None
+            }
+            WriteDetails::CommitHold {
+                hold_id,
+                model,
+                input_tokens,
+                output_tokens,
+                feature,
+            } => {
+                models.push(model.clone());
+                inputs.push(*input_tokens);
+                outputs.push(*output_tokens);
+                features.push(feature.clone());
+                Some(hold_id.0)
+            }
+            _ => continue,
+        };
+        holds.push(hold);
     }
-    sqlx::query(
+    let any_hold = holds.iter().any(Option::is_some);
+    let hold_tokens: Vec<Option<i64>> = rows.iter().map(|r| r.staged.hold_tokens).collect();
+    // The common case (no commits) keeps the statement it always had.
+    let sql = if any_hold {
+        "INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
+         input_tokens, output_tokens, feature, created_by, hold_id, hold_tokens) \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], \
+                              $11::bigint[], $12::bigint[])"
+    } else {
         "INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
          input_tokens, output_tokens, feature, created_by) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[])",
-    )
-    .bind(c.ids)
-    .bind(c.account_ids)
-    .bind(c.seqs)
-    .bind(c.amounts)
-    .bind(c.balances)
-    .bind(models)
-    .bind(inputs)
-    .bind(outputs)
-    .bind(features)
-    .bind(c.actors)
-    .execute(&mut **tx)
-    .await?;
+                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[])"
+    };
+    let query = sqlx::query(sql)
+        .bind(c.ids)
+        .bind(c.account_ids)
+        .bind(c.seqs)
+        .bind(c.amounts)
+        .bind(c.balances)
+        .bind(models)
+        .bind(inputs)
+        .bind(outputs)
+        .bind(features)
+        .bind(c.actors);
+    let query = if any_hold {
+        query.bind(holds).bind(hold_tokens)
+    } else {
+        query
+    };
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -749,8 +839,14 @@ impl TransactionRow {
                 stripe_reference: stripe_reference.clone(),
                 ..base("reversal", source.as_str())
             },
-            WriteDetails::Drip { .. } | WriteDetails::Usage { .. } => {
-                unreachable!("drips and usage have tables of their own")
+            WriteDetails::Expiry { .. } => unreachable!("expiry rows are written by `credit`"),
+            WriteDetails::Drip { .. }
+            | WriteDetails::Usage { .. }
+            | WriteDetails::CommitHold { .. }
+            | WriteDetails::Reserve { .. }
+            | WriteDetails::ReleaseHold { .. }
+            | WriteDetails::ExtendHold { .. } => {
+                unreachable!("drips, usage and hold writes are not token_transactions rows")
             }
         }
     }

@@ -18,10 +18,12 @@ use crate::domain::{Balance, Totals, UserId};
 use crate::error::LedgerError;
 
 mod batch;
+mod credit;
 mod error;
 mod read;
 
 pub use batch::BatchOutcome;
+pub use credit::{Clock, LotView};
 
 /// While the database is known to be down, how long a call may wait for a connection before it
 /// is answered UNAVAILABLE (instead of the whole pool-acquire timeout).
@@ -43,6 +45,8 @@ pub struct StoreConfig {
 pub struct Store {
     pool: PgPool,
     availability: Arc<Availability>,
+    clock: Arc<Clock>,
+    holds_per_account_max: i64,
 }
 
 /// How long a call waits for a connection before it has the health watcher probe the database.
@@ -147,7 +151,24 @@ impl Store {
         Self {
             pool,
             availability: Arc::default(),
+            clock: Arc::default(),
+            holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
         }
+    }
+
+    /// The ledger's clock (the database's, plus an offset only tests move).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Sets the most active holds one account may have.
+    pub fn with_holds_per_account_max(mut self, max: i64) -> Self {
+        self.holds_per_account_max = max.max(1);
+        self
+    }
+
+    pub fn holds_per_account_max(&self) -> i64 {
+        self.holds_per_account_max
     }
 
     pub fn availability(&self) -> &Arc<Availability> {
@@ -222,23 +243,36 @@ impl Store {
         self.pool.close().await;
     }
 
-    /// One indexed row read, however long the account's history.
+    /// One indexed row read, however long the account's history, while nothing of the account
+    /// is due; past its settle instant (a lot expired, a hold lapsed, not yet swept) the row's
+    /// figures are corrected from its lots and holds, so an expired lot is never counted.
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
         let mut conn = self.acquire().await?;
-        let row = sqlx::query(
-            "SELECT balance, granted_total, deducted_total, purchased_total, dripped_total, \
-             used_total, reversed_total, updated_at, last_seq FROM accounts WHERE user_id = $1",
-        )
-        .bind(user_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| self.saw(e))?;
-        match row {
-            Some(row) => balance_from_row(&row),
-            None => Ok(Balance::empty()),
+        let row = sqlx::query(BALANCE_SQL)
+            .bind(user_id.as_str())
+            .bind(self.clock.offset_micros())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.saw(e))?;
+        let Some(row) = row else {
+            return Ok(Balance::empty());
+        };
+        let balance = balance_from_row(&row)?;
+        let due: bool = row.try_get("due")?;
+        if !due {
+            return Ok(balance);
         }
+        self.settled_balance(&mut conn, user_id, balance)
+            .await
+            .map_err(|e| self.saw(e).into())
     }
 }
+
+const BALANCE_SQL: &str = "SELECT balance, granted_total, deducted_total, purchased_total, \
+    dripped_total, used_total, reversed_total, expired_total, updated_at, last_seq, held, \
+    settle_at, next_expiry_at, next_expiry_tokens, \
+    (settle_at <= now() + $2::bigint * interval '1 microsecond') IS TRUE AS due \
+    FROM accounts WHERE user_id = $1";
 
 /// An `accounts` row's balance, totals and last change.
 pub(crate) fn balance_from_row(row: &sqlx::postgres::PgRow) -> Result<Balance, LedgerError> {
@@ -251,9 +285,16 @@ pub(crate) fn balance_from_row(row: &sqlx::postgres::PgRow) -> Result<Balance, L
             dripped: row.try_get("dripped_total")?,
             used: row.try_get("used_total")?,
             reversed: row.try_get("reversed_total")?,
+            expired: row.try_get("expired_total")?,
         },
         updated_at: Some(row.try_get("updated_at")?),
         transaction_count: row.try_get("last_seq")?,
+        held: row.try_get("held")?,
+        next_expiry: row
+            .try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("next_expiry_at")?
+            .map(|at| Ok::<_, sqlx::Error>((at, row.try_get("next_expiry_tokens")?)))
+            .transpose()?,
+        settle_at: row.try_get("settle_at")?,
     })
 }
 

@@ -65,7 +65,8 @@ impl Store {
                 .replace('_', "\\_")
         );
         const COLUMNS: &str = "user_id, balance, granted_total, deducted_total, purchased_total, \
-             dripped_total, used_total, reversed_total, updated_at, last_seq, created_at";
+             dripped_total, used_total, reversed_total, expired_total, updated_at, last_seq, \
+             created_at, held, settle_at, next_expiry_at, next_expiry_tokens";
         let (condition, order_by) = match order {
             AccountOrder::UserId => ("($2::text IS NULL OR user_id > $2)", "user_id"),
             AccountOrder::BalanceDesc => (
@@ -118,7 +119,7 @@ impl Store {
             let user_id: String = row.try_get("user_id")?;
             let rows_in_journal: i64 = row.try_get("journal_rows")?;
             report.journal_rows += rows_in_journal;
-            let pairs: [(&str, &str, &str); 9] = [
+            let pairs: [(&str, &str, &str); 15] = [
                 ("balance", "balance", "journal_balance"),
                 ("granted total", "granted_total", "journal_granted"),
                 ("deducted total", "deducted_total", "journal_deducted"),
@@ -126,7 +127,17 @@ impl Store {
                 ("dripped total", "dripped_total", "journal_dripped"),
                 ("used total", "used_total", "journal_used"),
                 ("reversed total", "reversed_total", "journal_reversed"),
+                ("expired total", "expired_total", "journal_expired"),
                 ("row count", "last_seq", "journal_rows"),
+                ("balance vs lots", "balance", "lots_balance"),
+                ("held vs lots", "held", "lots_held"),
+                ("held vs holds", "held", "holds_held"),
+                ("active holds", "active_holds", "holds_active"),
+                (
+                    "holds placed on negative available",
+                    "zero",
+                    "holds_overdrawn",
+                ),
                 ("newest balance_after", "balance", "newest_balance_after"),
             ];
             for (what, stored, journal) in pairs {
@@ -245,16 +256,43 @@ fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, L
             period_start: row.try_get("period_start")?,
             period_end: row.try_get("period_end")?,
         },
-        EntryKind::Usage => WriteDetails::Usage {
-            model: row.try_get("model")?,
-            input_tokens: row
+        EntryKind::Usage => {
+            let model = row.try_get("model")?;
+            let input_tokens = row
                 .try_get::<Option<i64>, _>("input_tokens")?
-                .unwrap_or_default(),
-            output_tokens: row
+                .unwrap_or_default();
+            let output_tokens = row
                 .try_get::<Option<i64>, _>("output_tokens")?
+                .unwrap_or_default();
+            let feature = row.try_get("feature")?;
+            match row.try_get::<Option<i64>, _>("hold_id")? {
+                Some(hold_id) => WriteDetails::CommitHold {
+                    hold_id: EntryId(hold_id),
+                    model,
+                    input_tokens,
+                    output_tokens,
+                    feature,
+                },
+                None => WriteDetails::Usage {
+                    model,
+                    input_tokens,
+                    output_tokens,
+                    feature,
+                },
+            }
+        }
+        EntryKind::Expiry => WriteDetails::Expiry {
+            lot_id: row.try_get::<Option<i64>, _>("lot_id")?.unwrap_or_default(),
+            carried: row
+                .try_get::<Option<i64>, _>("carried_tokens")?
                 .unwrap_or_default(),
-            feature: row.try_get("feature")?,
+            carried_to: row.try_get("carried_to_lot")?,
         },
+        EntryKind::Hold => {
+            return Err(LedgerError::internal(anyhow::anyhow!(
+                "a journal row of kind hold"
+            )))
+        }
         EntryKind::Reversal => {
             let source: String = row.try_get("source")?;
             WriteDetails::Reversal {
@@ -295,13 +333,30 @@ WITH sums AS (
          COALESCE(sum(token_amount) FILTER (WHERE kind = 'drip'), 0)::bigint AS journal_dripped,
          COALESCE(-sum(token_amount) FILTER (WHERE kind = 'usage'), 0)::bigint AS journal_used,
          COALESCE(-sum(token_amount) FILTER (WHERE kind = 'reversal'), 0)::bigint AS journal_reversed,
+         COALESCE(-sum(token_amount) FILTER (WHERE kind = 'expiry'), 0)::bigint AS journal_expired,
          count(*) AS journal_rows,
          max(entry_seq) AS newest_seq
     FROM journal
    GROUP BY account_id
+), lots AS (
+  SELECT account_id, sum(remaining)::bigint AS remaining, sum(held)::bigint AS held
+    FROM token_lots GROUP BY account_id
+), holds AS (
+  SELECT account_id,
+         COALESCE(sum(tokens) FILTER (WHERE state = 'active'), 0)::bigint AS held,
+         count(*) FILTER (WHERE state = 'active') AS active,
+         count(*) FILTER (WHERE available_after < 0) AS overdrawn
+    FROM token_holds GROUP BY account_id
 )
 SELECT a.user_id, a.balance, a.granted_total, a.deducted_total, a.purchased_total, a.dripped_total,
-       a.used_total, a.reversed_total, a.last_seq,
+       a.used_total, a.reversed_total, a.expired_total, a.last_seq, a.held,
+       a.active_holds::bigint AS active_holds, 0::bigint AS zero,
+       COALESCE(l.remaining, 0) - a.debt AS lots_balance,
+       COALESCE(l.held, 0) AS lots_held,
+       COALESCE(h.held, 0) AS holds_held,
+       COALESCE(h.active, 0) AS holds_active,
+       COALESCE(h.overdrawn, 0) AS holds_overdrawn,
+       COALESCE(j.journal_expired, 0) AS journal_expired,
        COALESCE(j.journal_balance, 0) AS journal_balance,
        COALESCE(j.journal_granted, 0) AS journal_granted,
        COALESCE(j.journal_deducted, 0) AS journal_deducted,
@@ -313,5 +368,7 @@ SELECT a.user_id, a.balance, a.granted_total, a.deducted_total, a.purchased_tota
        COALESCE(n.balance_after, 0) AS newest_balance_after
   FROM accounts a
   LEFT JOIN sums j USING (account_id)
+  LEFT JOIN lots l USING (account_id)
+  LEFT JOIN holds h USING (account_id)
   LEFT JOIN journal n ON n.account_id = a.account_id AND n.entry_seq = a.last_seq
  ORDER BY a.user_id";

@@ -41,7 +41,11 @@ impl From<LedgerError> for Status {
                     ]),
                 ),
             ),
-            LedgerError::InsufficientBalance { balance, requested } => Status::with_error_details(
+            LedgerError::InsufficientBalance {
+                balance,
+                available,
+                requested,
+            } => Status::with_error_details(
                 Code::FailedPrecondition,
                 message,
                 ErrorDetails::with_error_info(
@@ -49,7 +53,24 @@ impl From<LedgerError> for Status {
                     ERROR_DOMAIN,
                     HashMap::from([
                         ("balance".to_string(), balance.to_string()),
+                        ("available".to_string(), available.to_string()),
                         ("requested".to_string(), requested.to_string()),
+                    ]),
+                ),
+            ),
+            LedgerError::HoldRefused {
+                hold_id,
+                reason,
+                state,
+            } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    reason,
+                    ERROR_DOMAIN,
+                    HashMap::from([
+                        ("hold_id".to_string(), hold_id.to_string()),
+                        ("state".to_string(), state.to_string()),
                     ]),
                 ),
             ),

@@ -260,6 +260,7 @@ impl Processor {
             stripe_payment_intent_id: payment_intent.clone(),
             stripe_checkout_session_id: session.id.clone(),
             pack: product.name.clone(),
+            ..Default::default()
         };
         let what = format!(
             "{} ({} tokens) for payment intent {payment_intent}",
@@ -396,6 +397,7 @@ impl Processor {
             reason: format!("annual subscription {}", product.name),
             stripe_subscription_id: sub.to_string(),
             stripe_invoice_id: invoice.to_string(),
+            ..Default::default()
         };
         let what = format!(
             "{} ({} tokens) for invoice {invoice}",
@@ -444,6 +446,7 @@ impl Processor {
             stripe_invoice_id: invoice.unwrap_or_default().to_string(),
             period_start: ts(period_start),
             period_end: ts(period_end),
+            ..Default::default()
         };
         let what = format!(
             "{} ({} tokens) for subscription {sub} cycle starting {period_start}",

@@ -585,6 +585,7 @@ pub fn purchase_req(user: &str, key: &str, payment_intent: &str) -> pb::RecordPu
         stripe_payment_intent_id: payment_intent.into(),
         stripe_checkout_session_id: "cs_test_1".into(),
         pack: "pack_2m".into(),
+        ..Default::default()
     }
 }
 
@@ -601,6 +602,7 @@ pub fn drip_req(user: &str, key: &str, subscription: &str, start: &str) -> pb::D
             nanos: 0,
         }),
         period_start: Some(start_ts),
+        ..Default::default()
     }
 }
 

@@ -1269,6 +1269,7 @@ fn grant_never_fails_internally() {
                     reason,
                     stripe_subscription_id,
                     stripe_invoice_id,
+                    ..Default::default()
                 }
             },
         );
@@ -1358,6 +1359,7 @@ fn record_purchase_never_fails_internally() {
                     stripe_payment_intent_id: pi,
                     stripe_checkout_session_id: cs,
                     pack,
+                    ..Default::default()
                 }
             },
         );
@@ -1389,6 +1391,7 @@ fn drip_never_fails_internally() {
                     stripe_invoice_id: invoice,
                     period_start,
                     period_end,
+                    ..Default::default()
                 }
             },
         );

@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{account_order_from_pb, HistoryQuery};
+use super::convert::{account_order_from_pb, grant_from_pb, HistoryQuery};
 use super::{method, Call, LedgerGrpc};
 use crate::auth::Scope;
 use crate::domain::{build, EntryLookup, GrantSource};
@@ -22,7 +22,7 @@ pub(super) async fn grant(
         &m.user_id,
         &m.idempotency_key,
     );
-    let input = build::Grant::from(request.into_inner());
+    let (input, terms) = grant_from_pb(request.into_inner());
     call.run(async {
         // Annual allotments come from the billing adapter; admin grants only from admins.
         let allowed: &[Scope] = match input.source {
@@ -30,7 +30,8 @@ pub(super) async fn grant(
             _ => &[],
         };
         let caller = call.authorize(allowed)?;
-        call.commit(input.build(caller.actor())?).await
+        call.commit(build::with_terms(input.build(caller.actor()), terms)?)
+            .await
     })
     .await
 }

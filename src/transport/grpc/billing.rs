@@ -4,7 +4,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::drip_from_pb;
+use super::convert::{drip_from_pb, purchase_from_pb};
 use super::{method, Call, LedgerGrpc};
 use crate::auth::Scope;
 use crate::domain::{build, ReversalSource};
@@ -16,11 +16,11 @@ pub(super) async fn drip(
 ) -> Result<Response<pb::DripResponse>, Status> {
     let m = request.get_ref();
     let call = Call::new(grpc, method::DRIP, &request, &m.user_id, &m.idempotency_key);
-    let (input, violations) = drip_from_pb(request.into_inner());
+    let (input, violations, terms) = drip_from_pb(request.into_inner());
     call.run(async {
         let caller = call.authorize(&[Scope::Billing])?;
-        call.commit(input.build_after(violations, caller.actor())?)
-            .await
+        let built = input.build_after(violations, caller.actor());
+        call.commit(build::with_terms(built, terms)?).await
     })
     .await
 }
@@ -37,10 +37,11 @@ pub(super) async fn record_purchase(
         &m.user_id,
         &m.idempotency_key,
     );
-    let input = build::Purchase::from(request.into_inner());
+    let (input, terms) = purchase_from_pb(request.into_inner());
     call.run(async {
         let caller = call.authorize(&[Scope::Billing])?;
-        call.commit(input.build(caller.actor())?).await
+        call.commit(build::with_terms(input.build(caller.actor()), terms)?)
+            .await
     })
     .await
 }

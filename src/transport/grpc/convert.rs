@@ -7,11 +7,12 @@ use tonic::Status;
 
 use crate::domain::build::{self, Common};
 use crate::domain::{
-    check_text, AccountOrder, AccountSummary, Balance, EntryId, EntryKind, EntryLookup,
-    GrantSource, HistoryFilter, JournalEntry, Receipt, ReversalSource, Totals, UserId, Violations,
-    WriteDetails, STRIPE_ID_LEN_MAX,
+    check_text, AccountOrder, AccountSummary, Balance, CreditTerms, EntryId, EntryKind,
+    EntryLookup, GrantSource, HistoryFilter, HoldState, JournalEntry, LotSource, Overage, Receipt,
+    ReversalSource, RolloverPolicy, Totals, UserId, Violations, WriteDetails, STRIPE_ID_LEN_MAX,
 };
 use crate::error::LedgerError;
+use crate::ledger::rules::{Hold, Lot};
 use crate::pb;
 
 /// Timestamps outside these years are caller bugs (and some would not fit PostgreSQL).
@@ -87,6 +88,7 @@ fn entry_kind_from_pb(value: i32) -> Result<EntryKind, LedgerError> {
         Ok(pb::TransactionKind::Drip) => Ok(EntryKind::Drip),
         Ok(pb::TransactionKind::Usage) => Ok(EntryKind::Usage),
         Ok(pb::TransactionKind::Reversal) => Ok(EntryKind::Reversal),
+        Ok(pb::TransactionKind::Expiry) => Ok(EntryKind::Expiry),
         Ok(pb::TransactionKind::Unspecified) | Err(_) => Err(LedgerError::invalid(
             "kinds",
             format!("{value} is not a transaction kind"),
@@ -102,32 +104,129 @@ fn entry_kind_to_pb(kind: EntryKind) -> pb::TransactionKind {
         EntryKind::Drip => pb::TransactionKind::Drip,
         EntryKind::Usage => pb::TransactionKind::Usage,
         EntryKind::Reversal => pb::TransactionKind::Reversal,
+        EntryKind::Expiry => pb::TransactionKind::Expiry,
+        EntryKind::Hold => pb::TransactionKind::Unspecified,
     }
 }
 
-impl From<pb::GrantRequest> for build::Grant {
-    fn from(m: pb::GrantRequest) -> Self {
-        let pb::GrantRequest {
+/// A credit's terms from its request's fields.
+pub(super) fn terms_from_pb(
+    expires_at: Option<prost_types::Timestamp>,
+    priority: i32,
+    rollover: Option<pb::Rollover>,
+) -> Result<CreditTerms, LedgerError> {
+    let expires_at = timestamp_to_chrono("expires_at", expires_at)?;
+    let rollover = rollover.map(|r| RolloverPolicy {
+        max_tokens: r.max_tokens,
+        max_percent: r.max_percent,
+    });
+    CreditTerms::parse(expires_at, priority, rollover)
+}
+
+pub(super) fn duration_from_pb(
+    field: &'static str,
+    d: Option<prost_types::Duration>,
+) -> Result<Option<chrono::Duration>, LedgerError> {
+    let Some(d) = d else { return Ok(None) };
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(LedgerError::invalid(field, "must be a positive duration"));
+    }
+    chrono::Duration::try_seconds(d.seconds)
+        .map(|s| Some(s + chrono::Duration::nanoseconds(i64::from(d.nanos))))
+        .ok_or_else(|| LedgerError::invalid(field, "is out of range"))
+}
+
+pub(super) fn overage_from_pb(value: i32) -> Result<Overage, LedgerError> {
+    match pb::Overage::try_from(value) {
+        Ok(pb::Overage::Unspecified | pb::Overage::Reject) => Ok(Overage::Reject),
+        Ok(pb::Overage::Cap) => Ok(Overage::Cap),
+        Err(_) => Err(LedgerError::invalid("overage", "is not an overage policy")),
+    }
+}
+
+fn hold_state_to_pb(state: HoldState) -> pb::HoldState {
+    match state {
+        HoldState::Active => pb::HoldState::Active,
+        HoldState::Committed => pb::HoldState::Committed,
+        HoldState::Released => pb::HoldState::Released,
+        HoldState::Expired => pb::HoldState::Expired,
+    }
+}
+
+fn lot_source_to_pb(source: LotSource) -> pb::LotSource {
+    match source {
+        LotSource::Opening => pb::LotSource::Opening,
+        LotSource::Grant => pb::LotSource::Grant,
+        LotSource::Purchase => pb::LotSource::Purchase,
+        LotSource::Drip => pb::LotSource::Drip,
+        LotSource::Rollover => pb::LotSource::Rollover,
+    }
+}
+
+pub(super) fn hold_to_pb(user_id: &str, h: &Hold) -> pb::Hold {
+    pb::Hold {
+        hold_id: h.hold_id.to_string(),
+        user_id: user_id.to_string(),
+        tokens: h.tokens,
+        state: hold_state_to_pb(h.state) as i32,
+        expires_at: Some(chrono_to_timestamp(h.expires_at)),
+        placed_at: Some(chrono_to_timestamp(h.placed_at)),
+        ended_at: h.ended_at.map(chrono_to_timestamp),
+        model: h.model.clone().unwrap_or_default(),
+        feature: h.feature.clone().unwrap_or_default(),
+        committed_transaction_id: h
+            .committed_transaction_id
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        committed_tokens: h.committed_tokens.unwrap_or_default(),
+    }
+}
+
+pub(super) fn lot_to_pb(l: &Lot) -> pb::Lot {
+    pb::Lot {
+        lot_id: l.lot_id.to_string(),
+        source_transaction_id: match l.source {
+            LotSource::Opening => String::new(),
+            _ => l.lot_id.to_string(),
+        },
+        source: lot_source_to_pb(l.source) as i32,
+        granted: l.granted,
+        remaining: l.remaining,
+        held: l.held,
+        expires_at: l.expires_at.map(chrono_to_timestamp),
+        priority: l.priority,
+        created_at: Some(chrono_to_timestamp(l.created_at)),
+        paid: l.paid,
+    }
+}
+
+/// A grant's input and its terms.
+pub(super) fn grant_from_pb(
+    m: pb::GrantRequest,
+) -> (build::Grant, Result<CreditTerms, LedgerError>) {
+    let pb::GrantRequest {
+        user_id,
+        tokens,
+        idempotency_key,
+        source,
+        reason,
+        stripe_subscription_id,
+        stripe_invoice_id,
+        expires_at,
+        priority,
+    } = m;
+    let input = build::Grant {
+        common: Common {
             user_id,
             tokens,
             idempotency_key,
-            source,
-            reason,
-            stripe_subscription_id,
-            stripe_invoice_id,
-        } = m;
-        build::Grant {
-            common: Common {
-                user_id,
-                tokens,
-                idempotency_key,
-            },
-            source: grant_source_from_pb(source),
-            reason,
-            stripe_subscription_id,
-            stripe_invoice_id,
-        }
-    }
+        },
+        source: grant_source_from_pb(source),
+        reason,
+        stripe_subscription_id,
+        stripe_invoice_id,
+    };
+    (input, terms_from_pb(expires_at, priority, None))
 }
 
 impl From<pb::DeductRequest> for build::Deduction {
@@ -151,8 +250,10 @@ impl From<pb::DeductRequest> for build::Deduction {
     }
 }
 
-/// A drip's input, and the violations its timestamps already have.
-pub(super) fn drip_from_pb(m: pb::DripRequest) -> (build::Drip, Violations) {
+/// A drip's input, the violations its timestamps already have, and its terms.
+pub(super) fn drip_from_pb(
+    m: pb::DripRequest,
+) -> (build::Drip, Violations, Result<CreditTerms, LedgerError>) {
     let pb::DripRequest {
         user_id,
         tokens,
@@ -161,6 +262,9 @@ pub(super) fn drip_from_pb(m: pb::DripRequest) -> (build::Drip, Violations) {
         stripe_invoice_id,
         period_start,
         period_end,
+        expires_at,
+        priority,
+        rollover,
     } = m;
     let mut v = Violations::default();
     let period_start = v
@@ -180,34 +284,38 @@ pub(super) fn drip_from_pb(m: pb::DripRequest) -> (build::Drip, Violations) {
         period_start,
         period_end,
     };
-    (input, v)
+    (input, v, terms_from_pb(expires_at, priority, rollover))
 }
 
-impl From<pb::RecordPurchaseRequest> for build::Purchase {
-    fn from(m: pb::RecordPurchaseRequest) -> Self {
-        let pb::RecordPurchaseRequest {
+/// A purchase's input and its terms.
+pub(super) fn purchase_from_pb(
+    m: pb::RecordPurchaseRequest,
+) -> (build::Purchase, Result<CreditTerms, LedgerError>) {
+    let pb::RecordPurchaseRequest {
+        user_id,
+        tokens,
+        idempotency_key,
+        amount_paid_cents,
+        currency,
+        stripe_payment_intent_id,
+        stripe_checkout_session_id,
+        pack,
+        expires_at,
+        priority,
+    } = m;
+    let input = build::Purchase {
+        common: Common {
             user_id,
             tokens,
             idempotency_key,
-            amount_paid_cents,
-            currency,
-            stripe_payment_intent_id,
-            stripe_checkout_session_id,
-            pack,
-        } = m;
-        build::Purchase {
-            common: Common {
-                user_id,
-                tokens,
-                idempotency_key,
-            },
-            amount_paid_cents,
-            currency,
-            stripe_payment_intent_id,
-            stripe_checkout_session_id,
-            pack,
-        }
-    }
+        },
+        amount_paid_cents,
+        currency,
+        stripe_payment_intent_id,
+        stripe_checkout_session_id,
+        pack,
+    };
+    (input, terms_from_pb(expires_at, priority, None))
 }
 
 /// One conversion for TrackUsage and each event of TrackUsageBatch.
@@ -351,6 +459,7 @@ impl From<Totals> for pb::BalanceTotals {
             dripped,
             used,
             reversed,
+            expired,
         } = t;
         pb::BalanceTotals {
             granted,
@@ -359,6 +468,7 @@ impl From<Totals> for pb::BalanceTotals {
             dripped,
             used,
             reversed,
+            expired,
         }
     }
 }
@@ -370,6 +480,12 @@ pub(super) fn balance_to_pb(user_id: &UserId, b: Balance) -> pb::GetBalanceRespo
         totals: Some(b.totals.into()),
         updated_at: b.updated_at.map(chrono_to_timestamp),
         transaction_count: b.transaction_count,
+        held: b.held,
+        available: b.available(),
+        next_expiry: b.next_expiry.map(|(at, tokens)| pb::NextExpiry {
+            at: Some(chrono_to_timestamp(at)),
+            tokens,
+        }),
     }
 }
 
@@ -452,8 +568,42 @@ fn details_to_pb(details: WriteDetails) -> (String, pb::transaction::Details) {
                 input_tokens,
                 output_tokens,
                 feature: feature.unwrap_or_default(),
+                hold_id: String::new(),
             }),
         ),
+        WriteDetails::CommitHold {
+            hold_id,
+            model,
+            input_tokens,
+            output_tokens,
+            feature,
+        } => (
+            String::new(),
+            Details::Usage(pb::UsageDetails {
+                model: model.unwrap_or_default(),
+                input_tokens,
+                output_tokens,
+                feature: feature.unwrap_or_default(),
+                hold_id: hold_id.to_string(),
+            }),
+        ),
+        WriteDetails::Expiry {
+            lot_id,
+            carried,
+            carried_to,
+        } => (
+            String::new(),
+            Details::Expiry(pb::ExpiryDetails {
+                lot_id: lot_id.to_string(),
+                carried_tokens: carried,
+                carried_to_lot_id: carried_to.map(|l| l.to_string()).unwrap_or_default(),
+            }),
+        ),
+        WriteDetails::Reserve { .. }
+        | WriteDetails::ReleaseHold { .. }
+        | WriteDetails::ExtendHold { .. } => {
+            (String::new(), Details::Usage(pb::UsageDetails::default()))
+        }
         WriteDetails::Reversal {
             original,
             source,

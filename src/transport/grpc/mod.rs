@@ -20,6 +20,7 @@ use crate::pb;
 mod admin;
 mod billing;
 mod convert;
+mod holds;
 mod usage;
 
 use convert::FromReceipt;
@@ -40,6 +41,12 @@ mod method {
     pub const GET_TRANSACTION: &str = "GetTransaction";
     pub const LIST_ACCOUNTS: &str = "ListAccounts";
     pub const WHO_AM_I: &str = "WhoAmI";
+    pub const RESERVE: &str = "Reserve";
+    pub const COMMIT_HOLD: &str = "CommitHold";
+    pub const RELEASE_HOLD: &str = "ReleaseHold";
+    pub const EXTEND_HOLD: &str = "ExtendHold";
+    pub const LIST_HOLDS: &str = "ListHolds";
+    pub const LIST_LOTS: &str = "ListLots";
 }
 
 /// The gRPC face of the ledger.
@@ -345,6 +352,48 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         request: Request<pb::TrackUsageBatchRequest>,
     ) -> Result<Response<pb::TrackUsageBatchResponse>, Status> {
         usage::track_usage_batch(self, request).await
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        holds::reserve(self, request).await
+    }
+
+    async fn commit_hold(
+        &self,
+        request: Request<pb::CommitHoldRequest>,
+    ) -> Result<Response<pb::CommitHoldResponse>, Status> {
+        holds::commit_hold(self, request).await
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<pb::ReleaseHoldRequest>,
+    ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
+        holds::release_hold(self, request).await
+    }
+
+    async fn extend_hold(
+        &self,
+        request: Request<pb::ExtendHoldRequest>,
+    ) -> Result<Response<pb::ExtendHoldResponse>, Status> {
+        holds::extend_hold(self, request).await
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        holds::list_holds(self, request).await
+    }
+
+    async fn list_lots(
+        &self,
+        request: Request<pb::ListLotsRequest>,
+    ) -> Result<Response<pb::ListLotsResponse>, Status> {
+        holds::list_lots(self, request).await
     }
 }
 

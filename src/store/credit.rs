@@ -1,0 +1,439 @@
+//! Lots and holds in SQL: what a batch loads of them, what it writes back, and the reads of
+//! them (ListLots, ListHolds, the owner of a hold, a balance past its settle instant).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, Row as _};
+
+use super::Store;
+use crate::domain::{Balance, EntryId, HoldState, LotSource, UserId};
+use crate::error::LedgerError;
+use crate::ledger::rules::{Hold, Lot, Staged, Wallet};
+
+/// The ledger's clock: the database's `now()` plus an offset that only tests move, so tests
+/// can let time pass (lots expire, holds lapse) without sleeping. Zero in production: nothing but
+/// `Store::clock().advance` changes it, and nothing but tests calls that.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_micros: AtomicI64,
+}
+
+impl Clock {
+    /// Moves the ledger's time forward by `by`.
+    pub fn advance(&self, by: chrono::Duration) {
+        let micros = by.num_microseconds().unwrap_or(i64::MAX);
+        self.offset_micros.fetch_add(micros, Ordering::SeqCst);
+    }
+    /// The offset in microseconds, for `now() + $n * interval '1 microsecond'`.
+    pub fn offset_micros(&self) -> i64 {
+        self.offset_micros.load(Ordering::SeqCst)
+    }
+    /// The ledger's time by this machine's clock (for what never reaches the database).
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::microseconds(self.offset_micros())
+    }
+}
+
+/// The SQL of the ledger's time, with the offset bound as `$n`.
+pub(crate) fn now_sql(n: usize) -> String {
+    format!("(now() + ${n}::bigint * interval '1 microsecond')")
+}
+
+const LOT_COLUMNS: &str = "lot_id, account_id, source, paid, stripe_subscription_id, granted, \
+    remaining, held, expires_at, priority, created_at";
+
+const HOLD_COLUMNS: &str =
+    "hold_id, account_id, tokens, state, expires_at, earmarks::text, model, \
+    feature, created_by, placed_at, ended_at, committed_transaction_id, committed_tokens, \
+    available_after";
+
+fn lot_from_row(row: &sqlx::postgres::PgRow) -> Result<(i64, Lot), sqlx::Error> {
+    let source: String = row.try_get("source")?;
+    let source = LotSource::from_db(&source)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown lot source {source:?}").into()))?;
+    Ok((
+        row.try_get("account_id")?,
+        Lot {
+            lot_id: row.try_get("lot_id")?,
+            source,
+            paid: row.try_get("paid")?,
+            subscription: row.try_get("stripe_subscription_id")?,
+            granted: row.try_get("granted")?,
+            remaining: row.try_get("remaining")?,
+            held: row.try_get("held")?,
+            expires_at: row.try_get("expires_at")?,
+            priority: row.try_get("priority")?,
+            created_at: row.try_get("created_at")?,
+        },
+    ))
+}
+
+fn hold_from_row(row: &sqlx::postgres::PgRow) -> Result<Hold, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    let state = HoldState::from_db(&state)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown hold state {state:?}").into()))?;
+    let earmarks: String = row.try_get("earmarks")?;
+    let earmarks: Vec<(i64, i64)> =
+        serde_json::from_str(&earmarks).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    Ok(Hold {
+        hold_id: row.try_get("hold_id")?,
+        account_id: row.try_get("account_id")?,
+        tokens: row.try_get("tokens")?,
+        state,
+        expires_at: row.try_get("expires_at")?,
+        earmarks,
+        model: row.try_get("model")?,
+        feature: row.try_get("feature")?,
+        created_by: row.try_get("created_by")?,
+        placed_at: row.try_get("placed_at")?,
+        ended_at: row.try_get("ended_at")?,
+        committed_transaction_id: row.try_get("committed_transaction_id")?,
+        committed_tokens: row.try_get("committed_tokens")?,
+        available_after: row.try_get("available_after")?,
+    })
+}
+
+/// The live lots (remaining above zero) of `accounts`, by account.
+pub(super) async fn load_lots(
+    conn: &mut PgConnection,
+    accounts: &[i64],
+) -> Result<HashMap<i64, Vec<Lot>>, sqlx::Error> {
+    let mut lots: HashMap<i64, Vec<Lot>> = HashMap::new();
+    if accounts.is_empty() {
+        return Ok(lots);
+    }
+    let sql = format!(
+        "SELECT {LOT_COLUMNS} FROM token_lots WHERE account_id = ANY($1) AND remaining > 0"
+    );
+    for row in sqlx::query(&sql)
+        .bind(accounts)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        let (account, lot) = lot_from_row(&row)?;
+        lots.entry(account).or_default().push(lot);
+    }
+    Ok(lots)
+}
+
+/// The active holds of `accounts`, and the holds named by `ids` whatever their state.
+pub(super) async fn load_holds(
+    conn: &mut PgConnection,
+    accounts: &[i64],
+    ids: &[i64],
+) -> Result<Vec<Hold>, sqlx::Error> {
+    if accounts.is_empty() && ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT {HOLD_COLUMNS} FROM token_holds \
+         WHERE (account_id = ANY($1) AND state = 'active') OR hold_id = ANY($2)"
+    );
+    sqlx::query(&sql)
+        .bind(accounts)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(hold_from_row)
+        .collect()
+}
+
+/// Ids for the rules' placeholders: `-k` becomes the k-th id drawn.
+pub(super) async fn draw_ids(
+    conn: &mut PgConnection,
+    placeholders: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    if placeholders == 0 {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "SELECT nextval('ledger_entry_id_seq') FROM generate_series(1, $1::bigint) ORDER BY 1",
+    )
+    .bind(placeholders)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// A staged id: real ids pass through, placeholders are looked up.
+pub(super) fn real_id(ids: &[i64], id: i64) -> Result<i64, sqlx::Error> {
+    if id >= 0 {
+        return Ok(id);
+    }
+    usize::try_from(-id - 1)
+        .ok()
+        .and_then(|k| ids.get(k).copied())
+        .ok_or_else(|| sqlx::Error::Protocol(format!("placeholder id {id} was never drawn")))
+}
+
+/// Writes the expiry rows, lots and holds a batch staged.
+pub(super) async fn persist(
+    conn: &mut PgConnection,
+    staged: &Staged,
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    if !staged.expiries.is_empty() {
+        insert_expiries(conn, staged, ids).await?;
+    }
+    if !staged.lots.is_empty() {
+        upsert_lots(conn, staged, ids).await?;
+    }
+    if !staged.holds.is_empty() {
+        upsert_holds(conn, staged, ids).await?;
+    }
+    Ok(())
+}
+
+async fn insert_expiries(
+    conn: &mut PgConnection,
+    staged: &Staged,
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    let e = &staged.expiries;
+    let mut rows = Vec::with_capacity(e.len());
+    let mut lots = Vec::with_capacity(e.len());
+    let mut carried_to = Vec::with_capacity(e.len());
+    for x in e {
+        rows.push(real_id(ids, x.entry_id)?);
+        lots.push(real_id(ids, x.expiry.lot_id)?);
+        carried_to.push(match x.expiry.carried {
+            Some((_, to)) => Some(real_id(ids, to)?),
+            None => None,
+        });
+    }
+    let source: Vec<&str> = e
+        .iter()
+        .map(|x| {
+            if x.expiry.carried.is_some() {
+                "rollover"
+            } else {
+                "lot"
+            }
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO token_transactions (id, account_id, entry_seq, token_amount, balance_after, \
+         created_by, transaction_type, source, lot_id, carried_tokens, carried_to_lot) \
+         SELECT id, a, s, t, b, 'ledger', 'expiry', src, l, c, ct \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                     $6::text[], $7::bigint[], $8::bigint[], $9::bigint[]) \
+           AS v(id, a, s, t, b, src, l, c, ct)",
+    )
+    .bind(rows)
+    .bind(e.iter().map(|x| x.account_id).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.seq).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| -x.expiry.tokens).collect::<Vec<_>>())
+    .bind(e.iter().map(|x| x.balance_after).collect::<Vec<_>>())
+    .bind(source)
+    .bind(lots)
+    .bind(
+        e.iter()
+            .map(|x| x.expiry.carried.map(|(t, _)| t))
+            .collect::<Vec<_>>(),
+    )
+    .bind(carried_to)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_lots(
+    conn: &mut PgConnection,
+    staged: &Staged,
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    let l = &staged.lots;
+    let mut lot_ids = Vec::with_capacity(l.len());
+    for (_, lot) in l {
+        lot_ids.push(real_id(ids, lot.lot_id)?);
+    }
+    sqlx::query(
+        "INSERT INTO token_lots (lot_id, account_id, source, paid, stripe_subscription_id, \
+           granted, remaining, held, expires_at, priority, created_at) \
+         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::boolean[], $5::text[], \
+           $6::bigint[], $7::bigint[], $8::bigint[], $9::timestamptz[], $10::int[], \
+           $11::timestamptz[]) \
+         ON CONFLICT (lot_id) DO UPDATE SET remaining = EXCLUDED.remaining, \
+           held = EXCLUDED.held, expires_at = EXCLUDED.expires_at",
+    )
+    .bind(lot_ids)
+    .bind(l.iter().map(|(a, _)| *a).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, x)| x.source.as_str()).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, x)| x.paid).collect::<Vec<_>>())
+    .bind(
+        l.iter()
+            .map(|(_, x)| x.subscription.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(l.iter().map(|(_, x)| x.granted).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, x)| x.remaining).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, x)| x.held).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, x)| x.expires_at).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, x)| x.priority).collect::<Vec<_>>())
+    .bind(l.iter().map(|(_, x)| x.created_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn upsert_holds(
+    conn: &mut PgConnection,
+    staged: &Staged,
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    let h = &staged.holds;
+    let mut earmarks = Vec::with_capacity(h.len());
+    for hold in h {
+        let mut real = Vec::with_capacity(hold.earmarks.len());
+        for (lot, tokens) in &hold.earmarks {
+            real.push((real_id(ids, *lot)?, *tokens));
+        }
+        earmarks.push(serde_json::to_string(&real).map_err(|e| sqlx::Error::Encode(e.into()))?);
+    }
+    sqlx::query(
+        "INSERT INTO token_holds (hold_id, account_id, tokens, state, expires_at, earmarks, model, \
+           feature, created_by, placed_at, ended_at, committed_transaction_id, committed_tokens, \
+           available_after) \
+         SELECT h, a, t, s, e, m::jsonb, mo, f, c, p, en, ct, ctk, av \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[], \
+           $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], \
+           $12::bigint[], $13::bigint[], $14::bigint[]) \
+           AS v(h, a, t, s, e, m, mo, f, c, p, en, ct, ctk, av) \
+         ON CONFLICT (hold_id) DO UPDATE SET tokens = EXCLUDED.tokens, state = EXCLUDED.state, \
+           expires_at = EXCLUDED.expires_at, earmarks = EXCLUDED.earmarks, \
+           ended_at = EXCLUDED.ended_at, \
+           committed_transaction_id = EXCLUDED.committed_transaction_id, \
+           committed_tokens = EXCLUDED.committed_tokens, \
+           available_after = EXCLUDED.available_after, updated_at = now()",
+    )
+    .bind(h.iter().map(|x| x.hold_id).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.account_id).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.tokens).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.state.as_str()).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.expires_at).collect::<Vec<_>>())
+    .bind(earmarks)
+    .bind(h.iter().map(|x| x.model.clone()).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.feature.clone()).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.created_by.clone()).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.placed_at).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.ended_at).collect::<Vec<_>>())
+    .bind(
+        h.iter()
+            .map(|x| x.committed_transaction_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(h.iter().map(|x| x.committed_tokens).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.available_after).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A lot as ListLots shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotView {
+    pub lot: Lot,
+    /// The journal row of the credit (or rollover) that created it; `None` for an opening lot.
+    pub source_transaction_id: Option<EntryId>,
+}
+
+impl Store {
+    /// The owner of a hold, for routing a hold write to its account's writer.
+    pub async fn hold_owner(&self, hold_id: EntryId) -> Result<Option<String>, LedgerError> {
+        let mut conn = self.acquire().await?;
+        sqlx::query_scalar(
+            "SELECT a.user_id FROM token_holds h JOIN accounts a USING (account_id) \
+             WHERE h.hold_id = $1",
+        )
+        .bind(hold_id.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.saw(e).into())
+    }
+
+    /// The account's lots and holds, settled at the ledger's now (without writing anything), so
+    /// what has expired by now is shown as expired even before the sweeper has written it.
+    pub async fn wallet(
+        &self,
+        user_id: &UserId,
+        include_spent: bool,
+        all_holds: bool,
+    ) -> Result<(Wallet, DateTime<Utc>), LedgerError> {
+        let mut conn = self.acquire().await?;
+        let result = wallet_of(&mut conn, user_id, include_spent, all_holds, self.clock()).await;
+        result.map_err(|e| self.saw(e).into())
+    }
+
+    /// GetBalance past the account's settle instant: the row's figures with what is due settled
+    /// on a copy of its lots and holds.
+    pub(super) async fn settled_balance(
+        &self,
+        conn: &mut PgConnection,
+        user_id: &UserId,
+        mut balance: Balance,
+    ) -> Result<Balance, sqlx::Error> {
+        let (mut wallet, now) = wallet_of(conn, user_id, false, false, self.clock()).await?;
+        let expired: i64 = wallet.settle(now).iter().map(|e| e.tokens).sum();
+        balance.balance -= expired;
+        balance.totals.expired += expired;
+        let summary = wallet.summary(now);
+        balance.held = summary.held;
+        balance.next_expiry = summary.next_expiry;
+        balance.settle_at = summary.settle_at;
+        Ok(balance)
+    }
+}
+
+async fn wallet_of(
+    conn: &mut PgConnection,
+    user_id: &UserId,
+    include_spent: bool,
+    all_holds: bool,
+    clock: &Clock,
+) -> Result<(Wallet, DateTime<Utc>), sqlx::Error> {
+    let row: Option<(i64, i64, DateTime<Utc>)> = sqlx::query_as(&format!(
+        "SELECT account_id, debt, {} FROM accounts WHERE user_id = $1",
+        now_sql(2)
+    ))
+    .bind(user_id.as_str())
+    .bind(clock.offset_micros())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((account, debt, now)) = row else {
+        return Ok((Wallet::default(), clock.now()));
+    };
+    let lots_sql = format!(
+        "SELECT {LOT_COLUMNS} FROM token_lots WHERE account_id = $1 AND ($2 OR remaining > 0) \
+         ORDER BY lot_id"
+    );
+    let mut lots = Vec::new();
+    for row in sqlx::query(&lots_sql)
+        .bind(account)
+        .bind(include_spent)
+        .fetch_all(&mut *conn)
+        .await?
+    {
+        lots.push(lot_from_row(&row)?.1);
+    }
+    let holds_sql = format!(
+        "SELECT {HOLD_COLUMNS} FROM token_holds WHERE account_id = $1 AND ($2 OR state = 'active') \
+         ORDER BY hold_id DESC LIMIT 1000"
+    );
+    let holds = sqlx::query(&holds_sql)
+        .bind(account)
+        .bind(all_holds)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(hold_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let wallet = Wallet {
+        lots,
+        holds,
+        debt,
+        ..Wallet::default()
+    };
+    Ok((wallet, now))
+}
