@@ -242,6 +242,23 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub write: WriteArgs,
 
+    /// How often the expiry sweeper writes what is due (lots past their expiry, holds past their
+    /// time), in ms. Reads and writes never wait for it.
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_EXPIRY_SWEEP_INTERVAL_MS",
+        default_value_t = 1_000
+    )]
+    pub expiry_sweep_interval_ms: u64,
+
+    /// Most active holds one account may have; Reserve beyond it is RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_HOLDS_PER_ACCOUNT_MAX",
+        default_value_t = crate::domain::HOLDS_PER_ACCOUNT_DEFAULT
+    )]
+    pub holds_per_account_max: i64,
+
     /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
     #[arg(long, env = "TOKEN_LEDGER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -440,10 +457,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.jwt = args.jwt.verifier()?;
         config.write = args.write.config(args.database.db_pool_max);
         config.webhook_pool_connections_max = args.stripe_webhook_db_pool_max;
+        config.expiry_sweep_interval = Duration::from_millis(args.expiry_sweep_interval_ms.max(1));
         if let Some(listen) = args.metrics_listen {
             crate::metrics::install(listen)?;
         }
-        let mut app = Application::build(config, db.store.clone()).await?;
+        let store = db
+            .store
+            .clone()
+            .with_holds_per_account_max(args.holds_per_account_max);
+        let mut app = Application::build(config, store).await?;
         if let Some(listen) = args.stripe_webhook_listen {
             let (webhook_config, catalog) = args.stripe.load()?;
             app = app.with_webhook(listen, webhook_config, catalog).await?;

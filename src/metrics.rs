@@ -8,6 +8,8 @@
 //! - `ledger_pool_connections{state=idle|in_use}` (pool waits show as in_use at the maximum)
 //! - `ledger_journal_rows_total{kind}`
 //! - `ledger_writes_expired_total` (writes dropped because their deadline passed while queued)
+//! - `ledger_active_holds` (holds active now), `ledger_holds_expired_total` (holds that lapsed
+//!   unused), `ledger_tokens_expired_total` (tokens that left balances unused at a lot's expiry)
 
 use std::net::SocketAddr;
 
@@ -65,4 +67,18 @@ pub fn journal_row(kind: &'static str) {
 
 pub fn write_expired() {
     counter!("ledger_writes_expired_total").increment(1);
+}
+
+pub fn active_holds(active: i64) {
+    gauge!("ledger_active_holds").set(active as f64);
+}
+
+/// What one committed batch let expire.
+pub fn expired(tokens: i64, holds: usize) {
+    if tokens > 0 {
+        counter!("ledger_tokens_expired_total").increment(tokens as u64);
+    }
+    if holds > 0 {
+        counter!("ledger_holds_expired_total").increment(holds as u64);
+    }
 }

@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub write: WriteConfig,
     /// Connections of the hosted webhook's own pool, apart from the ledger's (its lane).
     pub webhook_pool_connections_max: u32,
+    /// How often the expiry sweeper writes what is due (expired lots, lapsed holds).
+    pub expiry_sweep_interval: Duration,
 }
 
 impl ServerConfig {
@@ -68,6 +70,7 @@ impl ServerConfig {
             jwt: None,
             write: WriteConfig::default(),
             webhook_pool_connections_max: crate::webhook::POOL_CONNECTIONS_MAX_DEFAULT,
+            expiry_sweep_interval: crate::ledger::sweeper::SWEEP_INTERVAL_DEFAULT,
         }
     }
 }
@@ -197,6 +200,10 @@ impl Application {
 
         let core = Ledger::with_config(store.clone(), config.write);
         let sampler = tokio::spawn(sample_gauges(core.clone(), store.clone()));
+        let sweeper = tokio::spawn(crate::ledger::sweeper::run(
+            core.clone(),
+            config.expiry_sweep_interval,
+        ));
         let ledger = LedgerGrpc::new(
             core,
             Authenticator::new(config.api_keys.clone()).with_jwt(config.jwt.clone()),
@@ -260,6 +267,7 @@ impl Application {
         tracing::info!("gRPC server drained; closing the database pool");
         health_task.abort();
         sampler.abort();
+        sweeper.abort();
         store.close().await;
         served?;
         Ok(())

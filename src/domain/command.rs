@@ -87,6 +87,9 @@ pub enum WriteDetails {
         hold_id: EntryId,
         ttl: Option<chrono::Duration>,
     },
+    /// Write what is due on the account (expired lots, lapsed holds) and nothing else: the
+    /// sweeper's write. Carries a transient key (never stored).
+    Settle,
 }
 
 impl WriteDetails {
@@ -102,7 +105,8 @@ impl WriteDetails {
             WriteDetails::CommitHold { .. } => EntryKind::Usage,
             WriteDetails::Reserve { .. }
             | WriteDetails::ReleaseHold { .. }
-            | WriteDetails::ExtendHold { .. } => EntryKind::Hold,
+            | WriteDetails::ExtendHold { .. }
+            | WriteDetails::Settle => EntryKind::Hold,
         }
     }
 
@@ -145,6 +149,19 @@ pub struct WriteCommand {
 }
 
 impl WriteCommand {
+    /// The sweeper's write for `user_id`: settles what is due, nothing else.
+    pub fn settle(user_id: UserId) -> Self {
+        let key = IdempotencyKey::transient(format!("settle:{user_id}"));
+        Self {
+            user_id,
+            tokens: Tokens::ZERO,
+            idempotency_key: key,
+            created_by: Actor::new("ledger"),
+            details: WriteDetails::Settle,
+            terms: CreditTerms::default(),
+        }
+    }
+
     pub fn kind(&self) -> EntryKind {
         self.details.kind()
     }
@@ -311,6 +328,7 @@ impl WriteCommand {
                 f.int(hold_id.0);
                 f.int(ttl.map_or(-1, |t| t.num_milliseconds()));
             }
+            WriteDetails::Settle => f.text("settle"),
         }
         // Only terms that differ from the default, so the fingerprints of requests stored
         // before credits had terms stay what they were.

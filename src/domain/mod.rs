@@ -125,9 +125,21 @@ impl fmt::Display for UserId {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
 
+/// Marks a key the ledger made for its own write and never stores: a caller's key cannot start
+/// with it (control characters are refused).
+const TRANSIENT_KEY_PREFIX: char = '\u{1}';
+
 impl IdempotencyKey {
     pub fn parse(value: String) -> Result<Self, LedgerError> {
         required_text("idempotency_key", value, IDEMPOTENCY_KEY_LEN_MAX).map(Self)
+    }
+    /// A key for a write of the ledger's own that is idempotent by its nature (settling what is
+    /// due): never stored, never replayed across batches.
+    pub fn transient(name: String) -> Self {
+        Self(format!("{TRANSIENT_KEY_PREFIX}{name}"))
+    }
+    pub fn is_transient(&self) -> bool {
+        self.0.starts_with(TRANSIENT_KEY_PREFIX)
     }
     pub fn as_str(&self) -> &str {
         &self.0

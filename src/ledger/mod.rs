@@ -17,6 +17,7 @@ use rules::{Hold, Lot};
 
 mod paging;
 pub mod rules;
+pub mod sweeper;
 mod writer;
 
 use paging::{decode_account_token, decode_page_token, encode_account_token, encode_page_token};

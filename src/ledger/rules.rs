@@ -366,13 +366,15 @@ impl Batch {
         let balance = match (balance_after, cmd.kind()) {
             (Some(balance), _) => balance,
             (None, EntryKind::Hold) => 0,
-            (None, _) => return Err(LedgerError::Invariant(
-                format!(
+            (None, _) => {
+                return Err(LedgerError::Invariant(
+                    format!(
                     "idempotency key {:?} points at journal row {entry_id}, which does not exist",
                     cmd.idempotency_key.as_str()
                 )
-                .into(),
-            )),
+                    .into(),
+                ))
+            }
         };
         Ok(Receipt {
             transaction_id: entry_id,
@@ -409,6 +411,13 @@ impl Batch {
             WriteDetails::ExtendHold { hold_id, ttl } => {
                 extend(account, *hold_id, cmd.tokens.get(), *ttl, now)
             }
+            WriteDetails::Settle => Ok(Receipt {
+                transaction_id: entry_id,
+                balance: account.locked.balance,
+                replayed: false,
+                held: None,
+                hold: None,
+            }),
             _ => {
                 let ctx = JournalWrite {
                     write,
@@ -738,13 +747,38 @@ impl JournalWrite<'_> {
         };
         check_overdraft(cmd, &account.locked, account.wallet.held())?;
         let reversed = check_reversal(cmd, &account.locked, self.originals)?;
-        let next = next_state(cmd, &account.locked)?;
+        next_state(cmd, &account.locked)?;
 
         // Every rule passed: the write applies.
         if let Some((original, tokens)) = reversed {
             if let Some(o) = self.originals.get_mut(&original) {
                 o.reversed += tokens;
             }
+        }
+        // A new cycle with rollover: the previous cycles end first (their expiry rows come
+        // before this credit's row), carrying what the policy allows into a new lot.
+        if let (
+            WriteDetails::Drip {
+                stripe_subscription_id,
+                ..
+            },
+            Some(policy),
+        ) = (&cmd.details, cmd.terms.rollover)
+        {
+            let lot = new_lot(cmd, self.entry_id, now);
+            let placeholders = &mut *self.placeholders;
+            let mut next_id = || {
+                *placeholders += 1;
+                -*placeholders
+            };
+            let rolled = account.wallet.rollover(
+                stripe_subscription_id,
+                Some(policy),
+                &lot,
+                &mut next_id,
+                now,
+            );
+            stage_expiries(account, rolled, self.expiries, self.placeholders);
         }
         let wallet = &mut account.wallet;
         let tokens = cmd.tokens.get();
@@ -769,6 +803,8 @@ impl JournalWrite<'_> {
             (d, _) if d.kind().is_credit() => wallet.credit(new_lot(cmd, self.entry_id, now)),
             _ => wallet.debit(tokens, &[], now),
         }
+        // Checked above against a balance at least as high (a rollover only lowers it).
+        let next = next_state(cmd, &account.locked)?;
         let locked = &mut account.locked;
         locked.balance = next.balance;
         locked.totals = next.totals;
@@ -782,28 +818,6 @@ impl JournalWrite<'_> {
             hold_tokens: hold.map(|h| h.tokens),
         });
         let balance = locked.balance;
-        if let WriteDetails::Drip {
-            stripe_subscription_id,
-            ..
-        } = &cmd.details
-        {
-            if let Some(policy) = cmd.terms.rollover {
-                let lot = new_lot(cmd, self.entry_id, now);
-                let placeholders = &mut *self.placeholders;
-                let mut next_id = || {
-                    *placeholders += 1;
-                    -*placeholders
-                };
-                let rolled = account.wallet.rollover(
-                    stripe_subscription_id,
-                    Some(policy),
-                    &lot,
-                    &mut next_id,
-                    now,
-                );
-                stage_expiries(account, rolled, self.expiries, self.placeholders);
-            }
-        }
         Ok(Receipt {
             transaction_id: self.entry_id,
             balance,

@@ -98,6 +98,14 @@ impl Store {
         let (results, staged) = rules::evaluate(state, writes, now);
         persist(&mut tx, writes, &staged).await?;
         tx.commit().await?;
+        let expired_tokens: i64 = staged.expiries.iter().map(|e| e.expiry.tokens).sum();
+        let holds_lapsed = staged
+            .holds
+            .iter()
+            .filter(|h| h.state == crate::domain::HoldState::Expired)
+            .filter(|h| h.committed_transaction_id.is_none())
+            .count();
+        crate::metrics::expired(expired_tokens, holds_lapsed);
         let balances = staged
             .moved
             .into_iter()
@@ -185,7 +193,17 @@ async fn load_keys(
 ) -> Result<HashMap<String, KeyState>, sqlx::Error> {
     // The fingerprint stored with a key is that of the batch's first write under it.
     let mut first: BTreeMap<&str, Fingerprint> = BTreeMap::new();
+    let mut states = HashMap::with_capacity(writes.len());
     for (w, fingerprint) in writes.iter().zip(fingerprints) {
+        if w.idempotency_key.is_transient() {
+            // Claimed by this batch alone, never stored.
+            let state = KeyState::Claimed {
+                entry_id: EntryId(0),
+                stored: *fingerprint,
+            };
+            states.insert(w.idempotency_key.as_str().to_string(), state);
+            continue;
+        }
         first
             .entry(w.idempotency_key.as_str())
             .or_insert(*fingerprint);
@@ -201,7 +219,6 @@ async fn load_keys(
     .bind(&hashes)
     .fetch_all(&mut **tx)
     .await?;
-    let mut states = HashMap::with_capacity(keys.len());
     for (key, entry_id) in claimed {
         let stored = first[key.as_str()];
         let entry_id = EntryId(entry_id);
@@ -845,7 +862,8 @@ impl TransactionRow {
             | WriteDetails::CommitHold { .. }
             | WriteDetails::Reserve { .. }
             | WriteDetails::ReleaseHold { .. }
-            | WriteDetails::ExtendHold { .. } => {
+            | WriteDetails::ExtendHold { .. }
+            | WriteDetails::Settle => {
                 unreachable!("drips, usage and hold writes are not token_transactions rows")
             }
         }

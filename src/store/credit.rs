@@ -340,6 +340,30 @@ pub struct LotView {
 }
 
 impl Store {
+    /// Accounts with something due by the ledger's now (a lot expired, a hold lapsed), soonest
+    /// first.
+    pub async fn due_accounts(&self, limit: i64) -> Result<Vec<String>, LedgerError> {
+        let mut conn = self.acquire().await?;
+        sqlx::query_scalar(&format!(
+            "SELECT user_id FROM accounts WHERE settle_at <= {} ORDER BY settle_at LIMIT $2",
+            now_sql(1)
+        ))
+        .bind(self.clock().offset_micros())
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.saw(e).into())
+    }
+
+    /// Holds active right now, over every account (lapsed ones not yet swept included).
+    pub async fn active_holds(&self) -> Result<i64, LedgerError> {
+        let mut conn = self.acquire().await?;
+        sqlx::query_scalar("SELECT count(*) FROM token_holds WHERE state = 'active'")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.saw(e).into())
+    }
+
     /// The owner of a hold, for routing a hold write to its account's writer.
     pub async fn hold_owner(&self, hold_id: EntryId) -> Result<Option<String>, LedgerError> {
         let mut conn = self.acquire().await?;

@@ -357,6 +357,8 @@ pub struct TestApp {
     pub webhook_addr: Option<std::net::SocketAddr>,
     pub db: TestDb,
     pub pool: PgPool,
+    /// The server's store: its clock is the ledger's (`advance` lets time pass).
+    pub store: Store,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -377,6 +379,11 @@ pub struct TestOptions {
     pub pool_acquire_timeout: Duration,
     /// The hosted webhook's own pool size; `None` keeps the default.
     pub webhook_pool_connections_max: Option<u32>,
+    /// Most active holds per account.
+    pub holds_per_account_max: i64,
+    /// The expiry sweeper's interval: an hour by default, so a test sees what reads and writes
+    /// settle on their own unless it runs a sweep itself.
+    pub expiry_sweep_interval: Duration,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -394,6 +401,8 @@ impl Default for TestOptions {
             request_timeout: None,
             pool_acquire_timeout: Duration::from_secs(2),
             webhook_pool_connections_max: None,
+            holds_per_account_max: token_ledger::domain::HOLDS_PER_ACCOUNT_DEFAULT,
+            expiry_sweep_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -426,8 +435,10 @@ impl TestApp {
             pool_connections_max: 16,
             pool_acquire_timeout: options.pool_acquire_timeout,
         })
-        .unwrap();
+        .unwrap()
+        .with_holds_per_account_max(options.holds_per_account_max);
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
+        config.expiry_sweep_interval = options.expiry_sweep_interval;
         config.api_keys = options.api_keys;
         config.health_check_interval = options.health_check_interval;
         config.jwt = options.jwt;
@@ -439,7 +450,7 @@ impl TestApp {
         if let Some(connections) = options.webhook_pool_connections_max {
             config.webhook_pool_connections_max = connections;
         }
-        let mut app = Application::build(config, store).await.unwrap();
+        let mut app = Application::build(config, store.clone()).await.unwrap();
         if options.webhook {
             app = app
                 .with_webhook(
@@ -462,6 +473,7 @@ impl TestApp {
             webhook_addr,
             db,
             pool,
+            store,
             shutdown: Some(tx),
             server: Some(server),
         }
@@ -496,6 +508,21 @@ impl TestApp {
             Some(handle) => handle.await.unwrap(),
             None => Ok(()),
         }
+    }
+
+    /// Lets the ledger's time pass by `by`, without sleeping.
+    pub fn advance(&self, by: chrono::Duration) {
+        self.store.clock().advance(by);
+    }
+
+    /// `verify` over the whole database: every invariant holds.
+    pub async fn assert_verified(&self) {
+        let report = self.store.verify().await.unwrap();
+        assert!(
+            report.discrepancies.is_empty(),
+            "verify found: {:?}",
+            report.discrepancies
+        );
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

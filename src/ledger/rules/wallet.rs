@@ -44,7 +44,7 @@ impl Lot {
     }
     /// Whether the lot may still be burned at `now`.
     pub fn live_at(&self, now: DateTime<Utc>) -> bool {
-        self.expires_at.map_or(true, |t| now < t)
+        self.expires_at.is_none_or(|t| now < t)
     }
     fn burn_key(&self) -> impl Ord {
         (

@@ -601,9 +601,8 @@ fn details_to_pb(details: WriteDetails) -> (String, pb::transaction::Details) {
         ),
         WriteDetails::Reserve { .. }
         | WriteDetails::ReleaseHold { .. }
-        | WriteDetails::ExtendHold { .. } => {
-            (String::new(), Details::Usage(pb::UsageDetails::default()))
-        }
+        | WriteDetails::ExtendHold { .. }
+        | WriteDetails::Settle => (String::new(), Details::Usage(pb::UsageDetails::default())),
         WriteDetails::Reversal {
             original,
             source,
