@@ -59,6 +59,18 @@ pub enum Command {
     Balance(client::BalanceArgs),
     /// Show a user's journal, newest first.
     History(client::HistoryArgs),
+    /// Hold tokens for an AI call in flight (prints the hold id).
+    Reserve(client::ReserveArgs),
+    /// End a hold with the tokens the call actually used.
+    CommitHold(client::CommitHoldArgs),
+    /// End a hold unused.
+    ReleaseHold(client::HoldArgs),
+    /// Give an active hold a later expiry and/or more tokens.
+    ExtendHold(client::ExtendHoldArgs),
+    /// List a user's active holds (--all: every hold).
+    Holds(client::ListArgs),
+    /// List a user's lots in burn order (--all: spent ones too).
+    Lots(client::ListArgs),
     /// Run the Stripe webhook adapter on its own, calling the ledger over gRPC.
     Webhook(WebhookArgs),
     /// List the Stripe events the webhook has seen, newest first, with what it did about each.
@@ -435,6 +447,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Usage(a) => client::usage(a).await,
         Command::Balance(a) => client::balance(a).await,
         Command::History(a) => client::history(a).await,
+        Command::Reserve(a) => client::reserve(a).await,
+        Command::CommitHold(a) => client::commit_hold(a).await,
+        Command::ReleaseHold(a) => client::release_hold(a).await,
+        Command::ExtendHold(a) => client::extend_hold(a).await,
+        Command::Holds(a) => client::holds(a).await,
+        Command::Lots(a) => client::lots(a).await,
         Command::Webhook(args) => webhook(args).await.map(|()| ExitCode::SUCCESS),
         Command::StripeEvents(args) => stripe_events(args).await,
         Command::Bench { args } => bench(&args),

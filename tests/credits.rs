@@ -607,3 +607,68 @@ async fn the_sweeper_writes_expiries_once() {
     }
     app.assert_verified().await;
 }
+
+fn cli(app: &TestApp, args: &[&str]) -> serde_json::Value {
+    let url = format!("http://{}", app.addr);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
+        .args(args)
+        .args(["--ledger-url", &url, "--api-key", ADMIN_KEY, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reserves_commits_releases_and_lists() {
+    let app = TestApp::spawn().await;
+    let expires = (Utc::now() + Duration::days(30)).to_rfc3339();
+    cli(
+        &app,
+        &[
+            "grant",
+            "--user",
+            "u",
+            "--tokens",
+            "1000",
+            "--reason",
+            "r",
+            "--expires-at",
+            &expires,
+        ],
+    );
+    let hold = cli(
+        &app,
+        &[
+            "reserve",
+            "--user",
+            "u",
+            "--tokens",
+            "300",
+            "--ttl-secs",
+            "60",
+        ],
+    );
+    assert_eq!(hold["available"], 700);
+    let hold_id = hold["hold_id"].as_str().unwrap().to_string();
+    let holds = cli(&app, &["holds", "--user", "u"]);
+    assert_eq!(holds["holds"][0]["hold_id"], hold_id.as_str());
+    assert_eq!(holds["holds"][0]["state"], "active");
+    let done = cli(
+        &app,
+        &["commit-hold", "--hold", &hold_id, "--tokens", "120"],
+    );
+    assert_eq!(done["balance"], 880);
+    let released = cli(&app, &["release-hold", "--hold", &hold_id]);
+    assert_eq!(released["hold"]["state"], "committed");
+    let lots = cli(&app, &["lots", "--user", "u"]);
+    assert_eq!(lots["lots"][0]["remaining"], 880);
+    assert!(lots["lots"][0]["expires_at"].is_string());
+    let balance = cli(&app, &["balance", "--user", "u"]);
+    assert_eq!(balance["held"], 0);
+    assert_eq!(balance["next_expiry"]["tokens"], 880);
+}

@@ -14,6 +14,11 @@ use tonic::Request;
 use crate::pb;
 use crate::pb::ledger_service_client::LedgerServiceClient;
 
+mod holds;
+
+pub use holds::{commit_hold, extend_hold, holds, lots, release_hold, reserve};
+pub use holds::{CommitHoldArgs, ExtendHoldArgs, HoldArgs, ListArgs, ReserveArgs};
+
 /// The `authorization` metadata value for an API key (`Bearer <key>`): the one place every
 /// client of the ledger (this CLI, the remote webhook adapter, the load generator) builds it.
 pub fn bearer(
@@ -60,6 +65,23 @@ pub struct WriteArgs {
     pub idempotency_key: Option<String>,
 }
 
+/// How a credit's tokens live (grant, drip, purchase).
+#[derive(Debug, Clone, Args)]
+pub struct TermsArgs {
+    /// When the credited tokens expire, RFC 3339 (exclusive); never when absent.
+    #[arg(long)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Burn order: lower burns first (-1000..1000).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+}
+
+impl TermsArgs {
+    fn expires_at(&self) -> Option<prost_types::Timestamp> {
+        self.expires_at.map(timestamp)
+    }
+}
+
 impl WriteArgs {
     fn key(&self) -> String {
         self.idempotency_key
@@ -72,6 +94,8 @@ impl WriteArgs {
 pub struct GrantArgs {
     #[command(flatten)]
     pub write: WriteArgs,
+    #[command(flatten)]
+    pub terms: TermsArgs,
     /// Why (required for admin grants).
     #[arg(long, default_value = "")]
     pub reason: String,
@@ -104,6 +128,14 @@ pub struct DeductArgs {
 pub struct DripArgs {
     #[command(flatten)]
     pub write: WriteArgs,
+    #[command(flatten)]
+    pub terms: TermsArgs,
+    /// Roll the subscription's previous cycles over: carry at most this many unused tokens.
+    #[arg(long)]
+    pub rollover_max: Option<i64>,
+    /// Roll over: carry at most this percentage of the unused tokens.
+    #[arg(long)]
+    pub rollover_max_percent: Option<u32>,
     #[arg(long = "stripe-subscription")]
     pub stripe_subscription_id: String,
     #[arg(long = "stripe-invoice", default_value = "")]
@@ -122,6 +154,8 @@ pub struct DripArgs {
 pub struct PurchaseArgs {
     #[command(flatten)]
     pub write: WriteArgs,
+    #[command(flatten)]
+    pub terms: TermsArgs,
     /// What was paid, in cents.
     #[arg(long = "amount-cents")]
     pub amount_paid_cents: i64,
@@ -175,14 +209,14 @@ pub struct HistoryArgs {
     pub client: ClientArgs,
 }
 
-struct Client {
-    inner: LedgerServiceClient<Channel>,
+pub(crate) struct Client {
+    pub(crate) inner: LedgerServiceClient<Channel>,
     api_key: Option<MetadataValue<tonic::metadata::Ascii>>,
-    json: bool,
+    pub(crate) json: bool,
 }
 
 impl Client {
-    async fn connect(args: &ClientArgs) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(args.ledger_url.clone())
             .with_context(|| format!("bad --ledger-url {:?}", args.ledger_url))?
             .connect_timeout(std::time::Duration::from_secs(5))
@@ -202,7 +236,7 @@ impl Client {
         })
     }
 
-    fn request<T>(&self, message: T) -> Request<T> {
+    pub(crate) fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
         if let Some(key) = &self.api_key {
             request.metadata_mut().insert("authorization", key.clone());
@@ -212,7 +246,7 @@ impl Client {
 }
 
 /// Turns a gRPC error into a printed line and exit code 1.
-fn report_status(status: tonic::Status) -> anyhow::Result<ExitCode> {
+pub(crate) fn report_status(status: tonic::Status) -> anyhow::Result<ExitCode> {
     eprintln!("error: {:?}: {}", status.code(), status.message());
     Ok(ExitCode::FAILURE)
 }
@@ -276,7 +310,8 @@ pub async fn grant(a: GrantArgs) -> anyhow::Result<ExitCode> {
         reason: a.reason,
         stripe_subscription_id: a.stripe_subscription_id,
         stripe_invoice_id: a.stripe_invoice_id,
-        ..Default::default()
+        expires_at: a.terms.expires_at(),
+        priority: a.terms.priority,
     });
     write_call!(c, key, c.inner.grant(req))
 }
@@ -294,7 +329,7 @@ pub async fn deduct(a: DeductArgs) -> anyhow::Result<ExitCode> {
     write_call!(c, key, c.inner.deduct(req))
 }
 
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
@@ -315,7 +350,14 @@ pub async fn drip(a: DripArgs) -> anyhow::Result<ExitCode> {
         stripe_invoice_id: a.stripe_invoice_id,
         period_start: Some(timestamp(a.period_start)),
         period_end: Some(timestamp(end)),
-        ..Default::default()
+        expires_at: a.terms.expires_at(),
+        priority: a.terms.priority,
+        rollover: (a.rollover_max.is_some() || a.rollover_max_percent.is_some()).then_some(
+            pb::Rollover {
+                max_tokens: a.rollover_max,
+                max_percent: a.rollover_max_percent,
+            },
+        ),
     });
     write_call!(c, key, c.inner.drip(req))
 }
@@ -332,7 +374,8 @@ pub async fn purchase(a: PurchaseArgs) -> anyhow::Result<ExitCode> {
         stripe_payment_intent_id: a.stripe_payment_intent_id,
         stripe_checkout_session_id: a.stripe_checkout_session_id,
         pack: a.pack,
-        ..Default::default()
+        expires_at: a.terms.expires_at(),
+        priority: a.terms.priority,
     });
     write_call!(c, key, c.inner.record_purchase(req))
 }
@@ -363,21 +406,35 @@ pub async fn balance(a: BalanceArgs) -> anyhow::Result<ExitCode> {
     let updated_at = r
         .updated_at
         .and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos as u32));
+    let next = r.next_expiry.as_ref().and_then(|n| {
+        let at =
+            n.at.and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos as u32))?;
+        Some((at, n.tokens))
+    });
     if c.json {
         println!(
             "{}",
             json!({
-                "user_id": r.user_id, "balance": r.balance, "transaction_count": r.transaction_count,
+                "user_id": r.user_id, "balance": r.balance, "held": r.held, "available": r.available,
+                "transaction_count": r.transaction_count,
                 "updated_at": updated_at.map(|t| t.to_rfc3339()),
-                "totals": {"granted": t.granted, "deducted": t.deducted, "purchased": t.purchased, "dripped": t.dripped, "used": t.used},
+                "next_expiry": next.map(|(at, tokens)| json!({"at": at.to_rfc3339(), "tokens": tokens})),
+                "totals": {"granted": t.granted, "deducted": t.deducted, "purchased": t.purchased,
+                           "dripped": t.dripped, "used": t.used, "reversed": t.reversed, "expired": t.expired},
             })
         );
     } else {
-        println!("user {}: balance {}", r.user_id, r.balance);
         println!(
-            "  granted {}  purchased {}  dripped {}  deducted {}  used {}",
-            t.granted, t.purchased, t.dripped, t.deducted, t.used
+            "user {}: balance {}  held {}  available {}",
+            r.user_id, r.balance, r.held, r.available
         );
+        println!(
+            "  granted {}  purchased {}  dripped {}  deducted {}  used {}  reversed {}  expired {}",
+            t.granted, t.purchased, t.dripped, t.deducted, t.used, t.reversed, t.expired
+        );
+        if let Some((at, tokens)) = next {
+            println!("  next expiry: {tokens} tokens at {}", at.to_rfc3339());
+        }
         println!(
             "  {} transactions, last change {}",
             r.transaction_count,
