@@ -183,7 +183,8 @@ impl Wallet {
     }
 
     /// Lapses every hold whose time is up and expires what is due: the unheld tokens of every
-    /// lot past its expiry (the held part waits for its hold to end).
+    /// lot past its expiry (the held part waits for its hold to end). Tokens a lapsed hold gave
+    /// back pay any debt, as every write's freed tokens do.
     pub fn settle(&mut self, now: DateTime<Utc>) -> Vec<Expiry> {
         let due: Vec<i64> = self
             .holds
@@ -194,7 +195,9 @@ impl Wallet {
         for hold_id in due {
             self.end_hold(hold_id, HoldState::Expired, None);
         }
-        self.expire_due(now)
+        let expired = self.expire_due(now);
+        self.pay_debt(now);
+        expired
     }
 
     /// Expires the unheld tokens of every lot past its expiry.
