@@ -1,5 +1,7 @@
 //! The admin console in a real browser: a real server on port 0 with admin JWTs, driven by
-//! `admin-console/e2e/admin.e2e.mjs` (headless Debian Chromium through playwright-core).
+//! `admin-console/e2e/admin.e2e.mjs` (headless Debian Chromium through playwright-core). The
+//! holds scenario needs a user with an active hold: the test places it over gRPC first, since the
+//! console only releases holds (placing one is the AI backend's job).
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `$CHROMIUM`) and `admin-console/node_modules`
 //! (`npm ci`). Without them the test is skipped with a message, unless `CI` is set: CI must run it.
@@ -14,6 +16,7 @@ use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use token_ledger::jwt::{JwtSettings, JwtVerifier};
+use token_ledger::pb;
 
 const JWT_SECRET: &str = "browser-test-jwt-secret-0123456789";
 const ADMIN_SUB: &str = "5d0c7f6e-browser-e2e-admin";
@@ -69,8 +72,72 @@ fn hs256(sub: &str, role: &str) -> String {
     .unwrap()
 }
 
+/// Tokens of the hold the browser releases.
+const HOLD_TOKENS: i64 = 300;
+
+fn at(t: chrono::DateTime<chrono::Utc>) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    })
+}
+
+/// Prepares the holds scenario's user: 500 tokens that lapsed (an expiry row), 1000 that expire
+/// in 30 days and 200 that never do (two lots), and one active hold of [`HOLD_TOKENS`].
+/// Returns the user id and the hold id.
+async fn a_user_with_an_active_hold(app: &TestApp) -> (String, String) {
+    let user = format!("e2e-holds-{}", uuid::Uuid::new_v4().simple());
+    let mut c = app.client().await;
+    let now = chrono::Utc::now();
+    for (key, tokens, expires) in [
+        ("lapsing", 500, Some(now + chrono::Duration::minutes(1))),
+        ("month", 1000, Some(now + chrono::Duration::days(30))),
+        ("forever", 200, None),
+    ] {
+        c.grant(admin(pb::GrantRequest {
+            expires_at: expires.and_then(at),
+            ..grant_req(&user, tokens, key)
+        }))
+        .await
+        .unwrap();
+    }
+    // The ledger's clock moves past the first lot's expiry; the Reserve, a write, settles the
+    // account first and so writes the expiry row.
+    app.advance(chrono::Duration::minutes(2));
+    let hold = c
+        .reserve(admin(pb::ReserveRequest {
+            user_id: user.clone(),
+            tokens: HOLD_TOKENS,
+            idempotency_key: "e2e-hold".into(),
+            ttl: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            model: "gpt-4o".into(),
+            feature: "chat".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (hold.held, hold.balance, hold.available),
+        (HOLD_TOKENS, 1200, 1200 - HOLD_TOKENS)
+    );
+    let expired: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM token_transactions t JOIN accounts a USING (account_id) \
+         WHERE a.user_id = $1 AND t.transaction_type = 'expiry'",
+    )
+    .bind(&user)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(expired, 1, "the lapsed lot's expiry row");
+    (user, hold.hold_id)
+}
+
 #[tokio::test]
-async fn an_admin_signs_in_in_a_real_browser_and_grants_tokens() {
+async fn an_admin_signs_in_in_a_real_browser_grants_tokens_and_releases_a_hold() {
     let missing = missing_prerequisites();
     if !missing.is_empty() {
         let what = missing.join(", ");
@@ -94,6 +161,7 @@ async fn an_admin_signs_in_in_a_real_browser_and_grants_tokens() {
     })
     .await;
     let admin_jwt = hs256(ADMIN_SUB, "admin");
+    let (hold_user, hold_id) = a_user_with_an_active_hold(&app).await;
     let user_jwt = hs256(USER_SUB, "user");
     let artifacts = repo().join("test-artifacts");
 
@@ -105,6 +173,8 @@ async fn an_admin_signs_in_in_a_real_browser_and_grants_tokens() {
         .env("LEDGER_URL", format!("http://{}", app.addr))
         .env("ADMIN_JWT", &admin_jwt)
         .env("NON_ADMIN_JWT", &user_jwt)
+        .env("HOLD_USER_ID", &hold_user)
+        .env("HOLD_ID", &hold_id)
         .env("SCREENSHOT_DIR", &artifacts)
         .env("CHROMIUM", chromium())
         .stdin(Stdio::null())
@@ -124,7 +194,7 @@ async fn an_admin_signs_in_in_a_real_browser_and_grants_tokens() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("admin.e2e.mjs stdout:\n{stdout}");
     assert!(
-        output.status.success() && stdout.contains("2 passed, 0 failed"),
+        output.status.success() && stdout.contains("3 passed, 0 failed"),
         "admin.e2e.mjs failed ({}); screenshots in {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         output.status,
         artifacts.display()
@@ -159,5 +229,31 @@ async fn an_admin_signs_in_in_a_real_browser_and_grants_tokens() {
         rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
         ["grant", "deduction"],
         "the refused overdraft wrote nothing: {rows:?}"
+    );
+
+    // The page released the hold: ended unused, nothing charged, everything available again.
+    let mut c = app.client().await;
+    let holds = c
+        .list_holds(admin(pb::ListHoldsRequest {
+            user_id: hold_user.clone(),
+            active_only: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .holds;
+    assert_eq!(holds.len(), 1, "{holds:?}");
+    assert_eq!(holds[0].hold_id, hold_id, "{holds:?}");
+    assert_eq!(holds[0].state, pb::HoldState::Released as i32, "{holds:?}");
+    let balance = c
+        .get_balance(admin(pb::GetBalanceRequest {
+            user_id: hold_user.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (balance.balance, balance.held, balance.available),
+        (1200, 0, 1200)
     );
 }

@@ -5,6 +5,9 @@
 //   LEDGER_URL      e.g. http://127.0.0.1:43123 (the console is at ${LEDGER_URL}/admin)
 //   ADMIN_JWT       a credential with the admin role
 //   NON_ADMIN_JWT   a valid credential without it
+//   HOLD_USER_ID    a user with exactly one active hold (HOLD_ID), at least one lot and an expiry
+//                   row in its history: the caller places the hold, the page releases it
+//   HOLD_ID         that hold
 //   SCREENSHOT_DIR  where screenshots go (default test-artifacts)
 //   CHROMIUM        the browser binary (default /usr/bin/chromium)
 // Prints one line per scenario and then "N passed, M failed"; exits 1 on any failure.
@@ -27,6 +30,8 @@ const env = (name, fallback) => {
 const LEDGER_URL = env("LEDGER_URL").replace(/\/+$/, "");
 const ADMIN_JWT = env("ADMIN_JWT");
 const NON_ADMIN_JWT = env("NON_ADMIN_JWT");
+const HOLD_USER_ID = env("HOLD_USER_ID");
+const HOLD_ID = env("HOLD_ID");
 const SCREENSHOT_DIR = resolve(env("SCREENSHOT_DIR", "test-artifacts"));
 const CHROMIUM = env("CHROMIUM", "/usr/bin/chromium");
 const STEP_TIMEOUT_MS = 15_000;
@@ -104,6 +109,59 @@ async function historyRows(page) {
   );
 }
 
+async function lotRows(page) {
+  return byId(page, "lot-row").evaluateAll((rows) =>
+    rows.map((r) => {
+      const c = (t) => r.querySelector(`[data-testid="${t}"]`);
+      return {
+        id: r.dataset.lotId,
+        remaining: c("lot-remaining").dataset.value,
+        granted: c("lot-remaining").dataset.granted,
+        held: c("lot-held").dataset.value,
+        expiresAt: c("lot-expires-at").textContent,
+        priority: c("lot-priority").textContent,
+        source: c("lot-source").textContent,
+        paid: c("lot-paid").textContent,
+      };
+    }),
+  );
+}
+
+async function holdRows(page) {
+  return byId(page, "hold-row").evaluateAll((rows) =>
+    rows.map((r) => {
+      const c = (t) => r.querySelector(`[data-testid="${t}"]`);
+      return {
+        id: r.dataset.holdId,
+        tokens: c("hold-tokens").dataset.value,
+        expiresAt: c("hold-expires-at").textContent,
+        model: c("hold-model").textContent,
+        feature: c("hold-feature").textContent,
+        placedAt: c("hold-placed-at").textContent,
+      };
+    }),
+  );
+}
+
+const value = async (page, testid) => byId(page, testid).getAttribute("data-value");
+
+async function signInAsAdmin(page) {
+  await openConsole(page);
+  await signIn(page, ADMIN_JWT);
+  await eventually("sign-in", async () => {
+    const err = await errorText(page);
+    if (err) throw new Failure(`error box: ${err}`);
+    return byId(page, "whoami").isVisible();
+  });
+}
+
+async function openUser(page, user) {
+  await byId(page, "open-user-input").fill(user);
+  await byId(page, "open-user-button").click();
+  await byId(page, "user-view").waitFor({ state: "visible", timeout: STEP_TIMEOUT_MS });
+  check((await byId(page, "user-id").innerText()) === user, "user view shows another user id");
+}
+
 async function write(page, op, tokens, reason) {
   await byId(page, `${op}-tokens`).fill(String(tokens));
   await byId(page, `${op}-reason`).fill(reason);
@@ -112,23 +170,14 @@ async function write(page, op, tokens, reason) {
 
 async function scenarioAdmin(page) {
   const user = `e2e-user-${randomBytes(6).toString("hex")}`;
-  await openConsole(page);
-  await signIn(page, ADMIN_JWT);
-  await eventually("sign-in", async () => {
-    const err = await errorText(page);
-    if (err) throw new Failure(`error box: ${err}`);
-    return byId(page, "whoami").isVisible();
-  });
+  await signInAsAdmin(page);
   const actor = (await byId(page, "whoami-actor").innerText()).trim();
   const scopes = (await byId(page, "whoami-scopes").innerText()).trim();
   check(actor !== "", "WhoAmI shows no actor");
   check(/\badmin\b/.test(scopes), `WhoAmI scopes are "${scopes}", expected admin`);
 
   // A user without an account opens with balance 0.
-  await byId(page, "open-user-input").fill(user);
-  await byId(page, "open-user-button").click();
-  await byId(page, "user-view").waitFor({ state: "visible", timeout: STEP_TIMEOUT_MS });
-  check((await byId(page, "user-id").innerText()) === user, "user view shows another user id");
+  await openUser(page, user);
   await expectBalance(page, 0, "opening a new user");
 
   await write(page, "grant", 1234, "e2e grant");
@@ -162,6 +211,21 @@ async function scenarioAdmin(page) {
   check((await byId(page, "total-deducted").getAttribute("data-value")) === "234", "totals: deducted is not 234");
   check((await byId(page, "transaction-count").getAttribute("data-value")) === "2", "transaction count is not 2");
 
+  // The grant became one lot that never expires; the deduction burnt 234 of it.
+  await eventually("the grant's lot, 1000 of 1234 left", async () => {
+    const lots = await lotRows(page);
+    const [l] = lots;
+    return (
+      (lots.length === 1 && l.remaining === "1000" && l.granted === "1234" && l.held === "0" &&
+        l.expiresAt === "never" && l.source === "grant" && l.paid === "given" && l.priority === "0") ||
+      JSON.stringify(lots)
+    );
+  });
+  check((await value(page, "held")) === "0", "held is not 0 without holds");
+  check((await value(page, "available")) === "1000", "available is not 1000");
+  check((await byId(page, "next-expiry").innerText()).trim() === "none", "a next expiry for tokens that never expire");
+  check((await byId(page, "holds-empty").isVisible()) && (await byId(page, "hold-row").count()) === 0, "holds shown for a user without any");
+
   // The account is findable by prefix, with its balance.
   await byId(page, "accounts-prefix").fill(user);
   await byId(page, "accounts-search").click();
@@ -186,6 +250,63 @@ async function scenarioAdmin(page) {
   return `user ${user}, actor ${actor}`;
 }
 
+// The caller placed one active hold (HOLD_ID) on HOLD_USER_ID; the admin sees it, the lots and the
+// expiry row, releases the hold from the page and sees the tokens available again.
+async function scenarioHolds(page) {
+  await signInAsAdmin(page);
+  await openUser(page, HOLD_USER_ID);
+  await eventually("the active hold", async () => {
+    const err = await errorText(page);
+    if (err) throw new Failure(`error box: ${err}`);
+    const holds = await holdRows(page);
+    return (holds.length === 1 && holds[0].id === HOLD_ID) || JSON.stringify(holds);
+  });
+  await eventually("the balance", async () => (await value(page, "balance")) !== null);
+  const [hold] = await holdRows(page);
+  const balance = BigInt(await value(page, "balance"));
+  const held = BigInt(await value(page, "held"));
+  check(BigInt(hold.tokens) > 0n && BigInt(hold.tokens) === held, `hold row ${JSON.stringify(hold)}, held ${held}`);
+  check(BigInt(await value(page, "available")) === balance - held, `available is not balance ${balance} - held ${held}`);
+  check(hold.expiresAt !== "" && hold.placedAt !== "" && hold.model !== "", `hold row ${JSON.stringify(hold)}`);
+  await eventually("lots, the held tokens among them", async () => {
+    const lots = await lotRows(page);
+    const lotsHeld = lots.reduce((sum, l) => sum + BigInt(l.held), 0n);
+    return (lots.length > 0 && lotsHeld === held && lots.every((l) => BigInt(l.remaining) <= BigInt(l.granted))) || JSON.stringify(lots);
+  });
+  await eventually("an expiry row in the history", async () => {
+    const rows = await historyRows(page);
+    const expiry = rows.find((r) => r.kind === "expiry");
+    return (expiry && BigInt(expiry.amount) < 0n) || JSON.stringify(rows);
+  });
+  check(Number(await value(page, "total-expired")) > 0, "totals: nothing expired");
+  await mkdir(SCREENSHOT_DIR, { recursive: true });
+  await page.screenshot({ path: join(SCREENSHOT_DIR, "admin-console-holds.png"), fullPage: true });
+
+  // Release asks first (the call that placed the hold could not commit it any more).
+  let asked = "";
+  page.once("dialog", (d) => {
+    asked = d.message();
+    void d.accept();
+  });
+  await byId(page, "hold-release").click();
+  await eventually("the hold gone from the active holds", async () => {
+    const err = await errorText(page);
+    if (err) throw new Failure(`error box: ${err}`);
+    return ((await byId(page, "hold-row").count()) === 0 && (await byId(page, "holds-empty").isVisible())) || "hold still shown";
+  });
+  check(asked.includes("Release the hold"), `the release was not confirmed first (dialog: "${asked}")`);
+  await eventually("available back to the balance", async () => {
+    const [b, h, a] = [await value(page, "balance"), await value(page, "held"), await value(page, "available")];
+    return (b === String(balance) && h === "0" && a === String(balance)) || `balance ${b}, held ${h}, available ${a}`;
+  });
+  const result = (await byId(page, "op-result").innerText()).trim();
+  check(result.startsWith(`hold ${HOLD_ID} released`), `op-result is "${result}"`);
+  const lots = await lotRows(page);
+  check(lots.every((l) => l.held === "0"), `lots still hold tokens: ${JSON.stringify(lots)}`);
+  await page.screenshot({ path: join(SCREENSHOT_DIR, "admin-console-hold-released.png"), fullPage: true });
+  return `user ${HOLD_USER_ID}, released ${hold.tokens} tokens`;
+}
+
 async function scenarioNonAdmin(page) {
   await openConsole(page);
   await signIn(page, NON_ADMIN_JWT);
@@ -203,6 +324,7 @@ async function scenarioNonAdmin(page) {
 
 const scenarios = [
   ["admin signs in, grants 1234, deducts 234, sees balance 1000", scenarioAdmin],
+  ["admin sees lots and an active hold, releases the hold", scenarioHolds],
   ["non-admin JWT is refused with PERMISSION_DENIED", scenarioNonAdmin],
 ];
 

@@ -1,13 +1,18 @@
-// The admin console: sign in, find accounts, look at one user's balance and history, add or
-// deduct tokens. Plain DOM; every element is found by its data-testid (see index.html).
+// The admin console: sign in, find accounts, look at one user's balance, holds, lots and history,
+// add or deduct tokens, release a hold. Plain DOM; every element is found by its data-testid (see
+// index.html).
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
   AccountOrder,
   GrantSource,
+  HoldState,
+  LotSource,
   ReversalSource,
   TransactionKind,
   type Account,
   type GetBalanceResponse,
+  type Hold,
+  type Lot,
   type Transaction,
 } from "./gen/tokenledger/v1/ledger_pb";
 import {
@@ -95,12 +100,20 @@ function details(tx: Transaction): string {
         .join(" · ");
     case "usage": {
       const v = d.value;
-      return [v.model, v.feature, `in ${v.inputTokens} / out ${v.outputTokens}`].filter(Boolean).join(" · ");
+      return [v.model, v.feature, `in ${v.inputTokens} / out ${v.outputTokens}`, v.holdId && `hold ${v.holdId}`]
+        .filter(Boolean)
+        .join(" · ");
     }
     case "reversal":
       return [`of ${d.value.originalTransactionId}`, protoName(ReversalSource, d.value.source) ?? "", d.value.stripeReference]
         .filter(Boolean)
         .join(" · ");
+    case "expiry": {
+      const v = d.value;
+      return [`lot ${v.lotId}`, v.carriedTokens > 0n && `${tokens(v.carriedTokens)} carried to lot ${v.carriedToLotId}`]
+        .filter(Boolean)
+        .join(" · ");
+    }
     default:
       return "";
   }
@@ -289,16 +302,18 @@ async function openUser(id: string): Promise<void> {
   for (const f of ["grant-tokens", "grant-reason", "deduct-tokens", "deduct-reason"]) input(f).value = "";
   input("deduct-allow-negative").checked = false;
   renderBalance(undefined);
-  el("history-table").querySelector("tbody")!.replaceChildren();
+  for (const t of ["history", "holds", "lots"]) {
+    el(`${t}-table`).querySelector("tbody")!.replaceChildren();
+    show(el(`${t}-empty`), false);
+  }
   show(el("history-more"), false);
-  show(el("history-empty"), false);
   show(el("user-view"), true);
   history.replaceState(null, "", `#user=${encodeURIComponent(id)}`);
   await refreshUser();
 }
 
 async function refreshUser(): Promise<void> {
-  await Promise.all([loadBalance(), loadHistory(false)]);
+  await Promise.all([loadBalance(), loadHolds(), loadLots(), loadHistory(false)]);
 }
 
 function renderBalance(b: GetBalanceResponse | undefined): void {
@@ -306,8 +321,19 @@ function renderBalance(b: GetBalanceResponse | undefined): void {
   if (!b) {
     balance.textContent = "…";
     delete balance.dataset.value;
-    for (const t of ["granted", "purchased", "dripped", "deducted", "used", "reversed"]) el(`total-${t}`).textContent = "";
-    el("transaction-count").textContent = "";
+    for (const t of ["granted", "purchased", "dripped", "deducted", "used", "reversed", "expired"]) {
+      const node = el(`total-${t}`);
+      node.textContent = "";
+      delete node.dataset.value;
+    }
+    for (const t of ["held", "available", "transaction-count"]) {
+      el(t).textContent = "";
+      delete el(t).dataset.value;
+    }
+    const next = el("next-expiry");
+    next.textContent = "";
+    delete next.dataset.value;
+    delete next.dataset.at;
     el("updated-at").textContent = "";
     return;
   }
@@ -319,6 +345,19 @@ function renderBalance(b: GetBalanceResponse | undefined): void {
   setNumber(el("total-deducted"), t?.deducted ?? 0n);
   setNumber(el("total-used"), t?.used ?? 0n);
   setNumber(el("total-reversed"), t?.reversed ?? 0n);
+  setNumber(el("total-expired"), t?.expired ?? 0n);
+  setNumber(el("held"), b.held);
+  setNumber(el("available"), b.available);
+  const next = el("next-expiry");
+  if (b.nextExpiry?.at) {
+    next.textContent = `${tokens(b.nextExpiry.tokens)} tokens at ${time(b.nextExpiry.at)}`;
+    next.dataset.value = b.nextExpiry.tokens.toString();
+    next.dataset.at = timestampDate(b.nextExpiry.at).toISOString();
+  } else {
+    next.textContent = "none";
+    delete next.dataset.value;
+    delete next.dataset.at;
+  }
   setNumber(el("transaction-count"), b.transactionCount);
   el("updated-at").textContent = b.updatedAt ? time(b.updatedAt) : "never";
 }
@@ -330,6 +369,105 @@ async function loadBalance(): Promise<void> {
     if (seq === user.seq) renderBalance(b);
   } catch (err) {
     if (seq === user.seq) showError("Balance", callError(err));
+  }
+}
+
+// ListHolds and ListLots have no pages (ListHolds answers at most 1,000 holds; lots are the credits
+// with tokens left): each list is shown whole, replaced on every refresh.
+async function loadHolds(): Promise<void> {
+  const seq = user.seq;
+  try {
+    const res = await ledger.listHolds({ userId: user.id, activeOnly: true });
+    if (seq !== user.seq) return;
+    const body = el("holds-table").querySelector("tbody")!;
+    body.replaceChildren(...res.holds.map(holdRow));
+    show(el("holds-empty"), res.holds.length === 0);
+  } catch (err) {
+    if (seq === user.seq) showError("Holds", callError(err));
+  }
+}
+
+function holdRow(h: Hold): HTMLTableRowElement {
+  const row = document.createElement("tr");
+  row.dataset.testid = "hold-row";
+  row.dataset.holdId = h.holdId;
+  row.title = `hold ${h.holdId}`;
+  cell(row, tokens(h.tokens), "hold-tokens", "num").dataset.value = h.tokens.toString();
+  cell(row, time(h.expiresAt), "hold-expires-at");
+  cell(row, h.model, "hold-model");
+  cell(row, h.feature, "hold-feature");
+  cell(row, time(h.placedAt), "hold-placed-at");
+  const release = document.createElement("button");
+  release.type = "button";
+  release.textContent = "Release";
+  release.dataset.testid = "hold-release";
+  release.addEventListener("click", () => void releaseHold(h, release));
+  const action = row.insertCell();
+  action.className = "action";
+  action.append(release);
+  return row;
+}
+
+async function loadLots(): Promise<void> {
+  const seq = user.seq;
+  try {
+    const res = await ledger.listLots({ userId: user.id, includeSpent: false });
+    if (seq !== user.seq) return;
+    const body = el("lots-table").querySelector("tbody")!;
+    body.replaceChildren(...res.lots.map(lotRow));
+    show(el("lots-empty"), res.lots.length === 0);
+  } catch (err) {
+    if (seq === user.seq) showError("Lots", callError(err));
+  }
+}
+
+// Lots arrive in burn order: `index` is the lot's place in it, shown from 1.
+function lotRow(l: Lot, index: number): HTMLTableRowElement {
+  const row = document.createElement("tr");
+  const source = protoName(LotSource, l.source) ?? `source ${l.source}`;
+  row.dataset.testid = "lot-row";
+  row.dataset.lotId = l.lotId;
+  row.dataset.source = source;
+  row.title = [`lot ${l.lotId}`, l.sourceTransactionId && `from transaction ${l.sourceTransactionId}`].filter(Boolean).join(", ");
+  cell(row, String(index + 1), "lot-position", "num");
+  const remaining = cell(row, `${tokens(l.remaining)} / ${tokens(l.granted)}`, "lot-remaining", "num");
+  remaining.dataset.value = l.remaining.toString();
+  remaining.dataset.granted = l.granted.toString();
+  cell(row, tokens(l.held), "lot-held", "num").dataset.value = l.held.toString();
+  // Unset: the lot never expires.
+  cell(row, l.expiresAt ? time(l.expiresAt) : "never", "lot-expires-at");
+  cell(row, l.priority.toString(), "lot-priority", "num");
+  cell(row, source, "lot-source");
+  cell(row, l.paid ? "paid" : "given", "lot-paid");
+  cell(row, time(l.createdAt), "lot-created-at");
+  return row;
+}
+
+async function releaseHold(h: Hold, btn: HTMLButtonElement): Promise<void> {
+  // The call that placed the hold cannot commit it once released (HOLD_RELEASED): its usage would
+  // go unrecorded, so the admin says yes first.
+  const sure = confirm(
+    `Release the hold of ${tokens(h.tokens)} tokens (${[h.model, h.feature].filter(Boolean).join(", ") || "no model"})?\n\n` +
+      "The call that placed it can no longer commit it.",
+  );
+  if (!sure) return;
+  clearError();
+  showResult("");
+  const seq = user.seq;
+  btn.disabled = true;
+  try {
+    // ReleaseHold is idempotent (a hold that already ended answers its state): a retry needs no key.
+    const res = await ledger.releaseHold({ holdId: h.holdId });
+    if (seq !== user.seq) return;
+    const state = protoName(HoldState, res.hold?.state ?? HoldState.UNSPECIFIED) ?? "in an unknown state";
+    showResult(`hold ${h.holdId} ${state}, available ${tokens(res.available)}, balance ${tokens(res.balance)}`);
+    const box = el("op-result");
+    box.dataset.balance = res.balance.toString();
+    delete box.dataset.txId;
+    await refreshUser();
+  } catch (err) {
+    if (seq === user.seq) showError("Release hold", callError(err));
+    btn.disabled = false;
   }
 }
 

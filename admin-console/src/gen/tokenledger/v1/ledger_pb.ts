@@ -17,15 +17,604 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file tokenledger/v1/ledger.proto.
  */
 export const file_tokenledger_v1_ledger: GenFile = /*@__PURE__*/
-  fileDesc("Cht0b2tlbmxlZGdlci92MS9sZWRnZXIucHJvdG8SDnRva2VubGVkZ2VyLnYxIsABCgxHcmFudFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZ0b2tlbnMYAiABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEisKBnNvdXJjZRgEIAEoDjIbLnRva2VubGVkZ2VyLnYxLkdyYW50U291cmNlEg4KBnJlYXNvbhgFIAEoCRIeChZzdHJpcGVfc3Vic2NyaXB0aW9uX2lkGAYgASgJEhkKEXN0cmlwZV9pbnZvaWNlX2lkGAcgASgJIkoKDUdyYW50UmVzcG9uc2USFgoOdHJhbnNhY3Rpb25faWQYASABKAkSDwoHYmFsYW5jZRgCIAEoAxIQCghyZXBsYXllZBgDIAEoCCJxCg1EZWR1Y3RSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGdG9rZW5zGAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIOCgZyZWFzb24YBCABKAkSFgoOYWxsb3dfbmVnYXRpdmUYBSABKAgiSwoORGVkdWN0UmVzcG9uc2USFgoOdHJhbnNhY3Rpb25faWQYASABKAkSDwoHYmFsYW5jZRgCIAEoAxIQCghyZXBsYXllZBgDIAEoCCLkAQoLRHJpcFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZ0b2tlbnMYAiABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEh4KFnN0cmlwZV9zdWJzY3JpcHRpb25faWQYBCABKAkSGQoRc3RyaXBlX2ludm9pY2VfaWQYBSABKAkSMAoMcGVyaW9kX3N0YXJ0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJJCgxEcmlwUmVzcG9uc2USFgoOdHJhbnNhY3Rpb25faWQYASABKAkSDwoHYmFsYW5jZRgCIAEoAxIQCghyZXBsYXllZBgDIAEoCCLSAQoVUmVjb3JkUHVyY2hhc2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGdG9rZW5zGAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIZChFhbW91bnRfcGFpZF9jZW50cxgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIgChhzdHJpcGVfcGF5bWVudF9pbnRlbnRfaWQYBiABKAkSIgoac3RyaXBlX2NoZWNrb3V0X3Nlc3Npb25faWQYByABKAkSDAoEcGFjaxgIIAEoCSJTChZSZWNvcmRQdXJjaGFzZVJlc3BvbnNlEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEAoIcmVwbGF5ZWQYAyABKAgimgEKEVRyYWNrVXNhZ2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGdG9rZW5zGAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRINCgVtb2RlbBgEIAEoCRIUCgxpbnB1dF90b2tlbnMYBSABKAMSFQoNb3V0cHV0X3Rva2VucxgGIAEoAxIPCgdmZWF0dXJlGAcgASgJIk8KElRyYWNrVXNhZ2VSZXNwb25zZRIWCg50cmFuc2FjdGlvbl9pZBgBIAEoCRIPCgdiYWxhbmNlGAIgASgDEhAKCHJlcGxheWVkGAMgASgIIsUBCg5SZXZlcnNlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg4KBnRva2VucxgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSHwoXb3JpZ2luYWxfdHJhbnNhY3Rpb25faWQYBCABKAkSLgoGc291cmNlGAUgASgOMh4udG9rZW5sZWRnZXIudjEuUmV2ZXJzYWxTb3VyY2USDgoGcmVhc29uGAYgASgJEhgKEHN0cmlwZV9yZWZlcmVuY2UYByABKAkiTAoPUmV2ZXJzZVJlc3BvbnNlEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEAoIcmVwbGF5ZWQYAyABKAgiXwoVR2V0VHJhbnNhY3Rpb25SZXF1ZXN0EhgKDnRyYW5zYWN0aW9uX2lkGAEgASgJSAASIgoYc3RyaXBlX3BheW1lbnRfaW50ZW50X2lkGAIgASgJSABCCAoGbG9va3VwInQKFkdldFRyYW5zYWN0aW9uUmVzcG9uc2USMAoLdHJhbnNhY3Rpb24YASABKAsyGy50b2tlbmxlZGdlci52MS5UcmFuc2FjdGlvbhIPCgd1c2VyX2lkGAIgASgJEhcKD3JldmVyc2VkX3Rva2VucxgDIAEoAyJLChZUcmFja1VzYWdlQmF0Y2hSZXF1ZXN0EjEKBmV2ZW50cxgBIAMoCzIhLnRva2VubGVkZ2VyLnYxLlRyYWNrVXNhZ2VSZXF1ZXN0ImwKEFRyYWNrVXNhZ2VSZXN1bHQSDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEhYKDnRyYW5zYWN0aW9uX2lkGAMgASgJEg8KB2JhbGFuY2UYBCABKAMSEAoIcmVwbGF5ZWQYBSABKAgiTAoXVHJhY2tVc2FnZUJhdGNoUmVzcG9uc2USMQoHcmVzdWx0cxgBIAMoCzIgLnRva2VubGVkZ2VyLnYxLlRyYWNrVXNhZ2VSZXN1bHQiJAoRR2V0QmFsYW5jZVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJ2Cg1CYWxhbmNlVG90YWxzEg8KB2dyYW50ZWQYASABKAMSEAoIZGVkdWN0ZWQYAiABKAMSEQoJcHVyY2hhc2VkGAMgASgDEg8KB2RyaXBwZWQYBCABKAMSDAoEdXNlZBgFIAEoAxIQCghyZXZlcnNlZBgGIAEoAyKwAQoSR2V0QmFsYW5jZVJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSDwoHYmFsYW5jZRgCIAEoAxItCgZ0b3RhbHMYAyABKAsyHS50b2tlbmxlZGdlci52MS5CYWxhbmNlVG90YWxzEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXRyYW5zYWN0aW9uX2NvdW50GAUgASgDIugBChdMaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJEi4KBWtpbmRzGAQgAygOMh8udG9rZW5sZWRnZXIudjEuVHJhbnNhY3Rpb25LaW5kEjEKDWNyZWF0ZWRfYWZ0ZXIYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJmChhMaXN0VHJhbnNhY3Rpb25zUmVzcG9uc2USMQoMdHJhbnNhY3Rpb25zGAEgAygLMhsudG9rZW5sZWRnZXIudjEuVHJhbnNhY3Rpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIqsECgtUcmFuc2FjdGlvbhIKCgJpZBgBIAEoCRItCgRraW5kGAIgASgOMh8udG9rZW5sZWRnZXIudjEuVHJhbnNhY3Rpb25LaW5kEhQKDHRva2VuX2Ftb3VudBgDIAEoAxIVCg1iYWxhbmNlX2FmdGVyGAQgASgDEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmNyZWF0ZWRfYnkYBiABKAkSDgoGcmVhc29uGAcgASgJEhcKD2lkZW1wb3RlbmN5X2tleRgIIAEoCRIQCghzZXF1ZW5jZRgJIAEoAxItCgVncmFudBgUIAEoCzIcLnRva2VubGVkZ2VyLnYxLkdyYW50RGV0YWlsc0gAEjMKCHB1cmNoYXNlGBUgASgLMh8udG9rZW5sZWRnZXIudjEuUHVyY2hhc2VEZXRhaWxzSAASKwoEZHJpcBgWIAEoCzIbLnRva2VubGVkZ2VyLnYxLkRyaXBEZXRhaWxzSAASLQoFdXNhZ2UYFyABKAsyHC50b2tlbmxlZGdlci52MS5Vc2FnZURldGFpbHNIABIzCghyZXZlcnNhbBgYIAEoCzIfLnRva2VubGVkZ2VyLnYxLlJldmVyc2FsRGV0YWlsc0gAEjUKCWRlZHVjdGlvbhgZIAEoCzIgLnRva2VubGVkZ2VyLnYxLkRlZHVjdGlvbkRldGFpbHNIAEIJCgdkZXRhaWxzIioKEERlZHVjdGlvbkRldGFpbHMSFgoOYWxsb3dfbmVnYXRpdmUYASABKAgihAEKE0xpc3RBY2NvdW50c1JlcXVlc3QSFgoOdXNlcl9pZF9wcmVmaXgYASABKAkSLgoIb3JkZXJfYnkYAiABKA4yHC50b2tlbmxlZGdlci52MS5BY2NvdW50T3JkZXISEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAki1QEKB0FjY291bnQSDwoHdXNlcl9pZBgBIAEoCRIPCgdiYWxhbmNlGAIgASgDEi0KBnRvdGFscxgDIAEoCzIdLnRva2VubGVkZ2VyLnYxLkJhbGFuY2VUb3RhbHMSLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGQoRdHJhbnNhY3Rpb25fY291bnQYBSABKAMSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiWgoUTGlzdEFjY291bnRzUmVzcG9uc2USKQoIYWNjb3VudHMYASADKAsyFy50b2tlbmxlZGdlci52MS5BY2NvdW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIPCg1XaG9BbUlSZXF1ZXN0IkMKDldob0FtSVJlc3BvbnNlEg0KBWFjdG9yGAEgASgJEhIKCmNyZWRlbnRpYWwYAiABKAkSDgoGc2NvcGVzGAMgAygJInwKD1JldmVyc2FsRGV0YWlscxIfChdvcmlnaW5hbF90cmFuc2FjdGlvbl9pZBgBIAEoCRIuCgZzb3VyY2UYAiABKA4yHi50b2tlbmxlZGdlci52MS5SZXZlcnNhbFNvdXJjZRIYChBzdHJpcGVfcmVmZXJlbmNlGAMgASgJInYKDEdyYW50RGV0YWlscxIrCgZzb3VyY2UYASABKA4yGy50b2tlbmxlZGdlci52MS5HcmFudFNvdXJjZRIeChZzdHJpcGVfc3Vic2NyaXB0aW9uX2lkGAIgASgJEhkKEXN0cmlwZV9pbnZvaWNlX2lkGAMgASgJIpIBCg9QdXJjaGFzZURldGFpbHMSGQoRYW1vdW50X3BhaWRfY2VudHMYASABKAMSEAoIY3VycmVuY3kYAiABKAkSIAoYc3RyaXBlX3BheW1lbnRfaW50ZW50X2lkGAMgASgJEiIKGnN0cmlwZV9jaGVja291dF9zZXNzaW9uX2lkGAQgASgJEgwKBHBhY2sYBSABKAkiqgEKC0RyaXBEZXRhaWxzEh4KFnN0cmlwZV9zdWJzY3JpcHRpb25faWQYASABKAkSGQoRc3RyaXBlX2ludm9pY2VfaWQYAiABKAkSMAoMcGVyaW9kX3N0YXJ0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJbCgxVc2FnZURldGFpbHMSDQoFbW9kZWwYASABKAkSFAoMaW5wdXRfdG9rZW5zGAIgASgDEhUKDW91dHB1dF90b2tlbnMYAyABKAMSDwoHZmVhdHVyZRgEIAEoCSqOAQoMQWNjb3VudE9yZGVyEh0KGUFDQ09VTlRfT1JERVJfVU5TUEVDSUZJRUQQABIZChVBQ0NPVU5UX09SREVSX1VTRVJfSUQQARIeChpBQ0NPVU5UX09SREVSX0JBTEFOQ0VfREVTQxACEiQKIEFDQ09VTlRfT1JERVJfTEFTVF9BQ1RJVklUWV9ERVNDEAMqhQEKDlJldmVyc2FsU291cmNlEh8KG1JFVkVSU0FMX1NPVVJDRV9VTlNQRUNJRklFRBAAEhoKFlJFVkVSU0FMX1NPVVJDRV9SRUZVTkQQARIbChdSRVZFUlNBTF9TT1VSQ0VfRElTUFVURRACEhkKFVJFVkVSU0FMX1NPVVJDRV9BRE1JThADKmkKC0dyYW50U291cmNlEhwKGEdSQU5UX1NPVVJDRV9VTlNQRUNJRklFRBAAEhYKEkdSQU5UX1NPVVJDRV9BRE1JThABEiQKIEdSQU5UX1NPVVJDRV9BTk5VQUxfU1VCU0NSSVBUSU9OEAIq5AEKD1RyYW5zYWN0aW9uS2luZBIgChxUUkFOU0FDVElPTl9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWVFJBTlNBQ1RJT05fS0lORF9HUkFOVBABEh4KGlRSQU5TQUNUSU9OX0tJTkRfREVEVUNUSU9OEAISHQoZVFJBTlNBQ1RJT05fS0lORF9QVVJDSEFTRRADEhkKFVRSQU5TQUNUSU9OX0tJTkRfRFJJUBAEEhoKFlRSQU5TQUNUSU9OX0tJTkRfVVNBR0UQBRIdChlUUkFOU0FDVElPTl9LSU5EX1JFVkVSU0FMEAYyiAgKDUxlZGdlclNlcnZpY2USRAoFR3JhbnQSHC50b2tlbmxlZGdlci52MS5HcmFudFJlcXVlc3QaHS50b2tlbmxlZGdlci52MS5HcmFudFJlc3BvbnNlEkcKBkRlZHVjdBIdLnRva2VubGVkZ2VyLnYxLkRlZHVjdFJlcXVlc3QaHi50b2tlbmxlZGdlci52MS5EZWR1Y3RSZXNwb25zZRJBCgREcmlwEhsudG9rZW5sZWRnZXIudjEuRHJpcFJlcXVlc3QaHC50b2tlbmxlZGdlci52MS5EcmlwUmVzcG9uc2USXwoOUmVjb3JkUHVyY2hhc2USJS50b2tlbmxlZGdlci52MS5SZWNvcmRQdXJjaGFzZVJlcXVlc3QaJi50b2tlbmxlZGdlci52MS5SZWNvcmRQdXJjaGFzZVJlc3BvbnNlElMKClRyYWNrVXNhZ2USIS50b2tlbmxlZGdlci52MS5UcmFja1VzYWdlUmVxdWVzdBoiLnRva2VubGVkZ2VyLnYxLlRyYWNrVXNhZ2VSZXNwb25zZRJiCg9UcmFja1VzYWdlQmF0Y2gSJi50b2tlbmxlZGdlci52MS5UcmFja1VzYWdlQmF0Y2hSZXF1ZXN0GicudG9rZW5sZWRnZXIudjEuVHJhY2tVc2FnZUJhdGNoUmVzcG9uc2USUwoKR2V0QmFsYW5jZRIhLnRva2VubGVkZ2VyLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiIudG9rZW5sZWRnZXIudjEuR2V0QmFsYW5jZVJlc3BvbnNlEmUKEExpc3RUcmFuc2FjdGlvbnMSJy50b2tlbmxlZGdlci52MS5MaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBooLnRva2VubGVkZ2VyLnYxLkxpc3RUcmFuc2FjdGlvbnNSZXNwb25zZRJKCgdSZXZlcnNlEh4udG9rZW5sZWRnZXIudjEuUmV2ZXJzZVJlcXVlc3QaHy50b2tlbmxlZGdlci52MS5SZXZlcnNlUmVzcG9uc2USXwoOR2V0VHJhbnNhY3Rpb24SJS50b2tlbmxlZGdlci52MS5HZXRUcmFuc2FjdGlvblJlcXVlc3QaJi50b2tlbmxlZGdlci52MS5HZXRUcmFuc2FjdGlvblJlc3BvbnNlElkKDExpc3RBY2NvdW50cxIjLnRva2VubGVkZ2VyLnYxLkxpc3RBY2NvdW50c1JlcXVlc3QaJC50b2tlbmxlZGdlci52MS5MaXN0QWNjb3VudHNSZXNwb25zZRJHCgZXaG9BbUkSHS50b2tlbmxlZGdlci52MS5XaG9BbUlSZXF1ZXN0Gh4udG9rZW5sZWRnZXIudjEuV2hvQW1JUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Cht0b2tlbmxlZGdlci92MS9sZWRnZXIucHJvdG8SDnRva2VubGVkZ2VyLnYxIlwKCFJvbGxvdmVyEhcKCm1heF90b2tlbnMYASABKANIAIgBARIYCgttYXhfcGVyY2VudBgCIAEoDUgBiAEBQg0KC19tYXhfdG9rZW5zQg4KDF9tYXhfcGVyY2VudCK8AQoOUmVzZXJ2ZVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZ0b2tlbnMYAiABKAMSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEiYKA3R0bBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhINCgVtb2RlbBgFIAEoCRIPCgdmZWF0dXJlGAYgASgJEigKB292ZXJhZ2UYByABKA4yFy50b2tlbmxlZGdlci52MS5PdmVyYWdlIpYBCg9SZXNlcnZlUmVzcG9uc2USDwoHaG9sZF9pZBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgRoZWxkGAMgASgDEhEKCWF2YWlsYWJsZRgEIAEoAxIPCgdiYWxhbmNlGAUgASgDEhAKCHJlcGxheWVkGAYgASgIIpoBChFDb21taXRIb2xkUmVxdWVzdBIPCgdob2xkX2lkGAEgASgJEg4KBnRva2VucxgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDQoFbW9kZWwYBCABKAkSFAoMaW5wdXRfdG9rZW5zGAUgASgDEhUKDW91dHB1dF90b2tlbnMYBiABKAMSDwoHZmVhdHVyZRgHIAEoCSKGAQoSQ29tbWl0SG9sZFJlc3BvbnNlEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEQoJYXZhaWxhYmxlGAMgASgDEhAKCHJlcGxheWVkGAQgASgIEhQKDGhvbGRfZXhwaXJlZBgFIAEoCBIMCgRoZWxkGAYgASgDIiUKElJlbGVhc2VIb2xkUmVxdWVzdBIPCgdob2xkX2lkGAEgASgJIl0KE1JlbGVhc2VIb2xkUmVzcG9uc2USIgoEaG9sZBgBIAEoCzIULnRva2VubGVkZ2VyLnYxLkhvbGQSDwoHYmFsYW5jZRgCIAEoAxIRCglhdmFpbGFibGUYAyABKAMieQoRRXh0ZW5kSG9sZFJlcXVlc3QSDwoHaG9sZF9pZBgBIAEoCRImCgN0dGwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKYWRkX3Rva2VucxgDIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYBCABKAkibgoSRXh0ZW5kSG9sZFJlc3BvbnNlEiIKBGhvbGQYASABKAsyFC50b2tlbmxlZGdlci52MS5Ib2xkEg8KB2JhbGFuY2UYAiABKAMSEQoJYXZhaWxhYmxlGAMgASgDEhAKCHJlcGxheWVkGAQgASgIIssCCgRIb2xkEg8KB2hvbGRfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZ0b2tlbnMYAyABKAMSKAoFc3RhdGUYBCABKA4yGS50b2tlbmxlZGdlci52MS5Ib2xkU3RhdGUSLgoKZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJcGxhY2VkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFbW9kZWwYCCABKAkSDwoHZmVhdHVyZRgJIAEoCRIgChhjb21taXR0ZWRfdHJhbnNhY3Rpb25faWQYCiABKAkSGAoQY29tbWl0dGVkX3Rva2VucxgLIAEoAyI4ChBMaXN0SG9sZHNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEwoLYWN0aXZlX29ubHkYAiABKAgiOAoRTGlzdEhvbGRzUmVzcG9uc2USIwoFaG9sZHMYASADKAsyFC50b2tlbmxlZGdlci52MS5Ib2xkIjkKD0xpc3RMb3RzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhUKDWluY2x1ZGVfc3BlbnQYAiABKAgikQIKA0xvdBIOCgZsb3RfaWQYASABKAkSHQoVc291cmNlX3RyYW5zYWN0aW9uX2lkGAIgASgJEikKBnNvdXJjZRgDIAEoDjIZLnRva2VubGVkZ2VyLnYxLkxvdFNvdXJjZRIPCgdncmFudGVkGAQgASgDEhEKCXJlbWFpbmluZxgFIAEoAxIMCgRoZWxkGAYgASgDEi4KCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCHByaW9yaXR5GAggASgFEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEgwKBHBhaWQYCiABKAgiNQoQTGlzdExvdHNSZXNwb25zZRIhCgRsb3RzGAEgAygLMhMudG9rZW5sZWRnZXIudjEuTG90IkQKCk5leHRFeHBpcnkSJgoCYXQYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnRva2VucxgCIAEoAyKCAgoMR3JhbnRSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGdG9rZW5zGAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIrCgZzb3VyY2UYBCABKA4yGy50b2tlbmxlZGdlci52MS5HcmFudFNvdXJjZRIOCgZyZWFzb24YBSABKAkSHgoWc3RyaXBlX3N1YnNjcmlwdGlvbl9pZBgGIAEoCRIZChFzdHJpcGVfaW52b2ljZV9pZBgHIAEoCRIuCgpleHBpcmVzX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghwcmlvcml0eRgJIAEoBSJKCg1HcmFudFJlc3BvbnNlEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEAoIcmVwbGF5ZWQYAyABKAgicQoNRGVkdWN0UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg4KBnRva2VucxgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSDgoGcmVhc29uGAQgASgJEhYKDmFsbG93X25lZ2F0aXZlGAUgASgIIksKDkRlZHVjdFJlc3BvbnNlEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEAoIcmVwbGF5ZWQYAyABKAgi0gIKC0RyaXBSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGdG9rZW5zGAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIeChZzdHJpcGVfc3Vic2NyaXB0aW9uX2lkGAQgASgJEhkKEXN0cmlwZV9pbnZvaWNlX2lkGAUgASgJEjAKDHBlcmlvZF9zdGFydBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKcGVyaW9kX2VuZBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIcHJpb3JpdHkYCSABKAUSKgoIcm9sbG92ZXIYCiABKAsyGC50b2tlbmxlZGdlci52MS5Sb2xsb3ZlciJJCgxEcmlwUmVzcG9uc2USFgoOdHJhbnNhY3Rpb25faWQYASABKAkSDwoHYmFsYW5jZRgCIAEoAxIQCghyZXBsYXllZBgDIAEoCCKUAgoVUmVjb3JkUHVyY2hhc2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGdG9rZW5zGAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIZChFhbW91bnRfcGFpZF9jZW50cxgEIAEoAxIQCghjdXJyZW5jeRgFIAEoCRIgChhzdHJpcGVfcGF5bWVudF9pbnRlbnRfaWQYBiABKAkSIgoac3RyaXBlX2NoZWNrb3V0X3Nlc3Npb25faWQYByABKAkSDAoEcGFjaxgIIAEoCRIuCgpleHBpcmVzX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghwcmlvcml0eRgKIAEoBSJTChZSZWNvcmRQdXJjaGFzZVJlc3BvbnNlEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEAoIcmVwbGF5ZWQYAyABKAgimgEKEVRyYWNrVXNhZ2VSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSDgoGdG9rZW5zGAIgASgDEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRINCgVtb2RlbBgEIAEoCRIUCgxpbnB1dF90b2tlbnMYBSABKAMSFQoNb3V0cHV0X3Rva2VucxgGIAEoAxIPCgdmZWF0dXJlGAcgASgJIk8KElRyYWNrVXNhZ2VSZXNwb25zZRIWCg50cmFuc2FjdGlvbl9pZBgBIAEoCRIPCgdiYWxhbmNlGAIgASgDEhAKCHJlcGxheWVkGAMgASgIIsUBCg5SZXZlcnNlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg4KBnRva2VucxgCIAEoAxIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSHwoXb3JpZ2luYWxfdHJhbnNhY3Rpb25faWQYBCABKAkSLgoGc291cmNlGAUgASgOMh4udG9rZW5sZWRnZXIudjEuUmV2ZXJzYWxTb3VyY2USDgoGcmVhc29uGAYgASgJEhgKEHN0cmlwZV9yZWZlcmVuY2UYByABKAkiTAoPUmV2ZXJzZVJlc3BvbnNlEhYKDnRyYW5zYWN0aW9uX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSEAoIcmVwbGF5ZWQYAyABKAgiXwoVR2V0VHJhbnNhY3Rpb25SZXF1ZXN0EhgKDnRyYW5zYWN0aW9uX2lkGAEgASgJSAASIgoYc3RyaXBlX3BheW1lbnRfaW50ZW50X2lkGAIgASgJSABCCAoGbG9va3VwInQKFkdldFRyYW5zYWN0aW9uUmVzcG9uc2USMAoLdHJhbnNhY3Rpb24YASABKAsyGy50b2tlbmxlZGdlci52MS5UcmFuc2FjdGlvbhIPCgd1c2VyX2lkGAIgASgJEhcKD3JldmVyc2VkX3Rva2VucxgDIAEoAyJLChZUcmFja1VzYWdlQmF0Y2hSZXF1ZXN0EjEKBmV2ZW50cxgBIAMoCzIhLnRva2VubGVkZ2VyLnYxLlRyYWNrVXNhZ2VSZXF1ZXN0ImwKEFRyYWNrVXNhZ2VSZXN1bHQSDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEhYKDnRyYW5zYWN0aW9uX2lkGAMgASgJEg8KB2JhbGFuY2UYBCABKAMSEAoIcmVwbGF5ZWQYBSABKAgiTAoXVHJhY2tVc2FnZUJhdGNoUmVzcG9uc2USMQoHcmVzdWx0cxgBIAMoCzIgLnRva2VubGVkZ2VyLnYxLlRyYWNrVXNhZ2VSZXN1bHQiJAoRR2V0QmFsYW5jZVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSKHAQoNQmFsYW5jZVRvdGFscxIPCgdncmFudGVkGAEgASgDEhAKCGRlZHVjdGVkGAIgASgDEhEKCXB1cmNoYXNlZBgDIAEoAxIPCgdkcmlwcGVkGAQgASgDEgwKBHVzZWQYBSABKAMSEAoIcmV2ZXJzZWQYBiABKAMSDwoHZXhwaXJlZBgHIAEoAyKCAgoSR2V0QmFsYW5jZVJlc3BvbnNlEg8KB3VzZXJfaWQYASABKAkSDwoHYmFsYW5jZRgCIAEoAxItCgZ0b3RhbHMYAyABKAsyHS50b2tlbmxlZGdlci52MS5CYWxhbmNlVG90YWxzEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXRyYW5zYWN0aW9uX2NvdW50GAUgASgDEgwKBGhlbGQYBiABKAMSEQoJYXZhaWxhYmxlGAcgASgDEi8KC25leHRfZXhwaXJ5GAggASgLMhoudG9rZW5sZWRnZXIudjEuTmV4dEV4cGlyeSLoAQoXTGlzdFRyYW5zYWN0aW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCRIuCgVraW5kcxgEIAMoDjIfLnRva2VubGVkZ2VyLnYxLlRyYW5zYWN0aW9uS2luZBIxCg1jcmVhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiZgoYTGlzdFRyYW5zYWN0aW9uc1Jlc3BvbnNlEjEKDHRyYW5zYWN0aW9ucxgBIAMoCzIbLnRva2VubGVkZ2VyLnYxLlRyYW5zYWN0aW9uEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLcBAoLVHJhbnNhY3Rpb24SCgoCaWQYASABKAkSLQoEa2luZBgCIAEoDjIfLnRva2VubGVkZ2VyLnYxLlRyYW5zYWN0aW9uS2luZBIUCgx0b2tlbl9hbW91bnQYAyABKAMSFQoNYmFsYW5jZV9hZnRlchgEIAEoAxIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpjcmVhdGVkX2J5GAYgASgJEg4KBnJlYXNvbhgHIAEoCRIXCg9pZGVtcG90ZW5jeV9rZXkYCCABKAkSEAoIc2VxdWVuY2UYCSABKAMSLQoFZ3JhbnQYFCABKAsyHC50b2tlbmxlZGdlci52MS5HcmFudERldGFpbHNIABIzCghwdXJjaGFzZRgVIAEoCzIfLnRva2VubGVkZ2VyLnYxLlB1cmNoYXNlRGV0YWlsc0gAEisKBGRyaXAYFiABKAsyGy50b2tlbmxlZGdlci52MS5EcmlwRGV0YWlsc0gAEi0KBXVzYWdlGBcgASgLMhwudG9rZW5sZWRnZXIudjEuVXNhZ2VEZXRhaWxzSAASMwoIcmV2ZXJzYWwYGCABKAsyHy50b2tlbmxlZGdlci52MS5SZXZlcnNhbERldGFpbHNIABI1CglkZWR1Y3Rpb24YGSABKAsyIC50b2tlbmxlZGdlci52MS5EZWR1Y3Rpb25EZXRhaWxzSAASLwoGZXhwaXJ5GBogASgLMh0udG9rZW5sZWRnZXIudjEuRXhwaXJ5RGV0YWlsc0gAQgkKB2RldGFpbHMiUgoNRXhwaXJ5RGV0YWlscxIOCgZsb3RfaWQYASABKAkSFgoOY2FycmllZF90b2tlbnMYAiABKAMSGQoRY2FycmllZF90b19sb3RfaWQYAyABKAkiKgoQRGVkdWN0aW9uRGV0YWlscxIWCg5hbGxvd19uZWdhdGl2ZRgBIAEoCCKEAQoTTGlzdEFjY291bnRzUmVxdWVzdBIWCg51c2VyX2lkX3ByZWZpeBgBIAEoCRIuCghvcmRlcl9ieRgCIAEoDjIcLnRva2VubGVkZ2VyLnYxLkFjY291bnRPcmRlchIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCSLVAQoHQWNjb3VudBIPCgd1c2VyX2lkGAEgASgJEg8KB2JhbGFuY2UYAiABKAMSLQoGdG90YWxzGAMgASgLMh0udG9rZW5sZWRnZXIudjEuQmFsYW5jZVRvdGFscxIuCgp1cGRhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChF0cmFuc2FjdGlvbl9jb3VudBgFIAEoAxIuCgpjcmVhdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJaChRMaXN0QWNjb3VudHNSZXNwb25zZRIpCghhY2NvdW50cxgBIAMoCzIXLnRva2VubGVkZ2VyLnYxLkFjY291bnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIg8KDVdob0FtSVJlcXVlc3QiQwoOV2hvQW1JUmVzcG9uc2USDQoFYWN0b3IYASABKAkSEgoKY3JlZGVudGlhbBgCIAEoCRIOCgZzY29wZXMYAyADKAkifAoPUmV2ZXJzYWxEZXRhaWxzEh8KF29yaWdpbmFsX3RyYW5zYWN0aW9uX2lkGAEgASgJEi4KBnNvdXJjZRgCIAEoDjIeLnRva2VubGVkZ2VyLnYxLlJldmVyc2FsU291cmNlEhgKEHN0cmlwZV9yZWZlcmVuY2UYAyABKAkidgoMR3JhbnREZXRhaWxzEisKBnNvdXJjZRgBIAEoDjIbLnRva2VubGVkZ2VyLnYxLkdyYW50U291cmNlEh4KFnN0cmlwZV9zdWJzY3JpcHRpb25faWQYAiABKAkSGQoRc3RyaXBlX2ludm9pY2VfaWQYAyABKAkikgEKD1B1cmNoYXNlRGV0YWlscxIZChFhbW91bnRfcGFpZF9jZW50cxgBIAEoAxIQCghjdXJyZW5jeRgCIAEoCRIgChhzdHJpcGVfcGF5bWVudF9pbnRlbnRfaWQYAyABKAkSIgoac3RyaXBlX2NoZWNrb3V0X3Nlc3Npb25faWQYBCABKAkSDAoEcGFjaxgFIAEoCSKqAQoLRHJpcERldGFpbHMSHgoWc3RyaXBlX3N1YnNjcmlwdGlvbl9pZBgBIAEoCRIZChFzdHJpcGVfaW52b2ljZV9pZBgCIAEoCRIwCgxwZXJpb2Rfc3RhcnQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImwKDFVzYWdlRGV0YWlscxINCgVtb2RlbBgBIAEoCRIUCgxpbnB1dF90b2tlbnMYAiABKAMSFQoNb3V0cHV0X3Rva2VucxgDIAEoAxIPCgdmZWF0dXJlGAQgASgJEg8KB2hvbGRfaWQYBSABKAkqRwoHT3ZlcmFnZRIXChNPVkVSQUdFX1VOU1BFQ0lGSUVEEAASEgoOT1ZFUkFHRV9SRUpFQ1QQARIPCgtPVkVSQUdFX0NBUBACKokBCglIb2xkU3RhdGUSGgoWSE9MRF9TVEFURV9VTlNQRUNJRklFRBAAEhUKEUhPTERfU1RBVEVfQUNUSVZFEAESGAoUSE9MRF9TVEFURV9DT01NSVRURUQQAhIXChNIT0xEX1NUQVRFX1JFTEVBU0VEEAMSFgoSSE9MRF9TVEFURV9FWFBJUkVEEAQqnAEKCUxvdFNvdXJjZRIaChZMT1RfU09VUkNFX1VOU1BFQ0lGSUVEEAASFgoSTE9UX1NPVVJDRV9PUEVOSU5HEAESFAoQTE9UX1NPVVJDRV9HUkFOVBACEhcKE0xPVF9TT1VSQ0VfUFVSQ0hBU0UQAxITCg9MT1RfU09VUkNFX0RSSVAQBBIXChNMT1RfU09VUkNFX1JPTExPVkVSEAUqjgEKDEFjY291bnRPcmRlchIdChlBQ0NPVU5UX09SREVSX1VOU1BFQ0lGSUVEEAASGQoVQUNDT1VOVF9PUkRFUl9VU0VSX0lEEAESHgoaQUNDT1VOVF9PUkRFUl9CQUxBTkNFX0RFU0MQAhIkCiBBQ0NPVU5UX09SREVSX0xBU1RfQUNUSVZJVFlfREVTQxADKoUBCg5SZXZlcnNhbFNvdXJjZRIfChtSRVZFUlNBTF9TT1VSQ0VfVU5TUEVDSUZJRUQQABIaChZSRVZFUlNBTF9TT1VSQ0VfUkVGVU5EEAESGwoXUkVWRVJTQUxfU09VUkNFX0RJU1BVVEUQAhIZChVSRVZFUlNBTF9TT1VSQ0VfQURNSU4QAyppCgtHcmFudFNvdXJjZRIcChhHUkFOVF9TT1VSQ0VfVU5TUEVDSUZJRUQQABIWChJHUkFOVF9TT1VSQ0VfQURNSU4QARIkCiBHUkFOVF9TT1VSQ0VfQU5OVUFMX1NVQlNDUklQVElPThACKoECCg9UcmFuc2FjdGlvbktpbmQSIAocVFJBTlNBQ1RJT05fS0lORF9VTlNQRUNJRklFRBAAEhoKFlRSQU5TQUNUSU9OX0tJTkRfR1JBTlQQARIeChpUUkFOU0FDVElPTl9LSU5EX0RFRFVDVElPThACEh0KGVRSQU5TQUNUSU9OX0tJTkRfUFVSQ0hBU0UQAxIZChVUUkFOU0FDVElPTl9LSU5EX0RSSVAQBBIaChZUUkFOU0FDVElPTl9LSU5EX1VTQUdFEAUSHQoZVFJBTlNBQ1RJT05fS0lORF9SRVZFUlNBTBAGEhsKF1RSQU5TQUNUSU9OX0tJTkRfRVhQSVJZEAcy9wsKDUxlZGdlclNlcnZpY2USRAoFR3JhbnQSHC50b2tlbmxlZGdlci52MS5HcmFudFJlcXVlc3QaHS50b2tlbmxlZGdlci52MS5HcmFudFJlc3BvbnNlEkcKBkRlZHVjdBIdLnRva2VubGVkZ2VyLnYxLkRlZHVjdFJlcXVlc3QaHi50b2tlbmxlZGdlci52MS5EZWR1Y3RSZXNwb25zZRJBCgREcmlwEhsudG9rZW5sZWRnZXIudjEuRHJpcFJlcXVlc3QaHC50b2tlbmxlZGdlci52MS5EcmlwUmVzcG9uc2USXwoOUmVjb3JkUHVyY2hhc2USJS50b2tlbmxlZGdlci52MS5SZWNvcmRQdXJjaGFzZVJlcXVlc3QaJi50b2tlbmxlZGdlci52MS5SZWNvcmRQdXJjaGFzZVJlc3BvbnNlElMKClRyYWNrVXNhZ2USIS50b2tlbmxlZGdlci52MS5UcmFja1VzYWdlUmVxdWVzdBoiLnRva2VubGVkZ2VyLnYxLlRyYWNrVXNhZ2VSZXNwb25zZRJiCg9UcmFja1VzYWdlQmF0Y2gSJi50b2tlbmxlZGdlci52MS5UcmFja1VzYWdlQmF0Y2hSZXF1ZXN0GicudG9rZW5sZWRnZXIudjEuVHJhY2tVc2FnZUJhdGNoUmVzcG9uc2USUwoKR2V0QmFsYW5jZRIhLnRva2VubGVkZ2VyLnYxLkdldEJhbGFuY2VSZXF1ZXN0GiIudG9rZW5sZWRnZXIudjEuR2V0QmFsYW5jZVJlc3BvbnNlEmUKEExpc3RUcmFuc2FjdGlvbnMSJy50b2tlbmxlZGdlci52MS5MaXN0VHJhbnNhY3Rpb25zUmVxdWVzdBooLnRva2VubGVkZ2VyLnYxLkxpc3RUcmFuc2FjdGlvbnNSZXNwb25zZRJKCgdSZXZlcnNlEh4udG9rZW5sZWRnZXIudjEuUmV2ZXJzZVJlcXVlc3QaHy50b2tlbmxlZGdlci52MS5SZXZlcnNlUmVzcG9uc2USXwoOR2V0VHJhbnNhY3Rpb24SJS50b2tlbmxlZGdlci52MS5HZXRUcmFuc2FjdGlvblJlcXVlc3QaJi50b2tlbmxlZGdlci52MS5HZXRUcmFuc2FjdGlvblJlc3BvbnNlElkKDExpc3RBY2NvdW50cxIjLnRva2VubGVkZ2VyLnYxLkxpc3RBY2NvdW50c1JlcXVlc3QaJC50b2tlbmxlZGdlci52MS5MaXN0QWNjb3VudHNSZXNwb25zZRJHCgZXaG9BbUkSHS50b2tlbmxlZGdlci52MS5XaG9BbUlSZXF1ZXN0Gh4udG9rZW5sZWRnZXIudjEuV2hvQW1JUmVzcG9uc2USSgoHUmVzZXJ2ZRIeLnRva2VubGVkZ2VyLnYxLlJlc2VydmVSZXF1ZXN0Gh8udG9rZW5sZWRnZXIudjEuUmVzZXJ2ZVJlc3BvbnNlElMKCkNvbW1pdEhvbGQSIS50b2tlbmxlZGdlci52MS5Db21taXRIb2xkUmVxdWVzdBoiLnRva2VubGVkZ2VyLnYxLkNvbW1pdEhvbGRSZXNwb25zZRJWCgtSZWxlYXNlSG9sZBIiLnRva2VubGVkZ2VyLnYxLlJlbGVhc2VIb2xkUmVxdWVzdBojLnRva2VubGVkZ2VyLnYxLlJlbGVhc2VIb2xkUmVzcG9uc2USUwoKRXh0ZW5kSG9sZBIhLnRva2VubGVkZ2VyLnYxLkV4dGVuZEhvbGRSZXF1ZXN0GiIudG9rZW5sZWRnZXIudjEuRXh0ZW5kSG9sZFJlc3BvbnNlElAKCUxpc3RIb2xkcxIgLnRva2VubGVkZ2VyLnYxLkxpc3RIb2xkc1JlcXVlc3QaIS50b2tlbmxlZGdlci52MS5MaXN0SG9sZHNSZXNwb25zZRJNCghMaXN0TG90cxIfLnRva2VubGVkZ2VyLnYxLkxpc3RMb3RzUmVxdWVzdBogLnRva2VubGVkZ2VyLnYxLkxpc3RMb3RzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+
+/**
+ * Rollover says what part of a subscription's previous cycle survives into the cycle a Drip
+ * credits: min(unused, max_tokens, floor(unused * max_percent / 100)) of the limits set; the
+ * rest expires at once. A Drip without it leaves previous cycles alone.
+ *
+ * @generated from message tokenledger.v1.Rollover
+ */
+export type Rollover = Message<"tokenledger.v1.Rollover"> & {
+  /**
+   * @generated from field: optional int64 max_tokens = 1;
+   */
+  maxTokens?: bigint | undefined;
+
+  /**
+   * @generated from field: optional uint32 max_percent = 2;
+   */
+  maxPercent?: number | undefined;
+};
+
+/**
+ * Describes the message tokenledger.v1.Rollover.
+ * Use `create(RolloverSchema)` to create a new message.
+ */
+export const RolloverSchema: GenMessage<Rollover> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 0);
+
+/**
+ * @generated from message tokenledger.v1.ReserveRequest
+ */
+export type ReserveRequest = Message<"tokenledger.v1.ReserveRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Tokens to hold.
+   *
+   * @generated from field: int64 tokens = 2;
+   */
+  tokens: bigint;
+
+  /**
+   * @generated from field: string idempotency_key = 3;
+   */
+  idempotencyKey: string;
+
+  /**
+   * How long the hold lives unless committed, released or extended: default 15 minutes, at most
+   * 24 hours.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 4;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * @generated from field: string model = 5;
+   */
+  model: string;
+
+  /**
+   * @generated from field: string feature = 6;
+   */
+  feature: string;
+
+  /**
+   * @generated from field: tokenledger.v1.Overage overage = 7;
+   */
+  overage: Overage;
+};
+
+/**
+ * Describes the message tokenledger.v1.ReserveRequest.
+ * Use `create(ReserveRequestSchema)` to create a new message.
+ */
+export const ReserveRequestSchema: GenMessage<ReserveRequest> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 1);
+
+/**
+ * @generated from message tokenledger.v1.ReserveResponse
+ */
+export type ReserveResponse = Message<"tokenledger.v1.ReserveResponse"> & {
+  /**
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 2;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Tokens held: `tokens` of the request, or less under OVERAGE_CAP.
+   *
+   * @generated from field: int64 held = 3;
+   */
+  held: bigint;
+
+  /**
+   * Available right after the hold (on a replay: now).
+   *
+   * @generated from field: int64 available = 4;
+   */
+  available: bigint;
+
+  /**
+   * @generated from field: int64 balance = 5;
+   */
+  balance: bigint;
+
+  /**
+   * @generated from field: bool replayed = 6;
+   */
+  replayed: boolean;
+};
+
+/**
+ * Describes the message tokenledger.v1.ReserveResponse.
+ * Use `create(ReserveResponseSchema)` to create a new message.
+ */
+export const ReserveResponseSchema: GenMessage<ReserveResponse> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 2);
+
+/**
+ * @generated from message tokenledger.v1.CommitHoldRequest
+ */
+export type CommitHoldRequest = Message<"tokenledger.v1.CommitHoldRequest"> & {
+  /**
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * Tokens the call actually used; 0 allowed.
+   *
+   * @generated from field: int64 tokens = 2;
+   */
+  tokens: bigint;
+
+  /**
+   * @generated from field: string idempotency_key = 3;
+   */
+  idempotencyKey: string;
+
+  /**
+   * @generated from field: string model = 4;
+   */
+  model: string;
+
+  /**
+   * @generated from field: int64 input_tokens = 5;
+   */
+  inputTokens: bigint;
+
+  /**
+   * @generated from field: int64 output_tokens = 6;
+   */
+  outputTokens: bigint;
+
+  /**
+   * @generated from field: string feature = 7;
+   */
+  feature: string;
+};
+
+/**
+ * Describes the message tokenledger.v1.CommitHoldRequest.
+ * Use `create(CommitHoldRequestSchema)` to create a new message.
+ */
+export const CommitHoldRequestSchema: GenMessage<CommitHoldRequest> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 3);
+
+/**
+ * @generated from message tokenledger.v1.CommitHoldResponse
+ */
+export type CommitHoldResponse = Message<"tokenledger.v1.CommitHoldResponse"> & {
+  /**
+   * The `token_usage` row.
+   *
+   * @generated from field: string transaction_id = 1;
+   */
+  transactionId: string;
+
+  /**
+   * Right after the commit (on a replay: right after the original commit).
+   *
+   * @generated from field: int64 balance = 2;
+   */
+  balance: bigint;
+
+  /**
+   * Right after the commit (on a replay: now).
+   *
+   * @generated from field: int64 available = 3;
+   */
+  available: bigint;
+
+  /**
+   * @generated from field: bool replayed = 4;
+   */
+  replayed: boolean;
+
+  /**
+   * The hold had lapsed before this commit; the usage was recorded anyway.
+   *
+   * @generated from field: bool hold_expired = 5;
+   */
+  holdExpired: boolean;
+
+  /**
+   * What the hold held.
+   *
+   * @generated from field: int64 held = 6;
+   */
+  held: bigint;
+};
+
+/**
+ * Describes the message tokenledger.v1.CommitHoldResponse.
+ * Use `create(CommitHoldResponseSchema)` to create a new message.
+ */
+export const CommitHoldResponseSchema: GenMessage<CommitHoldResponse> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 4);
+
+/**
+ * @generated from message tokenledger.v1.ReleaseHoldRequest
+ */
+export type ReleaseHoldRequest = Message<"tokenledger.v1.ReleaseHoldRequest"> & {
+  /**
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+};
+
+/**
+ * Describes the message tokenledger.v1.ReleaseHoldRequest.
+ * Use `create(ReleaseHoldRequestSchema)` to create a new message.
+ */
+export const ReleaseHoldRequestSchema: GenMessage<ReleaseHoldRequest> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 5);
+
+/**
+ * @generated from message tokenledger.v1.ReleaseHoldResponse
+ */
+export type ReleaseHoldResponse = Message<"tokenledger.v1.ReleaseHoldResponse"> & {
+  /**
+   * @generated from field: tokenledger.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+
+  /**
+   * @generated from field: int64 balance = 2;
+   */
+  balance: bigint;
+
+  /**
+   * @generated from field: int64 available = 3;
+   */
+  available: bigint;
+};
+
+/**
+ * Describes the message tokenledger.v1.ReleaseHoldResponse.
+ * Use `create(ReleaseHoldResponseSchema)` to create a new message.
+ */
+export const ReleaseHoldResponseSchema: GenMessage<ReleaseHoldResponse> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 6);
+
+/**
+ * @generated from message tokenledger.v1.ExtendHoldRequest
+ */
+export type ExtendHoldRequest = Message<"tokenledger.v1.ExtendHoldRequest"> & {
+  /**
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * The hold then expires at the later of its current expiry and now + ttl (at most 24 hours).
+   *
+   * @generated from field: google.protobuf.Duration ttl = 2;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Tokens to hold in addition.
+   *
+   * @generated from field: int64 add_tokens = 3;
+   */
+  addTokens: bigint;
+
+  /**
+   * Required: a retried extension must not hold the tokens twice.
+   *
+   * @generated from field: string idempotency_key = 4;
+   */
+  idempotencyKey: string;
+};
+
+/**
+ * Describes the message tokenledger.v1.ExtendHoldRequest.
+ * Use `create(ExtendHoldRequestSchema)` to create a new message.
+ */
+export const ExtendHoldRequestSchema: GenMessage<ExtendHoldRequest> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 7);
+
+/**
+ * @generated from message tokenledger.v1.ExtendHoldResponse
+ */
+export type ExtendHoldResponse = Message<"tokenledger.v1.ExtendHoldResponse"> & {
+  /**
+   * @generated from field: tokenledger.v1.Hold hold = 1;
+   */
+  hold?: Hold | undefined;
+
+  /**
+   * @generated from field: int64 balance = 2;
+   */
+  balance: bigint;
+
+  /**
+   * @generated from field: int64 available = 3;
+   */
+  available: bigint;
+
+  /**
+   * @generated from field: bool replayed = 4;
+   */
+  replayed: boolean;
+};
+
+/**
+ * Describes the message tokenledger.v1.ExtendHoldResponse.
+ * Use `create(ExtendHoldResponseSchema)` to create a new message.
+ */
+export const ExtendHoldResponseSchema: GenMessage<ExtendHoldResponse> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 8);
+
+/**
+ * @generated from message tokenledger.v1.Hold
+ */
+export type Hold = Message<"tokenledger.v1.Hold"> & {
+  /**
+   * @generated from field: string hold_id = 1;
+   */
+  holdId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: int64 tokens = 3;
+   */
+  tokens: bigint;
+
+  /**
+   * @generated from field: tokenledger.v1.HoldState state = 4;
+   */
+  state: HoldState;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp expires_at = 5;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp placed_at = 6;
+   */
+  placedAt?: Timestamp | undefined;
+
+  /**
+   * Unset while active.
+   *
+   * @generated from field: google.protobuf.Timestamp ended_at = 7;
+   */
+  endedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string model = 8;
+   */
+  model: string;
+
+  /**
+   * @generated from field: string feature = 9;
+   */
+  feature: string;
+
+  /**
+   * The usage row of its commit, if committed.
+   *
+   * @generated from field: string committed_transaction_id = 10;
+   */
+  committedTransactionId: string;
+
+  /**
+   * @generated from field: int64 committed_tokens = 11;
+   */
+  committedTokens: bigint;
+};
+
+/**
+ * Describes the message tokenledger.v1.Hold.
+ * Use `create(HoldSchema)` to create a new message.
+ */
+export const HoldSchema: GenMessage<Hold> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 9);
+
+/**
+ * @generated from message tokenledger.v1.ListHoldsRequest
+ */
+export type ListHoldsRequest = Message<"tokenledger.v1.ListHoldsRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: bool active_only = 2;
+   */
+  activeOnly: boolean;
+};
+
+/**
+ * Describes the message tokenledger.v1.ListHoldsRequest.
+ * Use `create(ListHoldsRequestSchema)` to create a new message.
+ */
+export const ListHoldsRequestSchema: GenMessage<ListHoldsRequest> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 10);
+
+/**
+ * @generated from message tokenledger.v1.ListHoldsResponse
+ */
+export type ListHoldsResponse = Message<"tokenledger.v1.ListHoldsResponse"> & {
+  /**
+   * @generated from field: repeated tokenledger.v1.Hold holds = 1;
+   */
+  holds: Hold[];
+};
+
+/**
+ * Describes the message tokenledger.v1.ListHoldsResponse.
+ * Use `create(ListHoldsResponseSchema)` to create a new message.
+ */
+export const ListHoldsResponseSchema: GenMessage<ListHoldsResponse> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 11);
+
+/**
+ * @generated from message tokenledger.v1.ListLotsRequest
+ */
+export type ListLotsRequest = Message<"tokenledger.v1.ListLotsRequest"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Also lots with nothing left.
+   *
+   * @generated from field: bool include_spent = 2;
+   */
+  includeSpent: boolean;
+};
+
+/**
+ * Describes the message tokenledger.v1.ListLotsRequest.
+ * Use `create(ListLotsRequestSchema)` to create a new message.
+ */
+export const ListLotsRequestSchema: GenMessage<ListLotsRequest> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 12);
+
+/**
+ * @generated from message tokenledger.v1.Lot
+ */
+export type Lot = Message<"tokenledger.v1.Lot"> & {
+  /**
+   * @generated from field: string lot_id = 1;
+   */
+  lotId: string;
+
+  /**
+   * The credit (or for a rollover, the expiry row that carried it) that created the lot; empty
+   * for an opening lot.
+   *
+   * @generated from field: string source_transaction_id = 2;
+   */
+  sourceTransactionId: string;
+
+  /**
+   * @generated from field: tokenledger.v1.LotSource source = 3;
+   */
+  source: LotSource;
+
+  /**
+   * @generated from field: int64 granted = 4;
+   */
+  granted: bigint;
+
+  /**
+   * @generated from field: int64 remaining = 5;
+   */
+  remaining: bigint;
+
+  /**
+   * Tokens of `remaining` held by active holds.
+   *
+   * @generated from field: int64 held = 6;
+   */
+  held: bigint;
+
+  /**
+   * Unset: never expires. Exclusive: the lot cannot be spent at this instant.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 7;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Lower burns first.
+   *
+   * @generated from field: int32 priority = 8;
+   */
+  priority: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 9;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * Paid for (purchase, subscription) rather than given (admin grant).
+   *
+   * @generated from field: bool paid = 10;
+   */
+  paid: boolean;
+};
+
+/**
+ * Describes the message tokenledger.v1.Lot.
+ * Use `create(LotSchema)` to create a new message.
+ */
+export const LotSchema: GenMessage<Lot> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 13);
+
+/**
+ * @generated from message tokenledger.v1.ListLotsResponse
+ */
+export type ListLotsResponse = Message<"tokenledger.v1.ListLotsResponse"> & {
+  /**
+   * In burn order: the next debit takes from the first.
+   *
+   * @generated from field: repeated tokenledger.v1.Lot lots = 1;
+   */
+  lots: Lot[];
+};
+
+/**
+ * Describes the message tokenledger.v1.ListLotsResponse.
+ * Use `create(ListLotsResponseSchema)` to create a new message.
+ */
+export const ListLotsResponseSchema: GenMessage<ListLotsResponse> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 14);
+
+/**
+ * The soonest expiry of tokens nobody holds.
+ *
+ * @generated from message tokenledger.v1.NextExpiry
+ */
+export type NextExpiry = Message<"tokenledger.v1.NextExpiry"> & {
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 1;
+   */
+  at?: Timestamp | undefined;
+
+  /**
+   * @generated from field: int64 tokens = 2;
+   */
+  tokens: bigint;
+};
+
+/**
+ * Describes the message tokenledger.v1.NextExpiry.
+ * Use `create(NextExpirySchema)` to create a new message.
+ */
+export const NextExpirySchema: GenMessage<NextExpiry> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 15);
 
 /**
  * @generated from message tokenledger.v1.GrantRequest
@@ -69,6 +658,20 @@ export type GrantRequest = Message<"tokenledger.v1.GrantRequest"> & {
    * @generated from field: string stripe_invoice_id = 7;
    */
   stripeInvoiceId: string;
+
+  /**
+   * When the granted tokens expire (exclusive); unset: never.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 8;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Burn order: lower burns first (-1000..1000, default 0).
+   *
+   * @generated from field: int32 priority = 9;
+   */
+  priority: number;
 };
 
 /**
@@ -76,7 +679,7 @@ export type GrantRequest = Message<"tokenledger.v1.GrantRequest"> & {
  * Use `create(GrantRequestSchema)` to create a new message.
  */
 export const GrantRequestSchema: GenMessage<GrantRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 0);
+  messageDesc(file_tokenledger_v1_ledger, 16);
 
 /**
  * @generated from message tokenledger.v1.GrantResponse
@@ -103,7 +706,7 @@ export type GrantResponse = Message<"tokenledger.v1.GrantResponse"> & {
  * Use `create(GrantResponseSchema)` to create a new message.
  */
 export const GrantResponseSchema: GenMessage<GrantResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 1);
+  messageDesc(file_tokenledger_v1_ledger, 17);
 
 /**
  * @generated from message tokenledger.v1.DeductRequest
@@ -145,7 +748,7 @@ export type DeductRequest = Message<"tokenledger.v1.DeductRequest"> & {
  * Use `create(DeductRequestSchema)` to create a new message.
  */
 export const DeductRequestSchema: GenMessage<DeductRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 2);
+  messageDesc(file_tokenledger_v1_ledger, 18);
 
 /**
  * @generated from message tokenledger.v1.DeductResponse
@@ -172,7 +775,7 @@ export type DeductResponse = Message<"tokenledger.v1.DeductResponse"> & {
  * Use `create(DeductResponseSchema)` to create a new message.
  */
 export const DeductResponseSchema: GenMessage<DeductResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 3);
+  messageDesc(file_tokenledger_v1_ledger, 19);
 
 /**
  * @generated from message tokenledger.v1.DripRequest
@@ -212,6 +815,28 @@ export type DripRequest = Message<"tokenledger.v1.DripRequest"> & {
    * @generated from field: google.protobuf.Timestamp period_end = 7;
    */
   periodEnd?: Timestamp | undefined;
+
+  /**
+   * When this cycle's tokens expire (exclusive); unset: never.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 8;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Burn order: lower burns first (-1000..1000, default 0).
+   *
+   * @generated from field: int32 priority = 9;
+   */
+  priority: number;
+
+  /**
+   * Set: the subscription's previous cycles end now, carrying this much into a lot that expires
+   * with this cycle.
+   *
+   * @generated from field: tokenledger.v1.Rollover rollover = 10;
+   */
+  rollover?: Rollover | undefined;
 };
 
 /**
@@ -219,7 +844,7 @@ export type DripRequest = Message<"tokenledger.v1.DripRequest"> & {
  * Use `create(DripRequestSchema)` to create a new message.
  */
 export const DripRequestSchema: GenMessage<DripRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 4);
+  messageDesc(file_tokenledger_v1_ledger, 20);
 
 /**
  * @generated from message tokenledger.v1.DripResponse
@@ -246,7 +871,7 @@ export type DripResponse = Message<"tokenledger.v1.DripResponse"> & {
  * Use `create(DripResponseSchema)` to create a new message.
  */
 export const DripResponseSchema: GenMessage<DripResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 5);
+  messageDesc(file_tokenledger_v1_ledger, 21);
 
 /**
  * @generated from message tokenledger.v1.RecordPurchaseRequest
@@ -299,6 +924,20 @@ export type RecordPurchaseRequest = Message<"tokenledger.v1.RecordPurchaseReques
    * @generated from field: string pack = 8;
    */
   pack: string;
+
+  /**
+   * When the pack's tokens expire (exclusive); unset: never.
+   *
+   * @generated from field: google.protobuf.Timestamp expires_at = 9;
+   */
+  expiresAt?: Timestamp | undefined;
+
+  /**
+   * Burn order: lower burns first (-1000..1000, default 0).
+   *
+   * @generated from field: int32 priority = 10;
+   */
+  priority: number;
 };
 
 /**
@@ -306,7 +945,7 @@ export type RecordPurchaseRequest = Message<"tokenledger.v1.RecordPurchaseReques
  * Use `create(RecordPurchaseRequestSchema)` to create a new message.
  */
 export const RecordPurchaseRequestSchema: GenMessage<RecordPurchaseRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 6);
+  messageDesc(file_tokenledger_v1_ledger, 22);
 
 /**
  * @generated from message tokenledger.v1.RecordPurchaseResponse
@@ -333,7 +972,7 @@ export type RecordPurchaseResponse = Message<"tokenledger.v1.RecordPurchaseRespo
  * Use `create(RecordPurchaseResponseSchema)` to create a new message.
  */
 export const RecordPurchaseResponseSchema: GenMessage<RecordPurchaseResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 7);
+  messageDesc(file_tokenledger_v1_ledger, 23);
 
 /**
  * @generated from message tokenledger.v1.TrackUsageRequest
@@ -384,7 +1023,7 @@ export type TrackUsageRequest = Message<"tokenledger.v1.TrackUsageRequest"> & {
  * Use `create(TrackUsageRequestSchema)` to create a new message.
  */
 export const TrackUsageRequestSchema: GenMessage<TrackUsageRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 8);
+  messageDesc(file_tokenledger_v1_ledger, 24);
 
 /**
  * @generated from message tokenledger.v1.TrackUsageResponse
@@ -413,7 +1052,7 @@ export type TrackUsageResponse = Message<"tokenledger.v1.TrackUsageResponse"> & 
  * Use `create(TrackUsageResponseSchema)` to create a new message.
  */
 export const TrackUsageResponseSchema: GenMessage<TrackUsageResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 9);
+  messageDesc(file_tokenledger_v1_ledger, 25);
 
 /**
  * @generated from message tokenledger.v1.ReverseRequest
@@ -470,7 +1109,7 @@ export type ReverseRequest = Message<"tokenledger.v1.ReverseRequest"> & {
  * Use `create(ReverseRequestSchema)` to create a new message.
  */
 export const ReverseRequestSchema: GenMessage<ReverseRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 10);
+  messageDesc(file_tokenledger_v1_ledger, 26);
 
 /**
  * @generated from message tokenledger.v1.ReverseResponse
@@ -499,7 +1138,7 @@ export type ReverseResponse = Message<"tokenledger.v1.ReverseResponse"> & {
  * Use `create(ReverseResponseSchema)` to create a new message.
  */
 export const ReverseResponseSchema: GenMessage<ReverseResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 11);
+  messageDesc(file_tokenledger_v1_ledger, 27);
 
 /**
  * @generated from message tokenledger.v1.GetTransactionRequest
@@ -530,7 +1169,7 @@ export type GetTransactionRequest = Message<"tokenledger.v1.GetTransactionReques
  * Use `create(GetTransactionRequestSchema)` to create a new message.
  */
 export const GetTransactionRequestSchema: GenMessage<GetTransactionRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 12);
+  messageDesc(file_tokenledger_v1_ledger, 28);
 
 /**
  * @generated from message tokenledger.v1.GetTransactionResponse
@@ -559,7 +1198,7 @@ export type GetTransactionResponse = Message<"tokenledger.v1.GetTransactionRespo
  * Use `create(GetTransactionResponseSchema)` to create a new message.
  */
 export const GetTransactionResponseSchema: GenMessage<GetTransactionResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 13);
+  messageDesc(file_tokenledger_v1_ledger, 29);
 
 /**
  * @generated from message tokenledger.v1.TrackUsageBatchRequest
@@ -576,7 +1215,7 @@ export type TrackUsageBatchRequest = Message<"tokenledger.v1.TrackUsageBatchRequ
  * Use `create(TrackUsageBatchRequestSchema)` to create a new message.
  */
 export const TrackUsageBatchRequestSchema: GenMessage<TrackUsageBatchRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 14);
+  messageDesc(file_tokenledger_v1_ledger, 30);
 
 /**
  * The result of one event of a batch: its response, or the gRPC status it would have failed with.
@@ -619,7 +1258,7 @@ export type TrackUsageResult = Message<"tokenledger.v1.TrackUsageResult"> & {
  * Use `create(TrackUsageResultSchema)` to create a new message.
  */
 export const TrackUsageResultSchema: GenMessage<TrackUsageResult> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 15);
+  messageDesc(file_tokenledger_v1_ledger, 31);
 
 /**
  * @generated from message tokenledger.v1.TrackUsageBatchResponse
@@ -638,7 +1277,7 @@ export type TrackUsageBatchResponse = Message<"tokenledger.v1.TrackUsageBatchRes
  * Use `create(TrackUsageBatchResponseSchema)` to create a new message.
  */
 export const TrackUsageBatchResponseSchema: GenMessage<TrackUsageBatchResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 16);
+  messageDesc(file_tokenledger_v1_ledger, 32);
 
 /**
  * @generated from message tokenledger.v1.GetBalanceRequest
@@ -655,7 +1294,7 @@ export type GetBalanceRequest = Message<"tokenledger.v1.GetBalanceRequest"> & {
  * Use `create(GetBalanceRequestSchema)` to create a new message.
  */
 export const GetBalanceRequestSchema: GenMessage<GetBalanceRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 17);
+  messageDesc(file_tokenledger_v1_ledger, 33);
 
 /**
  * Totals per kind, each the sum of that kind's journal rows as a positive number.
@@ -692,6 +1331,11 @@ export type BalanceTotals = Message<"tokenledger.v1.BalanceTotals"> & {
    * @generated from field: int64 reversed = 6;
    */
   reversed: bigint;
+
+  /**
+   * @generated from field: int64 expired = 7;
+   */
+  expired: bigint;
 };
 
 /**
@@ -699,7 +1343,7 @@ export type BalanceTotals = Message<"tokenledger.v1.BalanceTotals"> & {
  * Use `create(BalanceTotalsSchema)` to create a new message.
  */
 export const BalanceTotalsSchema: GenMessage<BalanceTotals> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 18);
+  messageDesc(file_tokenledger_v1_ledger, 34);
 
 /**
  * @generated from message tokenledger.v1.GetBalanceResponse
@@ -733,6 +1377,27 @@ export type GetBalanceResponse = Message<"tokenledger.v1.GetBalanceResponse"> & 
    * @generated from field: int64 transaction_count = 5;
    */
   transactionCount: bigint;
+
+  /**
+   * Tokens reserved by active holds.
+   *
+   * @generated from field: int64 held = 6;
+   */
+  held: bigint;
+
+  /**
+   * balance - held: what a new Reserve or Deduct may take.
+   *
+   * @generated from field: int64 available = 7;
+   */
+  available: bigint;
+
+  /**
+   * Unset when nothing unheld expires.
+   *
+   * @generated from field: tokenledger.v1.NextExpiry next_expiry = 8;
+   */
+  nextExpiry?: NextExpiry | undefined;
 };
 
 /**
@@ -740,7 +1405,7 @@ export type GetBalanceResponse = Message<"tokenledger.v1.GetBalanceResponse"> & 
  * Use `create(GetBalanceResponseSchema)` to create a new message.
  */
 export const GetBalanceResponseSchema: GenMessage<GetBalanceResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 19);
+  messageDesc(file_tokenledger_v1_ledger, 35);
 
 /**
  * @generated from message tokenledger.v1.ListTransactionsRequest
@@ -793,7 +1458,7 @@ export type ListTransactionsRequest = Message<"tokenledger.v1.ListTransactionsRe
  * Use `create(ListTransactionsRequestSchema)` to create a new message.
  */
 export const ListTransactionsRequestSchema: GenMessage<ListTransactionsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 20);
+  messageDesc(file_tokenledger_v1_ledger, 36);
 
 /**
  * @generated from message tokenledger.v1.ListTransactionsResponse
@@ -817,7 +1482,7 @@ export type ListTransactionsResponse = Message<"tokenledger.v1.ListTransactionsR
  * Use `create(ListTransactionsResponseSchema)` to create a new message.
  */
 export const ListTransactionsResponseSchema: GenMessage<ListTransactionsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 21);
+  messageDesc(file_tokenledger_v1_ledger, 37);
 
 /**
  * @generated from message tokenledger.v1.Transaction
@@ -913,6 +1578,12 @@ export type Transaction = Message<"tokenledger.v1.Transaction"> & {
      */
     value: DeductionDetails;
     case: "deduction";
+  } | {
+    /**
+     * @generated from field: tokenledger.v1.ExpiryDetails expiry = 26;
+     */
+    value: ExpiryDetails;
+    case: "expiry";
   } | { case: undefined; value?: undefined };
 };
 
@@ -921,7 +1592,38 @@ export type Transaction = Message<"tokenledger.v1.Transaction"> & {
  * Use `create(TransactionSchema)` to create a new message.
  */
 export const TransactionSchema: GenMessage<Transaction> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 22);
+  messageDesc(file_tokenledger_v1_ledger, 38);
+
+/**
+ * @generated from message tokenledger.v1.ExpiryDetails
+ */
+export type ExpiryDetails = Message<"tokenledger.v1.ExpiryDetails"> & {
+  /**
+   * The lot whose unused tokens expired.
+   *
+   * @generated from field: string lot_id = 1;
+   */
+  lotId: string;
+
+  /**
+   * For a rollover: tokens carried into `carried_to_lot_id` instead of expiring.
+   *
+   * @generated from field: int64 carried_tokens = 2;
+   */
+  carriedTokens: bigint;
+
+  /**
+   * @generated from field: string carried_to_lot_id = 3;
+   */
+  carriedToLotId: string;
+};
+
+/**
+ * Describes the message tokenledger.v1.ExpiryDetails.
+ * Use `create(ExpiryDetailsSchema)` to create a new message.
+ */
+export const ExpiryDetailsSchema: GenMessage<ExpiryDetails> = /*@__PURE__*/
+  messageDesc(file_tokenledger_v1_ledger, 39);
 
 /**
  * @generated from message tokenledger.v1.DeductionDetails
@@ -940,7 +1642,7 @@ export type DeductionDetails = Message<"tokenledger.v1.DeductionDetails"> & {
  * Use `create(DeductionDetailsSchema)` to create a new message.
  */
 export const DeductionDetailsSchema: GenMessage<DeductionDetails> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 23);
+  messageDesc(file_tokenledger_v1_ledger, 40);
 
 /**
  * @generated from message tokenledger.v1.ListAccountsRequest
@@ -976,7 +1678,7 @@ export type ListAccountsRequest = Message<"tokenledger.v1.ListAccountsRequest"> 
  * Use `create(ListAccountsRequestSchema)` to create a new message.
  */
 export const ListAccountsRequestSchema: GenMessage<ListAccountsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 24);
+  messageDesc(file_tokenledger_v1_ledger, 41);
 
 /**
  * @generated from message tokenledger.v1.Account
@@ -1018,7 +1720,7 @@ export type Account = Message<"tokenledger.v1.Account"> & {
  * Use `create(AccountSchema)` to create a new message.
  */
 export const AccountSchema: GenMessage<Account> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 25);
+  messageDesc(file_tokenledger_v1_ledger, 42);
 
 /**
  * @generated from message tokenledger.v1.ListAccountsResponse
@@ -1040,7 +1742,7 @@ export type ListAccountsResponse = Message<"tokenledger.v1.ListAccountsResponse"
  * Use `create(ListAccountsResponseSchema)` to create a new message.
  */
 export const ListAccountsResponseSchema: GenMessage<ListAccountsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 26);
+  messageDesc(file_tokenledger_v1_ledger, 43);
 
 /**
  * @generated from message tokenledger.v1.WhoAmIRequest
@@ -1053,7 +1755,7 @@ export type WhoAmIRequest = Message<"tokenledger.v1.WhoAmIRequest"> & {
  * Use `create(WhoAmIRequestSchema)` to create a new message.
  */
 export const WhoAmIRequestSchema: GenMessage<WhoAmIRequest> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 27);
+  messageDesc(file_tokenledger_v1_ledger, 44);
 
 /**
  * @generated from message tokenledger.v1.WhoAmIResponse
@@ -1084,7 +1786,7 @@ export type WhoAmIResponse = Message<"tokenledger.v1.WhoAmIResponse"> & {
  * Use `create(WhoAmIResponseSchema)` to create a new message.
  */
 export const WhoAmIResponseSchema: GenMessage<WhoAmIResponse> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 28);
+  messageDesc(file_tokenledger_v1_ledger, 45);
 
 /**
  * @generated from message tokenledger.v1.ReversalDetails
@@ -1111,7 +1813,7 @@ export type ReversalDetails = Message<"tokenledger.v1.ReversalDetails"> & {
  * Use `create(ReversalDetailsSchema)` to create a new message.
  */
 export const ReversalDetailsSchema: GenMessage<ReversalDetails> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 29);
+  messageDesc(file_tokenledger_v1_ledger, 46);
 
 /**
  * @generated from message tokenledger.v1.GrantDetails
@@ -1138,7 +1840,7 @@ export type GrantDetails = Message<"tokenledger.v1.GrantDetails"> & {
  * Use `create(GrantDetailsSchema)` to create a new message.
  */
 export const GrantDetailsSchema: GenMessage<GrantDetails> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 30);
+  messageDesc(file_tokenledger_v1_ledger, 47);
 
 /**
  * @generated from message tokenledger.v1.PurchaseDetails
@@ -1175,7 +1877,7 @@ export type PurchaseDetails = Message<"tokenledger.v1.PurchaseDetails"> & {
  * Use `create(PurchaseDetailsSchema)` to create a new message.
  */
 export const PurchaseDetailsSchema: GenMessage<PurchaseDetails> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 31);
+  messageDesc(file_tokenledger_v1_ledger, 48);
 
 /**
  * @generated from message tokenledger.v1.DripDetails
@@ -1207,7 +1909,7 @@ export type DripDetails = Message<"tokenledger.v1.DripDetails"> & {
  * Use `create(DripDetailsSchema)` to create a new message.
  */
 export const DripDetailsSchema: GenMessage<DripDetails> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 32);
+  messageDesc(file_tokenledger_v1_ledger, 49);
 
 /**
  * @generated from message tokenledger.v1.UsageDetails
@@ -1232,6 +1934,13 @@ export type UsageDetails = Message<"tokenledger.v1.UsageDetails"> & {
    * @generated from field: string feature = 4;
    */
   feature: string;
+
+  /**
+   * Set for the commit of a hold.
+   *
+   * @generated from field: string hold_id = 5;
+   */
+  holdId: string;
 };
 
 /**
@@ -1239,7 +1948,128 @@ export type UsageDetails = Message<"tokenledger.v1.UsageDetails"> & {
  * Use `create(UsageDetailsSchema)` to create a new message.
  */
 export const UsageDetailsSchema: GenMessage<UsageDetails> = /*@__PURE__*/
-  messageDesc(file_tokenledger_v1_ledger, 33);
+  messageDesc(file_tokenledger_v1_ledger, 50);
+
+/**
+ * Overage says what Reserve does when `available` does not cover the request.
+ *
+ * @generated from enum tokenledger.v1.Overage
+ */
+export enum Overage {
+  /**
+   * OVERAGE_REJECT.
+   *
+   * @generated from enum value: OVERAGE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Refuse with FAILED_PRECONDITION (INSUFFICIENT_BALANCE); nothing written.
+   *
+   * @generated from enum value: OVERAGE_REJECT = 1;
+   */
+  REJECT = 1,
+
+  /**
+   * Hold whatever is available (at least 1 token) and say how much.
+   *
+   * @generated from enum value: OVERAGE_CAP = 2;
+   */
+  CAP = 2,
+}
+
+/**
+ * Describes the enum tokenledger.v1.Overage.
+ */
+export const OverageSchema: GenEnum<Overage> = /*@__PURE__*/
+  enumDesc(file_tokenledger_v1_ledger, 0);
+
+/**
+ * HoldState is where a hold is in its life.
+ *
+ * @generated from enum tokenledger.v1.HoldState
+ */
+export enum HoldState {
+  /**
+   * @generated from enum value: HOLD_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: HOLD_STATE_ACTIVE = 1;
+   */
+  ACTIVE = 1,
+
+  /**
+   * @generated from enum value: HOLD_STATE_COMMITTED = 2;
+   */
+  COMMITTED = 2,
+
+  /**
+   * @generated from enum value: HOLD_STATE_RELEASED = 3;
+   */
+  RELEASED = 3,
+
+  /**
+   * Lapsed at `expires_at` without a commit (or committed after it lapsed).
+   *
+   * @generated from enum value: HOLD_STATE_EXPIRED = 4;
+   */
+  EXPIRED = 4,
+}
+
+/**
+ * Describes the enum tokenledger.v1.HoldState.
+ */
+export const HoldStateSchema: GenEnum<HoldState> = /*@__PURE__*/
+  enumDesc(file_tokenledger_v1_ledger, 1);
+
+/**
+ * LotSource says which credit created a lot.
+ *
+ * @generated from enum tokenledger.v1.LotSource
+ */
+export enum LotSource {
+  /**
+   * @generated from enum value: LOT_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The balance an account had when lots were introduced.
+   *
+   * @generated from enum value: LOT_SOURCE_OPENING = 1;
+   */
+  OPENING = 1,
+
+  /**
+   * @generated from enum value: LOT_SOURCE_GRANT = 2;
+   */
+  GRANT = 2,
+
+  /**
+   * @generated from enum value: LOT_SOURCE_PURCHASE = 3;
+   */
+  PURCHASE = 3,
+
+  /**
+   * @generated from enum value: LOT_SOURCE_DRIP = 4;
+   */
+  DRIP = 4,
+
+  /**
+   * What a subscription's previous cycle carried into this one.
+   *
+   * @generated from enum value: LOT_SOURCE_ROLLOVER = 5;
+   */
+  ROLLOVER = 5,
+}
+
+/**
+ * Describes the enum tokenledger.v1.LotSource.
+ */
+export const LotSourceSchema: GenEnum<LotSource> = /*@__PURE__*/
+  enumDesc(file_tokenledger_v1_ledger, 2);
 
 /**
  * AccountOrder orders ListAccounts.
@@ -1278,7 +2108,7 @@ export enum AccountOrder {
  * Describes the enum tokenledger.v1.AccountOrder.
  */
 export const AccountOrderSchema: GenEnum<AccountOrder> = /*@__PURE__*/
-  enumDesc(file_tokenledger_v1_ledger, 0);
+  enumDesc(file_tokenledger_v1_ledger, 3);
 
 /**
  * ReversalSource says why a credit was reversed.
@@ -1317,7 +2147,7 @@ export enum ReversalSource {
  * Describes the enum tokenledger.v1.ReversalSource.
  */
 export const ReversalSourceSchema: GenEnum<ReversalSource> = /*@__PURE__*/
-  enumDesc(file_tokenledger_v1_ledger, 1);
+  enumDesc(file_tokenledger_v1_ledger, 4);
 
 /**
  * GrantSource says why tokens were granted.
@@ -1350,7 +2180,7 @@ export enum GrantSource {
  * Describes the enum tokenledger.v1.GrantSource.
  */
 export const GrantSourceSchema: GenEnum<GrantSource> = /*@__PURE__*/
-  enumDesc(file_tokenledger_v1_ledger, 2);
+  enumDesc(file_tokenledger_v1_ledger, 5);
 
 /**
  * TransactionKind is the kind of a journal row.
@@ -1392,13 +2222,21 @@ export enum TransactionKind {
    * @generated from enum value: TRANSACTION_KIND_REVERSAL = 6;
    */
   REVERSAL = 6,
+
+  /**
+   * Unused tokens of a lot leaving the balance at its expiry, or when a subscription cycle
+   * rolled over.
+   *
+   * @generated from enum value: TRANSACTION_KIND_EXPIRY = 7;
+   */
+  EXPIRY = 7,
 }
 
 /**
  * Describes the enum tokenledger.v1.TransactionKind.
  */
 export const TransactionKindSchema: GenEnum<TransactionKind> = /*@__PURE__*/
-  enumDesc(file_tokenledger_v1_ledger, 3);
+  enumDesc(file_tokenledger_v1_ledger, 6);
 
 /**
  * LedgerService records every token movement of every user in an append-only journal.
@@ -1539,6 +2377,76 @@ export const LedgerService: GenService<{
     methodKind: "unary";
     input: typeof WhoAmIRequestSchema;
     output: typeof WhoAmIResponseSchema;
+  },
+  /**
+   * Reserve holds tokens for an AI call before it runs: `available` (balance minus active holds)
+   * drops by the held amount, the balance does not. Refused with FAILED_PRECONDITION
+   * (INSUFFICIENT_BALANCE, with `available` and `requested`) when `available` does not cover it,
+   * unless `overage` is OVERAGE_CAP. Lapses by itself at `expires_at`. Scopes `usage`, `admin`.
+   *
+   * @generated from rpc tokenledger.v1.LedgerService.Reserve
+   */
+  reserve: {
+    methodKind: "unary";
+    input: typeof ReserveRequestSchema;
+    output: typeof ReserveResponseSchema;
+  },
+  /**
+   * CommitHold ends a hold with the tokens the call actually used: one `token_usage` row linked
+   * to the hold (0 tokens allowed), the unused part back to `available`. More than held is
+   * charged too (the call happened) and may overdraw. A hold that lapsed is still charged and
+   * says so; a released hold is FAILED_PRECONDITION (HOLD_RELEASED), a hold committed under
+   * another key FAILED_PRECONDITION (HOLD_ALREADY_COMMITTED). Scopes `usage`, `admin`.
+   *
+   * @generated from rpc tokenledger.v1.LedgerService.CommitHold
+   */
+  commitHold: {
+    methodKind: "unary";
+    input: typeof CommitHoldRequestSchema;
+    output: typeof CommitHoldResponseSchema;
+  },
+  /**
+   * ReleaseHold ends a hold unused. Idempotent: a hold that already ended answers its state.
+   * Scopes `usage`, `admin`.
+   *
+   * @generated from rpc tokenledger.v1.LedgerService.ReleaseHold
+   */
+  releaseHold: {
+    methodKind: "unary";
+    input: typeof ReleaseHoldRequestSchema;
+    output: typeof ReleaseHoldResponseSchema;
+  },
+  /**
+   * ExtendHold gives an active hold a later expiry and/or more tokens (refused like Reserve when
+   * `add_tokens` exceeds `available`). Scopes `usage`, `admin`.
+   *
+   * @generated from rpc tokenledger.v1.LedgerService.ExtendHold
+   */
+  extendHold: {
+    methodKind: "unary";
+    input: typeof ExtendHoldRequestSchema;
+    output: typeof ExtendHoldResponseSchema;
+  },
+  /**
+   * ListHolds lists a user's holds, newest first (at most 1,000). Scopes `read`, `usage`.
+   *
+   * @generated from rpc tokenledger.v1.LedgerService.ListHolds
+   */
+  listHolds: {
+    methodKind: "unary";
+    input: typeof ListHoldsRequestSchema;
+    output: typeof ListHoldsResponseSchema;
+  },
+  /**
+   * ListLots lists the lots a user's credits became: what is left of each, when it expires, in
+   * burn order. Scopes `read`, `usage`, `billing`.
+   *
+   * @generated from rpc tokenledger.v1.LedgerService.ListLots
+   */
+  listLots: {
+    methodKind: "unary";
+    input: typeof ListLotsRequestSchema;
+    output: typeof ListLotsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tokenledger_v1_ledger, 0);
