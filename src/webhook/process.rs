@@ -370,8 +370,9 @@ impl Processor {
         };
         match product.kind {
             ProductKind::Annual => match &session.invoice {
-                // The session carries no period, so tokens that expire at its end wait for the
-                // invoice, whose line has it (one grant either way: the key is the invoice's).
+                // The session carries no period, so tokens that expire at the period's end wait
+                // for the invoice, whose line has it (one grant either way: the key is the
+                // invoice's).
                 Some(_) if product.expires != Expires::Never => {
                     let mut done = Done::new(
                         EventOutcome::Recorded,
@@ -391,7 +392,9 @@ impl Processor {
                 }
             },
             ProductKind::Drip => {
-                // The session has no billing period: the cycle starts at checkout.
+                // The session has no billing period: the cycle starts at checkout (and tokens
+                // that expire at the period's end expire 28 days on; if the invoice twin credits
+                // the cycle first, its line's period decides instead).
                 let start = session.created.unwrap_or_else(|| Utc::now().timestamp());
                 let Some(end) = first_cycle_end(start) else {
                     return Err(Fail::new(
