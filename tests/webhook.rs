@@ -12,6 +12,7 @@ use common::stripe::*;
 use common::*;
 use rand::seq::SliceRandom;
 use serde_json::json;
+use token_ledger::pb;
 use token_ledger::webhook::ledger_port::RemoteLedger;
 use token_ledger::webhook::store::WebhookStore;
 use token_ledger::webhook::Processor;
@@ -1152,5 +1153,235 @@ async fn outcomes_are_a_known_list_held_by_a_named_constraint() {
     assert_eq!(
         err.as_database_error().and_then(|e| e.constraint()),
         Some("stripe_events_outcome_known")
+    );
+}
+
+/// A catalog whose products are credited with terms: the 28-day plan expires a day after each
+/// cycle and carries at most half, and at most 100k, of a cycle's unused tokens into the next;
+/// the annual plan expires 12 hours after its year; the pack burns late.
+const CATALOG_WITH_TERMS: &str = r#"
+[[product]]
+name = "plan_28day"
+kind = "drip"
+tokens = 375_000
+price_ids = ["price_plan_28day"]
+expires = "period_end"
+grace = "1d"
+rollover_max = 100_000
+rollover_max_percent = 50
+priority = -5
+
+[[product]]
+name = "plan_annual"
+kind = "annual"
+tokens = 5_000_000
+price_ids = ["price_plan_annual"]
+expires = "period_end"
+grace = "12h"
+
+[[product]]
+name = "pack_late"
+kind = "pack"
+tokens = 2_000_000
+price_ids = ["price_pack_late"]
+priority = 10
+"#;
+
+async fn app_with_terms() -> (TestApp, SocketAddr) {
+    let catalog = token_ledger::webhook::catalog::Catalog::parse(CATALOG_WITH_TERMS).unwrap();
+    let app = TestApp::spawn_with(TestOptions {
+        webhook: true,
+        catalog: Some(catalog),
+        ..Default::default()
+    })
+    .await;
+    let addr = app.webhook_addr.unwrap();
+    (app, addr)
+}
+
+/// A user's lots with something left, in burn order.
+async fn lots(app: &TestApp, user: &str) -> Vec<pb::Lot> {
+    let mut c = app.client().await;
+    c.list_lots(admin(pb::ListLotsRequest {
+        user_id: user.into(),
+        include_spent: false,
+    }))
+    .await
+    .unwrap()
+    .into_inner()
+    .lots
+}
+
+/// (source, remaining, expires_at in unix seconds, priority) of each lot.
+fn lot_terms(lots: &[pb::Lot]) -> Vec<(pb::LotSource, i64, Option<i64>, i32)> {
+    lots.iter()
+        .map(|l| {
+            (
+                l.source(),
+                l.remaining,
+                l.expires_at.as_ref().map(|t| t.seconds),
+                l.priority,
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_drip_expiring_at_its_period_end_rolls_the_capped_part_of_a_cycle_over_once() {
+    let (app, addr) = app_with_terms().await;
+    let mut c = app.client().await;
+    // The first cycle started a day ago (the ledger's clock is the wall clock until advanced).
+    let t0 = now() - DAY;
+    let checkout = event(
+        "evt_t_cs",
+        "checkout.session.completed",
+        subscription_checkout("cs_t", "sub_t", "in_t1", "user-t", "plan_28day", t0),
+    );
+    let first_invoice = event(
+        "evt_t_in1",
+        "invoice.paid",
+        invoice_paid(
+            "in_t1",
+            "sub_t",
+            "subscription_create",
+            "price_plan_28day",
+            t0,
+            t0 + 28 * DAY,
+            Some("user-t"),
+            "cus_user-t",
+        ),
+    );
+
+    // The first cycle, from the checkout (its invoice is the twin): 375k until a day past the
+    // cycle's end.
+    assert_eq!(send(addr, &checkout).await, 200);
+    assert_eq!(send(addr, &first_invoice).await, 200);
+    assert_eq!(outcome(&app, "evt_t_in1").await.0, "replayed");
+    assert_eq!(
+        lot_terms(&lots(&app, "user-t").await),
+        vec![(pb::LotSource::Drip, 375_000, Some(t0 + 29 * DAY), -5)]
+    );
+    c.track_usage(with_key(USAGE_KEY, usage_req("user-t", 75_000, "use-1")))
+        .await
+        .unwrap();
+
+    // The renewal is paid at the cycle's end, inside the grace: of the 300k left, at most half
+    // and at most 100k carry over (100k); the other 200k expire.
+    app.advance(chrono::Duration::days(27));
+    let renewal = event(
+        "evt_t_in2",
+        "invoice.paid",
+        invoice_paid(
+            "in_t2",
+            "sub_t",
+            "subscription_cycle",
+            "price_plan_28day",
+            t0 + 28 * DAY,
+            t0 + 56 * DAY,
+            None,
+            "cus_user-t",
+        ),
+    );
+    assert_eq!(send(addr, &renewal).await, 200);
+
+    assert_eq!(outcome(&app, "evt_t_in2").await, ("credited".into(), 1));
+    assert_eq!(balance(&app, "user-t").await, 100_000 + 375_000);
+    let rolled: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT carried_tokens, -token_amount FROM token_transactions \
+         WHERE transaction_type = 'expiry' AND source = 'rollover'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rolled, vec![(100_000, 200_000)]);
+    let mut after = lot_terms(&lots(&app, "user-t").await);
+    after.sort_by_key(|l| l.1);
+    assert_eq!(
+        after,
+        vec![
+            (pb::LotSource::Rollover, 100_000, Some(t0 + 57 * DAY), -5),
+            (pb::LotSource::Drip, 375_000, Some(t0 + 57 * DAY), -5),
+        ],
+        "the carried tokens expire with the new cycle"
+    );
+
+    // Stripe redelivers the renewal, and the first invoice: replays, nothing credited or
+    // rolled over twice.
+    assert_eq!(send(addr, &renewal).await, 200);
+    assert_eq!(send(addr, &first_invoice).await, 200);
+    assert_eq!(outcome(&app, "evt_t_in2").await, ("replayed".into(), 2));
+    assert_eq!(outcome(&app, "evt_t_in1").await.0, "replayed");
+    assert_eq!(balance(&app, "user-t").await, 100_000 + 375_000);
+    assert_eq!(
+        app.count("SELECT count(*) FROM token_transactions WHERE transaction_type = 'expiry'")
+            .await,
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) FROM token_drips").await, 2);
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn an_annual_plan_expiring_at_its_period_end_is_granted_by_its_invoice_not_its_checkout() {
+    let (app, addr) = app_with_terms().await;
+    let t0 = now();
+    let checkout = event(
+        "evt_y_cs",
+        "checkout.session.completed",
+        subscription_checkout("cs_y", "sub_y", "in_y1", "user-y", "plan_annual", t0),
+    );
+    let invoice = event(
+        "evt_y_in1",
+        "invoice.paid",
+        invoice_paid(
+            "in_y1",
+            "sub_y",
+            "subscription_create",
+            "price_plan_annual",
+            t0,
+            t0 + 365 * DAY,
+            None,
+            "cus_user-y",
+        ),
+    );
+
+    // The checkout carries no period: it only records whose subscription this is.
+    assert_eq!(send(addr, &checkout).await, 200);
+    assert_eq!(outcome(&app, "evt_y_cs").await.0, "recorded");
+    assert_eq!(balance(&app, "user-y").await, 0);
+    // Its invoice does, and grants the year until 12 hours past its end, once.
+    assert_eq!(send(addr, &invoice).await, 200);
+    assert_eq!(send(addr, &invoice).await, 200);
+    assert_eq!(send(addr, &checkout).await, 200);
+
+    assert_eq!(outcome(&app, "evt_y_in1").await, ("replayed".into(), 2));
+    assert_eq!(balance(&app, "user-y").await, 5_000_000);
+    assert_eq!(
+        lot_terms(&lots(&app, "user-y").await),
+        vec![(
+            pb::LotSource::Grant,
+            5_000_000,
+            Some(t0 + 365 * DAY + DAY / 2),
+            0
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_pack_is_credited_with_its_catalog_priority_and_no_expiry() {
+    let (app, addr) = app_with_terms().await;
+    let e = event(
+        "evt_p",
+        "checkout.session.completed",
+        pack_checkout("cs_p", "pi_p", "user-p", "pack_late", 9_900),
+    );
+
+    assert_eq!(send(addr, &e).await, 200);
+    assert_eq!(send(addr, &e).await, 200);
+
+    assert_eq!(outcome(&app, "evt_p").await, ("replayed".into(), 2));
+    assert_eq!(
+        lot_terms(&lots(&app, "user-p").await),
+        vec![(pb::LotSource::Purchase, 2_000_000, None, 10)]
     );
 }

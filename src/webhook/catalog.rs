@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
+use chrono::Duration;
 use serde::Deserialize;
 
 use super::event::{CheckoutSession, Invoice, InvoiceLine};
-use crate::domain::TOKENS_MAX;
+use crate::domain::{RolloverPolicy, PRIORITY_MAX, PRIORITY_MIN, TOKENS_MAX};
 
 /// The built-in example catalog, used when no catalog file is configured.
 pub const EXAMPLE_CATALOG: &str = include_str!("../../catalog.example.toml");
@@ -26,30 +27,197 @@ pub enum ProductKind {
     Pack,
 }
 
-/// One product.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Longest accepted `grace`. Past a month it is no grace but a second allotment: a 28-day
+/// cycle's tokens would outlive the next cycle.
+pub const GRACE_MAX: Duration = Duration::days(31);
+
+/// When a product's tokens expire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Expires {
+    /// Never (`expires = "never"`, the default).
+    #[default]
+    Never,
+    /// At the end of the period the payment is for (a drip's cycle, an annual invoice's year),
+    /// plus `grace` (`expires = "period_end"`).
+    PeriodEnd { grace: Duration },
+}
+
+/// One product, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product {
     /// The catalog name, also accepted as `metadata.pack` / `metadata.product` on a checkout.
     pub name: String,
     pub kind: ProductKind,
     /// Tokens per purchase, per year (annual) or per cycle (drip).
     pub tokens: i64,
-    #[serde(default)]
     pub price_ids: Vec<String>,
-    #[serde(default)]
     pub lookup_keys: Vec<String>,
     /// The price in cents. Only used to recognise a product when an event names no price id,
     /// lookup key or product (and only when exactly one product of the right kinds has it).
-    #[serde(default)]
     pub amount_cents: Option<i64>,
+    /// When its tokens expire. Never for a pack (it pays for no period).
+    pub expires: Expires,
+    /// Burn order of its tokens among the user's others: lower burns first.
+    pub priority: i32,
+    /// Drips only: what the previous cycle carries into the one a paid renewal starts. `None`:
+    /// previous cycles run to their own expiry.
+    pub rollover: Option<RolloverPolicy>,
+}
+
+/// A `[[product]]` as written. Numbers are read wide and strings loosely, so that an
+/// out-of-range or misspelt value is refused by `Product::check` with a message naming the
+/// product and the key, not by the TOML parser.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProductEntry {
+    name: String,
+    kind: ProductKind,
+    tokens: i64,
+    #[serde(default)]
+    price_ids: Vec<String>,
+    #[serde(default)]
+    lookup_keys: Vec<String>,
+    #[serde(default)]
+    amount_cents: Option<i64>,
+    #[serde(default)]
+    expires: Option<String>,
+    #[serde(default)]
+    grace: Option<String>,
+    #[serde(default)]
+    rollover_max: Option<i64>,
+    #[serde(default)]
+    rollover_max_percent: Option<i64>,
+    #[serde(default)]
+    priority: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CatalogFile {
     #[serde(rename = "product")]
-    products: Vec<Product>,
+    products: Vec<ProductEntry>,
+}
+
+impl Product {
+    /// Checks one entry; the error names the key (the caller adds the product).
+    fn check(e: ProductEntry) -> Result<Self, String> {
+        if !(1..=TOKENS_MAX).contains(&e.tokens) {
+            return Err(format!("tokens must be between 1 and {TOKENS_MAX}"));
+        }
+        let period_end = match e.expires.as_deref() {
+            None | Some("never") => false,
+            Some("period_end") if e.kind == ProductKind::Pack => {
+                return Err(
+                    "expires = \"period_end\" is for subscriptions (kind \"drip\" or \"annual\"): a pack pays for no period".into(),
+                )
+            }
+            Some("period_end") => true,
+            Some(other) => {
+                return Err(format!(
+                    "expires = {other:?}: must be \"never\" or \"period_end\""
+                ))
+            }
+        };
+        let expires =
+            match (period_end, e.grace.as_deref()) {
+                (false, None) => Expires::Never,
+                (false, Some(_)) => return Err(
+                    "grace needs expires = \"period_end\" (tokens that never expire need no grace)"
+                        .into(),
+                ),
+                (true, grace) => Expires::PeriodEnd {
+                    grace: grace.map_or(Ok(Duration::zero()), parse_grace)?,
+                },
+            };
+        let rollover = match (e.rollover_max, e.rollover_max_percent) {
+            (None, None) => None,
+            (max, pct) => {
+                let key = if max.is_some() {
+                    "rollover_max"
+                } else {
+                    "rollover_max_percent"
+                };
+                if e.kind != ProductKind::Drip {
+                    return Err(format!(
+                        "{key} is only for kind = \"drip\": a rollover carries one 28-day cycle into the next"
+                    ));
+                }
+                // The carried tokens expire with the new cycle; with no expiry they would never
+                // expire (a rollover lot is not rolled over again) and pile up cycle after cycle.
+                if !period_end {
+                    return Err(format!(
+                        "{key} needs expires = \"period_end\": carried tokens expire with the new cycle, so without an expiry they would never expire"
+                    ));
+                }
+                if let Some(max) = max.filter(|m| !(0..=TOKENS_MAX).contains(m)) {
+                    return Err(format!(
+                        "rollover_max = {max}: must be between 0 and {TOKENS_MAX} tokens"
+                    ));
+                }
+                if let Some(pct) = pct.filter(|p| !(0..=100).contains(p)) {
+                    return Err(format!(
+                        "rollover_max_percent = {pct}: must be between 0 and 100"
+                    ));
+                }
+                Some(RolloverPolicy {
+                    max_tokens: max,
+                    // In 0..=100: checked just above.
+                    max_percent: pct.map(|p| p as u32),
+                })
+            }
+        };
+        let priority = e.priority.unwrap_or(0);
+        let priority = i32::try_from(priority)
+            .ok()
+            .filter(|p| (PRIORITY_MIN..=PRIORITY_MAX).contains(p))
+            .ok_or_else(|| {
+                format!(
+                    "priority = {priority}: must be between {PRIORITY_MIN} and {PRIORITY_MAX} (lower burns first)"
+                )
+            })?;
+        Ok(Self {
+            name: e.name,
+            kind: e.kind,
+            tokens: e.tokens,
+            price_ids: e.price_ids,
+            lookup_keys: e.lookup_keys,
+            amount_cents: e.amount_cents,
+            expires,
+            priority,
+            rollover,
+        })
+    }
+}
+
+/// A `grace` value: a whole number and one unit, `d` (days), `h` (hours) or `m` (minutes), at
+/// most `GRACE_MAX`. One unit, no fractions: `"36h"`, not `"1d12h"` or `"1.5d"`.
+fn parse_grace(text: &str) -> Result<Duration, String> {
+    let malformed = || {
+        format!(
+            "grace = {text:?}: expected a whole number of days, hours or minutes, like \"3d\", \"12h\" or \"30m\""
+        )
+    };
+    let Some(unit) = text.chars().last() else {
+        return Err(malformed());
+    };
+    let number = &text[..text.len() - unit.len_utf8()];
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed());
+    }
+    let n: i64 = number.parse().map_err(|_| malformed())?;
+    let grace = match unit {
+        'd' => Duration::try_days(n),
+        'h' => Duration::try_hours(n),
+        'm' => Duration::try_minutes(n),
+        _ => return Err(malformed()),
+    };
+    match grace {
+        Some(g) if g <= GRACE_MAX => Ok(g),
+        _ => Err(format!(
+            "grace = {text:?}: must be at most {} days",
+            GRACE_MAX.num_days()
+        )),
+    }
 }
 
 /// Products indexed by price id, lookup key and name.
@@ -68,14 +236,16 @@ impl Catalog {
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let file: CatalogFile = toml::from_str(text)?;
+        let products = file
+            .products
+            .into_iter()
+            .map(|e| {
+                let name = e.name.clone();
+                Product::check(e).map_err(|why| anyhow!("product {name:?}: {why}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let mut by_key = HashMap::new();
-        for (i, p) in file.products.iter().enumerate() {
-            if !(1..=TOKENS_MAX).contains(&p.tokens) {
-                bail!(
-                    "product {:?}: tokens must be between 1 and {TOKENS_MAX}",
-                    p.name
-                );
-            }
+        for (i, p) in products.iter().enumerate() {
             let keys = std::iter::once(&p.name)
                 .chain(&p.price_ids)
                 .chain(&p.lookup_keys);
@@ -85,16 +255,13 @@ impl Catalog {
                 if let Some(other) = by_key.insert(key.clone(), i).filter(|other| *other != i) {
                     bail!(
                         "{key:?} names two products: {:?} and {:?}",
-                        file.products[other].name,
+                        products[other].name,
                         p.name
                     );
                 }
             }
         }
-        Ok(Self {
-            products: file.products,
-            by_key,
-        })
+        Ok(Self { products, by_key })
     }
 
     /// The product a price id, lookup key or catalog name stands for.
@@ -242,6 +409,267 @@ mod tests {
                 .unwrap()
                 .tokens,
             2_000_000
+        );
+    }
+
+    /// The catalog of one product of `kind` with `extra` keys.
+    fn one(kind: &str, extra: &str) -> anyhow::Result<Product> {
+        let text = format!("[[product]]\nname = \"p\"\nkind = \"{kind}\"\ntokens = 100\n{extra}\n");
+        Catalog::parse(&text).map(|c| c.products()[0].clone())
+    }
+
+    fn refusal(kind: &str, extra: &str) -> String {
+        format!("{:#}", one(kind, extra).unwrap_err())
+    }
+
+    #[test]
+    fn the_example_catalog_expires_nothing_and_rolls_nothing_over() {
+        let c = Catalog::parse(EXAMPLE_CATALOG).unwrap();
+        for p in c.products() {
+            assert_eq!(
+                (p.expires, p.priority, p.rollover),
+                (Expires::Never, 0, None),
+                "{}",
+                p.name
+            );
+        }
+    }
+
+    #[test]
+    fn the_example_catalogs_commented_out_terms_load() {
+        // What the example shows, commented out, for the 28-day plan: uncommented, it loads.
+        let text = EXAMPLE_CATALOG
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|rest| {
+                        rest.split_once(" = ").is_some_and(|(key, _)| {
+                            !key.is_empty()
+                                && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                        })
+                    })
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Catalog::parse(&text).unwrap();
+        let drip = c.resolve("vision_pro_28day").unwrap();
+        assert_eq!(
+            drip.expires,
+            Expires::PeriodEnd {
+                grace: Duration::days(1)
+            }
+        );
+        assert_eq!(
+            drip.rollover,
+            Some(RolloverPolicy {
+                max_tokens: None,
+                max_percent: Some(100)
+            })
+        );
+    }
+
+    #[test]
+    fn a_drip_may_expire_at_its_period_end_with_grace_and_rollover() {
+        let p = one(
+            "drip",
+            "expires = \"period_end\"\ngrace = \"12h\"\nrollover_max = 50_000\nrollover_max_percent = 50\npriority = -10",
+        )
+        .unwrap();
+        assert_eq!(
+            p.expires,
+            Expires::PeriodEnd {
+                grace: Duration::hours(12)
+            }
+        );
+        assert_eq!(
+            p.rollover,
+            Some(RolloverPolicy {
+                max_tokens: Some(50_000),
+                max_percent: Some(50)
+            })
+        );
+        assert_eq!(p.priority, -10);
+        let annual = one("annual", "expires = \"period_end\"").unwrap();
+        assert_eq!(
+            annual.expires,
+            Expires::PeriodEnd {
+                grace: Duration::zero()
+            },
+            "no grace: at the period end"
+        );
+        assert_eq!(annual.rollover, None);
+        assert_eq!(
+            one("pack", "expires = \"never\"\npriority = 1000")
+                .unwrap()
+                .expires,
+            Expires::Never
+        );
+    }
+
+    #[test]
+    fn grace_is_a_whole_number_of_days_hours_or_minutes_up_to_the_limit() {
+        for (text, grace) in [
+            ("0d", Duration::zero()),
+            ("3d", Duration::days(3)),
+            ("12h", Duration::hours(12)),
+            ("30m", Duration::minutes(30)),
+            ("31d", GRACE_MAX),
+            ("744h", GRACE_MAX),
+        ] {
+            assert_eq!(parse_grace(text), Ok(grace), "{text}");
+        }
+        for text in [
+            "",
+            "d",
+            "3",
+            "3s",
+            "3 d",
+            " 3d",
+            "-3d",
+            "+3d",
+            "1.5d",
+            "1d12h",
+            "3D",
+            "3dé",
+            "é",
+            "99999999999999999999d",
+        ] {
+            assert!(
+                parse_grace(text)
+                    .unwrap_err()
+                    .contains("expected a whole number"),
+                "{text:?}"
+            );
+        }
+        for text in ["32d", "745h", "44641m", "9223372036854775807d"] {
+            assert!(
+                parse_grace(text).unwrap_err().contains("at most 31 days"),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn terms_that_do_not_fit_the_product_are_refused_naming_the_product_and_key() {
+        for (kind, extra, says) in [
+            (
+                "pack",
+                "expires = \"period_end\"",
+                "expires = \"period_end\" is for subscriptions",
+            ),
+            (
+                "drip",
+                "expires = \"cycle_end\"",
+                "expires = \"cycle_end\": must be",
+            ),
+            (
+                "drip",
+                "grace = \"1d\"",
+                "grace needs expires = \"period_end\"",
+            ),
+            (
+                "drip",
+                "expires = \"never\"\ngrace = \"1d\"",
+                "grace needs expires",
+            ),
+            (
+                "drip",
+                "expires = \"period_end\"\ngrace = \"1w\"",
+                "grace = \"1w\": expected",
+            ),
+            (
+                "drip",
+                "expires = \"period_end\"\ngrace = \"40d\"",
+                "grace = \"40d\": must be at most 31 days",
+            ),
+            (
+                "annual",
+                "expires = \"period_end\"\nrollover_max = 1",
+                "rollover_max is only for kind = \"drip\"",
+            ),
+            (
+                "pack",
+                "rollover_max_percent = 50",
+                "rollover_max_percent is only for kind = \"drip\"",
+            ),
+            (
+                "drip",
+                "rollover_max_percent = 50",
+                "rollover_max_percent needs expires = \"period_end\"",
+            ),
+            (
+                "drip",
+                "expires = \"period_end\"\nrollover_max = -1",
+                "rollover_max = -1: must be between 0 and",
+            ),
+            (
+                "drip",
+                "expires = \"period_end\"\nrollover_max_percent = 101",
+                "rollover_max_percent = 101: must be between 0 and 100",
+            ),
+            (
+                "drip",
+                "expires = \"period_end\"\nrollover_max_percent = -1",
+                "rollover_max_percent = -1",
+            ),
+            (
+                "drip",
+                "priority = 1001",
+                "priority = 1001: must be between -1000 and 1000",
+            ),
+            ("pack", "priority = -1001", "priority = -1001"),
+            ("pack", "priority = 9999999999", "priority = 9999999999"),
+        ] {
+            let error = refusal(kind, extra);
+            assert!(
+                error.starts_with("product \"p\": ") && error.contains(says),
+                "{kind} with {extra:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_limits_of_each_term_are_accepted() {
+        let p = one(
+            "drip",
+            "expires = \"period_end\"\nrollover_max = 0\nrollover_max_percent = 100\npriority = -1000",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.rollover, p.priority),
+            (
+                Some(RolloverPolicy {
+                    max_tokens: Some(0),
+                    max_percent: Some(100)
+                }),
+                -1000
+            )
+        );
+        let p = one(
+            "drip",
+            &format!(
+                "expires = \"period_end\"\nrollover_max = {TOKENS_MAX}\nrollover_max_percent = 0"
+            ),
+        )
+        .unwrap();
+        assert_eq!(p.rollover.unwrap().max_tokens, Some(TOKENS_MAX));
+        assert!(refusal(
+            "drip",
+            &format!(
+                "expires = \"period_end\"\nrollover_max = {}",
+                TOKENS_MAX + 1
+            )
+        )
+        .contains("rollover_max"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let error = refusal("drip", "expires = \"period_end\"\nrollover_percent = 50");
+        assert!(
+            error.contains("unknown field `rollover_percent`"),
+            "{error}"
         );
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 
-use super::catalog::{Catalog, Product, ProductKind};
+use super::catalog::{Catalog, Expires, Product, ProductKind};
 use super::event::{self, CheckoutSession, Envelope, Invoice};
 use super::ledger_port::{answer, Answer, LedgerPort};
 use super::outcome::{EventOutcome, Fail};
@@ -88,6 +88,32 @@ impl Done {
 /// sender's to choose), or `None` when it does not fit an i64.
 fn first_cycle_end(start: i64) -> Option<i64> {
     start.checked_add(ChronoDuration::days(DRIP_CYCLE_DAYS).num_seconds())
+}
+
+/// When the tokens of `product` paid for a period ending at `period_end` (unix seconds) expire;
+/// `Ok(None)`: never. Computed from the event and the catalog alone, so a redelivery builds the
+/// same request (the ledger's idempotency fingerprint includes the expiry).
+fn expires_at(
+    product: &Product,
+    period_end: Option<i64>,
+    what: &str,
+) -> Result<Option<prost_types::Timestamp>, Fail> {
+    let Expires::PeriodEnd { grace } = product.expires else {
+        return Ok(None);
+    };
+    let Some(end) = period_end else {
+        return Err(Fail::malformed(format!(
+            "{what} has no period end, and catalog product {} expires at its period end",
+            product.name
+        )));
+    };
+    let Some(at) = end.checked_add(grace.num_seconds()) else {
+        return Err(Fail::malformed(format!(
+            "{what} ends at {end}: no timestamp holds that plus a grace of {} s",
+            grace.num_seconds()
+        )));
+    };
+    Ok(ts(at))
 }
 
 fn ts(secs: i64) -> Option<prost_types::Timestamp> {
@@ -260,7 +286,9 @@ impl Processor {
             stripe_payment_intent_id: payment_intent.clone(),
             stripe_checkout_session_id: session.id.clone(),
             pack: product.name.clone(),
-            ..Default::default()
+            // A pack pays for no period: the catalog refuses any expiry but "never".
+            expires_at: None,
+            priority: product.priority,
         };
         let what = format!(
             "{} ({} tokens) for payment intent {payment_intent}",
@@ -342,7 +370,18 @@ impl Processor {
         };
         match product.kind {
             ProductKind::Annual => match &session.invoice {
-                Some(invoice) => self.grant_annual(&user, product, &sub, invoice).await,
+                // The session carries no period, so tokens that expire at the period's end wait
+                // for the invoice, whose line has it (one grant either way: the key is the
+                // invoice's).
+                Some(_) if product.expires != Expires::Never => {
+                    let mut done = Done::new(
+                        EventOutcome::Recorded,
+                        format!("subscription {sub} belongs to {user}; {} expires at its period end, which only its invoice (invoice.paid) carries, so that credits it", product.name),
+                    );
+                    done.user_id = Some(user);
+                    Ok(done)
+                }
+                Some(invoice) => self.grant_annual(&user, product, &sub, invoice, None).await,
                 None => {
                     let mut done = Done::new(
                         EventOutcome::Recorded,
@@ -353,7 +392,9 @@ impl Processor {
                 }
             },
             ProductKind::Drip => {
-                // The session has no billing period: the cycle starts at checkout.
+                // The session has no billing period: the cycle starts at checkout (and tokens
+                // that expire at the period's end expire 28 days on; if the invoice twin credits
+                // the cycle first, its line's period decides instead).
                 let start = session.created.unwrap_or_else(|| Utc::now().timestamp());
                 let Some(end) = first_cycle_end(start) else {
                     return Err(Fail::new(
@@ -388,7 +429,9 @@ impl Processor {
         product: &Product,
         sub: &str,
         invoice: &str,
+        period_end: Option<i64>,
     ) -> Result<Done, Fail> {
+        let expires_at = expires_at(product, period_end, &format!("invoice {invoice}"))?;
         let request = pb::GrantRequest {
             user_id: user.to_string(),
             tokens: product.tokens,
@@ -397,7 +440,8 @@ impl Processor {
             reason: format!("annual subscription {}", product.name),
             stripe_subscription_id: sub.to_string(),
             stripe_invoice_id: invoice.to_string(),
-            ..Default::default()
+            expires_at,
+            priority: product.priority,
         };
         let what = format!(
             "{} ({} tokens) for invoice {invoice}",
@@ -438,6 +482,11 @@ impl Processor {
             (false, Some(invoice)) => format!("stripe:drip:{sub}:{invoice}"),
             (false, None) => format!("stripe:drip:{sub}:{period_start}"),
         };
+        let expires_at = expires_at(
+            product,
+            Some(period_end),
+            &format!("subscription {sub} cycle starting {period_start}"),
+        )?;
         let request = pb::DripRequest {
             user_id: user.to_string(),
             tokens: product.tokens,
@@ -446,7 +495,12 @@ impl Processor {
             stripe_invoice_id: invoice.unwrap_or_default().to_string(),
             period_start: ts(period_start),
             period_end: ts(period_end),
-            ..Default::default()
+            expires_at,
+            priority: product.priority,
+            rollover: product.rollover.map(|r| pb::Rollover {
+                max_tokens: r.max_tokens,
+                max_percent: r.max_percent,
+            }),
         };
         let what = format!(
             "{} ({} tokens) for subscription {sub} cycle starting {period_start}",
@@ -536,7 +590,11 @@ impl Processor {
             self.store.link_customer(customer, &user).await?;
         }
         match product.kind {
-            ProductKind::Annual => self.grant_annual(&user, product, &sub, &inv.id).await,
+            ProductKind::Annual => {
+                let period_end = line.and_then(|l| l.period_end);
+                self.grant_annual(&user, product, &sub, &inv.id, period_end)
+                    .await
+            }
             ProductKind::Drip => {
                 let (Some(start), Some(end)) = (
                     line.and_then(|l| l.period_start),
@@ -840,6 +898,38 @@ mod tests {
             2_000_000,
             "nothing paid: the whole purchase"
         );
+    }
+
+    fn product(expires: Expires) -> Product {
+        Product {
+            name: "plan".into(),
+            kind: ProductKind::Drip,
+            tokens: 375_000,
+            price_ids: Vec::new(),
+            lookup_keys: Vec::new(),
+            amount_cents: None,
+            expires,
+            priority: 0,
+            rollover: None,
+        }
+    }
+
+    #[test]
+    fn tokens_expire_at_their_period_end_plus_grace_or_never() {
+        let day = ChronoDuration::days(1);
+        let never = product(Expires::Never);
+        assert_eq!(expires_at(&never, Some(100), "invoice in_1").unwrap(), None);
+        assert_eq!(expires_at(&never, None, "invoice in_1").unwrap(), None);
+        let graced = product(Expires::PeriodEnd { grace: day });
+        assert_eq!(
+            expires_at(&graced, Some(100), "invoice in_1").unwrap(),
+            ts(100 + 86_400)
+        );
+        let no_period = expires_at(&graced, None, "invoice in_1").unwrap_err();
+        assert_eq!(no_period.outcome, EventOutcome::Malformed);
+        assert!(no_period.detail.contains("invoice in_1 has no period end"));
+        let overflow = expires_at(&graced, Some(i64::MAX - 10), "invoice in_1").unwrap_err();
+        assert_eq!(overflow.outcome, EventOutcome::Malformed);
     }
 
     #[test]

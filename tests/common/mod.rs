@@ -368,8 +368,11 @@ pub struct TestOptions {
     /// Overrides the database URL the server uses (e.g. through a proxy).
     pub database_url: Option<String>,
     pub health_check_interval: Duration,
-    /// Host the Stripe webhook in process (secret `WEBHOOK_SECRET`, the example catalog).
+    /// Host the Stripe webhook in process (secret `WEBHOOK_SECRET`, the example catalog unless
+    /// `catalog` names another).
     pub webhook: bool,
+    /// The hosted webhook's product catalog; `None`: the example catalog.
+    pub catalog: Option<token_ledger::webhook::catalog::Catalog>,
     pub jwt: Option<token_ledger::jwt::JwtVerifier>,
     pub cors_origins: Vec<String>,
     pub write: token_ledger::ledger::WriteConfig,
@@ -395,6 +398,7 @@ impl Default for TestOptions {
             database_url: None,
             health_check_interval: Duration::from_millis(100),
             webhook: false,
+            catalog: None,
             jwt: None,
             cors_origins: Vec::new(),
             write: token_ledger::ledger::WriteConfig::default(),
@@ -456,7 +460,7 @@ impl TestApp {
                 .with_webhook(
                     "127.0.0.1:0".parse().unwrap(),
                     webhook_config(),
-                    example_catalog(),
+                    options.catalog.unwrap_or_else(example_catalog),
                 )
                 .await
                 .unwrap();
