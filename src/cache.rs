@@ -46,14 +46,17 @@ impl BalanceCache {
             .and_then(|m| m.get(user_id).cloned())
     }
 
-    /// Stores `balance` unless a newer one (higher `transaction_count`, the account's last_seq)
-    /// is already there.
+    /// Stores `balance` unless one at least as new is already there: newer means a higher
+    /// `transaction_count` (the account's last_seq), or the same count and a later `updated_at`
+    /// (a hold write moves `held` without a journal row).
     pub fn offer(&self, user_id: &str, balance: Balance) {
         let Ok(mut map) = self.shard(user_id).write() else {
             return;
         };
         if let Some(existing) = map.get(user_id) {
-            if existing.transaction_count >= balance.transaction_count {
+            let newer = (balance.transaction_count, balance.updated_at)
+                > (existing.transaction_count, existing.updated_at);
+            if !newer {
                 return;
             }
         } else if map.len() >= self.shard_entries_max {

@@ -672,3 +672,36 @@ async fn the_cli_reserves_commits_releases_and_lists() {
     assert_eq!(balance["held"], 0);
     assert_eq!(balance["next_expiry"]["tokens"], 880);
 }
+
+#[tokio::test]
+async fn the_balance_cache_follows_holds_and_expiry() {
+    let app = TestApp::spawn_with(TestOptions {
+        write: token_ledger::ledger::WriteConfig {
+            balance_cache: true,
+            ..Default::default()
+        },
+        ..TestOptions::default()
+    })
+    .await;
+    let mut c = app.client().await;
+    grant_with(
+        &mut c,
+        "u",
+        600,
+        "a",
+        Some(Utc::now() + Duration::hours(1)),
+        0,
+    )
+    .await;
+    grant_with(&mut c, "u", 400, "b", None, 0).await;
+    assert_eq!(figures(&mut c, "u").await, (1000, 0, 1000));
+    // A hold moves no journal row: the cached figures must follow it anyway.
+    let hold = reserve(&mut c, "u", 300, "r", 7200).await.unwrap();
+    assert_eq!(figures(&mut c, "u").await, (1000, 300, 700));
+    release(&mut c, &hold.hold_id).await;
+    assert_eq!(figures(&mut c, "u").await, (1000, 0, 1000));
+    // Past the lot's expiry, a cached balance is not served.
+    app.advance(Duration::hours(2));
+    assert_eq!(figures(&mut c, "u").await, (400, 0, 400));
+    app.assert_verified().await;
+}

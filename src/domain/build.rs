@@ -481,7 +481,7 @@ impl CommitHold {
     }
 }
 
-/// ReleaseHold: end a hold unused. Idempotent by its nature: the key is the hold's own.
+/// ReleaseHold: end a hold unused. Idempotent by its nature (a released hold stays released).
 #[derive(Debug, Clone)]
 pub struct ReleaseHold {
     pub user_id: String,
@@ -492,13 +492,14 @@ impl ReleaseHold {
     pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
         let mut v = Violations::default();
         let hold = hold_id(&mut v, &self.hold_id);
+        // Idempotent by the hold's state: a key of the ledger's own, never stored.
         let common = CommonChecked {
             user_id: v.check(UserId::parse("user_id", self.user_id)),
             tokens: Some(Tokens::ZERO),
-            idempotency_key: Some(IdempotencyKey::parse(format!(
-                "hold:{}:release",
+            idempotency_key: Some(IdempotencyKey::transient(format!(
+                "release:{}",
                 self.hold_id
-            ))?),
+            ))),
         };
         let details = hold.map(|hold_id| WriteDetails::ReleaseHold { hold_id });
         common.finish(v, created_by, details)

@@ -238,7 +238,11 @@ impl Ledger {
             return self.store.balance(user_id).await;
         };
         if let Some(balance) = cache.get(user_id.as_str()) {
-            return Ok(balance);
+            // Kept only until something of the account expires or lapses by itself.
+            let now = self.store.clock().now();
+            if balance.settle_at.is_none_or(|t| now < t) {
+                return Ok(balance);
+            }
         }
         let balance = self.store.balance(user_id).await?;
         cache.offer(user_id.as_str(), balance.clone());
