@@ -224,17 +224,28 @@ pub async fn commit_hold(a: CommitHoldArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn release_hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
-    let mut c = Client::connect(&a.client).await?;
-    let req = c.request(pb::ReleaseHoldRequest { hold_id: a.hold_id });
-    match c.inner.release_hold(req).await {
-        Ok(r) => {
-            let r = r.into_inner();
-            print_hold(&c, &r.hold.unwrap_or_default(), r.balance, r.available);
+/// Prints a hold write's answer: the hold, and the balance and available after it.
+fn hold_answer(
+    c: &Client,
+    answer: Result<(Option<pb::Hold>, i64, i64), tonic::Status>,
+) -> anyhow::Result<ExitCode> {
+    match answer {
+        Ok((hold, balance, available)) => {
+            print_hold(c, &hold.unwrap_or_default(), balance, available);
             Ok(ExitCode::SUCCESS)
         }
         Err(status) => report_status(status),
     }
+}
+
+pub async fn release_hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::ReleaseHoldRequest { hold_id: a.hold_id });
+    let answer = c.inner.release_hold(req).await.map(|r| {
+        let r = r.into_inner();
+        (r.hold, r.balance, r.available)
+    });
+    hold_answer(&c, answer)
 }
 
 pub async fn extend_hold(a: ExtendHoldArgs) -> anyhow::Result<ExitCode> {
@@ -245,14 +256,11 @@ pub async fn extend_hold(a: ExtendHoldArgs) -> anyhow::Result<ExitCode> {
         add_tokens: a.add_tokens,
         idempotency_key: key(&a.idempotency_key),
     });
-    match c.inner.extend_hold(req).await {
-        Ok(r) => {
-            let r = r.into_inner();
-            print_hold(&c, &r.hold.unwrap_or_default(), r.balance, r.available);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(status) => report_status(status),
-    }
+    let answer = c.inner.extend_hold(req).await.map(|r| {
+        let r = r.into_inner();
+        (r.hold, r.balance, r.available)
+    });
+    hold_answer(&c, answer)
 }
 
 pub async fn holds(a: ListArgs) -> anyhow::Result<ExitCode> {

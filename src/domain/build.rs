@@ -405,6 +405,21 @@ fn hold_id(v: &mut Violations, value: &str) -> Option<EntryId> {
     v.check(EntryId::parse("hold_id", value))
 }
 
+/// The common fields of a write on an existing hold, whose token count may be zero.
+fn hold_common(
+    v: &mut Violations,
+    user_id: String,
+    tokens_field: &'static str,
+    tokens: i64,
+    idempotency_key: String,
+) -> CommonChecked {
+    CommonChecked {
+        user_id: v.check(UserId::parse("user_id", user_id)),
+        tokens: v.check(Tokens::parse_count(tokens_field, tokens)),
+        idempotency_key: v.check(IdempotencyKey::parse(idempotency_key)),
+    }
+}
+
 /// Reserve: hold tokens for an AI call in flight.
 #[derive(Debug, Clone)]
 pub struct Reserve {
@@ -451,11 +466,13 @@ pub struct CommitHold {
 impl CommitHold {
     pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
         let mut v = Violations::default();
-        let common = CommonChecked {
-            user_id: v.check(UserId::parse("user_id", self.user_id)),
-            tokens: v.check(Tokens::parse_count("tokens", self.tokens)),
-            idempotency_key: v.check(IdempotencyKey::parse(self.idempotency_key)),
-        };
+        let common = hold_common(
+            &mut v,
+            self.user_id,
+            "tokens",
+            self.tokens,
+            self.idempotency_key,
+        );
         let hold_id = hold_id(&mut v, &self.hold_id);
         let model = v.check(optional_text("model", self.model, LABEL_LEN_MAX));
         let feature = v.check(optional_text("feature", self.feature, LABEL_LEN_MAX));
@@ -519,11 +536,13 @@ pub struct ExtendHold {
 impl ExtendHold {
     pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
         let mut v = Violations::default();
-        let common = CommonChecked {
-            user_id: v.check(UserId::parse("user_id", self.user_id)),
-            tokens: v.check(Tokens::parse_count("add_tokens", self.add_tokens)),
-            idempotency_key: v.check(IdempotencyKey::parse(self.idempotency_key)),
-        };
+        let common = hold_common(
+            &mut v,
+            self.user_id,
+            "add_tokens",
+            self.add_tokens,
+            self.idempotency_key,
+        );
         let hold = hold_id(&mut v, &self.hold_id);
         let ttl = hold_ttl(&mut v, self.ttl, None);
         if self.ttl.is_none() && self.add_tokens == 0 {

@@ -219,129 +219,8 @@ impl WriteCommand {
         f.text(self.kind().as_str());
         f.text(self.user_id.as_str());
         f.int(self.tokens.get());
-        match &self.details {
-            WriteDetails::Grant {
-                source,
-                reason,
-                stripe_subscription_id,
-                stripe_invoice_id,
-            } => {
-                f.text(source.as_str());
-                f.opt(reason);
-                f.opt(stripe_subscription_id);
-                f.opt(stripe_invoice_id);
-            }
-            WriteDetails::Deduction {
-                reason,
-                allow_negative,
-            } => {
-                f.text(reason);
-                f.int(i64::from(*allow_negative));
-            }
-            WriteDetails::Purchase {
-                amount_paid_cents,
-                currency,
-                stripe_payment_intent_id,
-                stripe_checkout_session_id,
-                pack,
-            } => {
-                f.int(*amount_paid_cents);
-                f.text(currency);
-                f.text(stripe_payment_intent_id);
-                f.opt(stripe_checkout_session_id);
-                f.opt(pack);
-            }
-            WriteDetails::Drip {
-                stripe_subscription_id,
-                stripe_invoice_id,
-                period_start,
-                period_end,
-            } => {
-                f.text(stripe_subscription_id);
-                f.opt(stripe_invoice_id);
-                f.int(period_start.timestamp_micros());
-                f.int(period_end.timestamp_micros());
-            }
-            WriteDetails::Usage {
-                model,
-                input_tokens,
-                output_tokens,
-                feature,
-            } => {
-                f.opt(model);
-                f.int(*input_tokens);
-                f.int(*output_tokens);
-                f.opt(feature);
-            }
-            WriteDetails::Reversal {
-                original,
-                source,
-                reason,
-                stripe_reference,
-            } => {
-                f.int(original.0);
-                f.text(source.as_str());
-                f.text(reason);
-                f.opt(stripe_reference);
-            }
-            WriteDetails::Expiry {
-                lot_id,
-                carried,
-                carried_to,
-            } => {
-                f.int(*lot_id);
-                f.int(*carried);
-                f.int(carried_to.unwrap_or(0));
-            }
-            WriteDetails::Reserve {
-                ttl,
-                overage,
-                model,
-                feature,
-            } => {
-                f.text("reserve");
-                f.int(ttl.num_milliseconds());
-                f.int(i64::from(*overage == Overage::Cap));
-                f.opt(model);
-                f.opt(feature);
-            }
-            WriteDetails::CommitHold {
-                hold_id,
-                model,
-                input_tokens,
-                output_tokens,
-                feature,
-            } => {
-                f.text("commit_hold");
-                f.int(hold_id.0);
-                f.opt(model);
-                f.int(*input_tokens);
-                f.int(*output_tokens);
-                f.opt(feature);
-            }
-            WriteDetails::ReleaseHold { hold_id } => {
-                f.text("release_hold");
-                f.int(hold_id.0);
-            }
-            WriteDetails::ExtendHold { hold_id, ttl } => {
-                f.text("extend_hold");
-                f.int(hold_id.0);
-                f.int(ttl.map_or(-1, |t| t.num_milliseconds()));
-            }
-            WriteDetails::Settle => f.text("settle"),
-        }
-        // Only terms that differ from the default, so the fingerprints of requests stored
-        // before credits had terms stay what they were.
-        if !self.terms.is_default() {
-            let t = &self.terms;
-            f.text("terms");
-            f.int(t.expires_at.map_or(i64::MIN, |e| e.timestamp_micros()));
-            f.int(i64::from(t.priority));
-            let r = t.rollover.unwrap_or_default();
-            f.int(i64::from(t.rollover.is_some()));
-            f.int(r.max_tokens.unwrap_or(-1));
-            f.int(r.max_percent.map_or(-1, i64::from));
-        }
+        f.details(&self.details);
+        f.terms(&self.terms);
         f.finish()
     }
 }
@@ -367,6 +246,136 @@ impl Fingerprint {
     fn int(&mut self, value: i64) {
         self.0.update(value.to_be_bytes());
     }
+    /// The kind-specific fields of a write.
+    fn details(&mut self, details: &WriteDetails) {
+        match details {
+            WriteDetails::Grant {
+                source,
+                reason,
+                stripe_subscription_id,
+                stripe_invoice_id,
+            } => {
+                self.text(source.as_str());
+                self.opt(reason);
+                self.opt(stripe_subscription_id);
+                self.opt(stripe_invoice_id);
+            }
+            WriteDetails::Deduction {
+                reason,
+                allow_negative,
+            } => {
+                self.text(reason);
+                self.int(i64::from(*allow_negative));
+            }
+            WriteDetails::Purchase {
+                amount_paid_cents,
+                currency,
+                stripe_payment_intent_id,
+                stripe_checkout_session_id,
+                pack,
+            } => {
+                self.int(*amount_paid_cents);
+                self.text(currency);
+                self.text(stripe_payment_intent_id);
+                self.opt(stripe_checkout_session_id);
+                self.opt(pack);
+            }
+            WriteDetails::Drip {
+                stripe_subscription_id,
+                stripe_invoice_id,
+                period_start,
+                period_end,
+            } => {
+                self.text(stripe_subscription_id);
+                self.opt(stripe_invoice_id);
+                self.int(period_start.timestamp_micros());
+                self.int(period_end.timestamp_micros());
+            }
+            WriteDetails::Usage {
+                model,
+                input_tokens,
+                output_tokens,
+                feature,
+            } => {
+                self.opt(model);
+                self.int(*input_tokens);
+                self.int(*output_tokens);
+                self.opt(feature);
+            }
+            WriteDetails::Reversal {
+                original,
+                source,
+                reason,
+                stripe_reference,
+            } => {
+                self.int(original.0);
+                self.text(source.as_str());
+                self.text(reason);
+                self.opt(stripe_reference);
+            }
+            WriteDetails::Expiry {
+                lot_id,
+                carried,
+                carried_to,
+            } => {
+                self.int(*lot_id);
+                self.int(*carried);
+                self.int(carried_to.unwrap_or(0));
+            }
+            WriteDetails::Reserve {
+                ttl,
+                overage,
+                model,
+                feature,
+            } => {
+                self.text("reserve");
+                self.int(ttl.num_milliseconds());
+                self.int(i64::from(*overage == Overage::Cap));
+                self.opt(model);
+                self.opt(feature);
+            }
+            WriteDetails::CommitHold {
+                hold_id,
+                model,
+                input_tokens,
+                output_tokens,
+                feature,
+            } => {
+                self.text("commit_hold");
+                self.int(hold_id.0);
+                self.opt(model);
+                self.int(*input_tokens);
+                self.int(*output_tokens);
+                self.opt(feature);
+            }
+            WriteDetails::ReleaseHold { hold_id } => {
+                self.text("release_hold");
+                self.int(hold_id.0);
+            }
+            WriteDetails::ExtendHold { hold_id, ttl } => {
+                self.text("extend_hold");
+                self.int(hold_id.0);
+                self.int(ttl.map_or(-1, |t| t.num_milliseconds()));
+            }
+            WriteDetails::Settle => self.text("settle"),
+        }
+    }
+
+    /// A credit's terms, only when they differ from the default, so the fingerprints of
+    /// requests stored before credits had terms stay what they were.
+    fn terms(&mut self, terms: &CreditTerms) {
+        if !terms.is_default() {
+            let t = terms;
+            self.text("terms");
+            self.int(t.expires_at.map_or(i64::MIN, |e| e.timestamp_micros()));
+            self.int(i64::from(t.priority));
+            let r = t.rollover.unwrap_or_default();
+            self.int(i64::from(t.rollover.is_some()));
+            self.int(r.max_tokens.unwrap_or(-1));
+            self.int(r.max_percent.map_or(-1, i64::from));
+        }
+    }
+
     fn finish(self) -> [u8; FINGERPRINT_LEN] {
         let digest = self.0.finalize();
         let mut out = [0u8; FINGERPRINT_LEN];

@@ -598,34 +598,26 @@ async fn insert_usage(
     let mut features = Vec::with_capacity(rows.len());
     let mut holds: Vec<Option<i64>> = Vec::with_capacity(rows.len());
     for r in rows {
-        let hold = match &r.cmd.details {
+        let (model, input_tokens, output_tokens, feature, hold) = match &r.cmd.details {
             WriteDetails::Usage {
                 model,
                 input_tokens,
                 output_tokens,
                 feature,
-            } => {
-                models.push(model.clone());
-                inputs.push(*input_tokens);
-                outputs.push(*output_tokens);
-                features.push(feature.clone());
-                None
-            }
+            } => (model, input_tokens, output_tokens, feature, None),
             WriteDetails::CommitHold {
                 hold_id,
                 model,
                 input_tokens,
                 output_tokens,
                 feature,
-            } => {
-                models.push(model.clone());
-                inputs.push(*input_tokens);
-                outputs.push(*output_tokens);
-                features.push(feature.clone());
-                Some(hold_id.0)
-            }
+            } => (model, input_tokens, output_tokens, feature, Some(hold_id.0)),
             _ => continue,
         };
+        models.push(model.clone());
+        inputs.push(*input_tokens);
+        outputs.push(*output_tokens);
+        features.push(feature.clone());
         holds.push(hold);
     }
     let any_hold = holds.iter().any(Option::is_some);

@@ -251,12 +251,25 @@ impl Wallet {
 
     /// Takes `tokens` from the unheld tokens of live lots, `first` (lots to burn before the burn
     /// order: a hold's earmarks) then in burn order; what they cannot cover becomes debt.
-    pub fn debit(&mut self, mut tokens: i64, first: &[i64], now: DateTime<Utc>) {
+    pub fn debit(&mut self, tokens: i64, first: &[i64], now: DateTime<Utc>) {
         let mut order: Vec<usize> = first
             .iter()
             .filter_map(|id| self.lots.iter().position(|l| l.lot_id == *id))
             .collect();
         order.extend(self.burn_order());
+        let left = self.walk_unheld(tokens, order, now, |lot, take| lot.remaining -= take);
+        self.debt += left;
+    }
+
+    /// Takes up to `tokens` of unheld tokens from the live lots in `order`, applying `take` to
+    /// each lot it takes from; answers what it could not take.
+    fn walk_unheld(
+        &mut self,
+        mut tokens: i64,
+        order: Vec<usize>,
+        now: DateTime<Utc>,
+        mut take: impl FnMut(&mut Lot, i64),
+    ) -> i64 {
         for i in order {
             if tokens == 0 {
                 break;
@@ -265,13 +278,13 @@ impl Wallet {
             if !lot.live_at(now) || lot.unheld() == 0 {
                 continue;
             }
-            let take = tokens.min(lot.unheld());
+            let part = tokens.min(lot.unheld());
             let lot_id = lot.lot_id;
             self.mark_lot(lot_id);
-            self.lots[i].remaining -= take;
-            tokens -= take;
+            take(&mut self.lots[i], part);
+            tokens -= part;
         }
-        self.debt += tokens;
+        tokens
     }
 
     /// Pays the debt from unheld tokens of live lots, in burn order.
@@ -289,23 +302,13 @@ impl Wallet {
 
     /// Earmarks `tokens` of unheld live lots in burn order for a hold. The caller has checked
     /// that `available` covers them (so the unheld live tokens do).
-    pub fn earmark(&mut self, mut tokens: i64, now: DateTime<Utc>) -> Vec<(i64, i64)> {
+    pub fn earmark(&mut self, tokens: i64, now: DateTime<Utc>) -> Vec<(i64, i64)> {
         let mut earmarks = Vec::new();
-        for i in self.burn_order() {
-            if tokens == 0 {
-                break;
-            }
-            let lot = &self.lots[i];
-            if !lot.live_at(now) || lot.unheld() == 0 {
-                continue;
-            }
-            let take = tokens.min(lot.unheld());
-            let lot_id = lot.lot_id;
-            self.mark_lot(lot_id);
-            self.lots[i].held += take;
-            earmarks.push((lot_id, take));
-            tokens -= take;
-        }
+        let order = self.burn_order();
+        self.walk_unheld(tokens, order, now, |lot, take| {
+            lot.held += take;
+            earmarks.push((lot.lot_id, take));
+        });
         earmarks
     }
 

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{duration_from_pb, hold_to_pb, lot_to_pb, overage_from_pb};
 use super::{method, Call, LedgerGrpc};
 use crate::auth::Scope;
-use crate::domain::{build, EntryId, Receipt, UserId};
+use crate::domain::{build, Actor, EntryId, Receipt, UserId};
 use crate::error::LedgerError;
 use crate::pb;
 
@@ -14,11 +14,20 @@ use crate::pb;
 const HOLD_WRITERS: &[Scope] = &[Scope::Usage];
 
 impl Call<'_> {
-    /// The owner of the hold a request names (hold writes name no user: the hold knows it).
-    async fn hold_owner(&self, hold_id: &str) -> Result<(EntryId, String), LedgerError> {
+    /// For a write on an existing hold: the caller (who must hold a hold writer's scope), the
+    /// hold's id and its owner (hold writes name no user: the hold knows it).
+    async fn hold_target(&self, hold_id: &str) -> Result<(Actor, EntryId, String), LedgerError> {
+        let caller = self.authorize(HOLD_WRITERS)?;
         let id = EntryId::parse("hold_id", hold_id)?;
         let owner = self.ledger().hold_owner(id).await?;
-        Ok((id, owner))
+        Ok((caller.actor(), id, owner))
+    }
+
+    /// The hold as it is now, for the answer of a release or an extension.
+    async fn hold_view(&self, user_id: String, id: EntryId) -> Result<pb::Hold, LedgerError> {
+        let user_id = UserId::parse("user_id", user_id)?;
+        let hold = self.ledger().hold(&user_id, id).await?;
+        Ok(hold_to_pb(user_id.as_str(), &hold))
     }
 
     /// A hold write's receipt, logged like every write.
@@ -108,8 +117,7 @@ pub(super) async fn commit_hold(
         feature,
     } = request.into_inner();
     call.run(async {
-        let caller = call.authorize(HOLD_WRITERS)?;
-        let (_, user_id) = call.hold_owner(&hold_id).await?;
+        let (actor, _, user_id) = call.hold_target(&hold_id).await?;
         let input = build::CommitHold {
             user_id,
             hold_id,
@@ -120,7 +128,7 @@ pub(super) async fn commit_hold(
             output_tokens,
             feature,
         };
-        let receipt = call.hold_write(input.build(caller.actor())?).await?;
+        let receipt = call.hold_write(input.build(actor)?).await?;
         let hold = hold_of(&receipt)?;
         Ok(pb::CommitHoldResponse {
             transaction_id: receipt.transaction_id.to_string(),
@@ -141,21 +149,14 @@ pub(super) async fn release_hold(
     let call = Call::new(grpc, method::RELEASE_HOLD, &request, "", "");
     let pb::ReleaseHoldRequest { hold_id } = request.into_inner();
     call.run(async {
-        let caller = call.authorize(HOLD_WRITERS)?;
-        let (id, user_id) = call.hold_owner(&hold_id).await?;
+        let (actor, id, user_id) = call.hold_target(&hold_id).await?;
         let input = build::ReleaseHold {
             user_id: user_id.clone(),
             hold_id,
         };
-        let receipt = call.hold_write(input.build(caller.actor())?).await?;
+        let receipt = call.hold_write(input.build(actor)?).await?;
         Ok(pb::ReleaseHoldResponse {
-            hold: Some(hold_to_pb(
-                &user_id,
-                &call
-                    .ledger()
-                    .hold(&UserId::parse("user_id", user_id.clone())?, id)
-                    .await?,
-            )),
+            hold: Some(call.hold_view(user_id, id).await?),
             balance: receipt.balance,
             available: available(&receipt),
         })
@@ -176,8 +177,7 @@ pub(super) async fn extend_hold(
         idempotency_key,
     } = request.into_inner();
     call.run(async {
-        let caller = call.authorize(HOLD_WRITERS)?;
-        let (id, user_id) = call.hold_owner(&hold_id).await?;
+        let (actor, id, user_id) = call.hold_target(&hold_id).await?;
         let input = build::ExtendHold {
             user_id: user_id.clone(),
             hold_id,
@@ -185,15 +185,9 @@ pub(super) async fn extend_hold(
             add_tokens,
             idempotency_key,
         };
-        let receipt = call.hold_write(input.build(caller.actor())?).await?;
+        let receipt = call.hold_write(input.build(actor)?).await?;
         Ok(pb::ExtendHoldResponse {
-            hold: Some(hold_to_pb(
-                &user_id,
-                &call
-                    .ledger()
-                    .hold(&UserId::parse("user_id", user_id.clone())?, id)
-                    .await?,
-            )),
+            hold: Some(call.hold_view(user_id, id).await?),
             balance: receipt.balance,
             available: available(&receipt),
             replayed: receipt.replayed,
