@@ -638,7 +638,6 @@ fn reserve(
         available_after: available - tokens,
     };
     let receipt = hold_receipt(&hold, false);
-    wallet.new_holds.push(hold.hold_id);
     wallet.holds.push(hold);
     let _ = wallet.hold_mut(entry_id.0);
     Ok(Receipt {

@@ -96,6 +96,7 @@ fn reverse(user: &str, tokens: i64, key: &str, original: i64) -> WriteCommand {
 fn fresh_state(writes: &[WriteCommand]) -> BatchState {
     let mut state = BatchState {
         fingerprints: writes.iter().map(WriteCommand::fingerprint).collect(),
+        holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
         ..BatchState::default()
     };
     for cmd in writes {
@@ -544,4 +545,69 @@ fn a_batch_mixing_every_kind_on_two_accounts_matches_one_at_a_time() {
     );
     assert_eq!(staged.rows.len(), 6);
     assert_eq!(staged.released_keys, ["k5", "k6", "k9"]);
+}
+
+fn reserve_cmd(user: &str, tokens: i64, key: &str) -> WriteCommand {
+    crate::domain::build::Reserve {
+        common: common(user, tokens, key),
+        ttl: None,
+        overage: crate::domain::Overage::Reject,
+        model: String::new(),
+        feature: String::new(),
+    }
+    .build(actor())
+    .unwrap()
+}
+
+fn commit_cmd(user: &str, hold: i64, tokens: i64, key: &str) -> WriteCommand {
+    crate::domain::build::CommitHold {
+        user_id: user.into(),
+        hold_id: hold.to_string(),
+        tokens,
+        idempotency_key: key.into(),
+        model: String::new(),
+        input_tokens: 0,
+        output_tokens: 0,
+        feature: String::new(),
+    }
+    .build(actor())
+    .unwrap()
+}
+
+/// Holds are rules like any other: in one batch, in arrival order, a hold takes what a later
+/// deduction could have had, and its commit gives back what it did not use.
+#[test]
+fn a_hold_in_a_batch_is_decided_in_arrival_order() {
+    let writes = vec![
+        grant("u", 100, "k1"),          // id 100
+        reserve_cmd("u", 80, "k2"),     // hold 101
+        deduct("u", 30, "k3"),          // refused: 20 available
+        commit_cmd("u", 101, 50, "k4"), // 50 used, 30 back
+        deduct("u", 30, "k5"),          // 50 available now
+        reserve_cmd("u", 21, "k6"),     // refused: 20 available
+    ];
+    let (outcomes, staged) = evaluate(fresh_state(&writes), &writes, now());
+    assert_eq!(
+        summary(&outcomes),
+        [
+            "ok 100",
+            "ok 100",
+            "insufficient",
+            "ok 50",
+            "ok 20",
+            "insufficient"
+        ]
+    );
+    let hold = outcomes[1].as_ref().unwrap().hold.unwrap();
+    assert_eq!(hold.hold_id, EntryId(101));
+    let committed = outcomes[3].as_ref().unwrap().hold.unwrap();
+    assert_eq!(committed.state, HoldState::Committed);
+    assert_eq!(staged.holds.len(), 1);
+    assert_eq!(staged.holds[0].committed_tokens, Some(50));
+    let account = moved(&staged, "u");
+    assert_eq!((account.balance.balance, account.wallet.held), (20, 0));
+    // The grant's lot: 100 granted, 50 used by the commit, 30 deducted.
+    assert_eq!(staged.lots.len(), 1);
+    assert_eq!(staged.lots[0].1.remaining, 20);
+    assert_eq!(staged.released_keys, ["k3", "k6"]);
 }

@@ -121,7 +121,6 @@ pub struct Wallet {
     /// Lots and holds whose rows must be written back.
     pub changed_lots: Vec<i64>,
     pub changed_holds: Vec<i64>,
-    pub new_holds: Vec<i64>,
 }
 
 impl Wallet {
