@@ -705,3 +705,141 @@ async fn the_balance_cache_follows_holds_and_expiry() {
     assert_eq!(figures(&mut c, "u").await, (400, 0, 400));
     app.assert_verified().await;
 }
+
+#[tokio::test]
+async fn a_commit_spends_its_own_earmarks_even_on_a_lot_that_expired_meanwhile() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    grant_with(
+        &mut c,
+        "u",
+        100,
+        "a",
+        Some(Utc::now() + Duration::hours(1)),
+        0,
+    )
+    .await;
+    grant_with(&mut c, "u", 50, "b", None, 0).await;
+    let hold = reserve(&mut c, "u", 100, "r", 3 * 3600).await.unwrap();
+    app.advance(Duration::hours(2));
+    assert_eq!(figures(&mut c, "u").await, (150, 100, 50));
+    // The call used 60 of its 100: taken from the held lot; the other 40 expire with the hold.
+    let done = commit(&mut c, &hold.hold_id, 60, "c").await.unwrap();
+    assert_eq!((done.balance, done.available), (90, 50));
+    assert_eq!(figures(&mut c, "u").await, (50, 0, 50));
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_commit_takes_the_earmarked_amounts_then_burn_order() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    grant_with(&mut c, "u", 10, "b", None, -10).await;
+    grant_with(&mut c, "u", 1000, "a", None, 0).await;
+    let hold = reserve(&mut c, "u", 20, "r", 600).await.unwrap(); // b:10, a:10
+    grant_with(&mut c, "u", 100, "c", None, -5).await;
+    commit(&mut c, &hold.hold_id, 200, "k").await.unwrap();
+    // 20 from the earmarks, then c (priority -5) 100, then a 80.
+    let l = lots(&mut c, "u").await;
+    let by_priority: Vec<(i32, i64)> = l.iter().map(|l| (l.priority, l.remaining)).collect();
+    assert_eq!(by_priority, vec![(0, 910)]);
+    // The replay answers the original balance and today's available.
+    reserve(&mut c, "u", 500, "r2", 600).await.unwrap();
+    let replay = commit(&mut c, &hold.hold_id, 200, "k").await.unwrap();
+    assert!(replay.replayed);
+    assert_eq!((replay.balance, replay.available), (910, 410));
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn a_fully_held_expired_lot_does_not_keep_the_sweeper_busy() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    grant_with(
+        &mut c,
+        "u",
+        100,
+        "a",
+        Some(Utc::now() + Duration::hours(1)),
+        0,
+    )
+    .await;
+    let hold = reserve(&mut c, "u", 100, "r", 3 * 3600).await.unwrap();
+    app.advance(Duration::hours(2));
+    let ledger = token_ledger::ledger::Ledger::new(app.store.clone());
+    use token_ledger::ledger::sweeper::sweep_once;
+    // Nothing of the lot can expire while its hold holds it all: nothing is due.
+    assert_eq!(sweep_once(&ledger).await.unwrap(), 0);
+    // Only-extending a hold needs nothing available, even below zero.
+    usage(&mut c, "u", 10, "u1").await;
+    assert_eq!(figures(&mut c, "u").await, (90, 100, -10));
+    c.extend_hold(with_key(
+        USAGE_KEY,
+        pb::ExtendHoldRequest {
+            hold_id: hold.hold_id.clone(),
+            ttl: ttl(3600),
+            add_tokens: 0,
+            idempotency_key: "e".into(),
+        },
+    ))
+    .await
+    .unwrap();
+    app.advance(Duration::hours(2));
+    assert_eq!(sweep_once(&ledger).await.unwrap(), 1);
+    assert_eq!(sweep_once(&ledger).await.unwrap(), 0);
+    assert_eq!(figures(&mut c, "u").await, (-10, 0, -10));
+    app.assert_verified().await;
+}
+
+#[tokio::test]
+async fn an_expired_credit_pays_no_debt_and_a_late_old_cycle_ends_nothing() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    usage(&mut c, "u", 100, "u1").await;
+    // Credited already expired (a late delivery): it expires at once and pays no debt.
+    grant_with(
+        &mut c,
+        "u",
+        100,
+        "late",
+        Some(Utc::now() - Duration::hours(1)),
+        0,
+    )
+    .await;
+    assert_eq!(figures(&mut c, "u").await, (-100, 0, -100));
+    let drip = |key: &str, start: chrono::DateTime<Utc>, rollover: bool| pb::DripRequest {
+        user_id: "v".into(),
+        tokens: 1000,
+        idempotency_key: key.into(),
+        stripe_subscription_id: "sub_v".into(),
+        period_start: at(start),
+        period_end: at(start + Duration::days(28)),
+        expires_at: at(start + Duration::days(29)),
+        rollover: rollover.then_some(pb::Rollover {
+            max_tokens: Some(0),
+            max_percent: None,
+        }),
+        ..Default::default()
+    };
+    let now = Utc::now();
+    c.drip(with_key(
+        BILLING_KEY,
+        drip("d2", now - Duration::days(1), true),
+    ))
+    .await
+    .unwrap();
+    // The previous cycle arrives late, with rollover: it must not end the current cycle.
+    c.drip(with_key(
+        BILLING_KEY,
+        drip("d1", now - Duration::days(29), true),
+    ))
+    .await
+    .unwrap();
+    let b = balance(&mut c, "v").await;
+    assert!(b.balance >= 1000, "the current cycle survived: {b:?}");
+    let l = lots(&mut c, "v").await;
+    assert!(l
+        .iter()
+        .any(|l| l.remaining == 1000 && l.expires_at == at(now + Duration::days(28))));
+    app.assert_verified().await;
+}

@@ -512,14 +512,24 @@ impl Case<'_> {
             );
         }
         if ok {
-            let first: Vec<usize> = self.model.holds[h].earmarks.iter().map(|e| e.0).collect();
             if state == HState::Active {
+                // The hold's own earmarks first (even on a lot that expired meanwhile), then
+                // burn order.
+                let earmarks = self.model.holds[h].earmarks.clone();
                 self.model.free(h);
                 self.model.holds[h].state = HState::Committed;
+                let mut left = actual;
+                for (lot, held) in earmarks {
+                    let l = &mut self.model.lots[lot];
+                    let take = left.min(held).min(l.unheld());
+                    l.remaining -= take;
+                    left -= take;
+                }
+                self.model.debit(left, &[]);
             } else {
                 self.model.holds[h].state = HState::Expired { committed: true };
+                self.model.debit(actual, &[]);
             }
-            self.model.debit(actual, &first);
         }
         Ok(())
     }
@@ -550,7 +560,8 @@ impl Case<'_> {
             return Ok(());
         };
         let ttl = ttl_steps.map(|s| s * STEP + STEP / 2);
-        let ok = self.model.holds[h].state == HState::Active && add <= self.model.available();
+        let ok = self.model.holds[h].state == HState::Active
+            && (add == 0 || add <= self.model.available());
         let req = pb::ExtendHoldRequest {
             hold_id: self.model.holds[h].id.clone(),
             ttl: ttl.and_then(secs),

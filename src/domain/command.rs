@@ -393,6 +393,9 @@ pub struct Receipt {
     /// Tokens held by active holds right after the write; `None` on a replay (the ledger then
     /// reads the current figure).
     pub held: Option<i64>,
+    /// `balance − held` as the account stands after the write (its batch's later settling
+    /// included); on a replay, the current figure. `None` until known.
+    pub available: Option<i64>,
     /// For hold writes: the hold after the write.
     pub hold: Option<HoldReceipt>,
 }

@@ -45,6 +45,13 @@ impl CreditTerms {
                 format!("must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {priority}"),
             ));
         }
+        if rollover.is_some() && expires_at.is_none() {
+            return Err(LedgerError::invalid(
+                "rollover",
+                "needs expires_at: a carried lot expires with its cycle, or carried tokens would \
+                 pile up cycle after cycle",
+            ));
+        }
         if let Some(p) = rollover.and_then(|r| r.max_percent) {
             if p > 100 {
                 return Err(LedgerError::invalid(

@@ -12,7 +12,7 @@ use crate::domain::{
     USER_ID_LEN_MAX,
 };
 use crate::error::LedgerError;
-use crate::store::Store;
+use crate::store::{Store, WalletQuery};
 use rules::{Hold, Lot};
 
 mod paging;
@@ -139,6 +139,7 @@ impl Ledger {
                 receipt.balance = now.balance;
             }
             receipt.held = Some(now.held);
+            receipt.available = Some(now.available());
         }
         if !receipt.replayed && overdraft == Overdraft::Refused && receipt.balance < 0 {
             // The rules make this impossible; if it ever happens the transaction has committed,
@@ -193,7 +194,11 @@ impl Ledger {
         user_id: &UserId,
         active_only: bool,
     ) -> Result<Vec<Hold>, LedgerError> {
-        let (mut wallet, now) = self.store.wallet(user_id, false, !active_only).await?;
+        let query = WalletQuery {
+            recent_holds: !active_only,
+            ..WalletQuery::default()
+        };
+        let (mut wallet, now) = self.store.wallet(user_id, &query).await?;
         wallet.settle(now);
         let mut holds = wallet.holds;
         if active_only {
@@ -203,10 +208,16 @@ impl Ledger {
         Ok(holds)
     }
 
-    /// One hold of a user.
+    /// One hold of a user, as of the ledger's now.
     pub async fn hold(&self, user_id: &UserId, hold_id: EntryId) -> Result<Hold, LedgerError> {
-        self.holds(user_id, false)
-            .await?
+        let query = WalletQuery {
+            hold_ids: vec![hold_id.0],
+            ..WalletQuery::default()
+        };
+        let (mut wallet, now) = self.store.wallet(user_id, &query).await?;
+        wallet.settle(now);
+        wallet
+            .holds
             .into_iter()
             .find(|h| h.hold_id == hold_id.0)
             .ok_or_else(|| LedgerError::NotFound(format!("hold {hold_id} does not exist")))
@@ -219,7 +230,11 @@ impl Ledger {
         user_id: &UserId,
         include_spent: bool,
     ) -> Result<Vec<Lot>, LedgerError> {
-        let (mut wallet, now) = self.store.wallet(user_id, include_spent, false).await?;
+        let query = WalletQuery {
+            include_spent,
+            ..WalletQuery::default()
+        };
+        let (mut wallet, now) = self.store.wallet(user_id, &query).await?;
         wallet.settle(now);
         let mut lots = wallet.lots_in_burn_order();
         if !include_spent {

@@ -359,10 +359,12 @@ impl Batch {
     /// journal row answers with its hold as loaded; the ledger fills in the current balance.
     fn replay(&self, cmd: &WriteCommand, entry_id: EntryId, balance_after: Option<i64>) -> Outcome {
         let hold_id = cmd.details.hold_id().unwrap_or(entry_id);
-        let hold = self
-            .holds_before
-            .get(&hold_id.0)
-            .map(|h| hold_receipt(h, false));
+        let hold = self.holds_before.get(&hold_id.0).map(|h| {
+            // A commit's answer says whether the hold had lapsed before it.
+            let lapsed = matches!(cmd.details, WriteDetails::CommitHold { .. })
+                && h.state == HoldState::Expired;
+            hold_receipt(h, lapsed)
+        });
         let balance = match (balance_after, cmd.kind()) {
             (Some(balance), _) => balance,
             (None, EntryKind::Hold) => 0,
@@ -381,6 +383,7 @@ impl Batch {
             balance,
             replayed: true,
             held: None,
+            available: None,
             hold,
         })
     }
@@ -416,6 +419,7 @@ impl Batch {
                 balance: account.locked.balance,
                 replayed: false,
                 held: None,
+                available: None,
                 hold: None,
             }),
             _ => {
@@ -437,11 +441,16 @@ impl Batch {
         stage_expiries(account, due, &mut self.expiries, &mut self.placeholders);
         account.wallet.pay_debt(now);
         let mut receipt = outcome?;
-        account.touched = true;
+        // A sweep that found nothing due leaves the account as it was.
+        if !matches!(cmd.details, WriteDetails::Settle) {
+            account.touched = true;
+        }
         if cmd.kind() == EntryKind::Hold {
             receipt.balance = account.locked.balance;
         }
-        receipt.held = Some(account.wallet.held());
+        let held = account.wallet.held();
+        receipt.held = Some(held);
+        receipt.available = Some(account.locked.balance - held);
         if let Some(bk) = business_key {
             self.credited.insert(
                 bk,
@@ -645,6 +654,7 @@ fn reserve(
         balance: account.locked.balance,
         replayed: false,
         held: None,
+        available: None,
         hold: Some(receipt),
     })
 }
@@ -668,6 +678,7 @@ fn release(account: &mut RunningAccount, hold_id: EntryId, now: DateTime<Utc>) -
         balance: account.locked.balance,
         replayed: false,
         held: None,
+        available: None,
         hold,
     })
 }
@@ -688,7 +699,8 @@ fn extend(
         return Err(hold_refused(hold));
     }
     let available = wallet.available();
-    if add > available {
+    // An extension that only extends needs nothing available.
+    if add > 0 && add > available {
         return Err(LedgerError::InsufficientBalance {
             balance: account.locked.balance,
             available,
@@ -720,6 +732,7 @@ fn extend(
         balance: account.locked.balance,
         replayed: false,
         held: None,
+        available: None,
         hold: Some(receipt),
     })
 }
@@ -784,14 +797,17 @@ impl JournalWrite<'_> {
         let mut hold = None;
         match (&cmd.details, commit) {
             (WriteDetails::CommitHold { hold_id, .. }, Some(had_expired)) => {
-                let first: Vec<i64> = wallet
-                    .hold(hold_id.0)
-                    .map(|h| h.earmarks.iter().map(|(l, _)| *l).collect())
-                    .unwrap_or_default();
-                if !had_expired {
+                if had_expired {
+                    // Its earmarks went back (or expired) when it lapsed.
+                    wallet.debit(tokens, &[], now);
+                } else {
+                    let earmarks = wallet
+                        .hold(hold_id.0)
+                        .map(|h| h.earmarks.clone())
+                        .unwrap_or_default();
                     wallet.end_hold(hold_id.0, HoldState::Committed, Some(now));
+                    wallet.debit_hold(tokens, &earmarks, now);
                 }
-                wallet.debit(tokens, &first, now);
                 if let Some(h) = wallet.hold_mut(hold_id.0) {
                     h.committed_transaction_id = Some(self.entry_id.0);
                     h.committed_tokens = Some(tokens);
@@ -799,7 +815,7 @@ impl JournalWrite<'_> {
                 }
             }
             (WriteDetails::Reversal { original, .. }, _) => wallet.reverse(original.0, tokens, now),
-            (d, _) if d.kind().is_credit() => wallet.credit(new_lot(cmd, self.entry_id, now)),
+            (d, _) if d.kind().is_credit() => wallet.credit(new_lot(cmd, self.entry_id, now), now),
             _ => wallet.debit(tokens, &[], now),
         }
         // Checked above against a balance at least as high (a rollover only lowers it).
@@ -822,6 +838,7 @@ impl JournalWrite<'_> {
             balance,
             replayed: false,
             held: None,
+            available: None,
             hold,
         })
     }
@@ -876,6 +893,7 @@ fn replay_of_credit(cmd: &WriteCommand, bk: &BusinessKey, prior: &PriorCredit) -
             balance: prior.balance_after,
             replayed: true,
             held: None,
+            available: None,
             hold: None,
         })
     } else {

@@ -275,15 +275,17 @@ async fn lock_accounts(
          RETURNING account_id, user_id, balance, granted_total, deducted_total, purchased_total, \
            dripped_total, used_total, reversed_total, expired_total, debt, last_seq, \
            (xmax = 0) AS created, {} AS now",
-        credit::now_sql(2)
+        credit::clock_sql(2)
     ))
     .bind(users)
     .bind(clock_offset_micros)
     .fetch_all(&mut **tx)
     .await?;
-    let mut now = None;
+    let mut now: Option<DateTime<Utc>> = None;
     for row in rows {
-        now = Some(row.try_get("now")?);
+        // The latest row's time: every account of the batch was locked by then.
+        let at: DateTime<Utc> = row.try_get("now")?;
+        now = now.max(Some(at));
         let debt: i64 = row.try_get("debt")?;
         if debt != 0 {
             debts.insert(row.try_get("account_id")?, debt);

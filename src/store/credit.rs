@@ -41,6 +41,13 @@ pub(crate) fn now_sql(n: usize) -> String {
     format!("(now() + ${n}::bigint * interval '1 microsecond')")
 }
 
+/// Like [`now_sql`], but the time the statement reaches the row, not when its transaction
+/// began: a batch that waited for an account's lock decides expiries at the time it got it,
+/// never before the batch that held the lock (which committed before it was released).
+pub(crate) fn clock_sql(n: usize) -> String {
+    format!("(clock_timestamp() + ${n}::bigint * interval '1 microsecond')")
+}
+
 const LOT_COLUMNS: &str = "lot_id, account_id, source, paid, stripe_subscription_id, granted, \
     remaining, held, expires_at, priority, created_at";
 
@@ -377,28 +384,47 @@ impl Store {
         .map_err(|e| self.saw(e).into())
     }
 
-    /// The account's lots and holds, settled at the ledger's now (without writing anything), so
-    /// what has expired by now is shown as expired even before the sweeper has written it.
+    /// The account's lots and holds as they are now (one snapshot), and the ledger's now: the
+    /// caller settles a copy, so what has expired by now shows expired before the sweeper has
+    /// written it.
     pub async fn wallet(
         &self,
         user_id: &UserId,
-        include_spent: bool,
-        all_holds: bool,
+        query: &WalletQuery,
     ) -> Result<(Wallet, DateTime<Utc>), LedgerError> {
         let mut conn = self.acquire().await?;
-        let result = wallet_of(&mut conn, user_id, include_spent, all_holds, self.clock()).await;
+        let result = async {
+            let mut tx = snapshot(&mut conn).await?;
+            let wallet = wallet_of(&mut tx, user_id, query, self.clock()).await?;
+            tx.commit().await?;
+            Ok(wallet)
+        }
+        .await;
         result.map_err(|e| self.saw(e).into())
     }
 
     /// GetBalance past the account's settle instant: the row's figures with what is due settled
-    /// on a copy of its lots and holds.
+    /// on a copy of its lots and holds, all read in one snapshot (a sweep committing meanwhile
+    /// cannot make it count an expired lot).
     pub(super) async fn settled_balance(
         &self,
         conn: &mut PgConnection,
         user_id: &UserId,
-        mut balance: Balance,
     ) -> Result<Balance, sqlx::Error> {
-        let (mut wallet, now) = wallet_of(conn, user_id, false, false, self.clock()).await?;
+        let mut tx = snapshot(conn).await?;
+        let row = sqlx::query(super::BALANCE_SQL)
+            .bind(user_id.as_str())
+            .bind(self.clock().offset_micros())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(Balance::empty());
+        };
+        let mut balance =
+            super::balance_from_row(&row).map_err(|e| sqlx::Error::Decode(e.to_string().into()))?;
+        let query = WalletQuery::default();
+        let (mut wallet, now) = wallet_of(&mut tx, user_id, &query, self.clock()).await?;
+        tx.commit().await?;
         let expired: i64 = wallet.settle(now).iter().map(|e| e.tokens).sum();
         balance.balance -= expired;
         balance.totals.expired += expired;
@@ -410,11 +436,33 @@ impl Store {
     }
 }
 
+/// Which lots and holds a read wants besides the live lots and active holds.
+#[derive(Debug, Clone, Default)]
+pub struct WalletQuery {
+    /// Lots with nothing left too.
+    pub include_spent: bool,
+    /// The account's newest 1,000 holds whatever their state.
+    pub recent_holds: bool,
+    /// These holds whatever their state.
+    pub hold_ids: Vec<i64>,
+}
+
+/// A read-only transaction whose statements all see one snapshot.
+async fn snapshot(
+    conn: &mut PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
+    use sqlx::Connection as _;
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 async fn wallet_of(
     conn: &mut PgConnection,
     user_id: &UserId,
-    include_spent: bool,
-    all_holds: bool,
+    query: &WalletQuery,
     clock: &Clock,
 ) -> Result<(Wallet, DateTime<Utc>), sqlx::Error> {
     let row: Option<(i64, i64, DateTime<Utc>)> = sqlx::query_as(&format!(
@@ -435,19 +483,22 @@ async fn wallet_of(
     let mut lots = Vec::new();
     for row in sqlx::query(&lots_sql)
         .bind(account)
-        .bind(include_spent)
+        .bind(query.include_spent)
         .fetch_all(&mut *conn)
         .await?
     {
         lots.push(lot_from_row(&row)?.1);
     }
+    // Every active hold (settling needs them all), plus what the query names.
     let holds_sql = format!(
-        "SELECT {HOLD_COLUMNS} FROM token_holds WHERE account_id = $1 AND ($2 OR state = 'active') \
-         ORDER BY hold_id DESC LIMIT 1000"
+        "SELECT {HOLD_COLUMNS} FROM token_holds WHERE account_id = $1 AND (state = 'active' \
+           OR hold_id = ANY($3) OR ($2 AND hold_id IN (SELECT hold_id FROM token_holds \
+             WHERE account_id = $1 ORDER BY hold_id DESC LIMIT 1000)))"
     );
     let holds = sqlx::query(&holds_sql)
         .bind(account)
-        .bind(all_holds)
+        .bind(query.recent_holds)
+        .bind(&query.hold_ids)
         .fetch_all(&mut *conn)
         .await?
         .iter()

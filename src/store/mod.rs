@@ -23,7 +23,7 @@ mod error;
 mod read;
 
 pub use batch::BatchOutcome;
-pub use credit::{Clock, LotView};
+pub use credit::{Clock, LotView, WalletQuery};
 
 /// While the database is known to be down, how long a call may wait for a connection before it
 /// is answered UNAVAILABLE (instead of the whole pool-acquire timeout).
@@ -257,18 +257,18 @@ impl Store {
         let Some(row) = row else {
             return Ok(Balance::empty());
         };
-        let balance = balance_from_row(&row)?;
         let due: bool = row.try_get("due")?;
         if !due {
-            return Ok(balance);
+            return balance_from_row(&row);
         }
-        self.settled_balance(&mut conn, user_id, balance)
+        self.settled_balance(&mut conn, user_id)
             .await
             .map_err(|e| self.saw(e).into())
     }
 }
 
-const BALANCE_SQL: &str = "SELECT balance, granted_total, deducted_total, purchased_total, \
+pub(crate) const BALANCE_SQL: &str =
+    "SELECT balance, granted_total, deducted_total, purchased_total, \
     dripped_total, used_total, reversed_total, expired_total, updated_at, last_seq, held, \
     settle_at, next_expiry_at, next_expiry_tokens, \
     (settle_at <= now() + $2::bigint * interval '1 microsecond') IS TRUE AS due \

@@ -111,6 +111,16 @@ pub struct WalletSummary {
     pub next_expiry: Option<(DateTime<Utc>, i64)>,
 }
 
+/// Whether a lot expiring at `previous` belongs to an earlier cycle than one expiring at `next`:
+/// a late delivery of an older cycle never ends the current one.
+fn earlier_cycle(previous: Option<DateTime<Utc>>, next: Option<DateTime<Utc>>) -> bool {
+    match (previous, next) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some(p), Some(n)) => p <= n,
+    }
+}
+
 /// One account's lots, holds and debt during a batch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Wallet {
@@ -239,13 +249,34 @@ impl Wallet {
         }
     }
 
-    /// Adds a credit's lot; it pays the debt first.
-    pub fn credit(&mut self, mut lot: Lot) {
-        let paid = self.debt.min(lot.remaining);
-        lot.remaining -= paid;
-        self.debt -= paid;
+    /// Adds a credit's lot; it pays the debt first (unless it is expired already: then it
+    /// expires whole at the write's end, and pays nothing).
+    pub fn credit(&mut self, mut lot: Lot, now: DateTime<Utc>) {
+        if lot.live_at(now) {
+            let paid = self.debt.min(lot.remaining);
+            lot.remaining -= paid;
+            self.debt -= paid;
+        }
         self.mark_lot(lot.lot_id);
         self.lots.push(lot);
+    }
+
+    /// A hold's commit: `tokens` come from the hold's own earmarks first, the exact amounts it
+    /// held (held tokens are the call's, even on a lot that expired meanwhile), then like any
+    /// debit. Call after the hold has ended (its earmarks given back to their lots).
+    pub fn debit_hold(&mut self, tokens: i64, earmarks: &[(i64, i64)], now: DateTime<Utc>) {
+        let mut left = tokens;
+        for (lot_id, held) in earmarks {
+            if left == 0 {
+                break;
+            }
+            if let Some(lot) = self.lot_mut(*lot_id) {
+                let take = left.min(*held).min(lot.unheld());
+                lot.remaining -= take;
+                left -= take;
+            }
+        }
+        self.debit(left, &[], now);
     }
 
     /// Takes `tokens` from the unheld tokens of live lots, `first` (lots to burn before the burn
@@ -346,6 +377,7 @@ impl Wallet {
                     && l.lot_id != new_lot.lot_id
                     && l.subscription.as_deref() == Some(subscription)
                     && l.live_at(now)
+                    && earlier_cycle(l.expires_at, new_lot.expires_at)
             })
             .map(|l| l.lot_id)
             .collect();
@@ -390,10 +422,11 @@ impl Wallet {
     }
 
     pub fn summary(&self, now: DateTime<Utc>) -> WalletSummary {
+        // Held parts of lots wait for their holds, whose expiries are counted below.
         let lot_expiries = self
             .lots
             .iter()
-            .filter(|l| l.remaining > 0)
+            .filter(|l| l.unheld() > 0)
             .filter_map(|l| l.expires_at);
         let hold_expiries = self
             .holds
@@ -463,17 +496,17 @@ mod tests {
     #[test]
     fn debits_burn_in_burn_order() {
         let mut w = Wallet::default();
-        w.credit(lot(1, 100, None, 0, true)); // paid, no expiry
-        w.credit(lot(2, 100, None, 0, false)); // unpaid, no expiry
-        w.credit(lot(3, 100, Some(1000), 0, true)); // expires
-        w.credit(lot(4, 100, Some(500), 0, true)); // expires sooner
-        w.credit(lot(5, 100, None, -1, true)); // lowest priority
+        w.credit(lot(1, 100, None, 0, true), t(0)); // paid, no expiry
+        w.credit(lot(2, 100, None, 0, false), t(0)); // unpaid, no expiry
+        w.credit(lot(3, 100, Some(1000), 0, true), t(0)); // expires
+        w.credit(lot(4, 100, Some(500), 0, true), t(0)); // expires sooner
+        w.credit(lot(5, 100, None, -1, true), t(0)); // lowest priority
         w.debit(450, &[], t(0));
         assert_eq!(remaining(&w), vec![(1, 50), (2, 0), (3, 0), (4, 0), (5, 0)]);
         w.debit(80, &[], t(0));
         assert_eq!(w.debt, 30);
         assert_eq!(w.balance(), -30);
-        w.credit(lot(6, 100, None, 0, false));
+        w.credit(lot(6, 100, None, 0, false), t(0));
         assert_eq!(w.debt, 0);
         assert_eq!(remaining(&w).last(), Some(&(6, 70)));
     }
@@ -481,8 +514,8 @@ mod tests {
     #[test]
     fn expired_lots_are_never_burned_and_expire_on_settle() {
         let mut w = Wallet::default();
-        w.credit(lot(1, 100, Some(10), 0, true));
-        w.credit(lot(2, 100, None, 0, true));
+        w.credit(lot(1, 100, Some(10), 0, true), t(0));
+        w.credit(lot(2, 100, None, 0, true), t(0));
         w.debit(30, &[], t(10)); // lot 1 expired at exactly 10
         assert_eq!(remaining(&w), vec![(1, 100), (2, 70)]);
         let e = w.settle(t(10));
@@ -500,8 +533,8 @@ mod tests {
     #[test]
     fn a_held_part_of_an_expired_lot_waits_for_its_hold() {
         let mut w = Wallet::default();
-        w.credit(lot(1, 100, Some(10), 0, true));
-        w.credit(lot(2, 100, None, 0, true));
+        w.credit(lot(1, 100, Some(10), 0, true), t(0));
+        w.credit(lot(2, 100, None, 0, true), t(0));
         let earmarks = w.earmark(150, t(0));
         assert_eq!(earmarks, vec![(1, 100), (2, 50)]);
         w.holds.push(Hold {
@@ -534,7 +567,7 @@ mod tests {
         let mut first = lot(1, 375, Some(1000), 0, true);
         first.source = LotSource::Drip;
         first.subscription = Some("sub".into());
-        w.credit(first);
+        w.credit(first, t(0));
         w.debit(75, &[], t(0)); // 300 unused
         let mut next = lot(2, 375, Some(2000), 0, true);
         next.source = LotSource::Drip;
@@ -549,7 +582,7 @@ mod tests {
             ids
         };
         let e = w.rollover("sub", Some(policy), &next, &mut next_id, t(900));
-        w.credit(next);
+        w.credit(next, t(0));
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].tokens, 150);
         assert_eq!(e[0].carried, Some((150, -2)));
@@ -561,9 +594,9 @@ mod tests {
     #[test]
     fn summary_names_the_next_expiry_and_when_to_settle() {
         let mut w = Wallet::default();
-        w.credit(lot(1, 100, Some(50), 0, true));
-        w.credit(lot(2, 40, Some(50), 0, false));
-        w.credit(lot(3, 10, None, 0, false));
+        w.credit(lot(1, 100, Some(50), 0, true), t(0));
+        w.credit(lot(2, 40, Some(50), 0, false), t(0));
+        w.credit(lot(3, 10, None, 0, false), t(0));
         let s = w.summary(t(0));
         assert_eq!(s.next_expiry, Some((t(50), 140)));
         assert_eq!(s.settle_at, Some(t(50)));

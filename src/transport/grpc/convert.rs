@@ -131,8 +131,9 @@ pub(super) fn duration_from_pb(
     if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
         return Err(LedgerError::invalid(field, "must be a positive duration"));
     }
+    // Whole milliseconds: what the request's fingerprint keeps.
     chrono::Duration::try_seconds(d.seconds)
-        .map(|s| Some(s + chrono::Duration::nanoseconds(i64::from(d.nanos))))
+        .map(|s| Some(s + chrono::Duration::milliseconds(i64::from(d.nanos / 1_000_000))))
         .ok_or_else(|| LedgerError::invalid(field, "is out of range"))
 }
 

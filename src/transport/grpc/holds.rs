@@ -50,7 +50,9 @@ fn hold_of(receipt: &Receipt) -> Result<crate::domain::HoldReceipt, LedgerError>
 }
 
 fn available(receipt: &Receipt) -> i64 {
-    receipt.balance - receipt.held.unwrap_or(0)
+    receipt
+        .available
+        .unwrap_or(receipt.balance - receipt.held.unwrap_or(0))
 }
 
 pub(super) async fn reserve(
