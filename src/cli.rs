@@ -320,6 +320,14 @@ pub struct WriteArgs {
     /// writing to the database (not with several ledger instances, nor with SQL edits by hand).
     #[arg(long, env = "TOKEN_LEDGER_BALANCE_CACHE")]
     pub balance_cache: bool,
+
+    /// Most concurrent GetBalance calls answered by one query; 1 = a query per call.
+    #[arg(long, env = "TOKEN_LEDGER_READ_BATCH_MAX", default_value_t = crate::ledger::READ_BATCH_MAX_DEFAULT)]
+    pub read_batch_max: usize,
+
+    /// GetBalance queries in flight at once.
+    #[arg(long, env = "TOKEN_LEDGER_READ_CONCURRENCY", default_value_t = crate::ledger::READ_CONCURRENCY_DEFAULT)]
+    pub read_concurrency: usize,
 }
 
 impl WriteArgs {
@@ -334,6 +342,11 @@ impl WriteArgs {
             }),
             linger: Duration::from_micros(self.batch_linger_us),
             balance_cache: self.balance_cache,
+            read: crate::ledger::ReadConfig {
+                batch_max: self.read_batch_max.max(1),
+                concurrency: self.read_concurrency.max(1),
+                queue_max: crate::ledger::READ_QUEUE_MAX_DEFAULT,
+            },
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - `ledger_pool_connections{state=idle|in_use}` (pool waits show as in_use at the maximum)
 //! - `ledger_journal_rows_total{kind}`
 //! - `ledger_writes_expired_total` (writes dropped because their deadline passed while queued)
+//! - `ledger_read_batch_reads` (GetBalance calls answered per query)
 //! - `ledger_active_holds` (holds active now), `ledger_holds_expired_total` (holds that lapsed
 //!   unused), `ledger_tokens_expired_total` (tokens that left balances unused at a lot's expiry)
 
@@ -24,6 +25,12 @@ pub fn install(listen: SocketAddr) -> anyhow::Result<()> {
             Matcher::Suffix("seconds".into()),
             &[
                 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("ledger_read_batch_reads".into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
             ],
         )?
         .set_buckets_for_metric(
@@ -81,4 +88,8 @@ pub fn expired(tokens: i64, holds: usize) {
     if holds > 0 {
         counter!("ledger_holds_expired_total").increment(holds as u64);
     }
+}
+
+pub fn read_batch(reads: usize) {
+    histogram!("ledger_read_batch_reads").record(reads as f64);
 }

@@ -16,11 +16,16 @@ use crate::store::{Store, WalletQuery};
 use rules::{Hold, Lot};
 
 mod paging;
+mod reader;
 pub mod rules;
 pub mod sweeper;
 mod writer;
 
 use paging::{decode_account_token, decode_page_token, encode_account_token, encode_page_token};
+use reader::Readers;
+pub use reader::{
+    ReadConfig, READ_BATCH_MAX_DEFAULT, READ_CONCURRENCY_DEFAULT, READ_QUEUE_MAX_DEFAULT,
+};
 use writer::{WriterConfig, Writers};
 
 /// Page size when the caller asks for none.
@@ -54,6 +59,8 @@ pub struct WriteConfig {
     /// Keep balances in memory for GetBalance (see `cache`): only while this process is the only
     /// writer of its database.
     pub balance_cache: bool,
+    /// How concurrent GetBalance calls share queries (see `reader`).
+    pub read: ReadConfig,
 }
 
 impl Default for WriteConfig {
@@ -64,6 +71,7 @@ impl Default for WriteConfig {
             writers: WRITERS_DEFAULT,
             linger: Duration::from_micros(LINGER_US_DEFAULT),
             balance_cache: false,
+            read: ReadConfig::default(),
         }
     }
 }
@@ -85,6 +93,7 @@ pub const LINGER_US_DEFAULT: u64 = 500;
 pub struct Ledger {
     store: Store,
     writers: Writers,
+    readers: Readers,
     cache: Option<Arc<BalanceCache>>,
 }
 
@@ -107,6 +116,7 @@ impl Ledger {
         let per_writer = config.queue_max / writers;
         Self {
             writers: Writers::start(&store, writers, per_writer, writer_config),
+            readers: Readers::start(&store, config.read),
             store,
             cache,
         }
@@ -250,7 +260,7 @@ impl Ledger {
 
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
         let Some(cache) = &self.cache else {
-            return self.store.balance(user_id).await;
+            return self.readers.balance(user_id).await;
         };
         if let Some(balance) = cache.get(user_id.as_str()) {
             // Kept only until something of the account expires or lapses by itself.

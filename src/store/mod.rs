@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::domain::{Balance, Totals, UserId};
 use crate::error::LedgerError;
 
+mod balances;
 mod batch;
 mod credit;
 mod error;
@@ -267,12 +268,26 @@ impl Store {
     }
 }
 
-pub(crate) const BALANCE_SQL: &str =
-    "SELECT balance, granted_total, deducted_total, purchased_total, \
-    dripped_total, used_total, reversed_total, expired_total, updated_at, last_seq, held, \
-    settle_at, next_expiry_at, next_expiry_tokens, \
-    (settle_at <= now() + $2::bigint * interval '1 microsecond') IS TRUE AS due \
-    FROM accounts WHERE user_id = $1";
+/// The columns GetBalance shows, and whether the account must be settled first.
+macro_rules! balance_columns {
+    () => {
+        "user_id, balance, granted_total, deducted_total, purchased_total, dripped_total, \
+         used_total, reversed_total, expired_total, updated_at, last_seq, held, settle_at, \
+         next_expiry_at, next_expiry_tokens, \
+         (settle_at <= now() + $2::bigint * interval '1 microsecond') IS TRUE AS due"
+    };
+}
+
+pub(crate) const BALANCE_SQL: &str = concat!(
+    "SELECT ",
+    balance_columns!(),
+    " FROM accounts WHERE user_id = $1"
+);
+pub(crate) const BALANCES_SQL: &str = concat!(
+    "SELECT ",
+    balance_columns!(),
+    " FROM accounts WHERE user_id = ANY($1)"
+);
 
 /// An `accounts` row's balance, totals and last change.
 pub(crate) fn balance_from_row(row: &sqlx::postgres::PgRow) -> Result<Balance, LedgerError> {
