@@ -49,13 +49,10 @@ ALTER TABLE token_transactions ADD CONSTRAINT token_transactions_sign_check CHEC
 ALTER TABLE token_transactions ADD CONSTRAINT token_transactions_expiry_lot_check CHECK (
     (transaction_type = 'expiry') = (lot_id IS NOT NULL));
 
--- A hold's commit is a usage row linked to its hold, with the tokens the hold held; it may be
--- of 0 tokens (the call used nothing).
-ALTER TABLE token_usage ADD COLUMN hold_id BIGINT;
-ALTER TABLE token_usage ADD COLUMN hold_tokens BIGINT;
+-- A hold's commit is a usage row (its hold row names it: `committed_transaction_id`, so usage
+-- rows carry no hold columns); it may be of 0 tokens (the call used nothing).
 ALTER TABLE token_usage DROP CONSTRAINT token_usage_amount_negative;
-ALTER TABLE token_usage ADD CONSTRAINT token_usage_amount_negative CHECK (
-    token_amount < 0 OR (token_amount = 0 AND hold_id IS NOT NULL));
+ALTER TABLE token_usage ADD CONSTRAINT token_usage_amount_negative CHECK (token_amount <= 0);
 
 -- One lot per credit (lot_id = the credit's journal row id; a rollover lot shares the id of the
 -- expiry row that carried it; an opening lot has an id of its own).
@@ -110,6 +107,9 @@ CREATE TABLE token_holds (
 );
 CREATE INDEX token_holds_active_idx ON token_holds (account_id) WHERE state = 'active';
 CREATE INDEX token_holds_account_idx ON token_holds (account_id, hold_id);
+-- A commit's usage row → its hold (history shows it).
+CREATE INDEX token_holds_committed_idx ON token_holds (committed_transaction_id)
+    WHERE committed_transaction_id IS NOT NULL;
 
 -- Today's balances become lots: a positive balance one opening lot that never expires, a
 -- negative one debt.
@@ -118,7 +118,7 @@ SELECT nextval('ledger_entry_id_seq'), account_id, 'opening', false, balance, ba
   FROM accounts WHERE balance > 0;
 UPDATE accounts SET debt = -balance WHERE balance < 0;
 
--- The journal view gains the expiry and hold columns.
+-- The journal view gains the expiry columns.
 DROP VIEW journal;
 CREATE VIEW journal AS
 SELECT id, account_id, entry_seq, transaction_type AS kind, token_amount, balance_after, created_at,
@@ -127,20 +127,19 @@ SELECT id, account_id, entry_seq, transaction_type AS kind, token_amount, balanc
        stripe_reference, allow_negative,
        NULL::timestamptz AS period_start, NULL::timestamptz AS period_end,
        NULL::text AS model, NULL::bigint AS input_tokens, NULL::bigint AS output_tokens,
-       NULL::text AS feature, lot_id, carried_tokens, carried_to_lot,
-       NULL::bigint AS hold_id, NULL::bigint AS hold_tokens
+       NULL::text AS feature, lot_id, carried_tokens, carried_to_lot
   FROM token_transactions
 UNION ALL
 SELECT id, account_id, entry_seq, 'drip'::text, token_amount, balance_after, created_at, created_by,
        NULL::text, NULL::text, stripe_subscription_id, stripe_invoice_id, NULL::bigint, NULL::text,
        NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::text, NULL::boolean,
        period_start, period_end, NULL::text, NULL::bigint, NULL::bigint, NULL::text,
-       NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint, NULL::bigint
+       NULL::bigint, NULL::bigint, NULL::bigint
   FROM token_drips
 UNION ALL
 SELECT id, account_id, entry_seq, 'usage'::text, token_amount, balance_after, created_at, created_by,
        NULL::text, NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::text,
        NULL::text, NULL::text, NULL::text, NULL::bigint, NULL::text, NULL::boolean,
        NULL::timestamptz, NULL::timestamptz, model, input_tokens, output_tokens, feature,
-       NULL::bigint, NULL::bigint, NULL::bigint, hold_id, hold_tokens
+       NULL::bigint, NULL::bigint, NULL::bigint
   FROM token_usage;

@@ -437,7 +437,7 @@ async fn a_write_that_fails_inside_postgresql_fails_alone_and_its_batch_neighbou
     assert_eq!(app.journal_rows().await, 100);
     // The poisoned write left nothing, not even its key: fixed, it applies under the same key.
     assert_eq!(
-        app.count("SELECT count(*) FROM idempotency_keys WHERE idempotency_key = 'e23'")
+        app.count("SELECT count(*) FROM idempotency_keys WHERE key_hash = ledger_key_hash('e23')")
             .await,
         0
     );

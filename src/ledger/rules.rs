@@ -129,8 +129,6 @@ pub struct StagedRow {
     pub account_id: i64,
     pub seq: i64,
     pub balance_after: i64,
-    /// A CommitHold's usage row: the tokens its hold held.
-    pub hold_tokens: Option<i64>,
 }
 
 /// An expiry row the rules wrote on their own. `entry_id` is a placeholder (negative) until the
@@ -830,7 +828,6 @@ impl JournalWrite<'_> {
             account_id: locked.account_id,
             seq: locked.last_seq,
             balance_after: locked.balance,
-            hold_tokens: hold.map(|h| h.tokens),
         });
         let balance = locked.balance;
         Ok(Receipt {

@@ -210,10 +210,16 @@ async fn load_keys(
     }
     let keys: Vec<&str> = first.keys().copied().collect();
     let hashes: Vec<Vec<u8>> = first.values().map(|h| h.to_vec()).collect();
+    // Keys are stored as their hash (`ledger_key_hash`, migration 0007), claimed in hash order.
     let claimed: Vec<(String, i64)> = sqlx::query_as(
-        "INSERT INTO idempotency_keys (idempotency_key, request_hash) \
-         SELECT k, h FROM unnest($1::text[], $2::bytea[]) AS t(k, h) ORDER BY k \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key, entry_id",
+        "WITH input AS ( \
+           SELECT k, ledger_key_hash(k) AS kh, ledger_bytes_uuid(h) AS rh \
+             FROM unnest($1::text[], $2::bytea[]) AS t(k, h)), \
+         claimed AS ( \
+           INSERT INTO idempotency_keys (key_hash, request_hash) \
+           SELECT kh, rh FROM input ORDER BY kh \
+           ON CONFLICT (key_hash) DO NOTHING RETURNING key_hash, entry_id) \
+         SELECT input.k, claimed.entry_id FROM claimed JOIN input ON input.kh = claimed.key_hash",
     )
     .bind(&keys)
     .bind(&hashes)
@@ -232,9 +238,10 @@ async fn load_keys(
         return Ok(states);
     }
     let rows: Vec<(String, Vec<u8>, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT k.idempotency_key, k.request_hash, k.entry_id, j.balance_after \
-         FROM idempotency_keys k LEFT JOIN journal j ON j.id = k.entry_id \
-         WHERE k.idempotency_key = ANY($1)",
+        "SELECT t.k, ledger_uuid_bytes(i.request_hash), i.entry_id, j.balance_after \
+         FROM unnest($1::text[]) AS t(k) \
+         JOIN idempotency_keys i ON i.key_hash = ledger_key_hash(t.k) \
+         LEFT JOIN journal j ON j.id = i.entry_id",
     )
     .bind(&unclaimed)
     .fetch_all(&mut **tx)
@@ -353,10 +360,13 @@ async fn persist(
     staged: &Staged,
 ) -> Result<(), sqlx::Error> {
     if !staged.released_keys.is_empty() {
-        sqlx::query("DELETE FROM idempotency_keys WHERE idempotency_key = ANY($1)")
-            .bind(&staged.released_keys)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys \
+             WHERE key_hash IN (SELECT ledger_key_hash(k) FROM unnest($1::text[]) AS t(k))",
+        )
+        .bind(&staged.released_keys)
+        .execute(&mut **tx)
+        .await?;
     }
     if !staged.rehashed_keys.is_empty() {
         let (keys, hashes): (Vec<&str>, Vec<Vec<u8>>) = staged
@@ -365,8 +375,8 @@ async fn persist(
             .map(|(k, h)| (k.as_str(), h.to_vec()))
             .unzip();
         sqlx::query(
-            "UPDATE idempotency_keys k SET request_hash = v.h \
-             FROM unnest($1::text[], $2::bytea[]) AS v(k, h) WHERE k.idempotency_key = v.k",
+            "UPDATE idempotency_keys i SET request_hash = ledger_bytes_uuid(v.h) \
+             FROM unnest($1::text[], $2::bytea[]) AS v(k, h) WHERE i.key_hash = ledger_key_hash(v.k)",
         )
         .bind(&keys)
         .bind(&hashes)
@@ -573,6 +583,13 @@ struct CommonColumns {
     actors: Vec<String>,
 }
 
+/// The idempotency keys of `rows`, kept on every journal row but usage's.
+fn key_texts(rows: &[Row<'_>]) -> Vec<String> {
+    rows.iter()
+        .map(|r| r.cmd.idempotency_key.as_str().to_string())
+        .collect()
+}
+
 impl CommonColumns {
     fn of(rows: &[Row<'_>]) -> Self {
         Self {
@@ -598,62 +615,47 @@ async fn insert_usage(
     let mut inputs = Vec::with_capacity(rows.len());
     let mut outputs = Vec::with_capacity(rows.len());
     let mut features = Vec::with_capacity(rows.len());
-    let mut holds: Vec<Option<i64>> = Vec::with_capacity(rows.len());
     for r in rows {
-        let (model, input_tokens, output_tokens, feature, hold) = match &r.cmd.details {
+        // A commit's row is a usage row; its hold names it (`committed_transaction_id`).
+        let (model, input_tokens, output_tokens, feature) = match &r.cmd.details {
             WriteDetails::Usage {
                 model,
                 input_tokens,
                 output_tokens,
                 feature,
-            } => (model, input_tokens, output_tokens, feature, None),
-            WriteDetails::CommitHold {
-                hold_id,
+            }
+            | WriteDetails::CommitHold {
                 model,
                 input_tokens,
                 output_tokens,
                 feature,
-            } => (model, input_tokens, output_tokens, feature, Some(hold_id.0)),
+                ..
+            } => (model, input_tokens, output_tokens, feature),
             _ => continue,
         };
         models.push(model.clone());
         inputs.push(*input_tokens);
         outputs.push(*output_tokens);
         features.push(feature.clone());
-        holds.push(hold);
     }
-    let any_hold = holds.iter().any(Option::is_some);
-    let hold_tokens: Vec<Option<i64>> = rows.iter().map(|r| r.staged.hold_tokens).collect();
-    // The common case (no commits) keeps the statement it always had.
-    let sql = if any_hold {
-        "INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
-         input_tokens, output_tokens, feature, created_by, hold_id, hold_tokens) \
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], \
-                              $11::bigint[], $12::bigint[])"
-    } else {
+    sqlx::query(
         "INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
          input_tokens, output_tokens, feature, created_by) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[])"
-    };
-    let query = sqlx::query(sql)
-        .bind(c.ids)
-        .bind(c.account_ids)
-        .bind(c.seqs)
-        .bind(c.amounts)
-        .bind(c.balances)
-        .bind(models)
-        .bind(inputs)
-        .bind(outputs)
-        .bind(features)
-        .bind(c.actors);
-    let query = if any_hold {
-        query.bind(holds).bind(hold_tokens)
-    } else {
-        query
-    };
-    query.execute(&mut **tx).await?;
+                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[])",
+    )
+    .bind(c.ids)
+    .bind(c.account_ids)
+    .bind(c.seqs)
+    .bind(c.amounts)
+    .bind(c.balances)
+    .bind(models)
+    .bind(inputs)
+    .bind(outputs)
+    .bind(features)
+    .bind(c.actors)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -684,9 +686,11 @@ async fn insert_drips(
     }
     sqlx::query(
         "INSERT INTO token_drips (id, account_id, entry_seq, token_amount, balance_after, \
-         stripe_subscription_id, stripe_invoice_id, period_start, period_end, created_by) \
+         stripe_subscription_id, stripe_invoice_id, period_start, period_end, created_by, \
+         idempotency_key) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[])",
+                              $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], \
+                              $11::text[])",
     )
     .bind(c.ids)
     .bind(c.account_ids)
@@ -698,6 +702,7 @@ async fn insert_drips(
     .bind(starts)
     .bind(ends)
     .bind(c.actors)
+    .bind(key_texts(rows))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -723,11 +728,11 @@ async fn insert_transactions(
         "INSERT INTO token_transactions (id, account_id, entry_seq, token_amount, balance_after, created_by, \
          transaction_type, source, reason, amount_paid_cents, currency, stripe_payment_intent_id, \
          stripe_checkout_session_id, stripe_subscription_id, stripe_invoice_id, pack, \
-         reverses_transaction_id, stripe_reference, allow_negative) \
+         reverses_transaction_id, stripe_reference, allow_negative, idempotency_key) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
                               $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], \
                               $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::text[], \
-                              $19::boolean[])",
+                              $19::boolean[], $20::text[])",
     )
     .bind(c.ids)
     .bind(c.account_ids)
@@ -748,6 +753,7 @@ async fn insert_transactions(
     .bind(t.reverses_transaction_id)
     .bind(t.stripe_reference)
     .bind(t.allow_negative)
+    .bind(key_texts(rows))
     .execute(&mut **tx)
     .await?;
     Ok(())

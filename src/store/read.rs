@@ -192,24 +192,24 @@ impl Store {
 
 /// One page of an account's journal, newest first, below the cursor.
 const HISTORY_SQL: &str = "\
-SELECT j.*, k.idempotency_key FROM (
+SELECT j.*, h.hold_id FROM (
   SELECT * FROM journal
    WHERE account_id = $1 AND entry_seq < $2
      AND ($4::text[] IS NULL OR kind = ANY($4))
      AND ($5::timestamptz IS NULL OR created_at >= $5)
      AND ($6::timestamptz IS NULL OR created_at < $6)
    ORDER BY entry_seq DESC LIMIT $3
-) j LEFT JOIN idempotency_keys k ON k.entry_id = j.id
+) j LEFT JOIN token_holds h ON h.committed_transaction_id = j.id AND j.kind = 'usage'
 ORDER BY j.entry_seq DESC";
 
 /// What a looked-up row is answered with besides itself: its owner, its key, and how much of it
 /// reversals have taken back.
 const FOUND_ENTRY_SQL: &str = "\
-SELECT j.*, k.idempotency_key, a.user_id,
+SELECT j.*, h.hold_id, a.user_id,
        (SELECT COALESCE(-sum(r.token_amount), 0)::bigint FROM token_transactions r
          WHERE r.reverses_transaction_id = j.id) AS reversed_tokens
   FROM journal j JOIN accounts a USING (account_id)
-  LEFT JOIN idempotency_keys k ON k.entry_id = j.id";
+  LEFT JOIN token_holds h ON h.committed_transaction_id = j.id AND j.kind = 'usage'";
 
 fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, LedgerError> {
     let kind: String = row.try_get("kind")?;

@@ -259,16 +259,19 @@ pub async fn check(history: &History, addr: &str, pool: &PgPool) -> Summary {
         })
         .collect();
 
-    // Every acknowledged key exists exactly once, bound to its transaction; nothing else does.
-    let stored: HashMap<String, String> =
-        sqlx::query_as::<_, (String, String)>(
-            "SELECT idempotency_key, entry_id::text FROM idempotency_keys WHERE idempotency_key LIKE 'w%'",
-        )
-            .fetch_all(pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
+    // Every acknowledged key exists exactly once, bound to its transaction; no other key the
+    // checker tried does (keys are stored as their hash: look up every key it sent).
+    let tried: Vec<&str> = fates.keys().map(String::as_str).collect();
+    let stored: HashMap<String, String> = sqlx::query_as::<_, (String, String)>(
+        "SELECT t.k, i.entry_id::text FROM unnest($1::text[]) AS t(k) \
+             JOIN idempotency_keys i ON i.key_hash = ledger_key_hash(t.k)",
+    )
+    .bind(&tried)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
     for (key, _, transaction_id) in &acked {
         assert_eq!(
             stored.get(*key),
