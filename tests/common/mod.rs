@@ -319,6 +319,19 @@ impl TestDb {
         Self { name, options }
     }
 
+    /// A fresh database with no schema at all (a migration test applies what it wants).
+    pub async fn empty() -> Self {
+        let mut conn = admin_connection().await;
+        let name = format!("tl_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.ok();
+        let options = cluster().admin.clone().database(&name);
+        Self { name, options }
+    }
+
     pub fn url(&self) -> String {
         url_of(&self.options)
     }
