@@ -290,6 +290,38 @@ async fn a_hold_lapses_at_its_expiry_without_a_sweeper() {
 }
 
 #[tokio::test]
+async fn a_usage_write_ends_a_lapsed_hold_before_it_burns() {
+    // The store loads holds only for accounts whose row counts active ones: a write that names no
+    // hold must still find this one, lapse it, and burn the tokens it held.
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    c.grant(admin(grant_req("u", 1000, "g"))).await.unwrap();
+    reserve(&mut c, "u", 400, "r", 60).await.unwrap();
+    usage(&mut c, "u", 100, "u1").await;
+    assert_eq!(figures(&mut c, "u").await, (900, 400, 500));
+    app.advance(Duration::seconds(61));
+    let u = usage(&mut c, "u", 700, "u2").await;
+    assert_eq!(u.balance, 200);
+    assert_eq!(figures(&mut c, "u").await, (200, 0, 200));
+    let holds = c
+        .list_holds(admin(pb::ListHoldsRequest {
+            user_id: "u".into(),
+            active_only: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .holds;
+    assert_eq!(holds[0].state, pb::HoldState::Expired as i32);
+    assert_eq!(
+        app.count("SELECT count(*) FROM accounts WHERE active_holds = 0 AND held = 0 AND debt = 0")
+            .await,
+        1
+    );
+    app.assert_verified().await;
+}
+
+#[tokio::test]
 async fn released_holds_answer_their_state_and_cannot_be_committed() {
     let app = TestApp::spawn().await;
     let mut c = app.client().await;

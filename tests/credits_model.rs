@@ -186,30 +186,46 @@ impl Model {
             self.lots[lot].held -= t;
         }
     }
-    fn expire_due(&mut self) {
-        let now = self.now;
+    /// Lots expired by `at` keep only what holds hold.
+    fn expire_due(&mut self, at: i64) {
         for l in &mut self.lots {
-            if !l.live(now) {
+            if !l.live(at) {
                 l.remaining = l.held;
             }
         }
     }
+    /// Holds lapse one instant after another, each freeing its tokens when it lapses: they pay
+    /// the debt from the lots live at that instant.
     fn settle(&mut self) {
-        for h in 0..self.holds.len() {
-            if self.holds[h].state == HState::Active && self.holds[h].expires <= self.now {
-                self.holds[h].state = HState::Expired { committed: false };
-                self.free(h);
+        loop {
+            let now = self.now;
+            let next = self
+                .holds
+                .iter()
+                .filter(|h| h.state == HState::Active && h.expires <= now)
+                .map(|h| h.expires)
+                .min();
+            let Some(at) = next else { break };
+            for h in 0..self.holds.len() {
+                if self.holds[h].state == HState::Active && self.holds[h].expires == at {
+                    self.holds[h].state = HState::Expired { committed: false };
+                    self.free(h);
+                }
             }
+            self.finish_at(at);
         }
         self.finish();
     }
-    fn debit(&mut self, mut tokens: i64, first: &[usize]) {
+    fn debit(&mut self, tokens: i64, first: &[usize]) {
+        let now = self.now;
+        self.debit_at(tokens, first, now);
+    }
+    fn debit_at(&mut self, mut tokens: i64, first: &[usize], at: i64) {
         let mut order: Vec<usize> = first.to_vec();
         order.extend(self.order());
         for i in order {
-            let now = self.now;
             let l = &mut self.lots[i];
-            if tokens == 0 || !l.live(now) {
+            if tokens == 0 || !l.live(at) {
                 continue;
             }
             let take = tokens.min(l.unheld());
@@ -236,10 +252,14 @@ impl Model {
     /// What every write does after its own rule: expire what a freed hold left on an expired
     /// lot, then pay the debt from unheld tokens.
     fn finish(&mut self) {
-        self.expire_due();
+        let now = self.now;
+        self.finish_at(now);
+    }
+    fn finish_at(&mut self, at: i64) {
+        self.expire_due(at);
         if self.debt > 0 {
             let debt = std::mem::take(&mut self.debt);
-            self.debit(debt, &[]);
+            self.debit_at(debt, &[], at);
         }
     }
 }

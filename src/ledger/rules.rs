@@ -112,7 +112,8 @@ pub struct BatchState {
     pub fingerprints: Vec<Fingerprint>,
     /// The live lots (remaining above zero) of every locked account, by account id.
     pub lots: HashMap<i64, Vec<Lot>>,
-    /// The active holds of every locked account, plus every hold a write of the batch names
+    /// The active holds of every locked account (the store may skip an account whose row counts
+    /// none), plus every hold a write of the batch names
     /// (by its id, or a replayed Reserve by its key), whatever its state.
     pub holds: Vec<Hold>,
     /// Debt of every locked account that owes some, by account id.

@@ -3,8 +3,9 @@
 //!
 //! A batch is three steps, each a handful of statements whatever the batch's size:
 //! 1. **load** (`load`): claim every idempotency key at once, look up the committed ones, lock
-//!    every account the batch may move with one upsert, read the business keys already credited
-//!    and the credits being reversed;
+//!    every account the batch may move with one upsert, read the business keys already credited,
+//!    the credits being reversed, the accounts' live lots and (for accounts that have any, and
+//!    those the writes name) their holds;
 //! 2. **evaluate** (`ledger::rules::evaluate`, pure): decide every write against the running
 //!    state, staging rows and account moves;
 //! 3. **persist** (`persist`): give back the keys of refused writes, insert the journal rows with
@@ -136,7 +137,7 @@ async fn load(
         .collect();
     users.sort_unstable();
     users.dedup();
-    let (accounts, debts, now) = lock_accounts(tx, &users, clock_offset_micros).await?;
+    let (accounts, debts, holders, now) = lock_accounts(tx, &users, clock_offset_micros).await?;
     // Read after the account locks, so a concurrent credit of the same user's object has
     // committed (or not) by now.
     let business_keys: Vec<BusinessKey> = writes
@@ -167,7 +168,10 @@ async fn load(
             },
         )
         .collect();
-    let holds = credit::load_holds(tx, &account_ids, &named).await?;
+    // Only accounts with an active hold have any to load: the account row counts them exactly
+    // (a batch that changes a hold moves its account), and the batch holds the row's lock. Most
+    // batches (usage, credits) name no hold and touch no account with one, and skip the query.
+    let holds = credit::load_holds(tx, &holders, &named).await?;
     let state = BatchState {
         keys,
         accounts,
@@ -257,15 +261,17 @@ async fn load_keys(
     Ok(states)
 }
 
-/// Locks (creating where new) every account the batch may move, in user-id order, with its
-/// balance and totals. Also answers the transaction's time (`now()`), the batch's clock.
-/// Accounts locked by a batch, the debts of those that owe, and the batch's clock.
+/// Accounts locked by a batch, the debts of those that owe, the accounts with active holds, and
+/// the batch's clock.
 type Locked = (
     HashMap<String, LockedAccount>,
     HashMap<i64, i64>,
+    Vec<i64>,
     Option<DateTime<Utc>>,
 );
 
+/// Locks (creating where new) every account the batch may move, in user-id order, with its
+/// balance and totals. Also answers the transaction's time (`now()`), the batch's clock.
 async fn lock_accounts(
     tx: &mut Transaction<'_, Postgres>,
     users: &[&str],
@@ -273,15 +279,16 @@ async fn lock_accounts(
 ) -> Result<Locked, sqlx::Error> {
     let mut accounts = HashMap::with_capacity(users.len());
     let mut debts = HashMap::new();
+    let mut holders = Vec::new();
     if users.is_empty() {
-        return Ok((accounts, debts, None));
+        return Ok((accounts, debts, holders, None));
     }
     let rows = sqlx::query(&format!(
         "INSERT INTO accounts (user_id) SELECT u FROM unnest($1::text[]) AS u ORDER BY u \
          ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
          RETURNING account_id, user_id, balance, granted_total, deducted_total, purchased_total, \
-           dripped_total, used_total, reversed_total, expired_total, debt, last_seq, \
-           (xmax = 0) AS created, {} AS now",
+           dripped_total, used_total, reversed_total, expired_total, debt, active_holds, \
+           last_seq, (xmax = 0) AS created, {} AS now",
         credit::clock_sql(2)
     ))
     .bind(users)
@@ -296,6 +303,10 @@ async fn lock_accounts(
         let debt: i64 = row.try_get("debt")?;
         if debt != 0 {
             debts.insert(row.try_get("account_id")?, debt);
+        }
+        let active_holds: i32 = row.try_get("active_holds")?;
+        if active_holds != 0 {
+            holders.push(row.try_get("account_id")?);
         }
         let account = LockedAccount {
             account_id: row.try_get("account_id")?,
@@ -314,7 +325,7 @@ async fn lock_accounts(
         };
         accounts.insert(row.try_get("user_id")?, account);
     }
-    Ok((accounts, debts, now))
+    Ok((accounts, debts, holders, now))
 }
 
 /// The rows reversals name (read under the account locks just taken), with what committed

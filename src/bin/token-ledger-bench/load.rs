@@ -16,6 +16,18 @@ use token_ledger::pb::ledger_service_client::LedgerServiceClient;
 use crate::report::{RunReport, Stats};
 use crate::{BenchArgs, Distribution, Scenario};
 
+/// Tokens a `hold` operation reserves, and the smaller amount it then commits (the AI call used
+/// less than was held; the rest goes back to the account).
+const HOLD_RESERVE_TOKENS: i64 = 1_000;
+const HOLD_COMMIT_TOKENS: i64 = 700;
+
+/// Tokens of each seeded lot: no run comes near emptying one (a run debits at most a few thousand
+/// tokens per account), so every lot stays live and debits keep burning the same first lot.
+const SEED_LOT_TOKENS: i64 = 1_000_000;
+
+/// Seed grants in flight at once.
+const SEED_CALLS_IN_FLIGHT_MAX: usize = 256;
+
 /// A run's figures and the balance every account must have after it.
 pub struct Run {
     pub report: RunReport,
@@ -175,6 +187,10 @@ async fn one_call(
             }
             (1, r.err().map(|e| e.code()))
         }
+        Scenario::Hold => match hold_pair(s, client, account).await {
+            Ok(()) => (1, None),
+            Err(status) => (0, Some(status.code())),
+        },
         Scenario::Batch => {
             let mut accounts = Vec::with_capacity(s.args.batch_events);
             let events = (0..s.args.batch_events)
@@ -218,16 +234,57 @@ async fn one_call(
     }
 }
 
-/// Seeds accounts (balance scenario and history), then runs warm-up and the measured window.
+/// One `hold` operation on `account`: Reserve, then CommitHold of less than was held.
+async fn hold_pair(
+    s: &Shared,
+    client: &mut LedgerServiceClient<Channel>,
+    account: usize,
+) -> Result<(), tonic::Status> {
+    let hold_id = client
+        .reserve(s.request(pb::ReserveRequest {
+            user_id: s.users[account].clone(),
+            tokens: HOLD_RESERVE_TOKENS,
+            idempotency_key: s.key(),
+            model: "bench-model".into(),
+            feature: "bench".into(),
+            ..Default::default()
+        }))
+        .await?
+        .into_inner()
+        .hold_id;
+    client
+        .commit_hold(s.request(pb::CommitHoldRequest {
+            hold_id,
+            tokens: HOLD_COMMIT_TOKENS,
+            idempotency_key: s.key(),
+            model: "bench-model".into(),
+            input_tokens: HOLD_COMMIT_TOKENS,
+            output_tokens: 0,
+            feature: "bench".into(),
+        }))
+        .await?;
+    s.debited[account].fetch_add(HOLD_COMMIT_TOKENS, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Seeds accounts (lots and history), analyzes the database when given one (see
+/// [`analyze`]), then runs warm-up and the measured window.
 pub async fn drive(
     args: &BenchArgs,
     url: &str,
     api_key: Option<String>,
     label: &str,
+    analyze_db_url: Option<&str>,
 ) -> anyhow::Result<Run> {
     let shared = Arc::new(Shared::new(args, api_key)?);
     let clients = connect(args, url).await?;
-    seed(&shared, &clients[0]).await?;
+    seed(&shared, &clients).await?;
+    if args.scenario == Scenario::Hold {
+        seed_holds(&shared, &clients).await?;
+    }
+    if let Some(db_url) = analyze_db_url {
+        analyze(db_url).await?;
+    }
 
     let window = Window::starting_now(args);
     let missed = Arc::new(AtomicU64::new(0));
@@ -246,6 +303,7 @@ pub async fn drive(
     Ok(Run {
         report: RunReport {
             label: label.to_string(),
+            unit: args.scenario.unit(),
             calls: stats.calls,
             events: stats.events,
             seconds,
@@ -266,6 +324,29 @@ pub async fn drive(
         },
         expected: shared.expected(),
     })
+}
+
+/// `ANALYZE` on the run's fresh database, once seeded. The server's pooled connections keep a
+/// generic plan for each prepared statement, made when the statement first ran: on a database
+/// created seconds ago that was while the tables were nearly empty, where a sequential scan is
+/// the cheapest plan (the batch's `UPDATE accounts … = ANY($1)` below about 1,000 accounts, for
+/// one). Nothing replaces those plans during a run of seconds (autovacuum would not have analyzed
+/// so young a database yet, where it is on at all), so every batch would scan whole tables and
+/// the figures would depend on how big each table was when each connection first planned.
+/// `ANALYZE` is what autovacuum does on a live database: the statistics it writes invalidate the
+/// cached plans, and the next executions plan against the real sizes. A table still empty here
+/// is planned as empty (sequential scans) until the end of the run: hence `seed_holds`.
+async fn analyze(db_url: &str) -> anyhow::Result<()> {
+    use sqlx::Connection as _;
+    let started = Instant::now();
+    let mut conn = sqlx::PgConnection::connect(db_url).await?;
+    sqlx::query("ANALYZE").execute(&mut conn).await?;
+    conn.close().await?;
+    println!(
+        "analyzed the seeded database in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -314,34 +395,67 @@ async fn connect(args: &BenchArgs, url: &str) -> anyhow::Result<Vec<LedgerServic
     Ok(clients)
 }
 
-/// A credit per account so balances exist (and the balance scenario reads real rows), and
-/// `--history-rows` usage rows on the first account.
-async fn seed(shared: &Shared, client: &LedgerServiceClient<Channel>) -> anyhow::Result<()> {
-    if matches!(shared.args.scenario, Scenario::Balance | Scenario::Mixed) {
-        let accounts: Vec<usize> = (0..shared.users.len()).collect();
-        for chunk in accounts.chunks(64) {
-            let mut calls = Vec::new();
-            for &a in chunk {
-                let mut c = client.clone();
-                let req = shared.request(pb::GrantRequest {
-                    user_id: shared.users[a].clone(),
-                    tokens: 1_000_000,
-                    idempotency_key: shared.key(),
-                    source: pb::GrantSource::Admin as i32,
-                    reason: "bench seed".into(),
-                    ..Default::default()
-                });
+/// The `k`-th seed grant of an account. The first never expires at priority 0 (the one grant
+/// every account got before lots existed); each further one expires `k` years from now at
+/// priority `k - 1`, so the accounts hold lots of different expiries and priorities and debits
+/// burn the second (priority 0, expiring) first. Nothing expires during a run.
+fn seed_grant(shared: &Shared, account: usize, k: u32) -> pb::GrantRequest {
+    const YEAR_SECS: i64 = 365 * 24 * 3600;
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (expires_at, priority) = match k {
+        0 => (None, 0),
+        k => (
+            Some(prost_types::Timestamp {
+                seconds: now_secs + i64::from(k) * YEAR_SECS,
+                nanos: 0,
+            }),
+            k as i32 - 1,
+        ),
+    };
+    pb::GrantRequest {
+        user_id: shared.users[account].clone(),
+        tokens: SEED_LOT_TOKENS,
+        idempotency_key: shared.key(),
+        source: pb::GrantSource::Admin as i32,
+        reason: "bench seed".into(),
+        expires_at,
+        priority,
+        ..Default::default()
+    }
+}
+
+/// `--lots` credits per account (each its own lot), and `--history-rows` usage rows on the
+/// first account.
+async fn seed(shared: &Shared, clients: &[LedgerServiceClient<Channel>]) -> anyhow::Result<()> {
+    let lots = shared.args.lots;
+    if lots > 0 {
+        let started = Instant::now();
+        let grants: Vec<(usize, u32)> = (0..shared.users.len())
+            .flat_map(|a| (0..lots).map(move |k| (a, k)))
+            .collect();
+        for chunk in grants.chunks(SEED_CALLS_IN_FLIGHT_MAX) {
+            let mut calls = Vec::with_capacity(chunk.len());
+            for (i, &(a, k)) in chunk.iter().enumerate() {
+                let mut c = clients[i % clients.len()].clone();
+                let req = shared.request(seed_grant(shared, a, k));
                 calls.push(tokio::spawn(async move { c.grant(req).await }));
             }
-            for (call, &a) in calls.into_iter().zip(chunk) {
+            for (call, &(a, _)) in calls.into_iter().zip(chunk) {
                 call.await??;
-                shared.credited[a].fetch_add(1_000_000, Ordering::Relaxed);
+                shared.credited[a].fetch_add(SEED_LOT_TOKENS, Ordering::Relaxed);
             }
         }
+        println!(
+            "seeded {lots} lots on each of {} accounts in {:.1} s",
+            shared.users.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
     let rows = shared.args.history_rows;
     if rows > 0 {
-        let mut client = client.clone();
+        let mut client = clients[0].clone();
         let started = Instant::now();
         let mut done = 0u64;
         while done < rows {
@@ -369,6 +483,35 @@ async fn seed(shared: &Shared, client: &LedgerServiceClient<Channel>) -> anyhow:
             started.elapsed().as_secs_f64()
         );
     }
+    Ok(())
+}
+
+/// One committed hold per account before measuring, so `token_holds` has a history when the
+/// database is analyzed, as on a live ledger where every AI call left one. Without it the table
+/// is empty when the server plans its hold statements and they scan it whole for the rest of the
+/// run (see [`analyze`]).
+async fn seed_holds(
+    shared: &Arc<Shared>,
+    clients: &[LedgerServiceClient<Channel>],
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let accounts: Vec<usize> = (0..shared.users.len()).collect();
+    for chunk in accounts.chunks(SEED_CALLS_IN_FLIGHT_MAX) {
+        let mut calls = Vec::with_capacity(chunk.len());
+        for (i, &a) in chunk.iter().enumerate() {
+            let mut c = clients[i % clients.len()].clone();
+            let s = shared.clone();
+            calls.push(tokio::spawn(async move { hold_pair(&s, &mut c, a).await }));
+        }
+        for call in calls {
+            call.await??;
+        }
+    }
+    println!(
+        "seeded one committed hold on each of {} accounts in {:.1} s",
+        shared.users.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

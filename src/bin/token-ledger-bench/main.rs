@@ -4,11 +4,13 @@
 //! process, so the server's peak RSS is its own) on a fresh database, run one scenario
 //! closed-loop (N callers, each sending as soon as its previous call returned) or open-loop (a
 //! target rate; a call that cannot be sent on time because every caller is busy is counted as
-//! missed), and report throughput and latency percentiles (HDR histogram) and errors by code, as
+//! missed), and report throughput (events, or Reserve + CommitHold pairs for `hold`) and latency percentiles (HDR histogram) and errors by code, as
 //! text and JSON. With `--compare` it runs the same scenario at `--batch-max 1` (one transaction
 //! per write, the baseline) and at the default, and prints the ratio. After every run it checks
 //! the ledger invariant (`verify`) and that every account's balance is exactly what the
-//! successful calls say. No global state: each run's expected balances travel in its result.
+//! successful calls say. Before measuring, every account is credited with `--lots` grants, each
+//! its own lot, as the accounts of a product with promotions and subscriptions hold several. No
+//! global state: each run's expected balances travel in its result.
 
 mod load;
 mod report;
@@ -33,6 +35,24 @@ pub enum Scenario {
     Mixed,
     /// TrackUsageBatch, --batch-events per call.
     Batch,
+    /// Reserve then CommitHold of a smaller amount (an AI call that used less than it held),
+    /// over many accounts; one operation is the pair.
+    Hold,
+}
+
+impl Scenario {
+    /// What one operation of the scenario is called in the report.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Scenario::Hold => "pairs",
+            _ => "events",
+        }
+    }
+
+    /// Whether the scenario needs credited accounts (it reads balances or holds tokens).
+    fn needs_credits(self) -> bool {
+        matches!(self, Scenario::Balance | Scenario::Mixed | Scenario::Hold)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +91,12 @@ pub struct BenchArgs {
     /// Events per TrackUsageBatch call (batch scenario).
     #[arg(long, default_value_t = 100)]
     pub batch_events: usize,
+    /// Live lots per account before measuring: each account is credited with this many grants
+    /// (see `load::seed_grant`: the first never expires, the others expire years from now with
+    /// different priorities, so nothing expires during a run). 1 is the setup from before lots
+    /// existed (one grant that never expires); 0 credits nothing, so usage runs into debt.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=LOTS_MAX as i64))]
+    pub lots: u32,
     /// Seed the first account with this many usage rows before measuring (to show GetBalance does
     /// not depend on history length).
     #[arg(long, default_value_t = 0)]
@@ -94,6 +120,11 @@ pub struct BenchArgs {
     /// Write the report as JSON to this file as well.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Do not `ANALYZE` the fresh database after seeding (self-hosted runs): the server then
+    /// keeps the query plans it made while the tables were nearly empty (see `load::analyze`).
+    /// The figures BENCHMARKS.md recorded before its lots-and-holds section were measured so.
+    #[arg(long)]
+    pub no_analyze: bool,
     /// Keep the benchmark databases.
     #[arg(long)]
     pub keep: bool,
@@ -102,6 +133,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
 }
+
+/// Most `--lots`: each is a Grant RPC per account before the run starts.
+const LOTS_MAX: u32 = 100;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -116,6 +150,12 @@ async fn main() -> std::process::ExitCode {
 
 /// Runs the benchmark the arguments describe.
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.lots == 0 && args.scenario.needs_credits() {
+        anyhow::bail!(
+            "--lots 0 leaves accounts without tokens; {:?} needs at least one",
+            args.scenario
+        );
+    }
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -125,10 +165,11 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     println!(
-        "token-ledger bench: scenario {:?}, {} accounts ({:?}), concurrency {}, {} s + {} s warm-up, {}; {} cores, {}",
+        "token-ledger bench: scenario {:?}, {} accounts ({:?}), {} lots each, concurrency {}, {} s + {} s warm-up, {}; {} cores, {}",
         args.scenario,
         args.accounts,
         args.distribution,
+        args.lots,
         args.concurrency,
         args.duration_secs,
         args.warmup_secs,
@@ -139,7 +180,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     if let Some(url) = &args.ledger_url {
         reports.push(
-            load::drive(&args, url, args.api_key.clone(), "external server")
+            load::drive(&args, url, args.api_key.clone(), "external server", None)
                 .await?
                 .report,
         );
@@ -168,12 +209,17 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if reports.len() == 2 {
         let ratio = reports[1].events_per_sec / reports[0].events_per_sec.max(1e-9);
-        println!("ratio default / baseline: {ratio:.1}x events/s");
+        println!(
+            "ratio default / baseline: {ratio:.1}x {}/s",
+            args.scenario.unit()
+        );
     }
     if let Some(path) = &args.json {
         let value = json!({
             "scenario": format!("{:?}", args.scenario), "accounts": args.accounts,
-            "distribution": format!("{:?}", args.distribution), "concurrency": args.concurrency,
+            "distribution": format!("{:?}", args.distribution), "lots": args.lots,
+            "unit": args.scenario.unit(), "analyzed_after_seed": args.ledger_url.is_none() && !args.no_analyze,
+            "concurrency": args.concurrency,
             "duration_secs": args.duration_secs, "rate": args.rate, "batch_events": args.batch_events,
             "runs": reports.iter().map(RunReport::to_json).collect::<Vec<_>>(),
         });

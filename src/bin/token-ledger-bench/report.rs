@@ -10,6 +10,9 @@ use serde_json::json;
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub label: String,
+    /// What one operation is (`events`, or `pairs` for Reserve + CommitHold): `events` and
+    /// `events_per_sec` count these.
+    pub unit: &'static str,
     pub calls: u64,
     pub events: u64,
     pub seconds: f64,
@@ -26,7 +29,7 @@ pub struct RunReport {
 impl RunReport {
     pub fn to_json(&self) -> serde_json::Value {
         json!({
-            "label": self.label, "calls": self.calls, "events": self.events, "seconds": self.seconds,
+            "label": self.label, "unit": self.unit, "calls": self.calls, "events": self.events, "seconds": self.seconds,
             "events_per_sec": self.events_per_sec, "calls_per_sec": self.calls_per_sec,
             "latency_us": {"p50": self.latency_us[0], "p90": self.latency_us[1], "p99": self.latency_us[2],
                            "p99_9": self.latency_us[3], "max": self.latency_us[4]},
@@ -39,9 +42,10 @@ impl RunReport {
 
     pub fn print(&self) {
         println!(
-            "{:<28} {:>10.0} events/s {:>9.0} calls/s  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms",
+            "{:<28} {:>10.0} {}/s {:>9.0} calls/s  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>8.2} ms",
             self.label,
             self.events_per_sec,
+            self.unit,
             self.calls_per_sec,
             self.latency_us[0] as f64 / 1000.0,
             self.latency_us[1] as f64 / 1000.0,
@@ -50,10 +54,11 @@ impl RunReport {
             self.latency_us[4] as f64 / 1000.0,
         );
         println!(
-            "{:<28} {} calls, {} events in {:.1} s; errors {:?}; missed sends {}; server peak RSS {}; storage {}; {}",
+            "{:<28} {} calls, {} {} in {:.1} s; errors {:?}; missed sends {}; server peak RSS {}; storage {}; {}",
             "",
             self.calls,
             self.events,
+            self.unit,
             self.seconds,
             self.errors,
             self.missed_sends,

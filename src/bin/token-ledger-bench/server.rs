@@ -43,7 +43,15 @@ pub async fn self_hosted(
     let db_url = url_of(&admin_options.clone().database(&db_name));
 
     let mut child = start_server(args, &db_url, batch_max).await?;
-    let result = crate::load::drive(args, &child.url, Some(BENCH_KEY.to_string()), label).await;
+    let analyze = (!args.no_analyze).then_some(db_url.as_str());
+    let result = crate::load::drive(
+        args,
+        &child.url,
+        Some(BENCH_KEY.to_string()),
+        label,
+        analyze,
+    )
+    .await;
     let peak_rss = read_peak_rss_kib(child.pid);
     child.stop().await;
     let run = result?;

@@ -195,16 +195,30 @@ impl Wallet {
     /// lot past its expiry (the held part waits for its hold to end). Tokens a lapsed hold gave
     /// back pay any debt, as every write's freed tokens do.
     pub fn settle(&mut self, now: DateTime<Utc>) -> Vec<Expiry> {
-        let due: Vec<i64> = self
+        // In the order things happened: each lapse frees tokens at its own instant, when they
+        // pay what debt there is from the lots live then (settling everything at `now` at once
+        // would pay from lots that were still held back then).
+        let mut expired = Vec::new();
+        while let Some(at) = self
             .holds
             .iter()
             .filter(|h| h.state == HoldState::Active && h.expires_at <= now)
-            .map(|h| h.hold_id)
-            .collect();
-        for hold_id in due {
-            self.end_hold(hold_id, HoldState::Expired, None);
+            .map(|h| h.expires_at)
+            .min()
+        {
+            let due: Vec<i64> = self
+                .holds
+                .iter()
+                .filter(|h| h.state == HoldState::Active && h.expires_at == at)
+                .map(|h| h.hold_id)
+                .collect();
+            for hold_id in due {
+                self.end_hold(hold_id, HoldState::Expired, None);
+            }
+            expired.extend(self.expire_due(at));
+            self.pay_debt(at);
         }
-        let expired = self.expire_due(now);
+        expired.extend(self.expire_due(now));
         self.pay_debt(now);
         expired
     }
