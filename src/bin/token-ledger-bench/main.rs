@@ -12,6 +12,7 @@
 //! its own lot, as the accounts of a product with promotions and subscriptions hold several. No
 //! global state: each run's expected balances travel in its result.
 
+mod echo;
 mod load;
 mod report;
 mod server;
@@ -132,6 +133,13 @@ pub struct BenchArgs {
     /// binary, e.g. target/release/token-ledger).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// Also run the scenario against the echo server (the same service answering constants, no
+    /// database) in the same run, and print every figure as a ratio to it.
+    #[arg(long)]
+    pub echo: bool,
+    /// Be the echo server, on this address (how the bench starts its echo child).
+    #[arg(long, hide = true)]
+    pub serve_echo: Option<std::net::SocketAddr>,
 }
 
 /// Most `--lots`: each is a Grant RPC per account before the run starts.
@@ -150,6 +158,9 @@ async fn main() -> std::process::ExitCode {
 
 /// Runs the benchmark the arguments describe.
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(listen) = args.serve_echo {
+        return echo::serve(listen).await;
+    }
     if args.lots == 0 && args.scenario.needs_credits() {
         anyhow::bail!(
             "--lots 0 leaves accounts without tokens; {:?} needs at least one",
@@ -203,9 +214,29 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             reports.push(server::self_hosted(&args, batch_max, &label).await?);
         }
     }
+    let echo = if args.echo {
+        let child = echo::start().await?;
+        let run = load::drive(&args, &child.url, None, "echo (transport only)", None).await?;
+        Some(run.report)
+    } else {
+        None
+    };
     println!();
-    for r in &reports {
+    for r in reports.iter().chain(echo.iter()) {
         r.print();
+    }
+    if let Some(echo) = &echo {
+        for r in &reports {
+            println!(
+                "{}: {:.1}% of echo's {}/s (echo {:.0}/s); p50 {:.2}x, p99 {:.2}x echo's",
+                r.label,
+                100.0 * r.events_per_sec / echo.events_per_sec.max(1e-9),
+                args.scenario.unit(),
+                echo.events_per_sec,
+                r.latency_us[0] as f64 / echo.latency_us[0].max(1) as f64,
+                r.latency_us[2] as f64 / echo.latency_us[2].max(1) as f64,
+            );
+        }
     }
     if reports.len() == 2 {
         let ratio = reports[1].events_per_sec / reports[0].events_per_sec.max(1e-9);
@@ -222,6 +253,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "concurrency": args.concurrency,
             "duration_secs": args.duration_secs, "rate": args.rate, "batch_events": args.batch_events,
             "runs": reports.iter().map(RunReport::to_json).collect::<Vec<_>>(),
+            "echo": echo.as_ref().map(RunReport::to_json),
         });
         std::fs::write(path, serde_json::to_string_pretty(&value)?)?;
     }
