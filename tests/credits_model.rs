@@ -147,7 +147,9 @@ enum HState {
 struct MHold {
     id: String,
     tokens: i64,
-    expires: i64,
+    /// (model time, order): holds placed or extended in one step of model time lapse in the
+    /// order they were placed or extended (the service's clock moves a little between calls).
+    expires: (i64, u64),
     earmarks: Vec<(usize, i64)>,
     state: HState,
 }
@@ -160,6 +162,8 @@ struct Model {
     holds: Vec<MHold>,
     /// Credits made: (transaction id, amount, reversed so far, lot index).
     credits: Vec<(String, i64, i64, usize)>,
+    /// Orders hold expiries set within one step of model time.
+    expiry_seq: u64,
 }
 
 impl Model {
@@ -181,6 +185,10 @@ impl Model {
         });
         idx
     }
+    fn next_expiry(&mut self, at: i64) -> (i64, u64) {
+        self.expiry_seq += 1;
+        (at, self.expiry_seq)
+    }
     fn free(&mut self, h: usize) {
         for (lot, t) in self.holds[h].earmarks.clone() {
             self.lots[lot].held -= t;
@@ -199,19 +207,15 @@ impl Model {
     fn settle(&mut self) {
         loop {
             let now = self.now;
-            let next = self
-                .holds
-                .iter()
-                .filter(|h| h.state == HState::Active && h.expires <= now)
-                .map(|h| h.expires)
-                .min();
-            let Some(at) = next else { break };
-            for h in 0..self.holds.len() {
-                if self.holds[h].state == HState::Active && self.holds[h].expires == at {
-                    self.holds[h].state = HState::Expired { committed: false };
-                    self.free(h);
-                }
-            }
+            let next = (0..self.holds.len())
+                .filter(|&h| {
+                    self.holds[h].state == HState::Active && self.holds[h].expires.0 <= now
+                })
+                .min_by_key(|&h| self.holds[h].expires);
+            let Some(h) = next else { break };
+            self.holds[h].state = HState::Expired { committed: false };
+            self.free(h);
+            let at = self.holds[h].expires.0;
             self.finish_at(at);
         }
         self.finish();
@@ -495,10 +499,11 @@ impl Case<'_> {
             let r = r.into_inner();
             prop_assert_eq!(r.held, held, "tokens held");
             let earmarks = self.model.earmark(held);
+            let expires = self.model.next_expiry(self.model.now + ttl);
             self.model.holds.push(MHold {
                 id: r.hold_id,
                 tokens: held,
-                expires: self.model.now + ttl,
+                expires,
                 earmarks,
                 state: HState::Active,
             });
@@ -602,7 +607,10 @@ impl Case<'_> {
             }
             hold.tokens += add;
             if let Some(ttl) = ttl {
-                hold.expires = hold.expires.max(now + ttl);
+                self.model.expiry_seq += 1;
+                let seq = self.model.expiry_seq;
+                let hold = &mut self.model.holds[h];
+                hold.expires = hold.expires.max((now + ttl, seq));
             }
         }
         Ok(())
