@@ -172,6 +172,8 @@ pub struct Staged {
     pub placeholders: i64,
     /// Lots created or changed, with their account id.
     pub lots: Vec<(i64, Lot)>,
+    /// The lots of `lots` the batch created (the others exist and are updated).
+    pub new_lots: Vec<i64>,
     /// Holds placed or changed.
     pub holds: Vec<Hold>,
 }
@@ -494,6 +496,7 @@ impl Batch {
             } = account;
             if touched || !wallet.changed_lots.is_empty() || !wallet.changed_holds.is_empty() {
                 let summary = wallet.summary(now);
+                staged.new_lots.append(&mut wallet.new_lots);
                 for lot_id in std::mem::take(&mut wallet.changed_lots) {
                     if let Some(lot) = wallet.lots.iter().find(|l| l.lot_id == lot_id) {
                         staged.lots.push((locked.account_id, lot.clone()));

@@ -251,7 +251,41 @@ async fn upsert_lots(
     staged: &Staged,
     ids: &[i64],
 ) -> Result<(), sqlx::Error> {
-    let l = &staged.lots;
+    let (created, changed): (Vec<&StagedLot>, Vec<&StagedLot>) = staged
+        .lots
+        .iter()
+        .partition(|(_, lot)| staged.new_lots.contains(&lot.lot_id));
+    if !created.is_empty() {
+        insert_lots(conn, &created, ids).await?;
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    // Existing lots: only what a batch can change (a burn touches `remaining` alone, which no
+    // index covers, so the update stays on its page).
+    sqlx::query(
+        "UPDATE token_lots l SET remaining = v.remaining, held = v.held, expires_at = v.expires_at \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[]) \
+           AS v(lot_id, remaining, held, expires_at) \
+         WHERE l.lot_id = v.lot_id",
+    )
+    .bind(changed.iter().map(|(_, x)| x.lot_id).collect::<Vec<_>>())
+    .bind(changed.iter().map(|(_, x)| x.remaining).collect::<Vec<_>>())
+    .bind(changed.iter().map(|(_, x)| x.held).collect::<Vec<_>>())
+    .bind(changed.iter().map(|(_, x)| x.expires_at).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A lot the batch changed, with its account id.
+type StagedLot = (i64, Lot);
+
+async fn insert_lots(
+    conn: &mut PgConnection,
+    l: &[&StagedLot],
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
     let mut lot_ids = Vec::with_capacity(l.len());
     for (_, lot) in l {
         lot_ids.push(real_id(ids, lot.lot_id)?);
@@ -261,9 +295,7 @@ async fn upsert_lots(
            granted, remaining, held, expires_at, priority, created_at) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::boolean[], $5::text[], \
            $6::bigint[], $7::bigint[], $8::bigint[], $9::timestamptz[], $10::int[], \
-           $11::timestamptz[]) \
-         ON CONFLICT (lot_id) DO UPDATE SET remaining = EXCLUDED.remaining, \
-           held = EXCLUDED.held, expires_at = EXCLUDED.expires_at",
+           $11::timestamptz[])",
     )
     .bind(lot_ids)
     .bind(l.iter().map(|(a, _)| *a).collect::<Vec<_>>())

@@ -131,6 +131,8 @@ pub struct Wallet {
     /// Lots and holds whose rows must be written back.
     pub changed_lots: Vec<i64>,
     pub changed_holds: Vec<i64>,
+    /// Lots this batch created (inserted rather than updated).
+    pub new_lots: Vec<i64>,
 }
 
 impl Wallet {
@@ -272,6 +274,7 @@ impl Wallet {
             self.debt -= paid;
         }
         self.mark_lot(lot.lot_id);
+        self.new_lots.push(lot.lot_id);
         self.lots.push(lot);
     }
 
@@ -422,6 +425,7 @@ impl Wallet {
                     created_at: created_at.min(new_lot.created_at),
                 });
                 self.mark_lot(id);
+                self.new_lots.push(id);
                 (carry, id)
             });
             if unused > 0 {
