@@ -370,14 +370,6 @@ async fn upsert_holds(
     Ok(())
 }
 
-/// A lot as ListLots shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LotView {
-    pub lot: Lot,
-    /// The journal row of the credit (or rollover) that created it; `None` for an opening lot.
-    pub source_transaction_id: Option<EntryId>,
-}
-
 impl Store {
     /// Accounts with something due by the ledger's now (a lot expired, a hold lapsed), soonest
     /// first.

@@ -24,7 +24,7 @@ mod error;
 mod read;
 
 pub use batch::BatchOutcome;
-pub use credit::{Clock, LotView, WalletQuery};
+pub use credit::{Clock, WalletQuery};
 
 /// While the database is known to be down, how long a call may wait for a connection before it
 /// is answered UNAVAILABLE (instead of the whole pool-acquire timeout).
