@@ -100,6 +100,18 @@ pub struct StripeArgs {
     #[arg(long, env = "STRIPE_WEBHOOK_TOLERANCE_SECS", default_value_t = crate::webhook::TOLERANCE_SECS_DEFAULT)]
     pub stripe_tolerance_secs: i64,
 
+    /// Act on events of this Stripe mode only; events of the other mode are answered 200 and
+    /// recorded as `ignored_other_mode` (a test endpoint pointed at production never mints
+    /// tokens). `any` acts on both.
+    #[arg(long, env = "TOKEN_LEDGER_STRIPE_MODE", value_enum, default_value_t = crate::webhook::StripeMode::Any)]
+    pub stripe_mode: crate::webhook::StripeMode,
+
+    /// An event for a price or product the catalog lacks: `reject` (400, Stripe retries until
+    /// the catalog is fixed) or `ignore` (200, recorded as `ignored_unknown_product`, logged at
+    /// warn: for an account that sells other things too).
+    #[arg(long, env = "TOKEN_LEDGER_STRIPE_UNKNOWN_PRODUCTS", value_enum, default_value_t = crate::webhook::UnknownProducts::Reject)]
+    pub stripe_unknown_products: crate::webhook::UnknownProducts,
+
     /// The product catalog (TOML; see catalog.example.toml). Without it the built-in example
     /// catalog is used, with a warning.
     #[arg(long, env = "TOKEN_LEDGER_STRIPE_CATALOG")]
@@ -123,6 +135,8 @@ impl StripeArgs {
         let config = WebhookConfig {
             secrets: self.secrets.clone(),
             tolerance_secs: self.stripe_tolerance_secs,
+            mode: self.stripe_mode,
+            unknown_products: self.stripe_unknown_products,
         };
         Ok((config, catalog))
     }

@@ -1385,3 +1385,69 @@ async fn a_pack_is_credited_with_its_catalog_priority_and_no_expiry() {
         vec![(pb::LotSource::Purchase, 2_000_000, None, 10)]
     );
 }
+
+async fn app_with(config: token_ledger::webhook::WebhookConfig) -> (TestApp, SocketAddr) {
+    let app = TestApp::spawn_with(TestOptions {
+        webhook: true,
+        webhook_config: Some(config),
+        ..Default::default()
+    })
+    .await;
+    let addr = app.webhook_addr.unwrap();
+    (app, addr)
+}
+
+#[tokio::test]
+async fn a_live_endpoint_never_acts_on_a_test_event_and_the_reverse() {
+    use token_ledger::webhook::StripeMode;
+    for (mode, live_ok) in [(StripeMode::Live, true), (StripeMode::Test, false)] {
+        let (app, addr) = app_with(token_ledger::webhook::WebhookConfig {
+            mode,
+            ..webhook_config()
+        })
+        .await;
+        let pack = |id: &str, pi: &str, livemode: bool| {
+            let mut e = event(
+                id,
+                "checkout.session.completed",
+                pack_checkout(&format!("cs_{id}"), pi, "user-m", "pack_2m", 9_900),
+            );
+            e["livemode"] = json!(livemode);
+            e
+        };
+        // The event of the other mode: 200, recorded, nothing credited.
+        let other = pack("evt_other_mode", "pi_other", !live_ok);
+        assert_eq!(send(addr, &other).await, 200);
+        assert_eq!(
+            outcome(&app, "evt_other_mode").await.0,
+            "ignored_other_mode"
+        );
+        assert_eq!(app.journal_rows().await, 0, "{mode:?}");
+        // The endpoint's own mode is credited.
+        let own = pack("evt_own_mode", "pi_own", live_ok);
+        assert_eq!(send(addr, &own).await, 200);
+        assert_eq!(outcome(&app, "evt_own_mode").await.0, "credited");
+        assert_eq!(balance(&app, "user-m").await, 2_000_000, "{mode:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_product_can_be_acknowledged_and_recorded() {
+    let (app, addr) = app_with(token_ledger::webhook::WebhookConfig {
+        unknown_products: token_ledger::webhook::UnknownProducts::Ignore,
+        ..webhook_config()
+    })
+    .await;
+    let e = event(
+        "evt_other_product",
+        "checkout.session.completed",
+        pack_checkout("cs_o", "pi_o", "user-o", "tshirt", 2_500),
+    );
+    let (status, body) = deliver(addr, WEBHOOK_SECRET, &e).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        outcome(&app, "evt_other_product").await.0,
+        "ignored_unknown_product"
+    );
+    assert_eq!(app.journal_rows().await, 0);
+}

@@ -40,12 +40,48 @@ pub const TOLERANCE_SECS_DEFAULT: i64 = 300;
 /// the ledger's own pool stays free for its writers and readers.
 pub const POOL_CONNECTIONS_MAX_DEFAULT: u32 = 4;
 
-/// Signature settings.
+/// Which Stripe mode's events the webhook acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum StripeMode {
+    /// Live events only: a test-mode event can never mint tokens here.
+    Live,
+    /// Test events only: a live event pointed here by mistake is never acted on.
+    Test,
+    /// Both (the default, as before this setting existed).
+    #[default]
+    Any,
+}
+
+impl StripeMode {
+    pub fn accepts(self, livemode: bool) -> bool {
+        match self {
+            StripeMode::Live => livemode,
+            StripeMode::Test => !livemode,
+            StripeMode::Any => true,
+        }
+    }
+}
+
+/// What the webhook answers an event for a price or product the catalog lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UnknownProducts {
+    /// 400, logged as an error: Stripe retries until the catalog is fixed (the default: no
+    /// payment for tokens is ever dropped silently).
+    #[default]
+    Reject,
+    /// 200, recorded as `ignored_unknown_product` and logged at warn: for a Stripe account that
+    /// sells other things too (a 400 forever would make Stripe disable the endpoint).
+    Ignore,
+}
+
+/// Signature settings and the webhook's safety settings.
 #[derive(Clone)]
 pub struct WebhookConfig {
     /// Every accepted `whsec_...` secret (several during a rotation).
     pub secrets: Vec<String>,
     pub tolerance_secs: i64,
+    pub mode: StripeMode,
+    pub unknown_products: UnknownProducts,
 }
 
 impl std::fmt::Debug for WebhookConfig {
@@ -53,6 +89,8 @@ impl std::fmt::Debug for WebhookConfig {
         f.debug_struct("WebhookConfig")
             .field("secrets", &format!("{} configured", self.secrets.len()))
             .field("tolerance_secs", &self.tolerance_secs)
+            .field("mode", &self.mode)
+            .field("unknown_products", &self.unknown_products)
             .finish()
     }
 }
@@ -60,6 +98,30 @@ impl std::fmt::Debug for WebhookConfig {
 struct AppState {
     config: WebhookConfig,
     processor: Processor,
+}
+
+/// What the webhook does about a verified event: nothing for an event of the other mode; else
+/// what the processor does, with an unknown product acknowledged when so configured.
+async fn settle_event(state: &AppState, envelope: &event::Envelope) -> process::Outcome {
+    let config = &state.config;
+    if !config.mode.accepts(envelope.livemode) {
+        let detail = format!(
+            "a {} event at an endpoint for {:?} mode events: not acted on",
+            if envelope.livemode { "live" } else { "test" },
+            config.mode
+        );
+        tracing::warn!(%detail, "Stripe event of the other mode ignored");
+        return process::Outcome::acknowledged(envelope, EventOutcome::IgnoredOtherMode, detail);
+    }
+    let mut outcome = state.processor.process(envelope).await;
+    if outcome.record.outcome == EventOutcome::UnknownPrice
+        && config.unknown_products == UnknownProducts::Ignore
+    {
+        tracing::warn!(detail = %outcome.record.detail, "Stripe event for a product the catalog lacks ignored (--stripe-unknown-products ignore)");
+        outcome.record.outcome = EventOutcome::IgnoredUnknownProduct;
+        outcome.http_status = EventOutcome::IgnoredUnknownProduct.http_status();
+    }
+    outcome
 }
 
 /// The webhook's HTTP routes.
@@ -118,7 +180,7 @@ async fn handle(
     };
     let span = tracing::info_span!("stripe_event", event_id = %envelope.id, event_type = %envelope.event_type);
     async move {
-        let outcome = state.processor.process(&envelope).await;
+        let outcome = settle_event(&state, &envelope).await;
         if let Err(err) = state.processor.store().record_event(&outcome.record).await {
             // The ledger call (if any) is committed; only the operator's log row is missing.
             tracing::error!(error = %err, "could not record the Stripe event's outcome");

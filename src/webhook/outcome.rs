@@ -1,6 +1,6 @@
 //! What the webhook did with an event: the `outcome` recorded in `stripe_events` (and answered in
 //! the reply's body), one value per case, each with the one HTTP status Stripe gets with it.
-//! The named CHECK `stripe_events_outcome_known` (migrations/0005_webhook_outcomes.sql) lists the
+//! The named CHECK `stripe_events_outcome_known` (migrations/0008_webhook_modes.sql) lists the
 //! same values; a unit test below keeps the enum and the migration equal.
 
 use std::fmt;
@@ -41,11 +41,17 @@ pub enum EventOutcome {
     Malformed,
     /// 500: a bug or misconfiguration (e.g. the webhook's key lacks the billing scope).
     Failed,
+    /// 200: an event of the other mode than `--stripe-mode` (a live event at a test endpoint, or
+    /// a test event at a live one): never acted on.
+    IgnoredOtherMode,
+    /// 200: an event for a price or product the catalog lacks, with
+    /// `--stripe-unknown-products ignore` (an account that sells other things too).
+    IgnoredUnknownProduct,
 }
 
 impl EventOutcome {
     /// Every outcome, in the order the migration's CHECK lists them.
-    pub const ALL: [EventOutcome; 14] = [
+    pub const ALL: [EventOutcome; 16] = [
         EventOutcome::Credited,
         EventOutcome::Replayed,
         EventOutcome::Ignored,
@@ -60,6 +66,8 @@ impl EventOutcome {
         EventOutcome::UnknownPrice,
         EventOutcome::Malformed,
         EventOutcome::Failed,
+        EventOutcome::IgnoredOtherMode,
+        EventOutcome::IgnoredUnknownProduct,
     ];
 
     /// The form stored in `stripe_events.outcome` and sent in the reply.
@@ -79,6 +87,8 @@ impl EventOutcome {
             EventOutcome::UnknownPrice => "unknown_price",
             EventOutcome::Malformed => "malformed",
             EventOutcome::Failed => "failed",
+            EventOutcome::IgnoredOtherMode => "ignored_other_mode",
+            EventOutcome::IgnoredUnknownProduct => "ignored_unknown_product",
         }
     }
 
@@ -93,7 +103,9 @@ impl EventOutcome {
             | EventOutcome::Recorded
             | EventOutcome::Reversed
             | EventOutcome::AlreadyReversed
-            | EventOutcome::UnmatchedReversal => 200,
+            | EventOutcome::UnmatchedReversal
+            | EventOutcome::IgnoredOtherMode
+            | EventOutcome::IgnoredUnknownProduct => 200,
             EventOutcome::UserUnknown
             | EventOutcome::LedgerUnavailable
             | EventOutcome::StoreUnavailable => 503,
@@ -184,7 +196,8 @@ mod tests {
 
     use super::*;
 
-    const MIGRATION: &str = include_str!("../../migrations/0005_webhook_outcomes.sql");
+    /// The migration that last set the CHECK.
+    const MIGRATION: &str = include_str!("../../migrations/0008_webhook_modes.sql");
 
     /// The quoted values of the `stripe_events_outcome_known` CHECK, comments left out.
     fn values_in_check(migration: &str, constraint: &str) -> Vec<String> {

@@ -24,6 +24,26 @@ pub struct Outcome {
     pub record: EventRecord,
 }
 
+impl Outcome {
+    /// An event acknowledged without acting on it.
+    pub fn acknowledged(env: &Envelope, outcome: EventOutcome, detail: String) -> Self {
+        Self {
+            http_status: outcome.http_status(),
+            record: EventRecord {
+                event_id: env.id.clone(),
+                event_type: env.event_type.clone(),
+                livemode: env.livemode,
+                outcome,
+                detail,
+                user_id: None,
+                transaction_id: None,
+                payment_intent: None,
+                claim: None,
+            },
+        }
+    }
+}
+
 /// The event-to-ledger mapping.
 #[derive(Clone)]
 pub struct Processor {

@@ -386,6 +386,8 @@ pub struct TestOptions {
     pub webhook: bool,
     /// The hosted webhook's product catalog; `None`: the example catalog.
     pub catalog: Option<token_ledger::webhook::catalog::Catalog>,
+    /// The hosted webhook's settings; `None`: `webhook_config()`.
+    pub webhook_config: Option<token_ledger::webhook::WebhookConfig>,
     pub jwt: Option<token_ledger::jwt::JwtVerifier>,
     pub cors_origins: Vec<String>,
     pub write: token_ledger::ledger::WriteConfig,
@@ -412,6 +414,7 @@ impl Default for TestOptions {
             health_check_interval: Duration::from_millis(100),
             webhook: false,
             catalog: None,
+            webhook_config: None,
             jwt: None,
             cors_origins: Vec::new(),
             write: token_ledger::ledger::WriteConfig::default(),
@@ -428,6 +431,8 @@ pub fn webhook_config() -> token_ledger::webhook::WebhookConfig {
     token_ledger::webhook::WebhookConfig {
         secrets: vec![WEBHOOK_SECRET.to_string()],
         tolerance_secs: 300,
+        mode: Default::default(),
+        unknown_products: Default::default(),
     }
 }
 
@@ -472,7 +477,7 @@ impl TestApp {
             app = app
                 .with_webhook(
                     "127.0.0.1:0".parse().unwrap(),
-                    webhook_config(),
+                    options.webhook_config.unwrap_or_else(webhook_config),
                     options.catalog.unwrap_or_else(example_catalog),
                 )
                 .await
