@@ -137,6 +137,29 @@ async fn usage(c: &mut Client, user: &str, tokens: i64, key: &str) -> pb::TrackU
         .into_inner()
 }
 
+/// One 28-day cycle of subscription `sub_<user>` starting at `start`, whose tokens expire a day
+/// after it ends.
+fn drip_cycle(
+    user: &str,
+    tokens: i64,
+    key: &str,
+    start: chrono::DateTime<Utc>,
+    rollover: Option<pb::Rollover>,
+) -> pb::DripRequest {
+    pb::DripRequest {
+        user_id: user.into(),
+        tokens,
+        idempotency_key: key.into(),
+        stripe_subscription_id: format!("sub_{user}"),
+        stripe_invoice_id: format!("in_{key}"),
+        period_start: at(start),
+        period_end: at(start + Duration::days(28)),
+        expires_at: at(start + Duration::days(29)),
+        priority: 0,
+        rollover,
+    }
+}
+
 fn reason(status: &Status) -> String {
     status
         .get_details_error_info()
@@ -548,19 +571,7 @@ async fn rollover_carries_the_capped_part_of_the_previous_cycle() {
     let mut c = app.client().await;
     let start = Utc::now() - Duration::days(1);
     let cycle = |n: i64, key: &str, rollover: Option<pb::Rollover>| {
-        let s = start + Duration::days(28 * n);
-        pb::DripRequest {
-            user_id: "u".into(),
-            tokens: 375_000,
-            idempotency_key: key.into(),
-            stripe_subscription_id: "sub_1".into(),
-            stripe_invoice_id: format!("in_{key}"),
-            period_start: at(s),
-            period_end: at(s + Duration::days(28)),
-            expires_at: at(s + Duration::days(29)),
-            priority: 0,
-            rollover,
-        }
+        drip_cycle("u", 375_000, key, start + Duration::days(28 * n), rollover)
     };
     c.drip(with_key(BILLING_KEY, cycle(0, "d0", None)))
         .await
@@ -839,19 +850,12 @@ async fn an_expired_credit_pays_no_debt_and_a_late_old_cycle_ends_nothing() {
     )
     .await;
     assert_eq!(figures(&mut c, "u").await, (-100, 0, -100));
-    let drip = |key: &str, start: chrono::DateTime<Utc>, rollover: bool| pb::DripRequest {
-        user_id: "v".into(),
-        tokens: 1000,
-        idempotency_key: key.into(),
-        stripe_subscription_id: "sub_v".into(),
-        period_start: at(start),
-        period_end: at(start + Duration::days(28)),
-        expires_at: at(start + Duration::days(29)),
-        rollover: rollover.then_some(pb::Rollover {
+    let drip = |key: &str, start: chrono::DateTime<Utc>, rollover: bool| {
+        let cap = pb::Rollover {
             max_tokens: Some(0),
             max_percent: None,
-        }),
-        ..Default::default()
+        };
+        drip_cycle("v", 1000, key, start, rollover.then_some(cap))
     };
     let now = Utc::now();
     c.drip(with_key(

@@ -288,19 +288,13 @@ impl Usage {
     pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
         let mut v = Violations::default();
         let common = self.common.check(&mut v);
-        for (field, value) in [
-            ("input_tokens", self.input_tokens),
-            ("output_tokens", self.output_tokens),
-        ] {
-            if !(0..=TOKENS_MAX).contains(&value) {
-                v.add(
-                    field,
-                    format!("must be between 0 and {TOKENS_MAX}, got {value}"),
-                );
-            }
-        }
-        let model = v.check(optional_text("model", self.model, LABEL_LEN_MAX));
-        let feature = v.check(optional_text("feature", self.feature, LABEL_LEN_MAX));
+        let (model, feature) = call_fields(
+            &mut v,
+            self.model,
+            self.feature,
+            self.input_tokens,
+            self.output_tokens,
+        );
         let details = match (model, feature) {
             (Some(model), Some(feature)) => Some(WriteDetails::Usage {
                 model,
@@ -312,6 +306,31 @@ impl Usage {
         };
         common.finish(v, created_by, details)
     }
+}
+
+/// The fields that describe one AI call (usage, a hold's commit): its model and feature, and
+/// its token counts (each `0..=TOKENS_MAX`).
+fn call_fields(
+    v: &mut Violations,
+    model: String,
+    feature: String,
+    input_tokens: i64,
+    output_tokens: i64,
+) -> (Option<Option<String>>, Option<Option<String>>) {
+    for (field, value) in [
+        ("input_tokens", input_tokens),
+        ("output_tokens", output_tokens),
+    ] {
+        if !(0..=TOKENS_MAX).contains(&value) {
+            v.add(
+                field,
+                format!("must be between 0 and {TOKENS_MAX}, got {value}"),
+            );
+        }
+    }
+    let model = v.check(optional_text("model", model, LABEL_LEN_MAX));
+    let feature = v.check(optional_text("feature", feature, LABEL_LEN_MAX));
+    (model, feature)
 }
 
 /// Taking back (part of) a credit: a refund, a dispute, an admin's correction.
@@ -474,16 +493,13 @@ impl CommitHold {
             self.idempotency_key,
         );
         let hold_id = hold_id(&mut v, &self.hold_id);
-        let model = v.check(optional_text("model", self.model, LABEL_LEN_MAX));
-        let feature = v.check(optional_text("feature", self.feature, LABEL_LEN_MAX));
-        for (field, value) in [
-            ("input_tokens", self.input_tokens),
-            ("output_tokens", self.output_tokens),
-        ] {
-            if !(0..=TOKENS_MAX).contains(&value) {
-                v.add(field, format!("must be between 0 and {TOKENS_MAX}"));
-            }
-        }
+        let (model, feature) = call_fields(
+            &mut v,
+            self.model,
+            self.feature,
+            self.input_tokens,
+            self.output_tokens,
+        );
         let details = match (hold_id, model, feature) {
             (Some(hold_id), Some(model), Some(feature)) => Some(WriteDetails::CommitHold {
                 hold_id,
