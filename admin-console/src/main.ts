@@ -1,7 +1,9 @@
 // The admin console: sign in, find accounts, look at one user's balance, holds, lots and history,
-// add or deduct tokens, release a hold. Plain DOM; every element is found by its data-testid (see
-// index.html).
+// add or deduct tokens, release a hold, reverse a credit, export the history as CSV; find a
+// transaction by id or payment intent; browse the Stripe events; the ledger's overview. Plain DOM;
+// every element is found by its data-testid (see index.html).
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import uPlot from "uplot";
 import {
   AccountOrder,
   GrantSource,
@@ -11,8 +13,11 @@ import {
   TransactionKind,
   type Account,
   type GetBalanceResponse,
+  type GetOverviewResponse,
+  type GetTransactionResponse,
   type Hold,
   type Lot,
+  type StripeEvent,
   type Transaction,
 } from "./gen/tokenledger/v1/ledger_pb";
 import {
@@ -27,6 +32,16 @@ import {
 
 const PAGE_SIZE = 50;
 const MAX_TOKENS = 1_000_000_000_000n;
+/// ListTransactions' largest page: the CSV export pages through the whole history with it.
+const EXPORT_PAGE_SIZE = 500;
+/// The export stops (and says so) past this many pages (1,000,000 rows): the rows are kept in
+/// memory until the download, and a browser tab has only so much of it.
+const EXPORT_PAGES_MAX = 2_000;
+/// ListStripeEvents' largest page: the transaction view looks for the events that produced the
+/// transaction among the user's newest this many.
+const TX_EVENTS_SCAN_MAX = 500;
+/// How many top users the overview asks for.
+const OVERVIEW_TOP_USERS = 10;
 
 // ---- DOM helpers -------------------------------------------------------------------------------
 
@@ -174,8 +189,7 @@ async function signIn(credential: string, quiet = false): Promise<void> {
     el("whoami-scopes").textContent = me.scopes.join(", ") || "(none)";
     el<HTMLTextAreaElement>("credential-input").value = "";
     showSignedIn(true);
-    const fromHash = new URLSearchParams(location.hash.slice(1)).get("user");
-    await Promise.all([searchAccounts(false), fromHash ? openUser(fromHash) : Promise.resolve()]);
+    await Promise.all([searchAccounts(false), routeFromHash()]);
   } catch (err) {
     setCredential("");
     storeCredential(null);
@@ -191,6 +205,16 @@ function signOut(): void {
   storeCredential(null);
   clearError();
   closeUser();
+  closeReverse();
+  txView.seq++;
+  events.seq++;
+  overview.seq++;
+  for (const t of ["events-table", "tx-view-events-table", "top-users-table", "overview-days-table"]) {
+    el(t).querySelector("tbody")!.replaceChildren();
+  }
+  chart?.destroy();
+  chart = null;
+  showView("accounts");
   el("accounts-table").querySelector("tbody")!.replaceChildren();
   show(el("accounts-more"), false);
   show(el("accounts-empty"), false);
@@ -211,12 +235,16 @@ const ORDERS: Record<string, AccountOrder> = {
 
 const accounts = { seq: 0, prefix: "", order: AccountOrder.USER_ID, nextPageToken: "" };
 
-async function searchAccounts(more: boolean): Promise<void> {
-  clearError();
+// `refresh`: the last search again from its first page (after a write changed a balance), whatever
+// is typed in the form now.
+async function searchAccounts(more: boolean, refresh = false): Promise<void> {
+  if (!refresh) clearError();
   if (!more) {
     accounts.seq++;
-    accounts.prefix = input("accounts-prefix").value.trim();
-    accounts.order = ORDERS[el<HTMLSelectElement>("accounts-order").value] ?? AccountOrder.USER_ID;
+    if (!refresh) {
+      accounts.prefix = input("accounts-prefix").value.trim();
+      accounts.order = ORDERS[el<HTMLSelectElement>("accounts-order").value] ?? AccountOrder.USER_ID;
+    }
     accounts.nextPageToken = "";
   }
   const seq = accounts.seq;
@@ -284,6 +312,7 @@ function closeUser(): void {
   show(el("user-view"), false);
   showResult("");
   pending.grant = pending.deduct = null;
+  el("export-status").textContent = "";
   if (location.hash) history.replaceState(null, "", location.pathname + location.search);
 }
 
@@ -294,10 +323,12 @@ async function openUser(id: string): Promise<void> {
     return;
   }
   clearError();
+  showView("accounts");
   user.id = id;
   user.seq++;
   pending.grant = pending.deduct = null;
   showResult("");
+  el("export-status").textContent = "";
   el("user-id").textContent = id;
   for (const f of ["grant-tokens", "grant-reason", "deduct-tokens", "deduct-reason"]) input(f).value = "";
   input("deduct-allow-negative").checked = false;
@@ -510,6 +541,9 @@ function historyRow(tx: Transaction): HTMLTableRowElement {
   row.dataset.txId = tx.id;
   row.dataset.kind = kind;
   cell(row, tx.sequence.toString(), "tx-sequence", "num", `transaction ${tx.id}`);
+  const idCell = row.insertCell();
+  idCell.className = "id";
+  idCell.append(linkButton(tx.id, "tx-id", () => void openTransaction(tx.id)));
   cell(row, kind, "tx-kind", `kind kind-${kind}`);
   cell(row, signedTokens(tx.tokenAmount), "tx-amount", tx.tokenAmount < 0n ? "num negative" : "num credit").dataset.value =
     tx.tokenAmount.toString();
@@ -519,6 +553,17 @@ function historyRow(tx: Transaction): HTMLTableRowElement {
   cell(row, tx.createdBy, "tx-created-by");
   cell(row, tx.reason, "tx-reason", "reason");
   cell(row, details(tx), "tx-details", "details", `transaction ${tx.id}, idempotency key ${tx.idempotencyKey}`);
+  const action = row.insertCell();
+  action.className = "action";
+  if (isCredit(tx.kind)) {
+    const reverse = document.createElement("button");
+    reverse.type = "button";
+    reverse.className = "reverse";
+    reverse.textContent = "Reverse…";
+    reverse.dataset.testid = "tx-reverse";
+    reverse.addEventListener("click", () => void openReverse(tx.id, reverse));
+    action.append(reverse);
+  }
   return row;
 }
 
@@ -596,12 +641,627 @@ async function submit(op: Op): Promise<void> {
     );
     el("op-result").dataset.balance = res.balance.toString();
     el("op-result").dataset.txId = res.transactionId;
-    await refreshUser();
+    // The account list shows balances too: the last search again, so it is not stale.
+    await Promise.all([refreshUser(), searchAccounts(false, true)]);
   } catch (err) {
     const e = callError(err);
     if (!e.uncertain && pending[op] === p) pending[op] = null;
     if (seq === user.seq) {
       showError(context, e, e.uncertain ? `(outcome unknown: submitting again reuses idempotency key ${p.key})` : "");
+    }
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---- views and links ---------------------------------------------------------------------------
+
+type View = "accounts" | "transaction" | "events" | "overview";
+
+function showView(view: View): void {
+  for (const v of document.querySelectorAll<HTMLElement>(".view")) v.hidden = v.dataset.view !== view;
+  for (const b of document.querySelectorAll<HTMLButtonElement>('[data-testid="nav"] > button')) {
+    if (b.dataset.view === view) b.setAttribute("aria-current", "page");
+    else b.removeAttribute("aria-current");
+  }
+}
+
+function setHash(hash: string): void {
+  history.replaceState(null, "", `${location.pathname}${location.search}#${hash}`);
+}
+
+// The URL says what is open: #user=<id>, #tx=<id or pi_…>, #view=events, #view=overview.
+async function routeFromHash(): Promise<void> {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const userId = params.get("user");
+  const tx = params.get("tx");
+  const view = params.get("view");
+  if (userId) return openUser(userId);
+  if (tx) return openTransaction(tx);
+  if (view === "events") return openEvents();
+  if (view === "overview") return openOverview();
+  showView("accounts");
+}
+
+function linkButton(text: string, testid: string, onClick: () => void): HTMLButtonElement {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "link";
+  b.textContent = text;
+  b.dataset.testid = testid;
+  b.addEventListener("click", (e) => {
+    e.stopPropagation();
+    onClick();
+  });
+  return b;
+}
+
+// The kinds Reverse accepts as an original: credits.
+function isCredit(kind: TransactionKind): boolean {
+  return kind === TransactionKind.GRANT || kind === TransactionKind.PURCHASE || kind === TransactionKind.DRIP;
+}
+
+// ---- one transaction (search by id or payment intent) ------------------------------------------
+
+const txView = { seq: 0, id: "" };
+
+async function openTransaction(query: string): Promise<void> {
+  query = query.trim();
+  if (!query) {
+    showError("Find transaction", "Enter a transaction id or a Stripe payment intent (pi_…).");
+    return;
+  }
+  clearError();
+  showView("transaction");
+  setHash(`tx=${encodeURIComponent(query)}`);
+  const seq = ++txView.seq;
+  txView.id = "";
+  el("tx-view-id").textContent = query;
+  show(el("tx-view-loading"), true);
+  show(el("tx-view-body"), false);
+  try {
+    // A payment intent finds the purchase that credited it; anything else is a transaction id.
+    const res = await ledger.getTransaction({
+      lookup: query.startsWith("pi_")
+        ? { case: "stripePaymentIntentId", value: query }
+        : { case: "transactionId", value: query },
+    });
+    if (seq !== txView.seq) return;
+    renderTransaction(res);
+    show(el("tx-view-loading"), false);
+    show(el("tx-view-body"), true);
+    await loadTransactionEvents(res, seq);
+  } catch (err) {
+    if (seq !== txView.seq) return;
+    show(el("tx-view-loading"), false);
+    showError("Find transaction", callError(err));
+  }
+}
+
+function renderTransaction(res: GetTransactionResponse): void {
+  const tx = res.transaction!;
+  txView.id = tx.id;
+  const kind = protoName(TransactionKind, tx.kind) ?? `kind ${tx.kind}`;
+  el("tx-view-id").textContent = tx.id;
+  const view = el("tx-view");
+  view.dataset.txId = tx.id;
+  view.dataset.userId = res.userId;
+  view.dataset.kind = kind;
+  const userLink = button("tx-view-user");
+  userLink.textContent = res.userId;
+  userLink.dataset.userId = res.userId;
+  el("tx-view-kind").textContent = kind;
+  const amount = el("tx-view-amount");
+  setNumber(amount, tx.tokenAmount);
+  amount.textContent = signedTokens(tx.tokenAmount);
+  setNumber(el("tx-view-balance-after"), tx.balanceAfter);
+  el("tx-view-sequence").textContent = tx.sequence.toString();
+  el("tx-view-created-at").textContent = time(tx.createdAt);
+  el("tx-view-created-by").textContent = tx.createdBy;
+  el("tx-view-reason").textContent = tx.reason;
+  el("tx-view-idempotency-key").textContent = tx.idempotencyKey;
+  el("tx-view-details").textContent = details(tx);
+  const credit = isCredit(tx.kind);
+  show(el("tx-view-reversal-facts"), credit);
+  show(el("tx-view-left-facts"), credit);
+  show(el("tx-view-reverse"), credit);
+  setNumber(el("tx-view-reversed"), res.reversedTokens);
+  setNumber(el("tx-view-left"), credit ? tx.tokenAmount - res.reversedTokens : 0n);
+  el("tx-view-events-table").querySelector("tbody")!.replaceChildren();
+  show(el("tx-view-events-empty"), false);
+}
+
+// The Stripe events whose journal row this is (ListStripeEvents filters by user, not by
+// transaction: the user's newest events are scanned).
+async function loadTransactionEvents(res: GetTransactionResponse, seq: number): Promise<void> {
+  const body = el("tx-view-events-table").querySelector("tbody")!;
+  try {
+    const page = await ledger.listStripeEvents({ userId: res.userId, pageSize: TX_EVENTS_SCAN_MAX });
+    if (seq !== txView.seq) return;
+    const mine = page.events.filter((e) => e.transactionId === res.transaction?.id);
+    body.replaceChildren(...mine.map(eventRow));
+    show(el("tx-view-events-empty"), mine.length === 0);
+  } catch (err) {
+    if (seq === txView.seq) showError("Stripe events of the transaction", callError(err));
+  }
+}
+
+// ---- reverse a credit --------------------------------------------------------------------------
+
+const reversal = {
+  target: null as null | { txId: string; userId: string },
+  // As for grants: the key of an attempt whose outcome is unknown, reused when the same attempt
+  // (same credit, tokens and reason) is submitted again.
+  pending: null as null | { fingerprint: string; key: string },
+};
+
+function closeReverse(): void {
+  const dialog = el<HTMLDialogElement>("reverse-dialog");
+  if (dialog.open) dialog.close();
+  reversal.target = null;
+}
+
+// Reads the credit again (what is left to reverse changes with every reversal) and opens the form.
+async function openReverse(txId: string, btn: HTMLButtonElement): Promise<void> {
+  clearError();
+  btn.disabled = true;
+  try {
+    const res = await ledger.getTransaction({ lookup: { case: "transactionId", value: txId } });
+    const tx = res.transaction!;
+    const left = tx.tokenAmount - res.reversedTokens;
+    reversal.target = { txId: tx.id, userId: res.userId };
+    el("reverse-kind").textContent = protoName(TransactionKind, tx.kind) ?? "";
+    el("reverse-original").textContent = tx.id;
+    el("reverse-user").textContent = res.userId;
+    setNumber(el("reverse-amount"), tx.tokenAmount);
+    setNumber(el("reverse-reversed"), res.reversedTokens);
+    setNumber(el("reverse-left"), left);
+    input("reverse-tokens").value = left > 0n ? left.toString() : "";
+    input("reverse-reason").value = "";
+    el("reverse-error").textContent = "";
+    show(el("reverse-error"), false);
+    el<HTMLDialogElement>("reverse-dialog").showModal();
+    input("reverse-reason").focus();
+  } catch (err) {
+    showError("Reverse", callError(err));
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+function reverseError(text: string): void {
+  el("reverse-error").textContent = text;
+  show(el("reverse-error"), true);
+}
+
+async function submitReverse(): Promise<void> {
+  const target = reversal.target;
+  if (!target) return;
+  show(el("reverse-error"), false);
+  const amount = parseTokens(input("reverse-tokens").value);
+  if (typeof amount === "string") return reverseError(amount);
+  const reason = input("reverse-reason").value.trim();
+  if (!reason) return reverseError("A reason is required.");
+
+  const fingerprint = JSON.stringify([target.userId, target.txId, amount.toString(), reason]);
+  let p = reversal.pending;
+  if (!p || p.fingerprint !== fingerprint) p = { fingerprint, key: newIdempotencyKey() };
+  reversal.pending = p;
+
+  const btn = button("reverse-submit");
+  btn.disabled = true;
+  try {
+    const res = await ledger.reverse({
+      userId: target.userId,
+      tokens: amount,
+      idempotencyKey: p.key,
+      originalTransactionId: target.txId,
+      source: ReversalSource.ADMIN,
+      reason,
+    });
+    if (reversal.pending === p) reversal.pending = null;
+    closeReverse();
+    clearError();
+    showResult(
+      `transaction ${res.transactionId} (reversal of ${target.txId}), balance ${tokens(res.balance)}` +
+        (res.replayed ? " (replayed: nothing changed)" : ""),
+    );
+    el("op-result").dataset.balance = res.balance.toString();
+    el("op-result").dataset.txId = res.transactionId;
+    const reloads: Promise<void>[] = [searchAccounts(false, true)];
+    if (user.id === target.userId) reloads.push(refreshUser());
+    if (txView.id === target.txId && !el("tx-view").hidden) reloads.push(openTransaction(target.txId));
+    await Promise.all(reloads);
+  } catch (err) {
+    const e = callError(err);
+    if (!e.uncertain && reversal.pending === p) reversal.pending = null;
+    reverseError(
+      `${e.code}: ${e.message}` + (e.uncertain ? ` (outcome unknown: submitting again reuses idempotency key ${p.key})` : ""),
+    );
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+// ---- Stripe events -----------------------------------------------------------------------------
+
+interface EventFilter {
+  eventId: string;
+  userId: string;
+  outcome: string;
+  livemode?: boolean;
+}
+
+const events = { seq: 0, filter: { eventId: "", userId: "", outcome: "" } as EventFilter, nextPageToken: "" };
+
+async function openEvents(): Promise<void> {
+  showView("events");
+  setHash("view=events");
+  await searchEvents(false);
+}
+
+async function searchEvents(more: boolean): Promise<void> {
+  clearError();
+  if (!more) {
+    events.seq++;
+    const mode = el<HTMLSelectElement>("events-livemode").value;
+    events.filter = {
+      eventId: input("events-event-id").value.trim(),
+      userId: input("events-user-id").value.trim(),
+      outcome: input("events-outcome").value.trim(),
+      livemode: mode === "live" ? true : mode === "test" ? false : undefined,
+    };
+    events.nextPageToken = "";
+  }
+  const seq = events.seq;
+  const btn = button(more ? "events-more" : "events-search");
+  btn.disabled = true;
+  try {
+    const res = await ledger.listStripeEvents({
+      ...events.filter,
+      pageSize: PAGE_SIZE,
+      pageToken: more ? events.nextPageToken : "",
+    });
+    if (seq !== events.seq) return;
+    const body = el("events-table").querySelector("tbody")!;
+    if (!more) body.replaceChildren();
+    for (const e of res.events) body.append(eventRow(e));
+    events.nextPageToken = res.nextPageToken;
+    show(el("events-more"), res.nextPageToken !== "");
+    show(el("events-empty"), body.rows.length === 0);
+  } catch (err) {
+    if (seq === events.seq) showError("Stripe events", callError(err));
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+function eventRow(e: StripeEvent): HTMLTableRowElement {
+  const row = document.createElement("tr");
+  row.dataset.testid = "event-row";
+  row.dataset.eventId = e.eventId;
+  row.dataset.outcome = e.outcome;
+  row.dataset.livemode = String(e.livemode);
+  row.dataset.userId = e.userId;
+  row.dataset.transactionId = e.transactionId;
+  cell(row, time(e.lastSeenAt), "event-last-seen", "", `first seen ${time(e.firstSeenAt)}`);
+  cell(row, e.eventId, "event-id", "id");
+  cell(row, e.type, "event-type");
+  cell(row, e.outcome, "event-outcome", "kind");
+  cell(row, e.firstOutcome, "event-first-outcome", e.firstOutcome !== e.outcome ? "changed" : "");
+  cell(row, e.deliveries.toString(), "event-deliveries", "num");
+  cell(row, e.livemode ? "live" : "test", "event-mode");
+  cell(row, e.apiVersion, "event-api-version");
+  const userCell = row.insertCell();
+  if (e.userId) userCell.append(linkButton(e.userId, "event-user", () => void openUser(e.userId)));
+  const txCell = row.insertCell();
+  txCell.className = "id";
+  if (e.transactionId) txCell.append(linkButton(e.transactionId, "event-transaction", () => void openTransaction(e.transactionId)));
+  cell(row, [e.detail, e.paymentIntentId].filter(Boolean).join(" · "), "event-detail", "details");
+  return row;
+}
+
+// ---- overview ----------------------------------------------------------------------------------
+
+const overview = { seq: 0 };
+let chart: uPlot | null = null;
+const CHART_HEIGHT = 260;
+
+async function openOverview(): Promise<void> {
+  showView("overview");
+  setHash("view=overview");
+  await loadOverview();
+}
+
+async function loadOverview(): Promise<void> {
+  clearError();
+  const seq = ++overview.seq;
+  const btn = button("overview-refresh");
+  btn.disabled = true;
+  try {
+    // UTC days, like every time on this page.
+    const res = await ledger.getOverview({
+      days: Number(el<HTMLSelectElement>("overview-days").value),
+      timeZone: "",
+      topUsers: OVERVIEW_TOP_USERS,
+    });
+    if (seq === overview.seq) renderOverview(res);
+  } catch (err) {
+    if (seq === overview.seq) showError("Overview", callError(err));
+  } finally {
+    btn.disabled = false;
+  }
+}
+
+function renderOverview(res: GetOverviewResponse): void {
+  setNumber(el("overview-outstanding"), res.tokensOutstanding);
+  setNumber(el("overview-overdrawn"), res.tokensOverdrawn);
+  setNumber(el("overview-held"), res.tokensHeld);
+  setNumber(el("overview-accounts"), res.accounts);
+  el("overview-as-of").textContent = time(res.asOf);
+
+  const days = el("overview-days-table").querySelector("tbody")!;
+  days.replaceChildren(
+    ...res.days.map((d) => {
+      const row = document.createElement("tr");
+      row.dataset.testid = "overview-day-row";
+      row.dataset.day = d.day;
+      cell(row, d.day, "day");
+      for (const [name, n] of [
+        ["credited", d.credited],
+        ["used", d.used],
+        ["expired", d.expired],
+        ["deducted", d.deducted],
+      ] as const) {
+        cell(row, tokens(n), `day-${name}`, "num").dataset.value = n.toString();
+      }
+      return row;
+    }),
+  );
+
+  const top = el("top-users-table").querySelector("tbody")!;
+  top.replaceChildren(
+    ...res.topUsers.map((u) => {
+      const row = document.createElement("tr");
+      row.dataset.testid = "top-user-row";
+      row.dataset.userId = u.userId;
+      row.tabIndex = 0;
+      row.className = "clickable";
+      cell(row, u.userId, "top-user-id", "wrap");
+      cell(row, tokens(u.used), "top-user-used", "num").dataset.value = u.used.toString();
+      cell(row, u.events.toString(), "top-user-events", "num").dataset.value = u.events.toString();
+      cell(row, tokens(u.balance), "top-user-balance", u.balance < 0n ? "num negative" : "num").dataset.value = u.balance.toString();
+      const open = () => void openUser(u.userId);
+      row.addEventListener("click", open);
+      row.addEventListener("keydown", (e) => {
+        if (e.key === "Enter") open();
+      });
+      return row;
+    }),
+  );
+  show(el("top-users-empty"), res.topUsers.length === 0);
+  drawChart(res);
+}
+
+// One line per movement over the window's days. uPlot draws on a canvas and styles its own
+// elements through the CSSOM (element.style), which the page's CSP (style-src 'self') allows;
+// its stylesheet is bundled into style.css.
+function drawChart(res: GetOverviewResponse): void {
+  const box = el("overview-chart");
+  chart?.destroy();
+  chart = null;
+  // Day strings are `YYYY-MM-DD` (UTC here): their midnights, in seconds, are the x values.
+  const xs = res.days.map((d) => Date.parse(`${d.day}T00:00:00Z`) / 1000);
+  const series = (f: (d: (typeof res.days)[number]) => bigint) => res.days.map((d) => Number(f(d)));
+  const data: uPlot.AlignedData = [xs, series((d) => d.credited), series((d) => d.used), series((d) => d.expired)];
+  box.dataset.days = String(xs.length);
+  box.dataset.credited = res.days.reduce((s, d) => s + d.credited, 0n).toString();
+  box.dataset.used = res.days.reduce((s, d) => s + d.used, 0n).toString();
+  box.dataset.expired = res.days.reduce((s, d) => s + d.expired, 0n).toString();
+  const compact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+  chart = new uPlot(
+    {
+      width: Math.max(box.clientWidth, 320),
+      height: CHART_HEIGHT,
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), "Etc/UTC"),
+      scales: { x: { time: true } },
+      series: [
+        { label: "day (UTC)", value: (_u, v) => (v == null ? "" : new Date(v * 1000).toISOString().slice(0, 10)) },
+        { label: "credited", stroke: "#137a3f", fill: "rgba(19,122,63,0.08)", width: 2, value: (_u, v) => (v == null ? "" : tokens(BigInt(v))) },
+        { label: "used", stroke: "#2f5bd3", width: 2, value: (_u, v) => (v == null ? "" : tokens(BigInt(v))) },
+        { label: "expired", stroke: "#b26b00", width: 2, dash: [6, 4], value: (_u, v) => (v == null ? "" : tokens(BigInt(v))) },
+      ],
+      axes: [{}, { size: 60, values: (_u, ticks) => ticks.map((t) => compact.format(t)) }],
+    },
+    data,
+    box,
+  );
+}
+
+function resizeChart(): void {
+  const box = el("overview-chart");
+  if (chart && box.clientWidth > 0) chart.setSize({ width: box.clientWidth, height: CHART_HEIGHT });
+}
+
+// ---- CSV export of a user's history ------------------------------------------------------------
+
+// The details of every kind, flattened: one column per field, empty where a row has none.
+const DETAIL_COLUMNS = [
+  "grant_source",
+  "stripe_subscription_id",
+  "stripe_invoice_id",
+  "stripe_payment_intent_id",
+  "stripe_checkout_session_id",
+  "pack",
+  "amount_paid_cents",
+  "currency",
+  "period_start",
+  "period_end",
+  "model",
+  "feature",
+  "input_tokens",
+  "output_tokens",
+  "hold_id",
+  "original_transaction_id",
+  "reversal_source",
+  "stripe_reference",
+  "allow_negative",
+  "lot_id",
+  "carried_tokens",
+  "carried_to_lot_id",
+] as const;
+
+const CSV_COLUMNS = [
+  "id",
+  "sequence",
+  "created_at",
+  "kind",
+  "token_amount",
+  "balance_after",
+  "created_by",
+  "reason",
+  "idempotency_key",
+  ...DETAIL_COLUMNS,
+];
+
+// RFC 3339 in UTC with the timestamp's full precision (nanoseconds, trailing zeros dropped).
+function rfc3339(ts: Timestamp | undefined): string {
+  if (!ts) return "";
+  const whole = new Date(Number(ts.seconds) * 1000).toISOString().slice(0, 19);
+  const frac = ts.nanos ? `.${String(ts.nanos).padStart(9, "0").replace(/0+$/, "")}` : "";
+  return `${whole}${frac}Z`;
+}
+
+function detailColumns(tx: Transaction): Partial<Record<(typeof DETAIL_COLUMNS)[number], string>> {
+  const d = tx.details;
+  switch (d.case) {
+    case "grant":
+      return {
+        grant_source: protoName(GrantSource, d.value.source) ?? "",
+        stripe_subscription_id: d.value.stripeSubscriptionId,
+        stripe_invoice_id: d.value.stripeInvoiceId,
+      };
+    case "deduction":
+      return { allow_negative: String(d.value.allowNegative) };
+    case "purchase":
+      return {
+        stripe_payment_intent_id: d.value.stripePaymentIntentId,
+        stripe_checkout_session_id: d.value.stripeCheckoutSessionId,
+        pack: d.value.pack,
+        amount_paid_cents: d.value.amountPaidCents.toString(),
+        currency: d.value.currency,
+      };
+    case "drip":
+      return {
+        stripe_subscription_id: d.value.stripeSubscriptionId,
+        stripe_invoice_id: d.value.stripeInvoiceId,
+        period_start: rfc3339(d.value.periodStart),
+        period_end: rfc3339(d.value.periodEnd),
+      };
+    case "usage":
+      return {
+        model: d.value.model,
+        feature: d.value.feature,
+        input_tokens: d.value.inputTokens.toString(),
+        output_tokens: d.value.outputTokens.toString(),
+        hold_id: d.value.holdId,
+      };
+    case "reversal":
+      return {
+        original_transaction_id: d.value.originalTransactionId,
+        reversal_source: protoName(ReversalSource, d.value.source) ?? "",
+        stripe_reference: d.value.stripeReference,
+      };
+    case "expiry":
+      return {
+        lot_id: d.value.lotId,
+        carried_tokens: d.value.carriedTokens ? d.value.carriedTokens.toString() : "",
+        carried_to_lot_id: d.value.carriedToLotId,
+      };
+    default:
+      return {};
+  }
+}
+
+// RFC 4180: a field with a comma, a quote or a line break is quoted, its quotes doubled. Values
+// are written as they are (no formula escaping): the file is data for whoever reads it.
+function csvField(v: string): string {
+  return /[",\r\n]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v;
+}
+
+function csvLine(values: string[]): string {
+  return `${values.map(csvField).join(",")}\r\n`;
+}
+
+function csvRow(tx: Transaction): string {
+  const d = detailColumns(tx);
+  return csvLine([
+    tx.id,
+    tx.sequence.toString(),
+    rfc3339(tx.createdAt),
+    protoName(TransactionKind, tx.kind) ?? `kind ${tx.kind}`,
+    tx.tokenAmount.toString(),
+    tx.balanceAfter.toString(),
+    tx.createdBy,
+    tx.reason,
+    tx.idempotencyKey,
+    ...DETAIL_COLUMNS.map((c) => d[c] ?? ""),
+  ]);
+}
+
+// Pages through the whole history (with the filters in force) at the largest page size, turning
+// each page into CSV lines as it arrives, then hands the lines to the browser as one download.
+async function exportHistory(): Promise<void> {
+  clearError();
+  const seq = user.seq;
+  const userId = user.id;
+  const filter = user.filter;
+  const status = el("export-status");
+  const btn = button("history-export");
+  btn.disabled = true;
+  delete status.dataset.rows;
+  const chunks: string[] = [csvLine(CSV_COLUMNS)];
+  let rows = 0;
+  let pages = 0;
+  let pageToken = "";
+  try {
+    do {
+      if (pages === EXPORT_PAGES_MAX) {
+        showError("Export CSV", `More than ${tokens(BigInt(EXPORT_PAGES_MAX * EXPORT_PAGE_SIZE))} rows: narrow the history filters first.`);
+        status.textContent = "";
+        return;
+      }
+      const res = await ledger.listTransactions({
+        userId,
+        pageSize: EXPORT_PAGE_SIZE,
+        pageToken,
+        kinds: filter.kinds,
+        createdAfter: filter.createdAfter,
+        createdBefore: filter.createdBefore,
+      });
+      if (seq !== user.seq) return; // another user was opened: this export is abandoned
+      for (const tx of res.transactions) chunks.push(csvRow(tx));
+      rows += res.transactions.length;
+      pages++;
+      pageToken = res.nextPageToken;
+      status.textContent = `exporting… ${tokens(BigInt(rows))} rows`;
+    } while (pageToken);
+    const url = URL.createObjectURL(new Blob(chunks, { type: "text/csv;charset=utf-8" }));
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = `history-${userId.replace(/[^A-Za-z0-9._-]+/g, "_")}.csv`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    // The download has its own copy once it started; a minute is plenty.
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    status.textContent = `exported ${tokens(BigInt(rows))} rows (${pages} ${pages === 1 ? "page" : "pages"})`;
+    status.dataset.rows = String(rows);
+    status.dataset.pages = String(pages);
+  } catch (err) {
+    if (seq === user.seq) {
+      status.textContent = "";
+      showError("Export CSV", callError(err));
     }
   } finally {
     btn.disabled = false;
@@ -641,6 +1301,39 @@ function start(): void {
     applyFilters();
   });
   button("history-more").addEventListener("click", () => void loadHistory(true));
+  button("history-export").addEventListener("click", () => void exportHistory());
+  for (const b of document.querySelectorAll<HTMLButtonElement>('[data-testid="nav"] > button')) {
+    b.addEventListener("click", () => {
+      clearError();
+      if (b.dataset.view === "events") void openEvents();
+      else if (b.dataset.view === "overview") void openOverview();
+      else if (user.id) void openUser(user.id);
+      else {
+        showView("accounts");
+        history.replaceState(null, "", location.pathname + location.search);
+      }
+    });
+  }
+  onSubmit("tx-search-form", () => void openTransaction(input("tx-search-input").value));
+  button("tx-view-user").addEventListener("click", () => {
+    const id = button("tx-view-user").dataset.userId;
+    if (id) void openUser(id);
+  });
+  button("tx-view-reverse").addEventListener("click", () => {
+    if (txView.id) void openReverse(txView.id, button("tx-view-reverse"));
+  });
+  onSubmit("reverse-form", () => void submitReverse());
+  button("reverse-cancel").addEventListener("click", closeReverse);
+  onSubmit("events-form", () => void searchEvents(false));
+  el<HTMLSelectElement>("events-livemode").addEventListener("change", () => void searchEvents(false));
+  button("events-clear").addEventListener("click", () => {
+    el<HTMLFormElement>("events-form").reset();
+    void searchEvents(false);
+  });
+  button("events-more").addEventListener("click", () => void searchEvents(true));
+  button("overview-refresh").addEventListener("click", () => void loadOverview());
+  el<HTMLSelectElement>("overview-days").addEventListener("change", () => void loadOverview());
+  window.addEventListener("resize", resizeChart);
 
   const saved = storedCredential();
   if (saved) void signIn(saved, true);
