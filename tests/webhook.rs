@@ -1474,7 +1474,11 @@ async fn list_stripe_events_shows_each_events_first_and_latest_outcome_and_its_t
     assert!((500..600).contains(&send(addr, &invoice).await));
     let session = subscription_checkout("cs_l", "sub_l", "in_l", "user-sl", "vision_pro_28day", t0);
     assert_eq!(
-        send(addr, &event("evt_l_cs", "checkout.session.completed", session)).await,
+        send(
+            addr,
+            &event("evt_l_cs", "checkout.session.completed", session)
+        )
+        .await,
         200
     );
     assert_eq!(send(addr, &invoice).await, 200);
@@ -1498,7 +1502,11 @@ async fn list_stripe_events_shows_each_events_first_and_latest_outcome_and_its_t
     assert_eq!(ids, ["evt_l_pack", "evt_l_cs", "evt_l_inv"], "newest first");
     let inv = &all.events[2];
     assert_eq!(
-        (inv.first_outcome.as_str(), inv.outcome.as_str(), inv.deliveries),
+        (
+            inv.first_outcome.as_str(),
+            inv.outcome.as_str(),
+            inv.deliveries
+        ),
         ("user_unknown", "replayed", 2)
     );
     assert_eq!(inv.r#type, "invoice.paid");
@@ -1506,7 +1514,10 @@ async fn list_stripe_events_shows_each_events_first_and_latest_outcome_and_its_t
     assert!(!inv.livemode);
     let pack = &all.events[0];
     assert!(pack.livemode);
-    assert_eq!((pack.outcome.as_str(), pack.user_id.as_str()), ("credited", "user-lp"));
+    assert_eq!(
+        (pack.outcome.as_str(), pack.user_id.as_str()),
+        ("credited", "user-lp")
+    );
     assert_eq!(pack.payment_intent_id, "pi_lp");
     // The transaction it produced is the purchase of its payment intent.
     let found = c

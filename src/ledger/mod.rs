@@ -21,11 +21,11 @@ pub mod rules;
 pub mod sweeper;
 mod writer;
 
+pub use paging::STRIPE_EVENT_ID_LEN_MAX;
 use paging::{
     decode_account_token, decode_page_token, decode_stripe_event_token, encode_account_token,
     encode_page_token, encode_stripe_event_token,
 };
-pub use paging::STRIPE_EVENT_ID_LEN_MAX;
 use reader::Readers;
 pub use reader::{
     ReadConfig, READ_BATCH_MAX_DEFAULT, READ_CONCURRENCY_DEFAULT, READ_QUEUE_MAX_DEFAULT,

@@ -5,8 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
 use crate::domain::{
-    AccountCursor, AccountOrder, AccountSummary, StripeEventCursor, StripeEventRow,
-    USER_ID_LEN_MAX,
+    AccountCursor, AccountOrder, AccountSummary, StripeEventCursor, StripeEventRow, USER_ID_LEN_MAX,
 };
 use crate::error::LedgerError;
 
@@ -178,7 +177,10 @@ mod tests {
         let cursor = decode_stripe_event_token(&encode_stripe_event_token(&row))
             .unwrap()
             .unwrap();
-        assert_eq!((cursor.first_seen_at, cursor.event_id.as_str()), (at, "evt_1:x"));
+        assert_eq!(
+            (cursor.first_seen_at, cursor.event_id.as_str()),
+            (at, "evt_1:x")
+        );
         for forged in ["e:-1:evt", "e:1:", "s:1:evt", "e:x:evt", "e:1:ev\0t"] {
             let token = URL_SAFE_NO_PAD.encode(forged);
             assert!(decode_stripe_event_token(&token).is_err(), "{forged}");
