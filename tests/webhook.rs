@@ -1537,7 +1537,6 @@ async fn list_stripe_events_shows_each_events_first_and_latest_outcome_and_its_t
 
     // Filters, each alone.
     let only = |m: pb::ListStripeEventsRequest| {
-        let list = list.clone();
         async move {
             list(m)
                 .await
