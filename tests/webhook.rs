@@ -1451,3 +1451,167 @@ async fn an_unknown_product_can_be_acknowledged_and_recorded() {
     );
     assert_eq!(app.journal_rows().await, 0);
 }
+
+#[tokio::test]
+async fn list_stripe_events_shows_each_events_first_and_latest_outcome_and_its_transaction() {
+    let (app, addr) = app().await;
+    let t0 = 1_760_000_000;
+    // An invoice before its checkout: user_unknown first, replayed once the checkout credited it.
+    let invoice = event(
+        "evt_l_inv",
+        "invoice.paid",
+        invoice_paid(
+            "in_l",
+            "sub_l",
+            "subscription_create",
+            "price_vision_pro_28day",
+            t0,
+            t0 + 28 * DAY,
+            None,
+            "cus_user-sl",
+        ),
+    );
+    assert!((500..600).contains(&send(addr, &invoice).await));
+    let session = subscription_checkout("cs_l", "sub_l", "in_l", "user-sl", "vision_pro_28day", t0);
+    assert_eq!(
+        send(
+            addr,
+            &event("evt_l_cs", "checkout.session.completed", session)
+        )
+        .await,
+        200
+    );
+    assert_eq!(send(addr, &invoice).await, 200);
+    // A pack bought in live mode by another user.
+    let mut live = event(
+        "evt_l_pack",
+        "checkout.session.completed",
+        pack_checkout("cs_lp", "pi_lp", "user-lp", "pack_2m", 9_900),
+    );
+    live["livemode"] = json!(true);
+    assert_eq!(send(addr, &live).await, 200);
+
+    let mut c = app.client().await;
+    let lister = c.clone();
+    let list = |m: pb::ListStripeEventsRequest| {
+        let mut c = lister.clone();
+        async move { c.list_stripe_events(with_key(READ_KEY, m)).await }
+    };
+    let all = list(Default::default()).await.unwrap().into_inner();
+    let ids: Vec<&str> = all.events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["evt_l_pack", "evt_l_cs", "evt_l_inv"], "newest first");
+    let inv = &all.events[2];
+    assert_eq!(
+        (
+            inv.first_outcome.as_str(),
+            inv.outcome.as_str(),
+            inv.deliveries
+        ),
+        ("user_unknown", "replayed", 2)
+    );
+    assert_eq!(inv.r#type, "invoice.paid");
+    assert_eq!(inv.api_version, "2025-03-31.basil");
+    assert!(!inv.livemode);
+    let pack = &all.events[0];
+    assert!(pack.livemode);
+    assert_eq!(
+        (pack.outcome.as_str(), pack.user_id.as_str()),
+        ("credited", "user-lp")
+    );
+    assert_eq!(pack.payment_intent_id, "pi_lp");
+    // The transaction it produced is the purchase of its payment intent.
+    let found = c
+        .get_transaction(with_key(
+            READ_KEY,
+            pb::GetTransactionRequest {
+                lookup: Some(pb::get_transaction_request::Lookup::TransactionId(
+                    pack.transaction_id.clone(),
+                )),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.user_id, "user-lp");
+    assert_eq!(found.transaction.unwrap().token_amount, 2_000_000);
+
+    // Filters, each alone.
+    let only = |m: pb::ListStripeEventsRequest| {
+        async move {
+            list(m)
+                .await
+                .unwrap()
+                .into_inner()
+                .events
+                .into_iter()
+                .map(|e| e.event_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_user = pb::ListStripeEventsRequest {
+        user_id: "user-sl".into(),
+        ..Default::default()
+    };
+    assert_eq!(only(by_user).await, ["evt_l_cs", "evt_l_inv"]);
+    let live_only = pb::ListStripeEventsRequest {
+        livemode: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(only(live_only).await, ["evt_l_pack"]);
+    let test_only = pb::ListStripeEventsRequest {
+        livemode: Some(false),
+        ..Default::default()
+    };
+    assert_eq!(only(test_only).await, ["evt_l_cs", "evt_l_inv"]);
+    let replayed = pb::ListStripeEventsRequest {
+        outcome: "replayed".into(),
+        ..Default::default()
+    };
+    assert_eq!(only(replayed).await, ["evt_l_inv"]);
+    let one = pb::ListStripeEventsRequest {
+        event_id: "evt_l_cs".into(),
+        ..Default::default()
+    };
+    assert_eq!(only(one).await, ["evt_l_cs"]);
+
+    // Pages of one, in the same order, without repeats.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list(pb::ListStripeEventsRequest {
+            page_size: 1,
+            page_token: token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+        seen.extend(page.events.into_iter().map(|e| e.event_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, ["evt_l_pack", "evt_l_cs", "evt_l_inv"]);
+
+    // Bad input and the wrong scope change nothing and say why.
+    let bad = list(pb::ListStripeEventsRequest {
+        outcome: "great".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(bad_request_field(&bad), "outcome");
+    let bad = list(pb::ListStripeEventsRequest {
+        page_token: "forged".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(bad_request_field(&bad), "page_token");
+    let denied = c
+        .list_stripe_events(with_key(USAGE_KEY, pb::ListStripeEventsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+}

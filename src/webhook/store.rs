@@ -38,6 +38,7 @@ pub struct EventRecord {
     pub event_id: String,
     pub event_type: String,
     pub livemode: bool,
+    pub api_version: Option<String>,
     pub outcome: EventOutcome,
     pub detail: String,
     pub user_id: Option<String>,
@@ -188,10 +189,11 @@ impl WebhookStore {
     /// Records (or updates, counting deliveries) what was done with an event.
     pub async fn record_event(&self, r: &EventRecord) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, detail, user_id, \
-             transaction_id, payment_intent, claim_kind, claim_reference, claim_amount_cents) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, first_outcome, detail, user_id, \
+             transaction_id, payment_intent, claim_kind, claim_reference, claim_amount_cents, api_version) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (event_id) DO UPDATE SET outcome = EXCLUDED.outcome, detail = EXCLUDED.detail, \
+             api_version = COALESCE(EXCLUDED.api_version, stripe_events.api_version), \
              user_id = COALESCE(EXCLUDED.user_id, stripe_events.user_id), \
              transaction_id = COALESCE(EXCLUDED.transaction_id, stripe_events.transaction_id), \
              payment_intent = COALESCE(EXCLUDED.payment_intent, stripe_events.payment_intent), \
@@ -210,6 +212,7 @@ impl WebhookStore {
         .bind(r.claim.as_ref().map(|c| c.kind.as_str()))
         .bind(r.claim.as_ref().map(|c| c.reference.as_str()))
         .bind(r.claim.as_ref().map(|c| c.amount_cents))
+        .bind(&r.api_version)
         .execute(&self.pool)
         .await
         .map(|_| ())
@@ -228,9 +231,9 @@ impl WebhookStore {
             return Ok(());
         };
         sqlx::query(
-            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, detail, payment_intent, \
-             claim_kind, claim_reference, claim_amount_cents, deliveries) \
-             VALUES ($1, $2, $3, 'unmatched_reversal', $4, $5, $6, $7, $8, 0) \
+            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, first_outcome, detail, \
+             payment_intent, claim_kind, claim_reference, claim_amount_cents, deliveries, api_version) \
+             VALUES ($1, $2, $3, 'unmatched_reversal', 'unmatched_reversal', $4, $5, $6, $7, $8, 0, $9) \
              ON CONFLICT (event_id) DO UPDATE SET outcome = 'unmatched_reversal', detail = EXCLUDED.detail, \
              payment_intent = EXCLUDED.payment_intent, claim_kind = EXCLUDED.claim_kind, \
              claim_reference = EXCLUDED.claim_reference, claim_amount_cents = EXCLUDED.claim_amount_cents",
@@ -243,6 +246,7 @@ impl WebhookStore {
         .bind(claim.kind.as_str())
         .bind(&claim.reference)
         .bind(claim.amount_cents)
+        .bind(&r.api_version)
         .execute(&mut **tx)
         .await
         .map(|_| ())
