@@ -1,17 +1,20 @@
-//! The admin console in a real browser: a real server on port 0 with admin JWTs, driven by
-//! `admin-console/e2e/admin.e2e.mjs` (headless Debian Chromium through playwright-core). The
-//! holds scenario needs a user with an active hold: the test places it over gRPC first, since the
-//! console only releases holds (placing one is the AI backend's job).
+//! The admin console in a real browser: a real server on port 0 with admin JWTs and the Stripe
+//! webhook, driven by `admin-console/e2e/admin.e2e.mjs` (headless Debian Chromium through
+//! playwright-core). What the console only reads is put in first: a user with an active hold
+//! (over gRPC: placing holds is the AI backend's job), Stripe events (signed and posted to the
+//! real webhook, as Stripe would), and a user with more history than one page (for the CSV export).
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `$CHROMIUM`) and `admin-console/node_modules`
 //! (`npm ci`). Without them the test is skipped with a message, unless `CI` is set: CI must run it.
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::stripe::{deliver, event, invoice_paid, pack_checkout, subscription_checkout};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -22,6 +25,21 @@ const JWT_SECRET: &str = "browser-test-jwt-secret-0123456789";
 const ADMIN_SUB: &str = "5d0c7f6e-browser-e2e-admin";
 const USER_SUB: &str = "9a41b2c3-browser-e2e-user";
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
+/// Scenarios of admin.e2e.mjs; it prints "N passed, 0 failed" when all pass.
+const SCENARIOS: usize = 7;
+/// What admin.e2e.mjs leaves in test-artifacts/ (screenshots, and the exported CSV).
+const SCREENSHOTS: [&str; 10] = [
+    "admin-console-overview.png",
+    "admin-console.png",
+    "admin-console-holds.png",
+    "admin-console-hold-released.png",
+    "admin-console-transaction.png",
+    "admin-console-reverse.png",
+    "admin-console-reversed.png",
+    "admin-console-stripe-events.png",
+    "admin-console-csv.png",
+    "history-export.csv",
+];
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -136,6 +154,145 @@ async fn a_user_with_an_active_hold(app: &TestApp) -> (String, String) {
     (user, hold.hold_id)
 }
 
+/// The Stripe side of the support scenario, through the real webhook.
+struct StripeHistory {
+    /// Bought two packs of 2,000,000: one in test mode (the payment intent below), one live.
+    buyer: String,
+    payment_intent: String,
+    purchase_event: String,
+    live_event: String,
+    /// An invoice delivered before its checkout (first `user_unknown`), then again once the
+    /// checkout had credited the subscription (latest `replayed`, two deliveries).
+    retried_event: String,
+    subscriber: String,
+}
+
+const PACK_TOKENS: i64 = 2_000_000;
+const PACK_CENTS: i64 = 9_900;
+/// The 28-day plan's first cycle, credited by its checkout.
+const CYCLE_TOKENS: i64 = 375_000;
+
+async fn stripe_history(webhook: SocketAddr) -> StripeHistory {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let buyer = format!("e2e-buyer-{id}");
+    let subscriber = format!("e2e-subscriber-{id}");
+    let h = StripeHistory {
+        payment_intent: format!("pi_e2e_{id}"),
+        purchase_event: format!("evt_e2e_pack_{id}"),
+        live_event: format!("evt_e2e_live_{id}"),
+        retried_event: format!("evt_e2e_early_{id}"),
+        buyer,
+        subscriber,
+    };
+    let post = |e: serde_json::Value| async move { deliver(webhook, WEBHOOK_SECRET, &e).await };
+
+    let test_pack = event(
+        &h.purchase_event,
+        "checkout.session.completed",
+        pack_checkout(
+            &format!("cs_e2e_{id}"),
+            &h.payment_intent,
+            &h.buyer,
+            "pack_2m",
+            PACK_CENTS,
+        ),
+    );
+    let mut live_pack = event(
+        &h.live_event,
+        "checkout.session.completed",
+        pack_checkout(
+            &format!("cs_e2e_live_{id}"),
+            &format!("pi_e2e_live_{id}"),
+            &h.buyer,
+            "pack_2m",
+            PACK_CENTS,
+        ),
+    );
+    live_pack["livemode"] = json!(true);
+    for e in [test_pack, live_pack] {
+        let (status, body) = post(e).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // The invoice of a subscription whose checkout has not arrived yet: its customer is unknown,
+    // so the webhook answers 5xx and Stripe retries it later.
+    let t0 = chrono::Utc::now().timestamp();
+    let customer = format!("cus_{}", h.subscriber);
+    let sub = format!("sub_e2e_{id}");
+    let invoice = format!("in_e2e_{id}");
+    let early = event(
+        &h.retried_event,
+        "invoice.paid",
+        invoice_paid(
+            &invoice,
+            &sub,
+            "subscription_create",
+            "price_vision_pro_28day",
+            t0,
+            t0 + 28 * 86_400,
+            None,
+            &customer,
+        ),
+    );
+    let (status, body) = post(early.clone()).await;
+    assert!((500..600).contains(&status), "{status} {body}");
+    // No product in its metadata: its $99 price says 28-day plan.
+    let mut session = subscription_checkout(
+        &format!("cs_e2e_sub_{id}"),
+        &sub,
+        &invoice,
+        &h.subscriber,
+        "",
+        t0,
+    );
+    session["metadata"] = json!({});
+    let (status, body) = post(event(
+        &format!("evt_e2e_checkout_{id}"),
+        "checkout.session.completed",
+        session,
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(early).await;
+    assert_eq!(status, 200, "{body}");
+    h
+}
+
+/// Rows of the CSV user's history: one grant and [`CSV_USAGE_ROWS`] usage rows, more than
+/// ListTransactions' largest page (500), so the export must page.
+const CSV_USAGE_ROWS: usize = 520;
+const CSV_GRANT_TOKENS: i64 = 1_000;
+/// A reason CSV must quote: a comma and quotes (reasons may not hold line breaks).
+const CSV_REASON: &str = "goodwill, \"as promised\" by support";
+
+async fn a_user_with_a_long_history(app: &TestApp) -> String {
+    let user = format!("e2e-csv-{}", uuid::Uuid::new_v4().simple());
+    let mut c = app.client().await;
+    c.grant(admin(pb::GrantRequest {
+        reason: CSV_REASON.into(),
+        ..grant_req(&user, CSV_GRANT_TOKENS, "csv-grant")
+    }))
+    .await
+    .unwrap();
+    let events = (0..CSV_USAGE_ROWS)
+        .map(|i| pb::TrackUsageRequest {
+            model: "gpt-4o-mini".into(),
+            feature: "chat".into(),
+            input_tokens: 10,
+            output_tokens: 5,
+            ..usage_req(&user, 1, &format!("csv-usage-{i}"))
+        })
+        .collect();
+    let results = c
+        .track_usage_batch(admin(pb::TrackUsageBatchRequest { events }))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(results.iter().all(|r| r.code == 0), "{results:?}");
+    user
+}
+
 #[tokio::test]
 async fn an_admin_signs_in_in_a_real_browser_grants_tokens_and_releases_a_hold() {
     let missing = missing_prerequisites();
@@ -157,11 +314,31 @@ async fn an_admin_signs_in_in_a_real_browser_grants_tokens_and_releases_a_hold()
             ..Default::default()
         })
         .unwrap(),
+        webhook: true,
         ..Default::default()
     })
     .await;
     let admin_jwt = hs256(ADMIN_SUB, "admin");
     let (hold_user, hold_id) = a_user_with_an_active_hold(&app).await;
+    let stripe = stripe_history(app.webhook_addr.unwrap()).await;
+    let csv_user = a_user_with_a_long_history(&app).await;
+    // What the overview must show before the browser writes anything (its scenario runs first),
+    // from what was put in above: the hold user keeps 1,200 of 1,700 (500 lapsed) with 300 held,
+    // the buyer two packs, the subscriber one cycle, the CSV user its grant less its usage.
+    let credited = 1_700 + 2 * PACK_TOKENS + CYCLE_TOKENS + CSV_GRANT_TOKENS;
+    let used = CSV_USAGE_ROWS as i64;
+    let expired = 500;
+    let overview = json!({
+        "outstanding": (credited - used - expired).to_string(),
+        "overdrawn": "0",
+        "held": HOLD_TOKENS.to_string(),
+        "accounts": "4",
+        "credited": credited.to_string(),
+        "used": used.to_string(),
+        "expired": expired.to_string(),
+        "topUser": csv_user,
+        "topUserUsed": used.to_string(),
+    });
     let user_jwt = hs256(USER_SUB, "user");
     let artifacts = repo().join("test-artifacts");
 
@@ -175,6 +352,16 @@ async fn an_admin_signs_in_in_a_real_browser_grants_tokens_and_releases_a_hold()
         .env("NON_ADMIN_JWT", &user_jwt)
         .env("HOLD_USER_ID", &hold_user)
         .env("HOLD_ID", &hold_id)
+        .env("BUYER_USER_ID", &stripe.buyer)
+        .env("PAYMENT_INTENT", &stripe.payment_intent)
+        .env("PURCHASE_EVENT_ID", &stripe.purchase_event)
+        .env("LIVE_EVENT_ID", &stripe.live_event)
+        .env("RETRIED_EVENT_ID", &stripe.retried_event)
+        .env("SUBSCRIBER_USER_ID", &stripe.subscriber)
+        .env("CSV_USER_ID", &csv_user)
+        .env("CSV_ROWS", (CSV_USAGE_ROWS + 1).to_string())
+        .env("CSV_REASON", CSV_REASON)
+        .env("OVERVIEW_EXPECTED", overview.to_string())
         .env("SCREENSHOT_DIR", &artifacts)
         .env("CHROMIUM", chromium())
         .stdin(Stdio::null())
@@ -194,16 +381,18 @@ async fn an_admin_signs_in_in_a_real_browser_grants_tokens_and_releases_a_hold()
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("admin.e2e.mjs stdout:\n{stdout}");
     assert!(
-        output.status.success() && stdout.contains("3 passed, 0 failed"),
+        output.status.success() && stdout.contains(&format!("{SCENARIOS} passed, 0 failed")),
         "admin.e2e.mjs failed ({}); screenshots in {}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         output.status,
         artifacts.display()
     );
-    assert!(
-        artifacts.join("admin-console.png").is_file(),
-        "no screenshot at {}",
-        artifacts.join("admin-console.png").display()
-    );
+    for screenshot in SCREENSHOTS {
+        assert!(
+            artifacts.join(screenshot).is_file(),
+            "no screenshot at {}",
+            artifacts.join(screenshot).display()
+        );
+    }
 
     // The browser's writes are recorded as the admin JWT's subject, never a request field.
     let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
@@ -256,4 +445,35 @@ async fn an_admin_signs_in_in_a_real_browser_grants_tokens_and_releases_a_hold()
         (balance.balance, balance.held, balance.available),
         (1200, 0, 1200)
     );
+
+    // The page reversed part of the test-mode purchase, once (its retry, after a lost answer,
+    // reused the idempotency key), as the admin, with source admin and the reason typed.
+    let reversals: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT r.token_amount, r.source, r.created_by, r.reason, p.stripe_payment_intent_id \
+         FROM token_transactions r JOIN accounts a USING (account_id) \
+         JOIN token_transactions p ON p.id = r.reverses_transaction_id \
+         WHERE a.user_id = $1 AND r.transaction_type = 'reversal'",
+    )
+    .bind(&stripe.buyer)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        reversals,
+        [(
+            -500_000,
+            "admin".to_string(),
+            ADMIN_SUB.to_string(),
+            "refund requested by the customer".to_string(),
+            Some(stripe.payment_intent.clone())
+        )]
+    );
+    let buyer = c
+        .get_balance(admin(pb::GetBalanceRequest {
+            user_id: stripe.buyer.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(buyer.balance, 2 * PACK_TOKENS - 500_000);
 }

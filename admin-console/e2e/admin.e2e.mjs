@@ -8,10 +8,24 @@
 //   HOLD_USER_ID    a user with exactly one active hold (HOLD_ID), at least one lot and an expiry
 //                   row in its history: the caller places the hold, the page releases it
 //   HOLD_ID         that hold
+//   BUYER_USER_ID, PAYMENT_INTENT, PURCHASE_EVENT_ID, LIVE_EVENT_ID, RETRIED_EVENT_ID,
+//   SUBSCRIBER_USER_ID
+//                   Stripe history the caller posted to the webhook: the buyer bought two packs of
+//                   2,000,000 (PURCHASE_EVENT_ID in test mode for PAYMENT_INTENT, LIVE_EVENT_ID
+//                   live); RETRIED_EVENT_ID is an invoice of SUBSCRIBER_USER_ID delivered twice,
+//                   first user_unknown, then replayed
+//   CSV_USER_ID, CSV_ROWS, CSV_REASON
+//                   a user with CSV_ROWS (> 500) history rows: one grant with reason CSV_REASON,
+//                   then usage of 1 token each
+//   OVERVIEW_EXPECTED
+//                   JSON: what the overview shows before any scenario writes (token counts as
+//                   strings; topUser, topUserUsed)
 //   SCREENSHOT_DIR  where screenshots go (default test-artifacts)
 //   CHROMIUM        the browser binary (default /usr/bin/chromium)
-// Prints one line per scenario and then "N passed, M failed"; exits 1 on any failure.
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+// Prints one line per scenario and then "N passed, M failed"; exits 1 on any failure. A scenario
+// also fails when the page logs a console error or violates its Content-Security-Policy, unless
+// the scenario provoked that error itself (allowError).
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { randomBytes } from "node:crypto";
@@ -32,6 +46,16 @@ const ADMIN_JWT = env("ADMIN_JWT");
 const NON_ADMIN_JWT = env("NON_ADMIN_JWT");
 const HOLD_USER_ID = env("HOLD_USER_ID");
 const HOLD_ID = env("HOLD_ID");
+const BUYER_USER_ID = env("BUYER_USER_ID");
+const PAYMENT_INTENT = env("PAYMENT_INTENT");
+const PURCHASE_EVENT_ID = env("PURCHASE_EVENT_ID");
+const LIVE_EVENT_ID = env("LIVE_EVENT_ID");
+const RETRIED_EVENT_ID = env("RETRIED_EVENT_ID");
+const SUBSCRIBER_USER_ID = env("SUBSCRIBER_USER_ID");
+const CSV_USER_ID = env("CSV_USER_ID");
+const CSV_ROWS = Number(env("CSV_ROWS"));
+const CSV_REASON = env("CSV_REASON");
+const OVERVIEW_EXPECTED = JSON.parse(env("OVERVIEW_EXPECTED"));
 const SCREENSHOT_DIR = resolve(env("SCREENSHOT_DIR", "test-artifacts"));
 const CHROMIUM = env("CHROMIUM", "/usr/bin/chromium");
 const STEP_TIMEOUT_MS = 15_000;
@@ -104,6 +128,9 @@ async function historyRows(page) {
         balanceAfter: c("tx-balance-after").dataset.value,
         createdBy: c("tx-created-by").textContent,
         reason: c("tx-reason").textContent,
+        details: c("tx-details").textContent,
+        shownId: c("tx-id").textContent,
+        reversible: r.querySelector('[data-testid="tx-reverse"]') !== null,
       };
     }),
   );
@@ -145,6 +172,82 @@ async function holdRows(page) {
 
 const value = async (page, testid) => byId(page, testid).getAttribute("data-value");
 
+async function accountRows(page) {
+  return byId(page, "account-row").evaluateAll((rs) =>
+    rs.map((r) => [r.dataset.userId, r.querySelector('[data-testid="account-balance"]').dataset.value]),
+  );
+}
+
+// The rows of an events table ("events-table", or the transaction view's "tx-view-events-table").
+async function eventRows(page, table = "events-table") {
+  return byId(page, table).locator('[data-testid="event-row"]').evaluateAll((rows) =>
+    rows.map((r) => {
+      const c = (t) => r.querySelector(`[data-testid="${t}"]`)?.textContent ?? "";
+      return {
+        id: r.dataset.eventId,
+        type: c("event-type"),
+        outcome: c("event-outcome"),
+        firstOutcome: c("event-first-outcome"),
+        deliveries: c("event-deliveries"),
+        mode: c("event-mode"),
+        apiVersion: c("event-api-version"),
+        user: c("event-user"),
+        transaction: c("event-transaction"),
+      };
+    }),
+  );
+}
+
+// Fails fast when the error box opens.
+async function noError(page) {
+  const err = await errorText(page);
+  if (err) throw new Failure(`error box: ${err}`);
+}
+
+async function findTransaction(page, query) {
+  await byId(page, "tx-search-input").fill(query);
+  await byId(page, "tx-search-button").click();
+}
+
+// RFC 4180, as the console writes it: fields quoted when they must be, CRLF between records.
+function parseCsv(text) {
+  const rows = [];
+  let row = [];
+  let field = "";
+  let quoted = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (quoted) {
+      if (ch === '"' && text[i + 1] === '"') {
+        field += '"';
+        i++;
+      } else if (ch === '"') quoted = false;
+      else field += ch;
+    } else if (ch === '"') quoted = true;
+    else if (ch === ",") {
+      row.push(field);
+      field = "";
+    } else if (ch === "\r" && text[i + 1] === "\n") {
+      row.push(field);
+      rows.push(row);
+      row = [];
+      field = "";
+      i++;
+    } else field += ch;
+  }
+  if (field !== "" || row.length > 0) {
+    row.push(field);
+    rows.push(row);
+  }
+  return rows;
+}
+
+// Console errors a scenario provokes on purpose (a request it cuts): they do not fail it.
+let allowedErrors = [];
+function allowError(pattern) {
+  allowedErrors.push(pattern);
+}
+
 async function signInAsAdmin(page) {
   await openConsole(page);
   await signIn(page, ADMIN_JWT);
@@ -176,34 +279,54 @@ async function scenarioAdmin(page) {
   check(actor !== "", "WhoAmI shows no actor");
   check(/\badmin\b/.test(scopes), `WhoAmI scopes are "${scopes}", expected admin`);
 
-  // A user without an account opens with balance 0.
+  // The page's icon is its own file: the CSP (default-src 'self') refused the old data: URL.
+  check((await page.locator('link[rel="icon"]').getAttribute("href")) === "/admin/favicon.svg", "favicon link");
+  const icon = await page.request.get(`${LEDGER_URL}/admin/favicon.svg`);
+  check(icon.status() === 200 && icon.headers()["content-type"] === "image/svg+xml", `favicon: ${icon.status()} ${icon.headers()["content-type"]}`);
+
+  // A user without an account opens with balance 0; searching for it finds no account yet.
   await openUser(page, user);
   await expectBalance(page, 0, "opening a new user");
+  await byId(page, "accounts-prefix").fill(user);
+  await byId(page, "accounts-search").click();
+  await eventually("no account yet", async () => (await byId(page, "accounts-empty").isVisible()) || "accounts-empty hidden");
 
   await write(page, "grant", 1234, "e2e grant");
   await expectBalance(page, 1234, "the grant");
+  let grantId = "";
   await eventually("the grant's result line", async () => {
-    const t = await byId(page, "op-result").innerText();
-    return /^transaction \S+, balance 1,?234$/.test(t.trim()) || `op-result is "${t}"`;
+    const t = (await byId(page, "op-result").innerText()).trim();
+    const m = /^transaction (\S+), balance 1,?234$/.exec(t);
+    grantId = m?.[1] ?? "";
+    return (m !== null && (await byId(page, "op-result").getAttribute("data-tx-id")) === grantId) || `op-result is "${t}"`;
   });
-  await eventually("a grant row of 1234 in the history", async () => {
+  await eventually("a grant row of 1234 in the history, with the id the result line showed", async () => {
     const rows = await historyRows(page);
     const g = rows.find((r) => r.kind === "grant");
     return (
-      (rows.length === 1 && g && g.amount === "1234" && g.reason === "e2e grant" && g.balanceAfter === "1234") ||
+      (rows.length === 1 && g && g.amount === "1234" && g.reason === "e2e grant" && g.balanceAfter === "1234" &&
+        g.id === grantId && g.shownId === grantId) ||
       JSON.stringify(rows)
     );
+  });
+  // The account list refreshed itself after the write: the new account, with its balance.
+  await eventually("the account list refreshed after the grant", async () => {
+    const rows = await accountRows(page);
+    return (rows.length === 1 && rows[0][0] === user && rows[0][1] === "1234") || JSON.stringify(rows);
   });
 
   await write(page, "deduct", 234, "e2e deduct");
   await expectBalance(page, 1000, "the deduction");
+  const deductId = await byId(page, "op-result").getAttribute("data-tx-id");
+  check(/^transaction \S+, balance 1,?000$/.test((await byId(page, "op-result").innerText()).trim()), "the deduction's result line");
   await eventually("the deduction on top of the history", async () => {
     const rows = await historyRows(page);
     const [d, g] = rows;
     return (
       (rows.length === 2 &&
         d.kind === "deduction" && d.amount === "-234" && d.balanceAfter === "1000" && d.reason === "e2e deduct" &&
-        d.sequence === "2" && g.kind === "grant" && g.sequence === "1" && d.createdBy === actor) ||
+        d.sequence === "2" && g.kind === "grant" && g.sequence === "1" && d.createdBy === actor &&
+        d.id === deductId && d.shownId === deductId && d.reversible === false && g.reversible === true) ||
       JSON.stringify(rows)
     );
   });
@@ -226,13 +349,9 @@ async function scenarioAdmin(page) {
   check((await byId(page, "next-expiry").innerText()).trim() === "none", "a next expiry for tokens that never expire");
   check((await byId(page, "holds-empty").isVisible()) && (await byId(page, "hold-row").count()) === 0, "holds shown for a user without any");
 
-  // The account is findable by prefix, with its balance.
-  await byId(page, "accounts-prefix").fill(user);
-  await byId(page, "accounts-search").click();
-  await eventually("the account in the search results", async () => {
-    const rows = await byId(page, "account-row").evaluateAll((rs) =>
-      rs.map((r) => [r.dataset.userId, r.querySelector('[data-testid="account-balance"]').dataset.value]),
-    );
+  // The account list, not searched again, shows the balance after the deduction.
+  await eventually("the account list refreshed after the deduction", async () => {
+    const rows = await accountRows(page);
     return (rows.length === 1 && rows[0][0] === user && rows[0][1] === "1000") || JSON.stringify(rows);
   });
 
@@ -307,6 +426,308 @@ async function scenarioHolds(page) {
   return `user ${HOLD_USER_ID}, released ${hold.tokens} tokens`;
 }
 
+// The overview, before any scenario writes: the caller says what it must show.
+async function scenarioOverview(page) {
+  const want = OVERVIEW_EXPECTED;
+  await signInAsAdmin(page);
+  await byId(page, "nav-overview").click();
+  await byId(page, "overview-view").waitFor({ state: "visible" });
+  await eventually("the overview's totals", async () => {
+    await noError(page);
+    const v = await value(page, "overview-outstanding");
+    return v === want.outstanding || `outstanding ${v}, expected ${want.outstanding}`;
+  });
+  for (const [testid, expected] of [
+    ["overview-overdrawn", want.overdrawn],
+    ["overview-held", want.held],
+    ["overview-accounts", want.accounts],
+  ]) {
+    check((await value(page, testid)) === expected, `${testid} is ${await value(page, testid)}, expected ${expected}`);
+  }
+  // The chart: a uPlot canvas over the 30 days, with the window's sums.
+  await eventually("the chart", async () => (await page.locator('[data-testid="overview-chart"] canvas').count()) > 0 || "no canvas");
+  const chart = byId(page, "overview-chart");
+  for (const k of ["credited", "used", "expired"]) {
+    const got = await chart.getAttribute(`data-${k}`);
+    check(got === want[k], `chart: ${k} ${got}, expected ${want[k]}`);
+  }
+  check((await chart.getAttribute("data-days")) === "30", "the chart has not 30 days");
+  const days = await byId(page, "overview-day-row").evaluateAll((rows) =>
+    rows.map((r) => [r.dataset.day, r.querySelector('[data-testid="day-credited"]').dataset.value]),
+  );
+  check(days.length === 30, `${days.length} day rows`);
+  check(days.every(([d], i) => i === 0 || d > days[i - 1][0]), "days are not oldest first");
+  check(days.reduce((s, [, c]) => s + BigInt(c), 0n) === BigInt(want.credited), "day rows do not add up to credited");
+  const box = await chart.boundingBox();
+  check(box && box.width > 300 && box.height >= 200, `chart box ${JSON.stringify(box)}`);
+  // Top users by usage, most first; a click opens the user.
+  const top = await byId(page, "top-user-row").evaluateAll((rows) =>
+    rows.map((r) => [r.dataset.userId, r.querySelector('[data-testid="top-user-used"]').dataset.value]),
+  );
+  check(top.length >= 1 && top[0][0] === want.topUser && top[0][1] === want.topUserUsed, `top users ${JSON.stringify(top)}`);
+  check(new URL(page.url()).hash === "#view=overview", `URL ${page.url()}`);
+  await mkdir(SCREENSHOT_DIR, { recursive: true });
+  await page.screenshot({ path: join(SCREENSHOT_DIR, "admin-console-overview.png"), fullPage: true });
+  await byId(page, "top-user-row").first().click();
+  await byId(page, "user-view").waitFor({ state: "visible" });
+  check((await byId(page, "user-id").innerText()) === want.topUser, "the top user's row opened another user");
+  check(!(await byId(page, "overview-view").isVisible()), "the overview is still shown");
+  return `outstanding ${want.outstanding}, top user ${want.topUser}`;
+}
+
+// The support ticket: find the payment by its intent, see the Stripe event that credited it,
+// open the user, reverse part of the payment with a reason (a refused overreach first, then an
+// answer lost on the way back, retried with the same idempotency key).
+async function scenarioSupport(page) {
+  await signInAsAdmin(page);
+  await findTransaction(page, PAYMENT_INTENT);
+  await eventually("the purchase of the payment intent", async () => {
+    await noError(page);
+    return ((await byId(page, "tx-view-body").isVisible()) && (await byId(page, "tx-view-kind").innerText()) === "purchase") || "not shown";
+  });
+  const purchaseId = await byId(page, "tx-view").getAttribute("data-tx-id");
+  check(/^\d+$/.test(purchaseId ?? ""), `purchase id ${purchaseId}`);
+  check((await byId(page, "tx-view-id").innerText()) === purchaseId, "the view's title is not the transaction id");
+  check((await byId(page, "tx-view-user").innerText()) === BUYER_USER_ID, "the purchase's user");
+  check((await value(page, "tx-view-amount")) === "2000000", "the purchase's tokens");
+  check((await value(page, "tx-view-reversed")) === "0" && (await value(page, "tx-view-left")) === "2000000", "reversed / left");
+  const details = await byId(page, "tx-view-details").innerText();
+  check(details.includes(PAYMENT_INTENT) && details.includes("pack_2m") && details.includes("99.00 usd"), `details "${details}"`);
+  check((await byId(page, "tx-view-created-by").innerText()).includes("stripe-webhook"), "created by the webhook");
+  // The Stripe event that credited it.
+  await eventually("the event that credited the purchase", async () => {
+    await noError(page);
+    const rows = await eventRows(page, "tx-view-events-table");
+    const e = rows[0];
+    return (
+      (rows.length === 1 && e.id === PURCHASE_EVENT_ID && e.type === "checkout.session.completed" &&
+        e.outcome === "credited" && e.mode === "test" && e.transaction === purchaseId) ||
+      JSON.stringify(rows)
+    );
+  });
+  await mkdir(SCREENSHOT_DIR, { recursive: true });
+  await page.screenshot({ path: join(SCREENSHOT_DIR, "admin-console-transaction.png"), fullPage: true });
+
+  // The user, from the transaction: why the balance is what it is (two packs).
+  await byId(page, "tx-view-user").click();
+  await byId(page, "user-view").waitFor({ state: "visible" });
+  check((await byId(page, "user-id").innerText()) === BUYER_USER_ID, "the user link opened another user");
+  await expectBalance(page, 4_000_000, "opening the buyer");
+  await eventually("two purchases in the history, both reversible", async () => {
+    const rows = await historyRows(page);
+    return (rows.length === 2 && rows.every((r) => r.kind === "purchase" && r.reversible) && rows.some((r) => r.id === purchaseId)) || JSON.stringify(rows);
+  });
+  const row = page.locator(`[data-testid="history-row"][data-tx-id="${purchaseId}"]`);
+  await row.locator('[data-testid="tx-reverse"]').click();
+  const dialog = byId(page, "reverse-dialog");
+  await dialog.waitFor({ state: "visible" });
+  check((await byId(page, "reverse-tokens").inputValue()) === "2000000", "the default is not what is left (2,000,000)");
+  check((await value(page, "reverse-left")) === "2000000", "left to reverse");
+  check((await byId(page, "reverse-original").innerText()) === purchaseId, "the dialog reverses another transaction");
+  check((await byId(page, "reverse-source").innerText()) === "admin", "source");
+
+  // More than is left: the ledger refuses, the dialog says why and stays open.
+  await byId(page, "reverse-tokens").fill("2000001");
+  await byId(page, "reverse-reason").fill("too much");
+  await byId(page, "reverse-submit").click();
+  await eventually("FAILED_PRECONDITION for reversing more than is left", async () => {
+    const t = (await byId(page, "reverse-error").isVisible()) ? await byId(page, "reverse-error").innerText() : "";
+    return t.includes("FAILED_PRECONDITION") || `reverse-error "${t}"`;
+  });
+  check(await dialog.isVisible(), "the dialog closed after a refusal");
+  // A reason is required.
+  await byId(page, "reverse-tokens").fill("500000");
+  await byId(page, "reverse-reason").fill("");
+  await byId(page, "reverse-submit").click();
+  await eventually("a reason is required", async () => (await byId(page, "reverse-error").innerText()).includes("reason is required") || "no message");
+
+  // The answer of the first attempt is lost (the ledger applied it); the same attempt again
+  // reuses its idempotency key, so it is applied once.
+  const keys = [];
+  const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/;
+  allowError(/Failed to load resource|ERR_FAILED|request failed: POST .*\/Reverse/);
+  await page.route("**/tokenledger.v1.LedgerService/Reverse", async (route) => {
+    keys.push(UUID.exec(route.request().postDataBuffer()?.toString("latin1") ?? "")?.[0]);
+    if (keys.length === 1) {
+      await route.fetch();
+      await route.abort("failed");
+    } else await route.continue();
+  });
+  await byId(page, "reverse-reason").fill("refund requested by the customer");
+  await page.screenshot({ path: join(SCREENSHOT_DIR, "admin-console-reverse.png"), fullPage: true });
+  await byId(page, "reverse-submit").click();
+  await eventually("the unknown outcome", async () => {
+    const t = await byId(page, "reverse-error").innerText();
+    return (t.includes("outcome unknown") && keys[0] !== undefined && t.includes(keys[0])) || `reverse-error "${t}"`;
+  });
+  await byId(page, "reverse-submit").click();
+  await eventually("the reversal's result line", async () => {
+    const t = (await byId(page, "op-result").innerText()).trim();
+    return (!(await dialog.isVisible()) && t.startsWith("transaction ") && t.includes(`(reversal of ${purchaseId}), balance 3,500,000`) && t.includes("replayed")) ||
+      `op-result "${t}"`;
+  });
+  await page.unroute("**/tokenledger.v1.LedgerService/Reverse");
+  check(keys.length === 2 && keys[0] && keys[0] === keys[1], `the retry used another key: ${JSON.stringify(keys)}`);
+  const reversalId = await byId(page, "op-result").getAttribute("data-tx-id");
+  await expectBalance(page, 3_500_000, "the reversal");
+  await eventually("the reversal on top of the history", async () => {
+    const [r] = await historyRows(page);
+    return (r && r.kind === "reversal" && r.amount === "-500000" && r.id === reversalId && r.shownId === reversalId &&
+      r.reason === "refund requested by the customer" && r.details.includes(`of ${purchaseId}`) && r.details.includes("admin") && !r.reversible) ||
+      JSON.stringify(r);
+  });
+  check((await value(page, "total-reversed")) === "500000", "totals: reversed");
+  // Reverse again: the default is what is left now.
+  await row.locator('[data-testid="tx-reverse"]').click();
+  await dialog.waitFor({ state: "visible" });
+  check((await byId(page, "reverse-tokens").inputValue()) === "1500000", "the default after a reversal is not 1,500,000");
+  check((await value(page, "reverse-reversed")) === "500000", "reversed so far");
+  await byId(page, "reverse-cancel").click();
+  await dialog.waitFor({ state: "hidden" });
+
+  // The search view says what has been reversed of the payment.
+  await findTransaction(page, PAYMENT_INTENT);
+  await eventually("the purchase, 500,000 reversed", async () => {
+    await noError(page);
+    return ((await value(page, "tx-view-reversed")) === "500000" && (await value(page, "tx-view-left")) === "1500000") || "not yet";
+  });
+  // And the reversal itself, by id.
+  await findTransaction(page, reversalId);
+  await eventually("the reversal by id", async () => {
+    await noError(page);
+    return ((await byId(page, "tx-view").getAttribute("data-tx-id")) === reversalId && (await byId(page, "tx-view-kind").innerText()) === "reversal") || "not yet";
+  });
+  check(!(await byId(page, "tx-view-reverse").isVisible()), "a reversal offers Reverse");
+  await findTransaction(page, PAYMENT_INTENT);
+  await eventually("the purchase again", async () => (await byId(page, "tx-view").getAttribute("data-tx-id")) === purchaseId || "not yet");
+  await page.screenshot({ path: join(SCREENSHOT_DIR, "admin-console-reversed.png"), fullPage: true });
+  return `purchase ${purchaseId}, reversal ${reversalId}, key ${keys[0]} sent twice`;
+}
+
+async function searchEvents(page, { eventId = "", userId = "", outcome = "", mode = "" } = {}) {
+  await byId(page, "events-event-id").fill(eventId);
+  await byId(page, "events-user-id").fill(userId);
+  await byId(page, "events-outcome").fill(outcome);
+  await byId(page, "events-livemode").selectOption(mode);
+  await byId(page, "events-search").click();
+}
+
+async function eventsMatch(page, what, pred) {
+  await eventually(what, async () => {
+    await noError(page);
+    const rows = await eventRows(page);
+    return pred(rows) || JSON.stringify(rows.map((r) => [r.id, r.outcome, r.mode]));
+  });
+}
+
+// The Stripe events page: the newest events with what each did; search by event, user, outcome
+// and mode; the transaction an event produced opens in the search view.
+async function scenarioEvents(page) {
+  await signInAsAdmin(page);
+  await byId(page, "nav-events").click();
+  await byId(page, "events-view").waitFor({ state: "visible" });
+  await eventsMatch(page, "the newest events", (rows) => [PURCHASE_EVENT_ID, LIVE_EVENT_ID, RETRIED_EVENT_ID].every((id) => rows.some((r) => r.id === id)));
+  const rows = await eventRows(page);
+  const byEvent = Object.fromEntries(rows.map((r) => [r.id, r]));
+  const [p, l, r] = [byEvent[PURCHASE_EVENT_ID], byEvent[LIVE_EVENT_ID], byEvent[RETRIED_EVENT_ID]];
+  check(rows.findIndex((x) => x.id === LIVE_EVENT_ID) < rows.findIndex((x) => x.id === PURCHASE_EVENT_ID), "not newest first");
+  check(
+    p.type === "checkout.session.completed" && p.outcome === "credited" && p.firstOutcome === "credited" && p.deliveries === "1" &&
+      p.mode === "test" && p.apiVersion === "2025-03-31.basil" && p.user === BUYER_USER_ID && /^\d+$/.test(p.transaction),
+    `the purchase's event ${JSON.stringify(p)}`,
+  );
+  check(l.mode === "live" && l.outcome === "credited", `the live event ${JSON.stringify(l)}`);
+  check(
+    r.type === "invoice.paid" && r.firstOutcome === "user_unknown" && r.outcome === "replayed" && r.deliveries === "2" && r.mode === "test",
+    `the retried event ${JSON.stringify(r)}`,
+  );
+  await mkdir(SCREENSHOT_DIR, { recursive: true });
+  await page.screenshot({ path: join(SCREENSHOT_DIR, "admin-console-stripe-events.png"), fullPage: true });
+
+  await searchEvents(page, { eventId: RETRIED_EVENT_ID });
+  await eventsMatch(page, "one event by id", (rs) => rs.length === 1 && rs[0].id === RETRIED_EVENT_ID);
+  await searchEvents(page, { userId: BUYER_USER_ID });
+  await eventsMatch(page, "the buyer's two events", (rs) => rs.length === 2 && rs.every((x) => x.user === BUYER_USER_ID));
+  await searchEvents(page, { userId: SUBSCRIBER_USER_ID });
+  await eventsMatch(page, "the subscriber's events", (rs) => rs.length >= 1 && rs.every((x) => x.user === SUBSCRIBER_USER_ID));
+  await searchEvents(page, { outcome: "replayed" });
+  await eventsMatch(page, "by latest outcome", (rs) => rs.some((x) => x.id === RETRIED_EVENT_ID) && rs.every((x) => x.outcome === "replayed"));
+  await searchEvents(page, { outcome: "user_unknown" });
+  await eventually("no event whose latest outcome is user_unknown", async () => (await byId(page, "events-empty").isVisible()) || "events shown");
+  await searchEvents(page, { mode: "live" });
+  await eventsMatch(page, "live events only", (rs) => rs.length >= 1 && rs.every((x) => x.mode === "live") && rs.some((x) => x.id === LIVE_EVENT_ID));
+  await searchEvents(page, { mode: "test" });
+  await eventsMatch(page, "test events only", (rs) => rs.every((x) => x.mode === "test") && rs.some((x) => x.id === PURCHASE_EVENT_ID) && !rs.some((x) => x.id === LIVE_EVENT_ID));
+
+  // The transaction an event produced opens in the search view.
+  await byId(page, "events-clear").click();
+  await eventsMatch(page, "all events again", (rs) => rs.some((x) => x.id === PURCHASE_EVENT_ID));
+  await byId(page, "events-table").locator(`[data-testid="event-row"][data-event-id="${PURCHASE_EVENT_ID}"] [data-testid="event-transaction"]`).click();
+  await eventually("the event's transaction", async () => {
+    await noError(page);
+    return ((await byId(page, "tx-view-body").isVisible()) && (await byId(page, "tx-view").getAttribute("data-tx-id")) === p.transaction) || "not shown";
+  });
+  check((await byId(page, "tx-view-kind").innerText()) === "purchase", "the event's transaction is not a purchase");
+  check((await byId(page, "tx-view-user").innerText()) === BUYER_USER_ID, "the event's transaction belongs to another user");
+  // And its user opens the user.
+  await byId(page, "nav-events").click();
+  await eventsMatch(page, "events", (rs) => rs.some((x) => x.id === PURCHASE_EVENT_ID));
+  await byId(page, "events-table").locator(`[data-testid="event-row"][data-event-id="${PURCHASE_EVENT_ID}"] [data-testid="event-user"]`).click();
+  await byId(page, "user-view").waitFor({ state: "visible" });
+  check((await byId(page, "user-id").innerText()) === BUYER_USER_ID, "the event's user link opened another user");
+  return `${rows.length} events`;
+}
+
+const CSV_HEADER = [
+  "id", "sequence", "created_at", "kind", "token_amount", "balance_after", "created_by", "reason", "idempotency_key",
+  "grant_source", "stripe_subscription_id", "stripe_invoice_id", "stripe_payment_intent_id", "stripe_checkout_session_id",
+  "pack", "amount_paid_cents", "currency", "period_start", "period_end", "model", "feature", "input_tokens",
+  "output_tokens", "hold_id", "original_transaction_id", "reversal_source", "stripe_reference", "allow_negative",
+  "lot_id", "carried_tokens", "carried_to_lot_id",
+];
+
+// The whole history (two pages of 500 and more) as CSV, though the page shows 50 rows.
+async function scenarioCsv(page) {
+  await signInAsAdmin(page);
+  await openUser(page, CSV_USER_ID);
+  await eventually("the first page of the history", async () => {
+    await noError(page);
+    return ((await byId(page, "history-row").count()) === 50 && (await byId(page, "history-more").isVisible())) || "not yet";
+  });
+  const [download] = await Promise.all([page.waitForEvent("download"), byId(page, "history-export").click()]);
+  check(download.suggestedFilename() === `history-${CSV_USER_ID}.csv`, `file name ${download.suggestedFilename()}`);
+  await mkdir(SCREENSHOT_DIR, { recursive: true });
+  const path = join(SCREENSHOT_DIR, "history-export.csv");
+  await download.saveAs(path);
+  const text = await readFile(path, "utf8");
+  const [header, ...rows] = parseCsv(text);
+  check(JSON.stringify(header) === JSON.stringify(CSV_HEADER), `header ${JSON.stringify(header)}`);
+  check(rows.length === CSV_ROWS, `${rows.length} rows, expected ${CSV_ROWS}`);
+  const col = Object.fromEntries(header.map((h, i) => [h, i]));
+  const get = (r, c) => r[col[c]];
+  check(rows.every((r) => r.length === header.length), "a row with another number of fields");
+  check(new Set(rows.map((r) => get(r, "id"))).size === CSV_ROWS, "duplicate ids");
+  check(rows.every((r, i) => get(r, "sequence") === String(CSV_ROWS - i)), "sequences are not newest first, without gaps");
+  check(rows.every((r) => /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/.test(get(r, "created_at"))), "a created_at that is not RFC 3339");
+  const grant = rows[rows.length - 1];
+  check(get(grant, "kind") === "grant" && get(grant, "token_amount") === "1000" && get(grant, "grant_source") === "admin", `grant ${grant}`);
+  check(get(grant, "idempotency_key") === "csv-grant", `grant key ${get(grant, "idempotency_key")}`);
+  check(get(grant, "reason") === CSV_REASON, `the reason did not survive quoting: ${JSON.stringify(get(grant, "reason"))}`);
+  check(text.includes(`"${CSV_REASON.replace(/"/g, '""')}"`), "the reason is not quoted as RFC 4180 says");
+  const usage = rows.slice(0, -1);
+  check(
+    usage.every((r) => get(r, "kind") === "usage" && get(r, "token_amount") === "-1" && get(r, "model") === "gpt-4o-mini" &&
+      get(r, "feature") === "chat" && get(r, "input_tokens") === "10" && get(r, "output_tokens") === "5"),
+    "usage rows without their details",
+  );
+  check(get(rows[0], "balance_after") === String(1000 - (CSV_ROWS - 1)), `newest balance_after ${get(rows[0], "balance_after")}`);
+  const status = byId(page, "export-status");
+  check((await status.getAttribute("data-rows")) === String(CSV_ROWS) && (await status.getAttribute("data-pages")) === String(Math.ceil(CSV_ROWS / 500)), `export status "${await status.innerText()}"`);
+  check((await byId(page, "history-row").count()) === 50, "the export changed the page's history");
+  await page.screenshot({ path: join(SCREENSHOT_DIR, "admin-console-csv.png"), fullPage: false });
+  return `${rows.length} rows in ${await status.getAttribute("data-pages")} pages`;
+}
+
 async function scenarioNonAdmin(page) {
   await openConsole(page);
   await signIn(page, NON_ADMIN_JWT);
@@ -323,8 +744,12 @@ async function scenarioNonAdmin(page) {
 }
 
 const scenarios = [
-  ["admin signs in, grants 1234, deducts 234, sees balance 1000", scenarioAdmin],
+  ["overview: liability, the chart of credited/used/expired per day, top users", scenarioOverview],
+  ["admin signs in, grants 1234, deducts 234, sees balance 1000 and transaction ids", scenarioAdmin],
   ["admin sees lots and an active hold, releases the hold", scenarioHolds],
+  ["support: payment by intent, its Stripe event, reversed with a reason", scenarioSupport],
+  ["Stripe events: newest first, search by event, user, outcome and mode", scenarioEvents],
+  ["CSV export of a whole history, all pages", scenarioCsv],
   ["non-admin JWT is refused with PERMISSION_DENIED", scenarioNonAdmin],
 ];
 
@@ -359,6 +784,12 @@ async function main() {
       timeout: 60_000,
     });
     context.setDefaultTimeout(STEP_TIMEOUT_MS);
+    // Chromium logs a CSP violation as a console error; the event makes sure of it.
+    await context.addInitScript(() => {
+      document.addEventListener("securitypolicyviolation", (e) =>
+        console.error(`CSP violation: ${e.violatedDirective} refused ${e.blockedURI || "(inline)"}`),
+      );
+    });
     const browserLog = [];
     context.on("page", (page) => {
       page.on("console", (m) => m.type() === "error" && browserLog.push(`console: ${m.text()}`));
@@ -367,10 +798,15 @@ async function main() {
     });
     for (const [i, [name, run]] of scenarios.entries()) {
       browserLog.length = 0;
+      allowedErrors = [];
       // Each scenario gets a fresh page: the console keeps its credential in per-tab sessionStorage.
       const page = await context.newPage();
       try {
         const note = await run(page);
+        // Let late messages (e.g. a favicon's) arrive before judging.
+        await page.waitForTimeout(200);
+        const unexpected = browserLog.filter((line) => !allowedErrors.some((re) => re.test(line)));
+        if (unexpected.length > 0) throw new Failure(`the page logged errors:\n    ${unexpected.join("\n    ")}`);
         passed++;
         console.log(`ok ${i + 1} - ${name} (${note})`);
       } catch (e) {
