@@ -945,7 +945,7 @@ function eventRow(e: StripeEvent): HTMLTableRowElement {
   row.dataset.userId = e.userId;
   row.dataset.transactionId = e.transactionId;
   cell(row, time(e.lastSeenAt), "event-last-seen", "", `first seen ${time(e.firstSeenAt)}`);
-  cell(row, e.eventId, "event-id", "id");
+  cell(row, e.eventId, "event-id", "id wrap");
   cell(row, e.type, "event-type");
   cell(row, e.outcome, "event-outcome", "kind");
   cell(row, e.firstOutcome, "event-first-outcome", e.firstOutcome !== e.outcome ? "changed" : "");
@@ -953,11 +953,13 @@ function eventRow(e: StripeEvent): HTMLTableRowElement {
   cell(row, e.livemode ? "live" : "test", "event-mode");
   cell(row, e.apiVersion, "event-api-version");
   const userCell = row.insertCell();
+  userCell.className = "wrap";
   if (e.userId) userCell.append(linkButton(e.userId, "event-user", () => void openUser(e.userId)));
   const txCell = row.insertCell();
   txCell.className = "id";
   if (e.transactionId) txCell.append(linkButton(e.transactionId, "event-transaction", () => void openTransaction(e.transactionId)));
-  cell(row, [e.detail, e.paymentIntentId].filter(Boolean).join(" · "), "event-detail", "details");
+  const pi = e.paymentIntentId && !e.detail.includes(e.paymentIntentId) ? e.paymentIntentId : "";
+  cell(row, [e.detail, pi].filter(Boolean).join(" · "), "event-detail", "details");
   return row;
 }
 
@@ -1323,6 +1325,7 @@ function start(): void {
     if (txView.id) void openReverse(txView.id, button("tx-view-reverse"));
   });
   onSubmit("reverse-form", () => void submitReverse());
+  for (const f of ["reverse-tokens", "reverse-reason"]) input(f).addEventListener("input", () => show(el("reverse-error"), false));
   button("reverse-cancel").addEventListener("click", closeReverse);
   onSubmit("events-form", () => void searchEvents(false));
   el<HTMLSelectElement>("events-livemode").addEventListener("change", () => void searchEvents(false));
