@@ -1309,10 +1309,11 @@ function start(): void {
       clearError();
       if (b.dataset.view === "events") void openEvents();
       else if (b.dataset.view === "overview") void openOverview();
-      else if (user.id) void openUser(user.id);
       else {
+        // Back to the accounts and the user left open there, as they were (no reload).
         showView("accounts");
-        history.replaceState(null, "", location.pathname + location.search);
+        if (user.id) setHash(`user=${encodeURIComponent(user.id)}`);
+        else history.replaceState(null, "", location.pathname + location.search);
       }
     });
   }
