@@ -676,11 +676,16 @@ async fn an_invoice_in_the_pre_2025_shape_is_understood_too() {
             "price": {"id": "price_x_not_listed", "lookup_key": "vision_pro_28day_99", "object": "price"}
         }]}
     });
-    assert_eq!(
-        send(addr, &event("evt_old", "invoice.paid", invoice)).await,
-        200
-    );
+    let mut old = event("evt_old", "invoice.paid", invoice);
+    old["api_version"] = json!("2024-06-20");
+    assert_eq!(send(addr, &old).await, 200);
     assert_eq!(balance(&app, "user-old").await, 375_000);
+    let version: Option<String> =
+        sqlx::query_scalar("SELECT api_version FROM stripe_events WHERE event_id = 'evt_old'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(version.as_deref(), Some("2024-06-20"), "each event's version is stored");
 }
 
 /// The webhook as its own process would run it: a remote ledger over gRPC with a billing key.
