@@ -696,24 +696,30 @@ async fn the_cli_reserves_commits_releases_and_lists() {
             "60",
         ],
     );
-    assert_eq!(hold["available"], 700);
+    assert_eq!(
+        hold["available"], "700",
+        "canonical proto JSON: int64 as a string"
+    );
     let hold_id = hold["hold_id"].as_str().unwrap().to_string();
     let holds = cli(&app, &["holds", "--user", "u"]);
     assert_eq!(holds["holds"][0]["hold_id"], hold_id.as_str());
-    assert_eq!(holds["holds"][0]["state"], "active");
+    assert_eq!(holds["holds"][0]["state"], "HOLD_STATE_ACTIVE");
     let done = cli(
         &app,
         &["commit-hold", "--hold", &hold_id, "--tokens", "120"],
     );
-    assert_eq!(done["balance"], 880);
+    assert_eq!(done["balance"], "880");
+    assert!(done["transaction_id"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
     let released = cli(&app, &["release-hold", "--hold", &hold_id]);
-    assert_eq!(released["hold"]["state"], "committed");
+    assert_eq!(released["hold"]["state"], "HOLD_STATE_COMMITTED");
     let lots = cli(&app, &["lots", "--user", "u"]);
-    assert_eq!(lots["lots"][0]["remaining"], 880);
+    assert_eq!(lots["lots"][0]["remaining"], "880");
     assert!(lots["lots"][0]["expires_at"].is_string());
     let balance = cli(&app, &["balance", "--user", "u"]);
-    assert_eq!(balance["held"], 0);
-    assert_eq!(balance["next_expiry"]["tokens"], 880);
+    assert_eq!(balance["held"], "0");
+    assert_eq!(balance["next_expiry"]["tokens"], "880");
 }
 
 #[tokio::test]

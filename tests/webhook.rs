@@ -676,11 +676,16 @@ async fn an_invoice_in_the_pre_2025_shape_is_understood_too() {
             "price": {"id": "price_x_not_listed", "lookup_key": "vision_pro_28day_99", "object": "price"}
         }]}
     });
-    assert_eq!(
-        send(addr, &event("evt_old", "invoice.paid", invoice)).await,
-        200
-    );
+    let mut old = event("evt_old", "invoice.paid", invoice);
+    old["api_version"] = json!("2024-06-20");
+    assert_eq!(send(addr, &old).await, 200);
     assert_eq!(balance(&app, "user-old").await, 375_000);
+    let version: Option<String> =
+        sqlx::query_scalar("SELECT api_version FROM stripe_events WHERE event_id = 'evt_old'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(version.as_deref(), Some("2024-06-20"), "each event's version is stored");
 }
 
 /// The webhook as its own process would run it: a remote ledger over gRPC with a billing key.
@@ -870,10 +875,16 @@ async fn stripe_events_lists_what_was_done_with_each_event() {
         200
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
-        .args(["stripe-events", "--database-url", &app.db.url()])
-        .output()
-        .unwrap();
+    let url = format!("http://{}", app.addr);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
+            .arg("stripe-events")
+            .args(args)
+            .args(["--ledger-url", &url, "--api-key", READ_KEY])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[]);
     assert!(
         out.status.success(),
         "{}",
@@ -881,7 +892,11 @@ async fn stripe_events_lists_what_was_done_with_each_event() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("evt_listed") && text.contains("credited") && text.contains("user=user-l"),
+        text.contains("evt_listed")
+            && text.contains("credited")
+            && text.contains("user=user-l")
+            && text.contains("deliveries=1")
+            && text.contains("api_version=2025-03-31.basil"),
         "{text}"
     );
     assert!(
@@ -889,21 +904,21 @@ async fn stripe_events_lists_what_was_done_with_each_event() {
         "{text}"
     );
 
-    let one = std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
-        .args([
-            "stripe-events",
-            "--event",
-            "evt_listed",
-            "--database-url",
-            &app.db.url(),
-        ])
-        .output()
-        .unwrap();
+    let one = cli(&["--event", "evt_listed"]);
     let text = String::from_utf8_lossy(&one.stdout);
     assert!(
         text.contains("evt_listed") && !text.contains("evt_ignored"),
         "{text}"
     );
+    let ignored = cli(&["--outcome", "ignored", "--livemode", "false", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&ignored.stdout).unwrap();
+    assert_eq!(json["events"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["events"][0]["event_id"], "evt_ignored");
+    assert_eq!(json["events"][0]["first_outcome"], "ignored");
+    let mine = cli(&["--user", "user-l", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&mine.stdout).unwrap();
+    assert_eq!(json["events"][0]["event_id"], "evt_listed", "{json}");
+    assert_eq!(json["events"][0]["deliveries"], 1);
 }
 
 #[tokio::test]
@@ -1536,17 +1551,15 @@ async fn list_stripe_events_shows_each_events_first_and_latest_outcome_and_its_t
     assert_eq!(found.transaction.unwrap().token_amount, 2_000_000);
 
     // Filters, each alone.
-    let only = |m: pb::ListStripeEventsRequest| {
-        async move {
-            list(m)
-                .await
-                .unwrap()
-                .into_inner()
-                .events
-                .into_iter()
-                .map(|e| e.event_id)
-                .collect::<Vec<_>>()
-        }
+    let only = |m: pb::ListStripeEventsRequest| async move {
+        list(m)
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect::<Vec<_>>()
     };
     let by_user = pb::ListStripeEventsRequest {
         user_id: "user-sl".into(),

@@ -47,19 +47,6 @@ pub struct EventRecord {
     pub claim: Option<Claim>,
 }
 
-/// One row of `stripe_events`, for `token-ledger stripe-events`.
-#[derive(Debug, Clone)]
-pub struct SeenEvent {
-    pub event_id: String,
-    pub event_type: String,
-    pub outcome: String,
-    pub detail: Option<String>,
-    pub user_id: Option<String>,
-    pub transaction_id: Option<String>,
-    pub deliveries: i32,
-    pub last_seen_at: DateTime<Utc>,
-}
-
 /// A subscription as the adapter knows it.
 #[derive(Debug, Clone)]
 pub struct KnownSubscription {
@@ -325,36 +312,5 @@ impl WebhookStore {
             .execute(&mut *tx)
             .await?;
         Ok(tx)
-    }
-
-    /// The newest events first; only `event_id` when given.
-    pub async fn events(
-        &self,
-        event_id: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<SeenEvent>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT event_id, event_type, outcome, detail, user_id, transaction_id, deliveries, last_seen_at \
-             FROM stripe_events WHERE ($1::text IS NULL OR event_id = $1) \
-             ORDER BY last_seen_at DESC LIMIT $2",
-        )
-        .bind(event_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(SeenEvent {
-                    event_id: r.try_get("event_id")?,
-                    event_type: r.try_get("event_type")?,
-                    outcome: r.try_get("outcome")?,
-                    detail: r.try_get("detail")?,
-                    user_id: r.try_get("user_id")?,
-                    transaction_id: r.try_get("transaction_id")?,
-                    deliveries: r.try_get("deliveries")?,
-                    last_seen_at: r.try_get("last_seen_at")?,
-                })
-            })
-            .collect()
     }
 }
