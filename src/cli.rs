@@ -413,8 +413,13 @@ struct Database {
 
 impl Database {
     async fn open(args: &DatabaseArgs) -> anyhow::Result<Self> {
-        let (url, embedded) = match &args.database_url {
-            Some(url) => (url.clone(), None),
+        // An empty value (`DATABASE_URL=`) means "not given", as in the README's own setup.
+        let (url, embedded) = match args
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            Some(url) => (url.to_string(), None),
             None => {
                 let data_dir = DataDir::from_option(args.data_dir.clone());
                 tracing::info!(
@@ -449,7 +454,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli.command).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", crate::error::one_line(err.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -504,7 +509,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.webhook_pool_connections_max = args.stripe_webhook_db_pool_max;
         config.expiry_sweep_interval = Duration::from_millis(args.expiry_sweep_interval_ms.max(1));
         if let Some(listen) = args.metrics_listen {
-            crate::metrics::install(listen)?;
+            crate::metrics::install(listen).await?;
         }
         let store = db
             .store
@@ -540,7 +545,7 @@ async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
             WebhookStore::new(db.store.pool().clone()),
             Arc::new(catalog),
         );
-        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let listener = server::bind(args.listen, "the Stripe webhook").await?;
         crate::webhook::serve(
             listener,
             crate::webhook::router(config, processor),
