@@ -376,6 +376,18 @@ pub struct JwtArgs {
     #[arg(long, env = "TOKEN_LEDGER_JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
 
+    /// A JWKS URL with the public keys for RS256/ES256 JWTs (Supabase:
+    /// https://<project>.supabase.co/auth/v1/.well-known/jwks.json; Auth0:
+    /// https://<tenant>.auth0.com/.well-known/jwks.json). Kept in memory, refreshed, and refetched
+    /// (at most every 30 s) when a token names an unknown key id; a failed fetch keeps the last
+    /// good keys.
+    #[arg(long, env = "TOKEN_LEDGER_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// How often the JWKS URL is refetched, in seconds.
+    #[arg(long, env = "TOKEN_LEDGER_JWT_JWKS_REFRESH_SECS", default_value_t = crate::jwks::REFRESH_INTERVAL_DEFAULT.as_secs())]
+    pub jwt_jwks_refresh_secs: u64,
+
     /// Required `aud` claim, if set.
     #[arg(long, env = "TOKEN_LEDGER_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
@@ -398,6 +410,11 @@ impl JwtArgs {
         crate::jwt::JwtVerifier::from_settings(&crate::jwt::JwtSettings {
             hs256_secret: self.jwt_hs256_secret.clone(),
             jwks_file: self.jwt_jwks_file.clone(),
+            jwks_url: self.jwt_jwks_url.clone(),
+            jwks_refresh_interval: std::time::Duration::from_secs(
+                self.jwt_jwks_refresh_secs.max(1),
+            ),
+            jwks_refetch_gap: crate::jwks::REFETCH_GAP_DEFAULT,
             audience: self.jwt_audience.clone(),
             issuer: self.jwt_issuer.clone(),
             admin_claim: self.jwt_admin_claim.clone(),

@@ -237,6 +237,9 @@ impl<'a> Call<'a> {
         let deadline = self.deadline;
         async move {
             let started = Instant::now();
+            if let Credentials::Header(header) = &self.credentials {
+                self.grpc.auth.prepare(header.as_deref()).await;
+            }
             let result = match deadline {
                 None => call.await,
                 Some(deadline) => tokio::time::timeout_at(deadline, call).await.unwrap_or(Err(
