@@ -278,12 +278,39 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 /// What reflection describes: the ledger, health, and the `google.rpc` error-detail types
 /// (`BadRequest`, `ErrorInfo`, … and `Status`), so grpcurl and `buf curl` decode an error's
-/// details instead of printing them as base64. tonic-types ships their descriptors.
+/// details instead of printing them as base64.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_file_descriptor_set(google_rpc_descriptors())
+}
+
+/// The `google.rpc` descriptors tonic-types ships, under the paths googleapis gives them
+/// (`google/rpc/error_details.proto`): tonic-types names them `error_details.proto`, and a
+/// client that already knows the googleapis file would see two files defining one type.
+fn google_rpc_descriptors() -> prost_types::FileDescriptorSet {
+    use prost::Message;
+    let mut set = prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .expect("tonic-types ships a valid descriptor set");
+    let bare: Vec<String> = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "google.rpc" && !f.name().contains('/'))
+        .map(|f| f.name().to_string())
+        .collect();
+    let path = |name: &mut String| {
+        if bare.contains(name) {
+            *name = format!("google/rpc/{name}");
+        }
+    };
+    for file in &mut set.file {
+        if let Some(name) = file.name.as_mut() {
+            path(name);
+        }
+        file.dependency.iter_mut().for_each(path);
+    }
+    set
 }
 
 /// CORS for browsers calling over grpc-web: only the configured origins get a grant.
