@@ -164,6 +164,23 @@ impl LedgerError {
     }
 }
 
+/// `err` and its causes in one line, each cause once: many errors (sqlx's among them) print
+/// their source inside their own message and also return it as `source()`, so a plain chain
+/// would say the same thing twice.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,21 +204,4 @@ mod tests {
             "invalid user_id: must not be empty; invalid tokens: must be positive, got 0"
         );
     }
-}
-
-/// `err` and its causes in one line, each cause once: many errors (sqlx's among them) print
-/// their source inside their own message and also return it as `source()`, so a plain chain
-/// would say the same thing twice.
-pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        let part = c.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        cause = c.source();
-    }
-    text
 }
