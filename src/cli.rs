@@ -73,8 +73,20 @@ pub enum Command {
     Lots(client::ListArgs),
     /// Run the Stripe webhook adapter on its own, calling the ledger over gRPC.
     Webhook(WebhookArgs),
-    /// List the Stripe events the webhook has seen, newest first, with what it did about each.
-    StripeEvents(StripeEventsArgs),
+    /// List the Stripe events the webhook recorded, newest first: first and latest outcome,
+    /// deliveries, mode and the transaction each produced.
+    StripeEvents(client::StripeEventsArgs),
+    /// Claw back (part of) a credit: a refunded purchase or an admin correction (prints the
+    /// reversal's transaction id).
+    Reverse(client::ReverseArgs),
+    /// Show one transaction, by id or by Stripe payment intent, with what was reversed of it.
+    Transaction(client::TransactionArgs),
+    /// List accounts by user id prefix, ordered by user id, balance or last activity.
+    Accounts(client::AccountsArgs),
+    /// Say who the credentials belong to and what they may do.
+    Whoami(client::WhoAmIArgs),
+    /// The whole ledger: tokens outstanding, credited/used/expired per day, top users.
+    Overview(client::OverviewArgs),
     /// Load-test a ledger over real gRPC: runs `token-ledger-bench` (built beside this binary)
     /// with the same arguments; see BENCHMARKS.md.
     #[command(disable_help_flag = true)]
@@ -176,20 +188,6 @@ pub struct WebhookArgs {
     pub stripe: StripeArgs,
 
     /// The webhook's own tables (processed events, customer and subscription mappings).
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct StripeEventsArgs {
-    /// How many events to list.
-    #[arg(long, default_value_t = 50)]
-    pub limit: i64,
-
-    /// Show only this event (evt_...).
-    #[arg(long)]
-    pub event: Option<String>,
-
     #[command(flatten)]
     pub database: DatabaseArgs,
 }
@@ -503,7 +501,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Holds(a) => client::holds(a).await,
         Command::Lots(a) => client::lots(a).await,
         Command::Webhook(args) => webhook(args).await.map(|()| ExitCode::SUCCESS),
-        Command::StripeEvents(args) => stripe_events(args).await,
+        Command::StripeEvents(a) => client::stripe_events(a).await,
+        Command::Reverse(a) => client::reverse(a).await,
+        Command::Transaction(a) => client::transaction(a).await,
+        Command::Accounts(a) => client::accounts(a).await,
+        Command::Whoami(a) => client::who_am_i(a).await,
+        Command::Overview(a) => client::overview(a).await,
         Command::Bench { args } => bench(&args),
     }
 }
@@ -574,36 +577,6 @@ async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
     .await;
     db.close().await?;
     result
-}
-
-async fn stripe_events(args: StripeEventsArgs) -> anyhow::Result<ExitCode> {
-    let db = Database::open(&args.database).await?;
-    let events = WebhookStore::new(db.store.pool().clone())
-        .events(args.event.as_deref(), args.limit)
-        .await;
-    db.close().await?;
-    let events = events.context("reading stripe_events")?;
-    if events.is_empty() {
-        println!(
-            "no Stripe events recorded{}",
-            args.event.map(|e| format!(" for {e}")).unwrap_or_default()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    for e in events {
-        println!(
-            "{}  {:<34} {:<38} {:<18} deliveries={} user={} transaction={}\n    {}",
-            e.last_seen_at.format("%Y-%m-%d %H:%M:%S"),
-            e.event_id,
-            e.event_type,
-            e.outcome,
-            e.deliveries,
-            e.user_id.as_deref().unwrap_or("-"),
-            e.transaction_id.as_deref().unwrap_or("-"),
-            e.detail.as_deref().unwrap_or("")
-        );
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn verify(args: DatabaseArgs) -> anyhow::Result<ExitCode> {

@@ -696,24 +696,30 @@ async fn the_cli_reserves_commits_releases_and_lists() {
             "60",
         ],
     );
-    assert_eq!(hold["available"], 700);
+    assert_eq!(
+        hold["available"], "700",
+        "canonical proto JSON: int64 as a string"
+    );
     let hold_id = hold["hold_id"].as_str().unwrap().to_string();
     let holds = cli(&app, &["holds", "--user", "u"]);
     assert_eq!(holds["holds"][0]["hold_id"], hold_id.as_str());
-    assert_eq!(holds["holds"][0]["state"], "active");
+    assert_eq!(holds["holds"][0]["state"], "HOLD_STATE_ACTIVE");
     let done = cli(
         &app,
         &["commit-hold", "--hold", &hold_id, "--tokens", "120"],
     );
-    assert_eq!(done["balance"], 880);
+    assert_eq!(done["balance"], "880");
+    assert!(done["transaction_id"]
+        .as_str()
+        .is_some_and(|t| !t.is_empty()));
     let released = cli(&app, &["release-hold", "--hold", &hold_id]);
-    assert_eq!(released["hold"]["state"], "committed");
+    assert_eq!(released["hold"]["state"], "HOLD_STATE_COMMITTED");
     let lots = cli(&app, &["lots", "--user", "u"]);
-    assert_eq!(lots["lots"][0]["remaining"], 880);
+    assert_eq!(lots["lots"][0]["remaining"], "880");
     assert!(lots["lots"][0]["expires_at"].is_string());
     let balance = cli(&app, &["balance", "--user", "u"]);
-    assert_eq!(balance["held"], 0);
-    assert_eq!(balance["next_expiry"]["tokens"], 880);
+    assert_eq!(balance["held"], "0");
+    assert_eq!(balance["next_expiry"]["tokens"], "880");
 }
 
 #[tokio::test]
@@ -878,4 +884,195 @@ async fn an_expired_credit_pays_no_debt_and_a_late_old_cycle_ends_nothing() {
         .iter()
         .any(|l| l.remaining == 1000 && l.expires_at == at(now + Duration::days(28))));
     app.assert_verified().await;
+}
+
+async fn overview(
+    c: &mut Client,
+    m: pb::GetOverviewRequest,
+) -> Result<pb::GetOverviewResponse, Status> {
+    c.get_overview(with_key(READ_KEY, m))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn the_overview_sums_the_liability_and_each_days_movements_in_one_snapshot() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    let now = Utc::now();
+    // heavy: 1,000 credited, 700 used in two calls, 50 held; light: 500 credited in two lots,
+    // 300 used (the soonest-expiring lot of 200 burns first, so nothing is left to expire);
+    // over: 100 credited, 30 deducted, 220 used (overdrawn by 150).
+    grant_with(&mut c, "heavy", 1_000, "g-heavy", None, 0).await;
+    usage(&mut c, "heavy", 400, "u-heavy-1").await;
+    usage(&mut c, "heavy", 300, "u-heavy-2").await;
+    grant_with(
+        &mut c,
+        "light",
+        200,
+        "g-light-exp",
+        Some(now + Duration::hours(1)),
+        0,
+    )
+    .await;
+    grant_with(&mut c, "light", 300, "g-light", None, 0).await;
+    usage(&mut c, "light", 300, "u-light").await;
+    grant_with(&mut c, "over", 100, "g-over", None, 0).await;
+    c.deduct(admin(pb::DeductRequest {
+        user_id: "over".into(),
+        tokens: 30,
+        idempotency_key: "d-over".into(),
+        reason: "correction".into(),
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    usage(&mut c, "over", 220, "u-over").await;
+    reserve(&mut c, "heavy", 50, "r-heavy", 86_400)
+        .await
+        .unwrap();
+    app.advance(Duration::hours(2));
+    let ledger = token_ledger::ledger::Ledger::new(app.store.clone());
+    token_ledger::ledger::sweeper::sweep_once(&ledger)
+        .await
+        .unwrap();
+
+    let o = overview(&mut c, pb::GetOverviewRequest::default())
+        .await
+        .unwrap();
+    // heavy 300 left, light 200, over −150.
+    assert_eq!(o.tokens_outstanding, 300 + 200);
+    assert_eq!(o.tokens_overdrawn, 150);
+    assert_eq!(o.tokens_held, 50);
+    assert_eq!(o.accounts, 3);
+    assert_eq!(o.days.len(), 30, "the default window");
+    let sum = |f: fn(&pb::DayTotals) -> i64| o.days.iter().map(f).sum::<i64>();
+    assert_eq!(sum(|d| d.credited), 1_000 + 500 + 100);
+    assert_eq!(sum(|d| d.used), 700 + 300 + 220);
+    assert_eq!(sum(|d| d.deducted), 30);
+    assert_eq!(
+        sum(|d| d.expired),
+        0,
+        "nothing was left of the expiring lot"
+    );
+    let today = (Utc::now() + Duration::hours(2)).date_naive();
+    let last = &o.days.last().unwrap().day;
+    assert!(
+        [today, today.pred_opt().unwrap()]
+            .iter()
+            .any(|d| d.format("%Y-%m-%d").to_string() == *last),
+        "{last} is today (or yesterday, across midnight)"
+    );
+    let users: Vec<(&str, i64, i64)> = o
+        .top_users
+        .iter()
+        .map(|u| (u.user_id.as_str(), u.used, u.events))
+        .collect();
+    assert_eq!(
+        users,
+        [("heavy", 700, 2), ("light", 300, 1), ("over", 220, 1)]
+    );
+    assert_eq!(o.top_users[2].balance, -150);
+    app.assert_verified().await;
+
+    // Fewer top users, a shorter window, and days on either side of the date line.
+    let o1 = overview(
+        &mut c,
+        pb::GetOverviewRequest {
+            days: 1,
+            top_users: 1,
+            time_zone: "Pacific/Kiritimati".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((o1.days.len(), o1.top_users.len()), (1, 1));
+    let o2 = overview(
+        &mut c,
+        pb::GetOverviewRequest {
+            days: 2,
+            time_zone: "Pacific/Pago_Pago".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        o1.days[0].day > o2.days[1].day,
+        "UTC+14 is a day ahead of UTC−11"
+    );
+}
+
+#[tokio::test]
+async fn the_overview_counts_expired_tokens_on_the_day_they_expired() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    let now = Utc::now();
+    grant_with(&mut c, "x", 1_000, "g-x", Some(now + Duration::hours(1)), 0).await;
+    usage(&mut c, "x", 100, "u-x").await;
+    app.advance(Duration::hours(2));
+    let ledger = token_ledger::ledger::Ledger::new(app.store.clone());
+    assert_eq!(
+        token_ledger::ledger::sweeper::sweep_once(&ledger)
+            .await
+            .unwrap(),
+        1
+    );
+    let o = overview(&mut c, pb::GetOverviewRequest::default())
+        .await
+        .unwrap();
+    let expired: i64 = o.days.iter().map(|d| d.expired).sum();
+    assert_eq!(expired, 900);
+    assert_eq!(o.tokens_outstanding, 0);
+}
+
+#[tokio::test]
+async fn a_bad_overview_request_is_refused_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    for (m, field) in [
+        (
+            pb::GetOverviewRequest {
+                days: 367,
+                ..Default::default()
+            },
+            "days",
+        ),
+        (
+            pb::GetOverviewRequest {
+                days: -1,
+                ..Default::default()
+            },
+            "days",
+        ),
+        (
+            pb::GetOverviewRequest {
+                top_users: -1,
+                ..Default::default()
+            },
+            "top_users",
+        ),
+        (
+            pb::GetOverviewRequest {
+                time_zone: "Mars/Olympus_Mons".into(),
+                ..Default::default()
+            },
+            "time_zone",
+        ),
+        (
+            pb::GetOverviewRequest {
+                time_zone: "UTC'; DROP TABLE accounts; --".into(),
+                ..Default::default()
+            },
+            "time_zone",
+        ),
+    ] {
+        let err = overview(&mut c, m).await.unwrap_err();
+        assert_eq!(bad_request_field(&err), field);
+    }
+    let denied = c
+        .get_overview(with_key(USAGE_KEY, pb::GetOverviewRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
 }

@@ -1035,8 +1035,8 @@ async fn the_command_line_client_drives_every_call() {
     let (ok, out) = run(&["balance", "--user", "u1", "--json"]);
     assert!(ok, "{out}");
     let json: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(json["balance"], 2_375_000);
-    assert_eq!(json["totals"]["used"], 900);
+    assert_eq!(json["balance"], "2375000");
+    assert_eq!(json["totals"]["used"], "900");
     let (ok, out) = run(&["history", "--user", "u1", "--page-size", "2"]);
     assert!(
         ok && out.contains("usage") && out.contains("more: --page-token"),
@@ -1046,4 +1046,132 @@ async fn the_command_line_client_drives_every_call() {
         "deduct", "--user", "u1", "--tokens", "99999999", "--reason", "too much",
     ]);
     assert!(!ok && out.contains("FailedPrecondition"), "{out}");
+}
+
+// Multi-threaded: the CLI runs as a blocking child process while this runtime serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_finds_reverses_and_explains_a_purchase() {
+    let app = TestApp::spawn().await;
+    let url = format!("http://{}", app.addr);
+    let run = |args: &[&str]| {
+        let out = binary()
+            .args(args)
+            .args(["--ledger-url", &url, "--api-key", ADMIN_KEY])
+            .env_remove("TOKEN_LEDGER_API_KEY")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(run(&all).trim()).unwrap()
+    };
+
+    // Every write prints its transaction id, in either form.
+    let bought = json(&[
+        "purchase",
+        "--user",
+        "support-u",
+        "--tokens",
+        "2000000",
+        "--amount-cents",
+        "9900",
+        "--payment-intent",
+        "pi_support",
+        "--pack",
+        "pack_2m",
+    ]);
+    let purchase_id = bought["transaction_id"].as_str().unwrap().to_string();
+    assert_eq!(bought["balance"], "2000000");
+    assert_eq!(bought["replayed"], false);
+    let used = run(&[
+        "usage",
+        "--user",
+        "support-u",
+        "--tokens",
+        "500",
+        "--model",
+        "gpt-4o",
+    ]);
+    assert!(used.starts_with("transaction "), "{used}");
+
+    // Found by its payment intent, with nothing reversed yet.
+    let found = json(&["transaction", "--payment-intent", "pi_support"]);
+    assert_eq!(found["transaction"]["id"], purchase_id.as_str());
+    assert_eq!(found["user_id"], "support-u");
+    assert_eq!(found["reversed_tokens"], "0");
+    assert_eq!(
+        found["transaction"]["purchase"]["stripe_payment_intent_id"],
+        "pi_support"
+    );
+    assert_eq!(found["transaction"]["kind"], "TRANSACTION_KIND_PURCHASE");
+
+    // Reversed in part, with a reason; the lookup then says what is left.
+    let reversed = json(&[
+        "reverse",
+        "--user",
+        "support-u",
+        "--tokens",
+        "500000",
+        "--original",
+        &purchase_id,
+        "--reason",
+        "ticket 42: partial refund",
+    ]);
+    assert_eq!(reversed["balance"], "1499500");
+    let reversal_id = reversed["transaction_id"].as_str().unwrap().to_string();
+    let text = run(&["transaction", "--id", &purchase_id]);
+    assert!(
+        text.contains("reversed 500000 of 2000000: 1500000 left to reverse")
+            && text.contains("payment_intent=pi_support"),
+        "{text}"
+    );
+
+    // History shows ids and details; its JSON is the whole message.
+    let history = run(&["history", "--user", "support-u"]);
+    assert!(
+        history.contains(&reversal_id)
+            && history.contains(&format!("reverses={purchase_id}"))
+            && history.contains("model=gpt-4o"),
+        "{history}"
+    );
+    let page = json(&["history", "--user", "support-u"]);
+    let rows = page["transactions"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows[0]["reversal"]["original_transaction_id"],
+        purchase_id.as_str()
+    );
+    assert_eq!(rows[0]["reversal"]["source"], "REVERSAL_SOURCE_ADMIN");
+    assert_eq!(rows[1]["usage"]["model"], "gpt-4o");
+
+    // Balance: every total, in the equation they satisfy.
+    let balance = run(&["balance", "--user", "support-u"]);
+    assert!(
+        balance.contains("credited 2000000 = granted 0 + purchased 2000000 + dripped 0")
+            && balance
+                .contains("debited  500500 = deducted 0 + used 500 + reversed 500000 + expired 0")
+            && balance.contains("balance  1499500 = credited 2000000 - debited 500500"),
+        "{balance}"
+    );
+
+    // Accounts, whoami and the overview.
+    let accounts = json(&["accounts", "--prefix", "support-", "--order", "balance"]);
+    assert_eq!(accounts["accounts"][0]["user_id"], "support-u");
+    assert_eq!(accounts["accounts"][0]["balance"], "1499500");
+    let me = json(&["whoami"]);
+    assert_eq!(me["actor"], "key:ops");
+    assert_eq!(me["scopes"], serde_json::json!(["admin"]));
+    let overview = json(&["overview", "--days", "2"]);
+    assert_eq!(overview["tokens_outstanding"], "1499500");
+    assert_eq!(overview["days"].as_array().unwrap().len(), 2);
+    assert_eq!(overview["top_users"][0]["user_id"], "support-u");
+    let text = run(&["overview", "--days", "1"]);
+    assert!(text.contains("1499500 tokens outstanding"), "{text}");
 }

@@ -676,11 +676,16 @@ async fn an_invoice_in_the_pre_2025_shape_is_understood_too() {
             "price": {"id": "price_x_not_listed", "lookup_key": "vision_pro_28day_99", "object": "price"}
         }]}
     });
-    assert_eq!(
-        send(addr, &event("evt_old", "invoice.paid", invoice)).await,
-        200
-    );
+    let mut old = event("evt_old", "invoice.paid", invoice);
+    old["api_version"] = json!("2024-06-20");
+    assert_eq!(send(addr, &old).await, 200);
     assert_eq!(balance(&app, "user-old").await, 375_000);
+    let version: Option<String> =
+        sqlx::query_scalar("SELECT api_version FROM stripe_events WHERE event_id = 'evt_old'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(version.as_deref(), Some("2024-06-20"), "each event's version is stored");
 }
 
 /// The webhook as its own process would run it: a remote ledger over gRPC with a billing key.
@@ -870,10 +875,16 @@ async fn stripe_events_lists_what_was_done_with_each_event() {
         200
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
-        .args(["stripe-events", "--database-url", &app.db.url()])
-        .output()
-        .unwrap();
+    let url = format!("http://{}", app.addr);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
+            .arg("stripe-events")
+            .args(args)
+            .args(["--ledger-url", &url, "--api-key", READ_KEY])
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[]);
     assert!(
         out.status.success(),
         "{}",
@@ -881,7 +892,11 @@ async fn stripe_events_lists_what_was_done_with_each_event() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("evt_listed") && text.contains("credited") && text.contains("user=user-l"),
+        text.contains("evt_listed")
+            && text.contains("credited")
+            && text.contains("user=user-l")
+            && text.contains("deliveries=1")
+            && text.contains("api_version=2025-03-31.basil"),
         "{text}"
     );
     assert!(
@@ -889,21 +904,21 @@ async fn stripe_events_lists_what_was_done_with_each_event() {
         "{text}"
     );
 
-    let one = std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
-        .args([
-            "stripe-events",
-            "--event",
-            "evt_listed",
-            "--database-url",
-            &app.db.url(),
-        ])
-        .output()
-        .unwrap();
+    let one = cli(&["--event", "evt_listed"]);
     let text = String::from_utf8_lossy(&one.stdout);
     assert!(
         text.contains("evt_listed") && !text.contains("evt_ignored"),
         "{text}"
     );
+    let ignored = cli(&["--outcome", "ignored", "--livemode", "false", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&ignored.stdout).unwrap();
+    assert_eq!(json["events"].as_array().unwrap().len(), 1, "{json}");
+    assert_eq!(json["events"][0]["event_id"], "evt_ignored");
+    assert_eq!(json["events"][0]["first_outcome"], "ignored");
+    let mine = cli(&["--user", "user-l", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&mine.stdout).unwrap();
+    assert_eq!(json["events"][0]["event_id"], "evt_listed", "{json}");
+    assert_eq!(json["events"][0]["deliveries"], 1);
 }
 
 #[tokio::test]
@@ -1450,4 +1465,166 @@ async fn an_unknown_product_can_be_acknowledged_and_recorded() {
         "ignored_unknown_product"
     );
     assert_eq!(app.journal_rows().await, 0);
+}
+
+#[tokio::test]
+async fn list_stripe_events_shows_each_events_first_and_latest_outcome_and_its_transaction() {
+    let (app, addr) = app().await;
+    let t0 = 1_760_000_000;
+    // An invoice before its checkout: user_unknown first, replayed once the checkout credited it.
+    let invoice = event(
+        "evt_l_inv",
+        "invoice.paid",
+        invoice_paid(
+            "in_l",
+            "sub_l",
+            "subscription_create",
+            "price_vision_pro_28day",
+            t0,
+            t0 + 28 * DAY,
+            None,
+            "cus_user-sl",
+        ),
+    );
+    assert!((500..600).contains(&send(addr, &invoice).await));
+    let session = subscription_checkout("cs_l", "sub_l", "in_l", "user-sl", "vision_pro_28day", t0);
+    assert_eq!(
+        send(
+            addr,
+            &event("evt_l_cs", "checkout.session.completed", session)
+        )
+        .await,
+        200
+    );
+    assert_eq!(send(addr, &invoice).await, 200);
+    // A pack bought in live mode by another user.
+    let mut live = event(
+        "evt_l_pack",
+        "checkout.session.completed",
+        pack_checkout("cs_lp", "pi_lp", "user-lp", "pack_2m", 9_900),
+    );
+    live["livemode"] = json!(true);
+    assert_eq!(send(addr, &live).await, 200);
+
+    let mut c = app.client().await;
+    let lister = c.clone();
+    let list = |m: pb::ListStripeEventsRequest| {
+        let mut c = lister.clone();
+        async move { c.list_stripe_events(with_key(READ_KEY, m)).await }
+    };
+    let all = list(Default::default()).await.unwrap().into_inner();
+    let ids: Vec<&str> = all.events.iter().map(|e| e.event_id.as_str()).collect();
+    assert_eq!(ids, ["evt_l_pack", "evt_l_cs", "evt_l_inv"], "newest first");
+    let inv = &all.events[2];
+    assert_eq!(
+        (
+            inv.first_outcome.as_str(),
+            inv.outcome.as_str(),
+            inv.deliveries
+        ),
+        ("user_unknown", "replayed", 2)
+    );
+    assert_eq!(inv.r#type, "invoice.paid");
+    assert_eq!(inv.api_version, "2025-03-31.basil");
+    assert!(!inv.livemode);
+    let pack = &all.events[0];
+    assert!(pack.livemode);
+    assert_eq!(
+        (pack.outcome.as_str(), pack.user_id.as_str()),
+        ("credited", "user-lp")
+    );
+    assert_eq!(pack.payment_intent_id, "pi_lp");
+    // The transaction it produced is the purchase of its payment intent.
+    let found = c
+        .get_transaction(with_key(
+            READ_KEY,
+            pb::GetTransactionRequest {
+                lookup: Some(pb::get_transaction_request::Lookup::TransactionId(
+                    pack.transaction_id.clone(),
+                )),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(found.user_id, "user-lp");
+    assert_eq!(found.transaction.unwrap().token_amount, 2_000_000);
+
+    // Filters, each alone.
+    let only = |m: pb::ListStripeEventsRequest| async move {
+        list(m)
+            .await
+            .unwrap()
+            .into_inner()
+            .events
+            .into_iter()
+            .map(|e| e.event_id)
+            .collect::<Vec<_>>()
+    };
+    let by_user = pb::ListStripeEventsRequest {
+        user_id: "user-sl".into(),
+        ..Default::default()
+    };
+    assert_eq!(only(by_user).await, ["evt_l_cs", "evt_l_inv"]);
+    let live_only = pb::ListStripeEventsRequest {
+        livemode: Some(true),
+        ..Default::default()
+    };
+    assert_eq!(only(live_only).await, ["evt_l_pack"]);
+    let test_only = pb::ListStripeEventsRequest {
+        livemode: Some(false),
+        ..Default::default()
+    };
+    assert_eq!(only(test_only).await, ["evt_l_cs", "evt_l_inv"]);
+    let replayed = pb::ListStripeEventsRequest {
+        outcome: "replayed".into(),
+        ..Default::default()
+    };
+    assert_eq!(only(replayed).await, ["evt_l_inv"]);
+    let one = pb::ListStripeEventsRequest {
+        event_id: "evt_l_cs".into(),
+        ..Default::default()
+    };
+    assert_eq!(only(one).await, ["evt_l_cs"]);
+
+    // Pages of one, in the same order, without repeats.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = list(pb::ListStripeEventsRequest {
+            page_size: 1,
+            page_token: token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+        seen.extend(page.events.into_iter().map(|e| e.event_id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, ["evt_l_pack", "evt_l_cs", "evt_l_inv"]);
+
+    // Bad input and the wrong scope change nothing and say why.
+    let bad = list(pb::ListStripeEventsRequest {
+        outcome: "great".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(bad_request_field(&bad), "outcome");
+    let bad = list(pb::ListStripeEventsRequest {
+        page_token: "forged".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(bad_request_field(&bad), "page_token");
+    let denied = c
+        .list_stripe_events(with_key(USAGE_KEY, pb::ListStripeEventsRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
 }

@@ -3,12 +3,10 @@
 
 use std::process::ExitCode;
 
+use super::{json, note_key, report_status, Client, ClientArgs};
+use crate::pb;
 use chrono::DateTime;
 use clap::Args;
-use serde_json::json;
-
-use super::{report_status, Client, ClientArgs};
-use crate::pb;
 
 #[derive(Debug, Clone, Args)]
 pub struct ReserveArgs {
@@ -115,31 +113,14 @@ fn state(value: i32) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn hold_json(h: &pb::Hold) -> serde_json::Value {
-    json!({
-        "hold_id": h.hold_id, "user_id": h.user_id, "tokens": h.tokens, "state": state(h.state),
-        "expires_at": time(h.expires_at), "placed_at": time(h.placed_at),
-        "ended_at": h.ended_at.map(|t| time(Some(t))), "model": h.model, "feature": h.feature,
-        "committed_transaction_id": h.committed_transaction_id,
-        "committed_tokens": h.committed_tokens,
-    })
-}
-
-fn print_hold(c: &Client, h: &pb::Hold, balance: i64, available: i64) {
-    if c.json {
-        println!(
-            "{}",
-            json!({"hold": hold_json(h), "balance": balance, "available": available})
-        );
-    } else {
-        println!(
-            "hold {}: {} tokens, {}, expires {}; balance {balance}, available {available}",
-            h.hold_id,
-            h.tokens,
-            state(h.state),
-            time(h.expires_at)
-        );
-    }
+fn print_hold(h: &pb::Hold, balance: i64, available: i64) {
+    println!(
+        "hold {}: {} tokens, {}, expires {}; balance {balance}, available {available}",
+        h.hold_id,
+        h.tokens,
+        state(h.state),
+        time(h.expires_at)
+    );
 }
 
 pub async fn reserve(a: ReserveArgs) -> anyhow::Result<ExitCode> {
@@ -164,12 +145,8 @@ pub async fn reserve(a: ReserveArgs) -> anyhow::Result<ExitCode> {
         Err(status) => return report_status(status),
     };
     if c.json {
-        println!(
-            "{}",
-            json!({"hold_id": r.hold_id, "held": r.held, "expires_at": time(r.expires_at),
-                   "balance": r.balance, "available": r.available, "replayed": r.replayed,
-                   "idempotency_key": key})
-        );
+        json::print(&r);
+        note_key(&a.idempotency_key, &key);
     } else {
         println!(
             "hold {}: {} tokens held until {}; balance {}, available {}{} (idempotency key {key})",
@@ -201,12 +178,8 @@ pub async fn commit_hold(a: CommitHoldArgs) -> anyhow::Result<ExitCode> {
         Err(status) => return report_status(status),
     };
     if c.json {
-        println!(
-            "{}",
-            json!({"transaction_id": r.transaction_id, "balance": r.balance,
-                   "available": r.available, "held": r.held, "hold_expired": r.hold_expired,
-                   "replayed": r.replayed, "idempotency_key": key})
-        );
+        json::print(&r);
+        note_key(&a.idempotency_key, &key);
     } else {
         println!(
             "transaction {}: balance {}, available {}{}{} (idempotency key {key})",
@@ -224,43 +197,41 @@ pub async fn commit_hold(a: CommitHoldArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints a hold write's answer: the hold, and the balance and available after it.
-fn hold_answer(
-    c: &Client,
-    answer: Result<(Option<pb::Hold>, i64, i64), tonic::Status>,
-) -> anyhow::Result<ExitCode> {
-    match answer {
-        Ok((hold, balance, available)) => {
-            print_hold(c, &hold.unwrap_or_default(), balance, available);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(status) => report_status(status),
-    }
-}
-
 pub async fn release_hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&a.client).await?;
     let req = c.request(pb::ReleaseHoldRequest { hold_id: a.hold_id });
-    let answer = c.inner.release_hold(req).await.map(|r| {
-        let r = r.into_inner();
-        (r.hold, r.balance, r.available)
-    });
-    hold_answer(&c, answer)
+    match c.inner.release_hold(req).await {
+        Ok(r) if c.json => json::print(&r.into_inner()),
+        Ok(r) => {
+            let r = r.into_inner();
+            print_hold(&r.hold.unwrap_or_default(), r.balance, r.available);
+        }
+        Err(status) => return report_status(status),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn extend_hold(a: ExtendHoldArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&a.client).await?;
+    let key = key(&a.idempotency_key);
     let req = c.request(pb::ExtendHoldRequest {
         hold_id: a.hold_id,
         ttl: secs(a.ttl_secs),
         add_tokens: a.add_tokens,
-        idempotency_key: key(&a.idempotency_key),
+        idempotency_key: key.clone(),
     });
-    let answer = c.inner.extend_hold(req).await.map(|r| {
-        let r = r.into_inner();
-        (r.hold, r.balance, r.available)
-    });
-    hold_answer(&c, answer)
+    match c.inner.extend_hold(req).await {
+        Ok(r) if c.json => {
+            json::print(&r.into_inner());
+            note_key(&a.idempotency_key, &key);
+        }
+        Ok(r) => {
+            let r = r.into_inner();
+            print_hold(&r.hold.unwrap_or_default(), r.balance, r.available);
+        }
+        Err(status) => return report_status(status),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn holds(a: ListArgs) -> anyhow::Result<ExitCode> {
@@ -274,8 +245,7 @@ pub async fn holds(a: ListArgs) -> anyhow::Result<ExitCode> {
         Err(status) => return report_status(status),
     };
     if c.json {
-        let holds: Vec<_> = r.holds.iter().map(hold_json).collect();
-        println!("{}", json!({ "holds": holds }));
+        json::print(&r);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -316,18 +286,7 @@ pub async fn lots(a: ListArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| "unknown".into())
     };
     if c.json {
-        let lots: Vec<_> = r
-            .lots
-            .iter()
-            .map(|l| {
-                json!({"lot_id": l.lot_id, "source": source(l.source),
-                       "source_transaction_id": l.source_transaction_id, "granted": l.granted,
-                       "remaining": l.remaining, "held": l.held, "priority": l.priority,
-                       "paid": l.paid, "expires_at": l.expires_at.map(|t| time(Some(t))),
-                       "created_at": time(l.created_at)})
-            })
-            .collect();
-        println!("{}", json!({ "lots": lots }));
+        json::print(&r);
         return Ok(ExitCode::SUCCESS);
     }
     println!(

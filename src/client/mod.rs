@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use clap::Args;
-use serde_json::json;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
@@ -14,7 +13,14 @@ use tonic::Request;
 use crate::pb;
 use crate::pb::ledger_service_client::LedgerServiceClient;
 
+mod admin;
 mod holds;
+pub mod json;
+
+pub use admin::{accounts, overview, reverse, stripe_events, transaction, who_am_i};
+pub use admin::{
+    AccountsArgs, OverviewArgs, ReverseArgs, StripeEventsArgs, TransactionArgs, WhoAmIArgs,
+};
 
 pub use holds::{commit_hold, extend_hold, holds, lots, release_hold, reserve};
 pub use holds::{CommitHoldArgs, ExtendHoldArgs, HoldArgs, ListArgs, ReserveArgs};
@@ -251,43 +257,39 @@ pub(crate) fn report_status(status: tonic::Status) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::FAILURE)
 }
 
-fn print_write(
-    client: &Client,
-    key: &str,
-    transaction_id: &str,
-    balance: i64,
-    replayed: bool,
-) -> ExitCode {
-    if client.json {
-        println!(
-            "{}",
-            json!({"transaction_id": transaction_id, "balance": balance, "replayed": replayed, "idempotency_key": key})
-        );
-    } else {
-        println!(
-            "transaction {transaction_id}: balance {balance}{} (idempotency key {key})",
-            if replayed {
-                " [replayed: nothing changed]"
-            } else {
-                ""
-            }
-        );
+/// With `--json` stdout holds only the response; a key the CLI made up goes to stderr, so a
+/// retry can reuse it.
+pub(crate) fn note_key(given: &Option<String>, key: &str) {
+    if given.is_none() {
+        eprintln!("idempotency key: {key}");
     }
-    ExitCode::SUCCESS
 }
 
+/// The human line of a write: its transaction id first.
+fn print_write(key: &str, transaction_id: &str, balance: i64, replayed: bool) {
+    println!(
+        "transaction {transaction_id}: balance {balance}{} (idempotency key {key})",
+        if replayed {
+            " [replayed: nothing changed]"
+        } else {
+            ""
+        }
+    );
+}
+
+/// Sends a write and prints its answer: the whole response with `--json`, else one line.
 macro_rules! write_call {
-    ($client:expr, $key:expr, $call:expr) => {
+    ($client:expr, $args:expr, $key:expr, $call:expr) => {
         match $call.await {
             Ok(r) => {
                 let r = r.into_inner();
-                Ok(print_write(
-                    &$client,
-                    &$key,
-                    &r.transaction_id,
-                    r.balance,
-                    r.replayed,
-                ))
+                if $client.json {
+                    json::print(&r);
+                    note_key(&$args.idempotency_key, &$key);
+                } else {
+                    print_write(&$key, &r.transaction_id, r.balance, r.replayed);
+                }
+                Ok(ExitCode::SUCCESS)
             }
             Err(status) => report_status(status),
         }
@@ -313,7 +315,7 @@ pub async fn grant(a: GrantArgs) -> anyhow::Result<ExitCode> {
         expires_at: a.terms.expires_at(),
         priority: a.terms.priority,
     });
-    write_call!(c, key, c.inner.grant(req))
+    write_call!(c, a.write, key, c.inner.grant(req))
 }
 
 pub async fn deduct(a: DeductArgs) -> anyhow::Result<ExitCode> {
@@ -326,7 +328,7 @@ pub async fn deduct(a: DeductArgs) -> anyhow::Result<ExitCode> {
         reason: a.reason,
         allow_negative: a.allow_negative,
     });
-    write_call!(c, key, c.inner.deduct(req))
+    write_call!(c, a.write, key, c.inner.deduct(req))
 }
 
 pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -359,7 +361,7 @@ pub async fn drip(a: DripArgs) -> anyhow::Result<ExitCode> {
             },
         ),
     });
-    write_call!(c, key, c.inner.drip(req))
+    write_call!(c, a.write, key, c.inner.drip(req))
 }
 
 pub async fn purchase(a: PurchaseArgs) -> anyhow::Result<ExitCode> {
@@ -377,7 +379,7 @@ pub async fn purchase(a: PurchaseArgs) -> anyhow::Result<ExitCode> {
         expires_at: a.terms.expires_at(),
         priority: a.terms.priority,
     });
-    write_call!(c, key, c.inner.record_purchase(req))
+    write_call!(c, a.write, key, c.inner.record_purchase(req))
 }
 
 pub async fn usage(a: UsageArgs) -> anyhow::Result<ExitCode> {
@@ -392,7 +394,7 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<ExitCode> {
         output_tokens: a.output_tokens,
         feature: a.feature,
     });
-    write_call!(c, key, c.inner.track_usage(req))
+    write_call!(c, a.write, key, c.inner.track_usage(req))
 }
 
 pub async fn balance(a: BalanceArgs) -> anyhow::Result<ExitCode> {
@@ -402,46 +404,118 @@ pub async fn balance(a: BalanceArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => r.into_inner(),
         Err(status) => return report_status(status),
     };
-    let t = r.totals.unwrap_or_default();
-    let updated_at = r
-        .updated_at
-        .and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos as u32));
-    let next = r.next_expiry.as_ref().and_then(|n| {
-        let at =
-            n.at.and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos as u32))?;
-        Some((at, n.tokens))
-    });
     if c.json {
-        println!(
-            "{}",
-            json!({
-                "user_id": r.user_id, "balance": r.balance, "held": r.held, "available": r.available,
-                "transaction_count": r.transaction_count,
-                "updated_at": updated_at.map(|t| t.to_rfc3339()),
-                "next_expiry": next.map(|(at, tokens)| json!({"at": at.to_rfc3339(), "tokens": tokens})),
-                "totals": {"granted": t.granted, "deducted": t.deducted, "purchased": t.purchased,
-                           "dripped": t.dripped, "used": t.used, "reversed": t.reversed, "expired": t.expired},
-            })
-        );
-    } else {
-        println!(
-            "user {}: balance {}  held {}  available {}",
-            r.user_id, r.balance, r.held, r.available
-        );
-        println!(
-            "  granted {}  purchased {}  dripped {}  deducted {}  used {}  reversed {}  expired {}",
-            t.granted, t.purchased, t.dripped, t.deducted, t.used, t.reversed, t.expired
-        );
-        if let Some((at, tokens)) = next {
-            println!("  next expiry: {tokens} tokens at {}", at.to_rfc3339());
-        }
-        println!(
-            "  {} transactions, last change {}",
-            r.transaction_count,
-            updated_at.map_or("never".to_string(), |t| t.to_rfc3339())
-        );
+        json::print(&r);
+        return Ok(ExitCode::SUCCESS);
     }
+    let t = r.totals.unwrap_or_default();
+    println!(
+        "user {}: balance {}  held {}  available {}",
+        r.user_id, r.balance, r.held, r.available
+    );
+    // Every total, in the one equation they satisfy, so a reader can check them.
+    let credited = t.granted + t.purchased + t.dripped;
+    let debited = t.deducted + t.used + t.reversed + t.expired;
+    println!(
+        "  credited {credited} = granted {} + purchased {} + dripped {}",
+        t.granted, t.purchased, t.dripped
+    );
+    println!(
+        "  debited  {debited} = deducted {} + used {} + reversed {} + expired {}",
+        t.deducted, t.used, t.reversed, t.expired
+    );
+    println!(
+        "  balance  {} = credited {credited} - debited {debited}",
+        credited - debited
+    );
+    if let Some(n) = &r.next_expiry {
+        println!("  next expiry: {} tokens at {}", n.tokens, time(n.at));
+    }
+    println!(
+        "  {} transactions, last change {}",
+        r.transaction_count,
+        r.updated_at.map_or("never".to_string(), |t| time(Some(t)))
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// An RFC 3339 instant, or `-` when unset.
+pub(crate) fn time(ts: Option<prost_types::Timestamp>) -> String {
+    ts.and_then(|t| DateTime::from_timestamp(t.seconds, t.nanos as u32))
+        .map_or("-".to_string(), |t| t.to_rfc3339())
+}
+
+/// A proto enum value's name without its prefix, lower-cased (`TRANSACTION_KIND_USAGE` → `usage`).
+pub(crate) fn enum_name(name: Option<&str>, prefix: &str) -> String {
+    name.map_or("unknown".to_string(), |n| {
+        n.trim_start_matches(prefix).to_lowercase()
+    })
+}
+
+pub(crate) fn kind_name(kind: i32) -> String {
+    enum_name(
+        pb::TransactionKind::try_from(kind)
+            .ok()
+            .map(|k| k.as_str_name()),
+        "TRANSACTION_KIND_",
+    )
+}
+
+/// The details of a journal row, as `key=value` pairs for a human.
+pub(crate) fn details_text(t: &pb::Transaction) -> String {
+    use pb::transaction::Details;
+    let pairs: Vec<(&str, String)> = match &t.details {
+        None => Vec::new(),
+        Some(Details::Grant(d)) => vec![
+            (
+                "source",
+                enum_name(
+                    pb::GrantSource::try_from(d.source)
+                        .ok()
+                        .map(|s| s.as_str_name()),
+                    "GRANT_SOURCE_",
+                ),
+            ),
+            ("subscription", d.stripe_subscription_id.clone()),
+            ("invoice", d.stripe_invoice_id.clone()),
+        ],
+        Some(Details::Purchase(d)) => vec![
+            ("payment_intent", d.stripe_payment_intent_id.clone()),
+            ("paid", format!("{} {}", d.amount_paid_cents, d.currency)),
+            ("pack", d.pack.clone()),
+        ],
+        Some(Details::Drip(d)) => vec![
+            ("subscription", d.stripe_subscription_id.clone()),
+            ("period_start", time(d.period_start)),
+        ],
+        Some(Details::Usage(d)) => vec![
+            ("model", d.model.clone()),
+            ("feature", d.feature.clone()),
+            ("input", d.input_tokens.to_string()),
+            ("output", d.output_tokens.to_string()),
+        ],
+        Some(Details::Reversal(d)) => vec![
+            ("reverses", d.original_transaction_id.clone()),
+            (
+                "source",
+                enum_name(
+                    pb::ReversalSource::try_from(d.source)
+                        .ok()
+                        .map(|s| s.as_str_name()),
+                    "REVERSAL_SOURCE_",
+                ),
+            ),
+            ("stripe", d.stripe_reference.clone()),
+        ],
+        Some(Details::Deduction(d)) => vec![("allow_negative", d.allow_negative.to_string())],
+        Some(Details::Expiry(d)) => vec![("lot", d.lot_id.clone())],
+    };
+    pairs
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty() && v != "0" && v != "false")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub async fn history(a: HistoryArgs) -> anyhow::Result<ExitCode> {
@@ -457,44 +531,30 @@ pub async fn history(a: HistoryArgs) -> anyhow::Result<ExitCode> {
         Err(status) => return report_status(status),
     };
     if c.json {
-        let rows: Vec<_> = r
-            .transactions
-            .iter()
-            .map(|t| {
-                json!({
-                    "id": t.id, "sequence": t.sequence,
-                    "kind": pb::TransactionKind::try_from(t.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
-                    "token_amount": t.token_amount, "balance_after": t.balance_after,
-                    "created_at": t.created_at.map(|ts| ts.to_string()), "created_by": t.created_by,
-                    "reason": t.reason, "idempotency_key": t.idempotency_key,
-                })
-            })
-            .collect();
-        println!(
-            "{}",
-            json!({"transactions": rows, "next_page_token": r.next_page_token})
-        );
+        json::print(&r);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:>6}  {:<10} {:>14} {:>14}  {:<20} {:<24} reason",
-        "seq", "kind", "amount", "balance", "created_by", "created_at"
+        "{:>10} {:>6}  {:<10} {:>14} {:>14}  {:<20} {:<20} reason / details",
+        "id", "seq", "kind", "amount", "balance", "created_by", "created_at"
     );
     for t in &r.transactions {
-        let kind = pb::TransactionKind::try_from(t.kind)
-            .map(|k| {
-                k.as_str_name()
-                    .trim_start_matches("TRANSACTION_KIND_")
-                    .to_lowercase()
-            })
-            .unwrap_or_else(|_| "unknown".into());
         let created_at = t
             .created_at
             .and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos as u32))
             .map_or(String::new(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
         println!(
-            "{:>6}  {:<10} {:>14} {:>14}  {:<20} {:<24} {}",
-            t.sequence, kind, t.token_amount, t.balance_after, t.created_by, created_at, t.reason
+            "{:>10} {:>6}  {:<10} {:>14} {:>14}  {:<20} {:<20} {}{}{}",
+            t.id,
+            t.sequence,
+            kind_name(t.kind),
+            t.token_amount,
+            t.balance_after,
+            t.created_by,
+            created_at,
+            t.reason,
+            if t.reason.is_empty() { "" } else { "  " },
+            details_text(t)
         );
     }
     if !r.next_page_token.is_empty() {

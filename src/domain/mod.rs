@@ -21,8 +21,9 @@ pub use credit::{
     HOLDS_PER_ACCOUNT_DEFAULT, HOLD_TTL_DEFAULT, HOLD_TTL_MAX, PRIORITY_MAX, PRIORITY_MIN,
 };
 pub use read::{
-    AccountCursor, AccountOrder, AccountSummary, Balance, Discrepancy, EntryLookup, FoundEntry,
-    HistoryFilter, JournalEntry, Totals, VerifyReport,
+    AccountCursor, AccountOrder, AccountSummary, Balance, DayTotals, Discrepancy, EntryLookup,
+    FoundEntry, HistoryFilter, JournalEntry, Overview, OverviewQuery, StripeEventCursor,
+    StripeEventFilter, StripeEventRow, Totals, UserUsage, VerifyReport,
 };
 
 /// Longest accepted user id, in characters. Product user ids are UUIDs (36 chars); the slack is for

@@ -162,3 +162,80 @@ impl fmt::Display for EntryLookup {
         }
     }
 }
+
+/// Which Stripe events to list; every filter given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StripeEventFilter {
+    pub event_id: Option<String>,
+    pub user_id: Option<String>,
+    /// A latest outcome, one of the webhook's `EventOutcome` names.
+    pub outcome: Option<String>,
+    pub livemode: Option<bool>,
+}
+
+/// Where a page of Stripe events starts: after this (first sight, event id), newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeEventCursor {
+    pub first_seen_at: DateTime<Utc>,
+    pub event_id: String,
+}
+
+/// One Stripe event as the webhook adapter recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripeEventRow {
+    pub event_id: String,
+    pub event_type: String,
+    pub outcome: String,
+    pub first_outcome: String,
+    pub detail: Option<String>,
+    pub deliveries: i32,
+    pub livemode: bool,
+    pub user_id: Option<String>,
+    pub transaction_id: Option<String>,
+    pub api_version: Option<String>,
+    pub payment_intent: Option<String>,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
+/// The window and size of an overview.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverviewQuery {
+    /// Days up to and including today, at least 1.
+    pub days: i32,
+    /// An IANA time zone name, checked by PostgreSQL.
+    pub time_zone: String,
+    pub top_users: i64,
+}
+
+/// What moved on one local day, all positive token counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayTotals {
+    pub day: chrono::NaiveDate,
+    pub credited: i64,
+    pub used: i64,
+    pub expired: i64,
+    pub deducted: i64,
+}
+
+/// One user's usage in an overview's window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserUsage {
+    pub user_id: String,
+    pub used: i64,
+    pub events: i64,
+    pub balance: i64,
+}
+
+/// The whole ledger at one instant (one snapshot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overview {
+    pub tokens_outstanding: i64,
+    pub tokens_overdrawn: i64,
+    pub tokens_held: i64,
+    pub accounts: i64,
+    /// Every day of the window, oldest first.
+    pub days: Vec<DayTotals>,
+    pub top_users: Vec<UserUsage>,
+    pub as_of: DateTime<Utc>,
+}

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::cache::BalanceCache;
 use crate::domain::{
     AccountOrder, AccountSummary, Balance, EntryId, EntryKind, EntryLookup, FoundEntry,
-    HistoryFilter, HoldState, JournalEntry, Overdraft, Receipt, UserId, VerifyReport, WriteCommand,
-    USER_ID_LEN_MAX,
+    HistoryFilter, HoldState, JournalEntry, Overdraft, Overview, OverviewQuery, Receipt,
+    StripeEventFilter, StripeEventRow, UserId, VerifyReport, WriteCommand, USER_ID_LEN_MAX,
 };
 use crate::error::LedgerError;
 use crate::store::{Store, WalletQuery};
@@ -21,7 +21,11 @@ pub mod rules;
 pub mod sweeper;
 mod writer;
 
-use paging::{decode_account_token, decode_page_token, encode_account_token, encode_page_token};
+pub use paging::STRIPE_EVENT_ID_LEN_MAX;
+use paging::{
+    decode_account_token, decode_page_token, decode_stripe_event_token, encode_account_token,
+    encode_page_token, encode_stripe_event_token,
+};
 use reader::Readers;
 pub use reader::{
     ReadConfig, READ_BATCH_MAX_DEFAULT, READ_CONCURRENCY_DEFAULT, READ_QUEUE_MAX_DEFAULT,
@@ -340,6 +344,36 @@ impl Ledger {
         })
     }
 
+    /// A page of the Stripe events the webhook recorded, newest first.
+    pub async fn stripe_events(
+        &self,
+        filter: &StripeEventFilter,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<StripeEventsPage, LedgerError> {
+        let limit = page_limit(page_size)?;
+        let cursor = decode_stripe_event_token(page_token)?;
+        let mut events = self
+            .store
+            .stripe_events(filter, cursor.as_ref(), limit + 1)
+            .await?;
+        let next_page_token = if events.len() as i64 > limit {
+            events.truncate(limit as usize);
+            events.last().map(encode_stripe_event_token)
+        } else {
+            None
+        };
+        Ok(StripeEventsPage {
+            events,
+            next_page_token,
+        })
+    }
+
+    /// The whole ledger at one instant: liability, daily movements, top users.
+    pub async fn overview(&self, query: &OverviewQuery) -> Result<Overview, LedgerError> {
+        self.store.overview(query).await
+    }
+
     pub async fn find(&self, lookup: &EntryLookup) -> Result<Option<FoundEntry>, LedgerError> {
         self.store.find_entry(lookup).await
     }
@@ -358,6 +392,13 @@ fn page_limit(page_size: i32) -> Result<i64, LedgerError> {
         0 => Ok(PAGE_SIZE_DEFAULT),
         n => Ok(n.min(PAGE_SIZE_MAX)),
     }
+}
+
+/// One page of Stripe events.
+#[derive(Debug, Clone)]
+pub struct StripeEventsPage {
+    pub events: Vec<StripeEventRow>,
+    pub next_page_token: Option<String>,
 }
 
 /// One page of accounts.

@@ -4,7 +4,9 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
-use crate::domain::{AccountCursor, AccountOrder, AccountSummary, USER_ID_LEN_MAX};
+use crate::domain::{
+    AccountCursor, AccountOrder, AccountSummary, StripeEventCursor, StripeEventRow, USER_ID_LEN_MAX,
+};
 use crate::error::LedgerError;
 
 /// Longest page token accepted; real ones are about 20 characters.
@@ -75,6 +77,50 @@ pub(super) fn decode_account_token(
     Ok(Some(cursor))
 }
 
+/// Longest Stripe event id a cursor may carry (Stripe's are about 30 characters).
+pub const STRIPE_EVENT_ID_LEN_MAX: usize = 255;
+
+pub(super) fn encode_stripe_event_token(last: &StripeEventRow) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        "e:{}:{}",
+        last.first_seen_at.timestamp_micros(),
+        last.event_id
+    ))
+}
+
+pub(super) fn decode_stripe_event_token(
+    token: &str,
+) -> Result<Option<StripeEventCursor>, LedgerError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || LedgerError::invalid("page_token", "is not a token this server issued");
+    if token.len() > 2 * STRIPE_EVENT_ID_LEN_MAX {
+        return Err(bad());
+    }
+    let raw =
+        String::from_utf8(URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?).map_err(|_| bad())?;
+    if raw.chars().any(char::is_control) {
+        return Err(bad());
+    }
+    let mut parts = raw.splitn(3, ':');
+    if parts.next() != Some("e") {
+        return Err(bad());
+    }
+    // Servers issue times after the epoch only; PostgreSQL cannot compare some earlier ones.
+    let micros: i64 = parts
+        .next()
+        .and_then(|m| m.parse().ok())
+        .filter(|m| *m >= 0)
+        .ok_or_else(bad)?;
+    let first_seen_at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+    let event_id = parts.next().filter(|e| !e.is_empty()).ok_or_else(bad)?;
+    Ok(Some(StripeEventCursor {
+        first_seen_at,
+        event_id: event_id.to_string(),
+    }))
+}
+
 pub(super) fn encode_page_token(seq: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{seq}"))
 }
@@ -108,6 +154,39 @@ mod tests {
         assert!(decode_page_token("not-a-token").is_err());
         assert!(decode_page_token(&URL_SAFE_NO_PAD.encode("seq:-1")).is_err());
         assert!(decode_page_token(&"A".repeat(PAGE_TOKEN_LEN_MAX + 1)).is_err());
+    }
+
+    #[test]
+    fn stripe_event_tokens_round_trip_and_forgeries_are_rejected() {
+        let at = chrono::DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap();
+        let row = StripeEventRow {
+            event_id: "evt_1:x".into(),
+            event_type: "charge.refunded".into(),
+            outcome: "reversed".into(),
+            first_outcome: "reversed".into(),
+            detail: None,
+            deliveries: 1,
+            livemode: false,
+            user_id: None,
+            transaction_id: None,
+            api_version: None,
+            payment_intent: None,
+            first_seen_at: at,
+            last_seen_at: at,
+        };
+        let cursor = decode_stripe_event_token(&encode_stripe_event_token(&row))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (cursor.first_seen_at, cursor.event_id.as_str()),
+            (at, "evt_1:x")
+        );
+        for forged in ["e:-1:evt", "e:1:", "s:1:evt", "e:x:evt", "e:1:ev\0t"] {
+            let token = URL_SAFE_NO_PAD.encode(forged);
+            assert!(decode_stripe_event_token(&token).is_err(), "{forged}");
+        }
+        assert!(decode_stripe_event_token(&"A".repeat(2 * STRIPE_EVENT_ID_LEN_MAX + 1)).is_err());
+        assert_eq!(decode_stripe_event_token("").unwrap(), None);
     }
 
     #[test]

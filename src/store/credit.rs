@@ -472,7 +472,7 @@ pub struct WalletQuery {
 }
 
 /// A read-only transaction whose statements all see one snapshot.
-async fn snapshot(
+pub(crate) async fn snapshot(
     conn: &mut PgConnection,
 ) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, sqlx::Error> {
     use sqlx::Connection as _;

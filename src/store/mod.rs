@@ -22,6 +22,7 @@ mod batch;
 mod credit;
 mod error;
 mod read;
+mod reports;
 
 pub use batch::BatchOutcome;
 pub use credit::{Clock, WalletQuery};

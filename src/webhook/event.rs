@@ -11,6 +11,9 @@ pub struct Envelope {
     pub id: String,
     pub event_type: String,
     pub livemode: bool,
+    /// The API version Stripe rendered the event with (`2025-03-31.basil`); stored with the
+    /// event, as payload shapes differ by version.
+    pub api_version: Option<String>,
     pub object: Value,
 }
 
@@ -29,6 +32,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, String> {
         .get("livemode")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    let api_version = text(&value, &["api_version"]);
     let object = value
         .get("data")
         .and_then(|d| d.get("object"))
@@ -38,6 +42,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope, String> {
         id,
         event_type,
         livemode,
+        api_version,
         object,
     })
 }

@@ -38,25 +38,13 @@ pub struct EventRecord {
     pub event_id: String,
     pub event_type: String,
     pub livemode: bool,
+    pub api_version: Option<String>,
     pub outcome: EventOutcome,
     pub detail: String,
     pub user_id: Option<String>,
     pub transaction_id: Option<String>,
     pub payment_intent: Option<String>,
     pub claim: Option<Claim>,
-}
-
-/// One row of `stripe_events`, for `token-ledger stripe-events`.
-#[derive(Debug, Clone)]
-pub struct SeenEvent {
-    pub event_id: String,
-    pub event_type: String,
-    pub outcome: String,
-    pub detail: Option<String>,
-    pub user_id: Option<String>,
-    pub transaction_id: Option<String>,
-    pub deliveries: i32,
-    pub last_seen_at: DateTime<Utc>,
 }
 
 /// A subscription as the adapter knows it.
@@ -188,10 +176,11 @@ impl WebhookStore {
     /// Records (or updates, counting deliveries) what was done with an event.
     pub async fn record_event(&self, r: &EventRecord) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, detail, user_id, \
-             transaction_id, payment_intent, claim_kind, claim_reference, claim_amount_cents) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, first_outcome, detail, user_id, \
+             transaction_id, payment_intent, claim_kind, claim_reference, claim_amount_cents, api_version) \
+             VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (event_id) DO UPDATE SET outcome = EXCLUDED.outcome, detail = EXCLUDED.detail, \
+             api_version = COALESCE(EXCLUDED.api_version, stripe_events.api_version), \
              user_id = COALESCE(EXCLUDED.user_id, stripe_events.user_id), \
              transaction_id = COALESCE(EXCLUDED.transaction_id, stripe_events.transaction_id), \
              payment_intent = COALESCE(EXCLUDED.payment_intent, stripe_events.payment_intent), \
@@ -210,6 +199,7 @@ impl WebhookStore {
         .bind(r.claim.as_ref().map(|c| c.kind.as_str()))
         .bind(r.claim.as_ref().map(|c| c.reference.as_str()))
         .bind(r.claim.as_ref().map(|c| c.amount_cents))
+        .bind(&r.api_version)
         .execute(&self.pool)
         .await
         .map(|_| ())
@@ -228,9 +218,9 @@ impl WebhookStore {
             return Ok(());
         };
         sqlx::query(
-            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, detail, payment_intent, \
-             claim_kind, claim_reference, claim_amount_cents, deliveries) \
-             VALUES ($1, $2, $3, 'unmatched_reversal', $4, $5, $6, $7, $8, 0) \
+            "INSERT INTO stripe_events (event_id, event_type, livemode, outcome, first_outcome, detail, \
+             payment_intent, claim_kind, claim_reference, claim_amount_cents, deliveries, api_version) \
+             VALUES ($1, $2, $3, 'unmatched_reversal', 'unmatched_reversal', $4, $5, $6, $7, $8, 0, $9) \
              ON CONFLICT (event_id) DO UPDATE SET outcome = 'unmatched_reversal', detail = EXCLUDED.detail, \
              payment_intent = EXCLUDED.payment_intent, claim_kind = EXCLUDED.claim_kind, \
              claim_reference = EXCLUDED.claim_reference, claim_amount_cents = EXCLUDED.claim_amount_cents",
@@ -243,6 +233,7 @@ impl WebhookStore {
         .bind(claim.kind.as_str())
         .bind(&claim.reference)
         .bind(claim.amount_cents)
+        .bind(&r.api_version)
         .execute(&mut **tx)
         .await
         .map(|_| ())
@@ -321,36 +312,5 @@ impl WebhookStore {
             .execute(&mut *tx)
             .await?;
         Ok(tx)
-    }
-
-    /// The newest events first; only `event_id` when given.
-    pub async fn events(
-        &self,
-        event_id: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<SeenEvent>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT event_id, event_type, outcome, detail, user_id, transaction_id, deliveries, last_seen_at \
-             FROM stripe_events WHERE ($1::text IS NULL OR event_id = $1) \
-             ORDER BY last_seen_at DESC LIMIT $2",
-        )
-        .bind(event_id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(SeenEvent {
-                    event_id: r.try_get("event_id")?,
-                    event_type: r.try_get("event_type")?,
-                    outcome: r.try_get("outcome")?,
-                    detail: r.try_get("detail")?,
-                    user_id: r.try_get("user_id")?,
-                    transaction_id: r.try_get("transaction_id")?,
-                    deliveries: r.try_get("deliveries")?,
-                    last_seen_at: r.try_get("last_seen_at")?,
-                })
-            })
-            .collect()
     }
 }

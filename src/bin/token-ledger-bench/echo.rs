@@ -204,6 +204,20 @@ impl LedgerService for Echo {
     ) -> Result<Response<pb::ListLotsResponse>, Status> {
         not_echoed()
     }
+
+    async fn list_stripe_events(
+        &self,
+        _: Request<pb::ListStripeEventsRequest>,
+    ) -> Result<Response<pb::ListStripeEventsResponse>, Status> {
+        not_echoed()
+    }
+
+    async fn get_overview(
+        &self,
+        _: Request<pb::GetOverviewRequest>,
+    ) -> Result<Response<pb::GetOverviewResponse>, Status> {
+        not_echoed()
+    }
 }
 
 /// An echo server started as a child of this bench (so it has a process of its own, like the

@@ -21,6 +21,7 @@ mod admin;
 mod billing;
 mod convert;
 mod holds;
+mod reports;
 mod usage;
 
 use convert::FromReceipt;
@@ -47,6 +48,8 @@ mod method {
     pub const EXTEND_HOLD: &str = "ExtendHold";
     pub const LIST_HOLDS: &str = "ListHolds";
     pub const LIST_LOTS: &str = "ListLots";
+    pub const LIST_STRIPE_EVENTS: &str = "ListStripeEvents";
+    pub const GET_OVERVIEW: &str = "GetOverview";
 }
 
 /// The gRPC face of the ledger.
@@ -410,6 +413,20 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         request: Request<pb::ListLotsRequest>,
     ) -> Result<Response<pb::ListLotsResponse>, Status> {
         holds::list_lots(self, request).await
+    }
+
+    async fn list_stripe_events(
+        &self,
+        request: Request<pb::ListStripeEventsRequest>,
+    ) -> Result<Response<pb::ListStripeEventsResponse>, Status> {
+        reports::list_stripe_events(self, request).await
+    }
+
+    async fn get_overview(
+        &self,
+        request: Request<pb::GetOverviewRequest>,
+    ) -> Result<Response<pb::GetOverviewResponse>, Status> {
+        reports::get_overview(self, request).await
     }
 }
 

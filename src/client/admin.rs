@@ -1,0 +1,386 @@
+//! CLI commands for support and operators: `reverse`, `transaction`, `accounts`, `whoami`,
+//! `stripe-events`, `overview`.
+
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+
+use super::{
+    details_text, json, kind_name, note_key, print_write, report_status, time, Client, ClientArgs,
+};
+use crate::pb;
+
+/// Why a credit is reversed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReversalSourceArg {
+    /// An admin correcting a credit by hand (scope `admin`).
+    Admin,
+    /// The payment was refunded (scope `billing` or `admin`).
+    Refund,
+    /// The payment was disputed (scope `billing` or `admin`).
+    Dispute,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReverseArgs {
+    /// The owner of the original credit.
+    #[arg(long = "user")]
+    pub user_id: String,
+    /// Tokens to claw back (at most what is left to reverse of the original).
+    #[arg(long)]
+    pub tokens: i64,
+    /// The credit (grant, purchase or drip) being reversed: its transaction id.
+    #[arg(long = "original")]
+    pub original_transaction_id: String,
+    /// Why (required, for the audit trail).
+    #[arg(long)]
+    pub reason: String,
+    #[arg(long, value_enum, default_value_t = ReversalSourceArg::Admin)]
+    pub source: ReversalSourceArg,
+    /// The Stripe refund, charge or dispute id behind it, if any.
+    #[arg(long, default_value = "")]
+    pub stripe_reference: String,
+    /// Reuse to retry safely; a fresh `cli-<uuid>` key is made when absent (and printed).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct TransactionLookup {
+    /// The transaction id.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The Stripe payment intent (pi_...) of a purchase.
+    #[arg(long)]
+    pub payment_intent: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TransactionArgs {
+    #[command(flatten)]
+    pub lookup: TransactionLookup,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// How `accounts` orders its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccountOrderArg {
+    UserId,
+    Balance,
+    Activity,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AccountsArgs {
+    /// Only user ids starting with this.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    #[arg(long, value_enum, default_value_t = AccountOrderArg::UserId)]
+    pub order: AccountOrderArg,
+    /// Rows per page (at most 500).
+    #[arg(long, default_value_t = 50)]
+    pub page_size: i32,
+    /// The token printed after the previous page.
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WhoAmIArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StripeEventsArgs {
+    /// Only this event (evt_...).
+    #[arg(long)]
+    pub event: Option<String>,
+    /// Only events of this user.
+    #[arg(long = "user")]
+    pub user_id: Option<String>,
+    /// Only events whose latest outcome is this (e.g. credited, user_unknown).
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Only live (true) or test-mode (false) events.
+    #[arg(long)]
+    pub livemode: Option<bool>,
+    /// Events per page (at most 500).
+    #[arg(long, default_value_t = 50)]
+    pub page_size: i32,
+    /// The token printed after the previous page.
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OverviewArgs {
+    /// Days up to and including today (at most 366).
+    #[arg(long, default_value_t = 30)]
+    pub days: i32,
+    /// The IANA time zone of the days (e.g. Europe/Paris); UTC when absent.
+    #[arg(long, default_value = "")]
+    pub time_zone: String,
+    /// How many top users to list (at most 100).
+    #[arg(long, default_value_t = 10)]
+    pub top_users: i32,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn reverse(a: ReverseArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let key = a
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
+    let source = match a.source {
+        ReversalSourceArg::Admin => pb::ReversalSource::Admin,
+        ReversalSourceArg::Refund => pb::ReversalSource::Refund,
+        ReversalSourceArg::Dispute => pb::ReversalSource::Dispute,
+    };
+    let req = c.request(pb::ReverseRequest {
+        user_id: a.user_id,
+        tokens: a.tokens,
+        idempotency_key: key.clone(),
+        original_transaction_id: a.original_transaction_id,
+        source: source as i32,
+        reason: a.reason,
+        stripe_reference: a.stripe_reference,
+    });
+    match c.inner.reverse(req).await {
+        Ok(r) if c.json => {
+            json::print(&r.into_inner());
+            note_key(&a.idempotency_key, &key);
+        }
+        Ok(r) => {
+            let r = r.into_inner();
+            print_write(&key, &r.transaction_id, r.balance, r.replayed);
+        }
+        Err(status) => return report_status(status),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn transaction(a: TransactionArgs) -> anyhow::Result<ExitCode> {
+    use pb::get_transaction_request::Lookup;
+    let mut c = Client::connect(&a.client).await?;
+    let lookup = match (a.lookup.id, a.lookup.payment_intent) {
+        (Some(id), _) => Lookup::TransactionId(id),
+        (None, Some(pi)) => Lookup::StripePaymentIntentId(pi),
+        (None, None) => anyhow::bail!("give --id or --payment-intent"),
+    };
+    let req = c.request(pb::GetTransactionRequest {
+        lookup: Some(lookup),
+    });
+    let r = match c.inner.get_transaction(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        json::print(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t = r.transaction.unwrap_or_default();
+    println!(
+        "transaction {} of user {}: {} {} tokens, balance after {}",
+        t.id,
+        r.user_id,
+        kind_name(t.kind),
+        t.token_amount,
+        t.balance_after
+    );
+    println!(
+        "  #{} at {} by {}{}",
+        t.sequence,
+        time(t.created_at),
+        t.created_by,
+        if t.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", t.reason)
+        }
+    );
+    let details = details_text(&t);
+    if !details.is_empty() {
+        println!("  {details}");
+    }
+    if t.token_amount > 0 {
+        println!(
+            "  reversed {} of {}: {} left to reverse",
+            r.reversed_tokens,
+            t.token_amount,
+            t.token_amount - r.reversed_tokens
+        );
+    }
+    println!("  idempotency key {}", t.idempotency_key);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn accounts(a: AccountsArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let order = match a.order {
+        AccountOrderArg::UserId => pb::AccountOrder::UserId,
+        AccountOrderArg::Balance => pb::AccountOrder::BalanceDesc,
+        AccountOrderArg::Activity => pb::AccountOrder::LastActivityDesc,
+    };
+    let req = c.request(pb::ListAccountsRequest {
+        user_id_prefix: a.prefix,
+        order_by: order as i32,
+        page_size: a.page_size,
+        page_token: a.page_token,
+    });
+    let r = match c.inner.list_accounts(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        json::print(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<38} {:>14} {:>8}  last change",
+        "user", "balance", "rows"
+    );
+    for acc in &r.accounts {
+        println!(
+            "{:<38} {:>14} {:>8}  {}",
+            acc.user_id,
+            acc.balance,
+            acc.transaction_count,
+            time(acc.updated_at)
+        );
+    }
+    if !r.next_page_token.is_empty() {
+        println!("more: --page-token {}", r.next_page_token);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn who_am_i(a: WhoAmIArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::WhoAmIRequest {});
+    let r = match c.inner.who_am_i(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        json::print(&r);
+    } else {
+        println!(
+            "{} ({}): scopes {}",
+            r.actor,
+            r.credential,
+            r.scopes.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn stripe_events(a: StripeEventsArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::ListStripeEventsRequest {
+        event_id: a.event.unwrap_or_default(),
+        user_id: a.user_id.unwrap_or_default(),
+        outcome: a.outcome.unwrap_or_default(),
+        livemode: a.livemode,
+        page_size: a.page_size,
+        page_token: a.page_token,
+    });
+    let r = match c.inner.list_stripe_events(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        json::print(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if r.events.is_empty() {
+        println!("no Stripe events recorded match");
+    }
+    for e in &r.events {
+        let outcome = if e.first_outcome == e.outcome {
+            e.outcome.clone()
+        } else {
+            format!("{} (first: {})", e.outcome, e.first_outcome)
+        };
+        println!(
+            "{}  {}  {}  {}  {}  deliveries={} user={} transaction={} api_version={}",
+            time(e.first_seen_at),
+            e.event_id,
+            e.r#type,
+            if e.livemode { "live" } else { "test" },
+            outcome,
+            e.deliveries,
+            dash(&e.user_id),
+            dash(&e.transaction_id),
+            dash(&e.api_version),
+        );
+        if !e.detail.is_empty() {
+            println!("    {}", e.detail);
+        }
+    }
+    if !r.next_page_token.is_empty() {
+        println!("more: --page-token {}", r.next_page_token);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+pub async fn overview(a: OverviewArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::GetOverviewRequest {
+        days: a.days,
+        time_zone: a.time_zone,
+        top_users: a.top_users,
+    });
+    let r = match c.inner.get_overview(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        json::print(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "as of {}: {} tokens outstanding, {} overdrawn, {} held, {} accounts",
+        time(r.as_of),
+        r.tokens_outstanding,
+        r.tokens_overdrawn,
+        r.tokens_held,
+        r.accounts
+    );
+    println!(
+        "{:<10} {:>14} {:>14} {:>14} {:>14}",
+        "day", "credited", "used", "expired", "deducted"
+    );
+    for d in &r.days {
+        println!(
+            "{:<10} {:>14} {:>14} {:>14} {:>14}",
+            d.day, d.credited, d.used, d.expired, d.deducted
+        );
+    }
+    println!("top users by usage:");
+    for u in &r.top_users {
+        println!(
+            "  {:<38} used {:>14} in {:>8} calls, balance {}",
+            u.user_id, u.used, u.events, u.balance
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,183 @@
+//! Operators' reads over the whole database: the Stripe events the webhook adapter recorded
+//! (its `stripe_events` table, in the ledger's database when the adapter is hosted by `serve` or
+//! pointed at it), and the overview (liability, daily movements, top users).
+
+use sqlx::Row;
+
+use super::credit::snapshot;
+use super::Store;
+use crate::domain::{
+    DayTotals, Overview, OverviewQuery, StripeEventCursor, StripeEventFilter, StripeEventRow,
+    UserUsage,
+};
+use crate::error::LedgerError;
+
+/// Newest first by first sight: an immutable key, so a redelivery (which moves `last_seen_at`)
+/// cannot move an event between pages. Reads `stripe_events_first_seen_idx` (or the per-user one).
+const STRIPE_EVENTS_SQL: &str = "SELECT event_id, event_type, outcome, first_outcome, detail, \
+     deliveries, livemode, user_id, transaction_id, api_version, payment_intent, first_seen_at, \
+     last_seen_at \
+     FROM stripe_events \
+     WHERE ($1::text IS NULL OR event_id = $1) AND ($2::text IS NULL OR user_id = $2) \
+       AND ($3::text IS NULL OR outcome = $3) AND ($4::boolean IS NULL OR livemode = $4) \
+       AND ($5::timestamptz IS NULL OR (first_seen_at, event_id) < ($5, $6)) \
+     ORDER BY first_seen_at DESC, event_id DESC LIMIT $7";
+
+/// Every local day of the window, oldest first, with what the journal moved on it. The window
+/// starts at local midnight `days - 1` days before today in `$1`; `$3` is the clock's offset.
+/// Each kind is summed as the positive tokens it moved.
+const OVERVIEW_DAYS_SQL: &str = "WITH w AS ( \
+       SELECT date_trunc('day', (now() + $3::bigint * interval '1 microsecond') AT TIME ZONE $1) \
+              - ($2 - 1) * interval '1 day' AS start_local), \
+     moved AS ( \
+       SELECT date_trunc('day', j.created_at AT TIME ZONE $1) AS day, \
+              COALESCE(sum(j.token_amount) FILTER (WHERE j.kind IN ('grant', 'purchase', 'drip')), 0)::bigint AS credited, \
+              COALESCE(-sum(j.token_amount) FILTER (WHERE j.kind = 'usage'), 0)::bigint AS used, \
+              COALESCE(-sum(j.token_amount) FILTER (WHERE j.kind = 'expiry'), 0)::bigint AS expired, \
+              COALESCE(-sum(j.token_amount) FILTER (WHERE j.kind IN ('deduction', 'reversal')), 0)::bigint AS deducted \
+         FROM journal j, w WHERE j.created_at >= (w.start_local AT TIME ZONE $1) GROUP BY 1) \
+     SELECT d::date AS day, COALESCE(m.credited, 0) AS credited, COALESCE(m.used, 0) AS used, \
+            COALESCE(m.expired, 0) AS expired, COALESCE(m.deducted, 0) AS deducted \
+       FROM w, generate_series(w.start_local, w.start_local + ($2 - 1) * interval '1 day', interval '1 day') d \
+       LEFT JOIN moved m ON m.day = d ORDER BY d";
+
+/// The users who used the most since the window's start, most first.
+const OVERVIEW_TOP_SQL: &str = "WITH w AS ( \
+       SELECT (date_trunc('day', (now() + $3::bigint * interval '1 microsecond') AT TIME ZONE $1) \
+              - ($2 - 1) * interval '1 day') AT TIME ZONE $1 AS start_at) \
+     SELECT a.user_id, a.balance, u.used, u.events FROM ( \
+       SELECT account_id, (-sum(token_amount))::bigint AS used, count(*) AS events \
+         FROM token_usage, w WHERE created_at >= w.start_at GROUP BY account_id \
+         ORDER BY used DESC, account_id LIMIT $4) u \
+     JOIN accounts a USING (account_id) ORDER BY u.used DESC, a.user_id";
+
+/// SQLSTATE of "time zone not recognized".
+const INVALID_PARAMETER_VALUE: &str = "22023";
+
+impl Store {
+    /// Stripe events matching `filter`, after `cursor`, newest first.
+    pub async fn stripe_events(
+        &self,
+        filter: &StripeEventFilter,
+        cursor: Option<&StripeEventCursor>,
+        limit: i64,
+    ) -> Result<Vec<StripeEventRow>, LedgerError> {
+        let mut conn = self.acquire().await.map_err(|e| self.saw(e))?;
+        let rows = sqlx::query(STRIPE_EVENTS_SQL)
+            .bind(&filter.event_id)
+            .bind(&filter.user_id)
+            .bind(&filter.outcome)
+            .bind(filter.livemode)
+            .bind(cursor.map(|c| c.first_seen_at))
+            .bind(cursor.map(|c| c.event_id.as_str()))
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| self.saw(e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(StripeEventRow {
+                    event_id: r.try_get("event_id")?,
+                    event_type: r.try_get("event_type")?,
+                    outcome: r.try_get("outcome")?,
+                    first_outcome: r.try_get("first_outcome")?,
+                    detail: r.try_get("detail")?,
+                    deliveries: r.try_get("deliveries")?,
+                    livemode: r.try_get("livemode")?,
+                    user_id: r.try_get("user_id")?,
+                    transaction_id: r.try_get("transaction_id")?,
+                    api_version: r.try_get("api_version")?,
+                    payment_intent: r.try_get("payment_intent")?,
+                    first_seen_at: r.try_get("first_seen_at")?,
+                    last_seen_at: r.try_get("last_seen_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// The whole ledger in one snapshot: every figure of the answer describes the same instant.
+    /// Reads every journal row of the window (there are no rollups yet), so it is for dashboards.
+    pub async fn overview(&self, q: &OverviewQuery) -> Result<Overview, LedgerError> {
+        let mut conn = self.acquire().await.map_err(|e| self.saw(e))?;
+        let mut tx = snapshot(&mut conn).await.map_err(|e| self.saw(e))?;
+        let offset = self.clock().offset_micros();
+        // An unknown zone fails the first statement that uses it; say which field is wrong.
+        let as_of: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+            "SELECT (now() + $2::bigint * interval '1 microsecond') \
+             WHERE (now() AT TIME ZONE $1) IS NOT NULL",
+        )
+        .bind(&q.time_zone)
+        .bind(offset)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some(INVALID_PARAMETER_VALUE) => {
+                LedgerError::invalid(
+                    "time_zone",
+                    format!(
+                        "{:?} is not a time zone name PostgreSQL knows; use an IANA name such as \
+                         Europe/Paris, or leave it empty for UTC",
+                        q.time_zone
+                    ),
+                )
+            }
+            _ => self.saw(e).into(),
+        })?;
+        let totals = sqlx::query(
+            "SELECT COALESCE(sum(balance) FILTER (WHERE balance > 0), 0)::bigint AS outstanding, \
+                    COALESCE(-sum(balance) FILTER (WHERE balance < 0), 0)::bigint AS overdrawn, \
+                    COALESCE(sum(held), 0)::bigint AS held, count(*) AS accounts \
+               FROM accounts WHERE last_seq > 0",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| self.saw(e))?;
+        let days = sqlx::query(OVERVIEW_DAYS_SQL)
+            .bind(&q.time_zone)
+            .bind(q.days)
+            .bind(offset)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.saw(e))?
+            .iter()
+            .map(|r| {
+                Ok(DayTotals {
+                    day: r.try_get("day")?,
+                    credited: r.try_get("credited")?,
+                    used: r.try_get("used")?,
+                    expired: r.try_get("expired")?,
+                    deducted: r.try_get("deducted")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let top_users = sqlx::query(OVERVIEW_TOP_SQL)
+            .bind(&q.time_zone)
+            .bind(q.days)
+            .bind(offset)
+            .bind(q.top_users)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.saw(e))?
+            .iter()
+            .map(|r| {
+                Ok(UserUsage {
+                    user_id: r.try_get("user_id")?,
+                    used: r.try_get("used")?,
+                    events: r.try_get("events")?,
+                    balance: r.try_get("balance")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        tx.commit().await.map_err(|e| self.saw(e))?;
+        Ok(Overview {
+            tokens_outstanding: totals.try_get("outstanding")?,
+            tokens_overdrawn: totals.try_get("overdrawn")?,
+            tokens_held: totals.try_get("held")?,
+            accounts: totals.try_get("accounts")?,
+            days,
+            top_users,
+            as_of,
+        })
+    }
+}
