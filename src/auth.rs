@@ -211,6 +211,21 @@ impl Authenticator {
         })
     }
 
+    /// Runs before [`Self::authorize`] (which cannot wait): a JWT naming a key id not yet known
+    /// has the JWKS URL refetched first (see [`crate::jwt::JwtVerifier::learn_key_for`]).
+    pub async fn prepare(&self, authorization: Option<&str>) {
+        let token = authorization.and_then(|h| {
+            h.strip_prefix("Bearer ")
+                .or_else(|| h.strip_prefix("bearer "))
+        });
+        if let (Some(verifier), Some(token)) = (&self.jwt, token) {
+            let token = token.trim();
+            if crate::jwt::looks_like_jwt(token) {
+                verifier.learn_key_for(token).await;
+            }
+        }
+    }
+
     fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, LedgerError> {
         if self.is_open() {
             return Ok(Caller::api_key("open-mode", vec![Scope::Admin]));

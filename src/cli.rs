@@ -374,6 +374,18 @@ pub struct JwtArgs {
     #[arg(long, env = "TOKEN_LEDGER_JWT_JWKS_FILE")]
     pub jwt_jwks_file: Option<PathBuf>,
 
+    /// A JWKS URL with the public keys for RS256/ES256 JWTs (Supabase:
+    /// https://<project>.supabase.co/auth/v1/.well-known/jwks.json; Auth0:
+    /// https://<tenant>.auth0.com/.well-known/jwks.json). Kept in memory, refreshed, and refetched
+    /// (at most every 30 s) when a token names an unknown key id; a failed fetch keeps the last
+    /// good keys.
+    #[arg(long, env = "TOKEN_LEDGER_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// How often the JWKS URL is refetched, in seconds.
+    #[arg(long, env = "TOKEN_LEDGER_JWT_JWKS_REFRESH_SECS", default_value_t = crate::jwks::REFRESH_INTERVAL_DEFAULT.as_secs())]
+    pub jwt_jwks_refresh_secs: u64,
+
     /// Required `aud` claim, if set.
     #[arg(long, env = "TOKEN_LEDGER_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
@@ -396,6 +408,11 @@ impl JwtArgs {
         crate::jwt::JwtVerifier::from_settings(&crate::jwt::JwtSettings {
             hs256_secret: self.jwt_hs256_secret.clone(),
             jwks_file: self.jwt_jwks_file.clone(),
+            jwks_url: self.jwt_jwks_url.clone(),
+            jwks_refresh_interval: std::time::Duration::from_secs(
+                self.jwt_jwks_refresh_secs.max(1),
+            ),
+            jwks_refetch_gap: crate::jwks::REFETCH_GAP_DEFAULT,
             audience: self.jwt_audience.clone(),
             issuer: self.jwt_issuer.clone(),
             admin_claim: self.jwt_admin_claim.clone(),
@@ -411,8 +428,13 @@ struct Database {
 
 impl Database {
     async fn open(args: &DatabaseArgs) -> anyhow::Result<Self> {
-        let (url, embedded) = match &args.database_url {
-            Some(url) => (url.clone(), None),
+        // An empty value (`DATABASE_URL=`) means "not given", as in the README's own setup.
+        let (url, embedded) = match args
+            .database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+        {
+            Some(url) => (url.to_string(), None),
             None => {
                 let data_dir = DataDir::from_option(args.data_dir.clone());
                 tracing::info!(
@@ -447,7 +469,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli.command).await {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", crate::error::one_line(err.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -507,7 +529,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.webhook_pool_connections_max = args.stripe_webhook_db_pool_max;
         config.expiry_sweep_interval = Duration::from_millis(args.expiry_sweep_interval_ms.max(1));
         if let Some(listen) = args.metrics_listen {
-            crate::metrics::install(listen)?;
+            crate::metrics::install(listen).await?;
         }
         let store = db
             .store
@@ -543,7 +565,7 @@ async fn webhook(args: WebhookArgs) -> anyhow::Result<()> {
             WebhookStore::new(db.store.pool().clone()),
             Arc::new(catalog),
         );
-        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        let listener = server::bind(args.listen, "the Stripe webhook").await?;
         crate::webhook::serve(
             listener,
             crate::webhook::router(config, processor),

@@ -148,14 +148,7 @@ impl LedgerError {
 
     /// The error and its whole cause chain on one line, for logs.
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
+        one_line(self)
     }
 
     /// The error each caller of a failed batch gets (the batch's own error is logged once, with
@@ -169,6 +162,23 @@ impl LedgerError {
             )),
         }
     }
+}
+
+/// `err` and its causes in one line, each cause once: many errors (sqlx's among them) print
+/// their source inside their own message and also return it as `source()`, so a plain chain
+/// would say the same thing twice.
+pub fn one_line(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]

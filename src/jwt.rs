@@ -1,11 +1,14 @@
 //! Admin identity from JWTs: the admin frontend sends the signed-in admin's token
 //! (`authorization: Bearer <jwt>`). HS256 tokens (as Supabase issues them) are checked with a
-//! shared secret; RS256 and ES256 tokens with public keys from a JWKS file. Expiry is always
+//! shared secret; RS256 and ES256 tokens with public keys from a JWKS file and/or a JWKS URL
+//! (fetched and kept fresh by [`crate::jwks`]). Expiry is always
 //! required; audience and issuer are checked where configured; `alg: none` and every algorithm
 //! not listed here are refused. A valid token carrying the configured admin claim is an admin
 //! (all scopes) whose `sub` is recorded as `created_by`; any other valid token has no scope.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use jsonwebtoken::jwk::JwkSet;
@@ -32,6 +35,13 @@ pub fn looks_like_jwt(token: &str) -> bool {
 pub struct JwtSettings {
     pub hs256_secret: Option<String>,
     pub jwks_file: Option<std::path::PathBuf>,
+    /// A JWKS URL (Supabase, Auth0), fetched at start-up and every `jwks_refresh_interval`.
+    pub jwks_url: Option<String>,
+    /// Zero: [`crate::jwks::REFRESH_INTERVAL_DEFAULT`].
+    pub jwks_refresh_interval: Duration,
+    /// Least time between refetches caused by unknown key ids. Zero:
+    /// [`crate::jwks::REFETCH_GAP_DEFAULT`].
+    pub jwks_refetch_gap: Duration,
     pub audience: Option<String>,
     pub issuer: Option<String>,
     /// `path.to.claim=value`, e.g. `app_metadata.role=admin`.
@@ -40,7 +50,7 @@ pub struct JwtSettings {
 
 impl JwtSettings {
     pub fn is_configured(&self) -> bool {
-        self.hs256_secret.is_some() || self.jwks_file.is_some()
+        self.hs256_secret.is_some() || self.jwks_file.is_some() || self.jwks_url.is_some()
     }
 }
 
@@ -49,6 +59,7 @@ impl JwtSettings {
 pub struct JwtVerifier {
     hs256: Option<DecodingKey>,
     jwks: Option<JwkSet>,
+    remote: Option<Arc<crate::jwks::RemoteJwks>>,
     audience: Option<String>,
     issuer: Option<String>,
     admin_claim_path: Vec<String>,
@@ -60,6 +71,7 @@ impl std::fmt::Debug for JwtVerifier {
         f.debug_struct("JwtVerifier")
             .field("hs256", &self.hs256.is_some())
             .field("jwks_keys", &self.jwks.as_ref().map(|j| j.keys.len()))
+            .field("remote", &self.remote)
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()
@@ -67,13 +79,26 @@ impl std::fmt::Debug for JwtVerifier {
 }
 
 impl JwtVerifier {
-    /// `None` when no JWT verification is configured.
+    /// `None` when no JWT verification is configured. With a JWKS URL, this starts its
+    /// refresher, so it must run inside a Tokio runtime.
     pub fn from_settings(s: &JwtSettings) -> anyhow::Result<Option<Self>> {
         if !s.is_configured() {
             return Ok(None);
         }
         let jwks = match &s.jwks_file {
             Some(path) => Some(load_jwks(path)?),
+            None => None,
+        };
+        let or_default = |d: Duration, default| if d.is_zero() { default } else { d };
+        let remote = match &s.jwks_url {
+            Some(url) => Some(crate::jwks::RemoteJwks::start(
+                url,
+                or_default(
+                    s.jwks_refresh_interval,
+                    crate::jwks::REFRESH_INTERVAL_DEFAULT,
+                ),
+                or_default(s.jwks_refetch_gap, crate::jwks::REFETCH_GAP_DEFAULT),
+            )?),
             None => None,
         };
         let (path, value) = s.admin_claim.split_once('=').context(
@@ -90,6 +115,7 @@ impl JwtVerifier {
                 .as_ref()
                 .map(|k| DecodingKey::from_secret(k.as_bytes())),
             jwks,
+            remote,
             audience: s.audience.clone(),
             issuer: s.issuer.clone(),
             admin_claim_path: path.split('.').map(str::to_owned).collect(),
@@ -112,13 +138,20 @@ impl JwtVerifier {
                 .clone()
                 .ok_or_else(|| bad("HS256 tokens are not accepted here".into()))?,
             Algorithm::RS256 | Algorithm::ES256 => {
-                let jwks = self
-                    .jwks
-                    .as_ref()
-                    .ok_or_else(|| bad(format!("{:?} tokens are not accepted here", header.alg)))?;
+                if self.jwks.is_none() && self.remote.is_none() {
+                    return Err(bad(format!(
+                        "{:?} tokens are not accepted here",
+                        header.alg
+                    )));
+                }
+                let remote = self.remote.as_ref().map(|r| r.current());
+                let sets = self.jwks.iter().chain(remote.as_deref());
+                let keys: Vec<&jsonwebtoken::jwk::Jwk> = sets.flat_map(|s| &s.keys).collect();
                 let jwk = match &header.kid {
-                    Some(kid) => jwks.find(kid),
-                    None if jwks.keys.len() == 1 => jwks.keys.first(),
+                    Some(kid) => keys
+                        .iter()
+                        .find(|k| k.common.key_id.as_deref() == Some(kid)),
+                    None if keys.len() == 1 => keys.first(),
                     None => None,
                 }
                 .ok_or_else(|| bad("no key in the JWKS matches the token's kid".into()))?;
@@ -156,6 +189,24 @@ impl JwtVerifier {
             scopes,
             credential: Credential::Jwt,
         })
+    }
+
+    /// Before [`Self::verify`], which cannot wait: when `token` names a key id no key set here
+    /// knows, has the JWKS URL (if any) refetched, rate-limited, so a just-rotated key works on
+    /// its first use.
+    pub async fn learn_key_for(&self, token: &str) {
+        let Some(remote) = &self.remote else { return };
+        if token.len() > JWT_LEN_MAX {
+            return;
+        }
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return;
+        };
+        let Some(kid) = header.kid else { return };
+        if self.jwks.as_ref().is_some_and(|j| j.find(&kid).is_some()) {
+            return;
+        }
+        remote.learn(&kid).await;
     }
 
     fn is_admin(&self, claims: &Value) -> bool {

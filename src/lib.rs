@@ -12,6 +12,7 @@ pub mod console;
 pub mod domain;
 pub mod embedded_pg;
 pub mod error;
+pub mod jwks;
 pub mod jwt;
 pub mod ledger;
 pub mod metrics;

@@ -112,7 +112,7 @@ impl Application {
             config.webhook_pool_connections_max >= 1,
             "the Stripe webhook's pool needs at least one connection"
         );
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = bind(config.listen, "gRPC").await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
             listener,
@@ -131,7 +131,7 @@ impl Application {
         config: WebhookConfig,
         catalog: Catalog,
     ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(listen).await?;
+        let listener = bind(listen, "the Stripe webhook").await?;
         self.webhook = Some(HostedWebhook {
             listener,
             config,
@@ -189,14 +189,8 @@ impl Application {
             config.health_check_interval,
         ));
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let core = Ledger::with_config(store.clone(), config.write);
         let sampler = tokio::spawn(sample_gauges(core.clone(), store.clone()));
@@ -272,6 +266,51 @@ impl Application {
         served?;
         Ok(())
     }
+}
+
+/// Binds `addr`, or says which address, for what, could not be bound: a bare "Address already
+/// in use" leaves an operator guessing which of the service's listeners collided.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {addr} for {what}: {err}"))
+}
+
+/// What reflection describes: the ledger, health, and the `google.rpc` error-detail types
+/// (`BadRequest`, `ErrorInfo`, … and `Status`), so grpcurl and `buf curl` decode an error's
+/// details instead of printing them as base64.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_file_descriptor_set(google_rpc_descriptors())
+}
+
+/// The `google.rpc` descriptors tonic-types ships, under the paths googleapis gives them
+/// (`google/rpc/error_details.proto`): tonic-types names them `error_details.proto`, and a
+/// client that already knows the googleapis file would see two files defining one type.
+fn google_rpc_descriptors() -> prost_types::FileDescriptorSet {
+    use prost::Message;
+    let mut set = prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .expect("tonic-types ships a valid descriptor set");
+    let bare: Vec<String> = set
+        .file
+        .iter()
+        .filter(|f| f.package() == "google.rpc" && !f.name().contains('/'))
+        .map(|f| f.name().to_string())
+        .collect();
+    let path = |name: &mut String| {
+        if bare.contains(name) {
+            *name = format!("google/rpc/{name}");
+        }
+    };
+    for file in &mut set.file {
+        if let Some(name) = file.name.as_mut() {
+            path(name);
+        }
+        file.dependency.iter_mut().for_each(path);
+    }
+    set
 }
 
 /// CORS for browsers calling over grpc-web: only the configured origins get a grant.

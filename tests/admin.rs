@@ -23,6 +23,7 @@ fn jwt_settings() -> JwtSettings {
         audience: Some("authenticated".into()),
         issuer: None,
         admin_claim: "app_metadata.role=admin".into(),
+        ..Default::default()
     }
 }
 

@@ -381,6 +381,51 @@ async fn reflection_lists_the_ledger_and_health_services_in_v1_and_v1alpha() {
     ));
 }
 
+/// grpcurl and `buf curl` decode an error's details (`grpc-status-details-bin`) only if
+/// reflection can describe their types.
+#[tokio::test]
+async fn reflection_resolves_the_google_rpc_error_detail_types() {
+    use prost::Message;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let app = TestApp::spawn().await;
+    let mut client =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+            app.channel().await,
+        );
+
+    for (symbol, file) in [
+        ("google.rpc.BadRequest", "google/rpc/error_details.proto"),
+        ("google.rpc.ErrorInfo", "google/rpc/error_details.proto"),
+        ("google.rpc.Status", "google/rpc/status.proto"),
+    ] {
+        let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let response = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner()
+            .message()
+            .await
+            .unwrap()
+            .unwrap();
+        let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+            panic!("{symbol}: {:?}", response.message_response);
+        };
+        let first =
+            prost_types::FileDescriptorProto::decode(&*files.file_descriptor_proto[0]).unwrap();
+        assert_eq!(first.name(), file, "{symbol}");
+        let short = symbol.rsplit('.').next().unwrap();
+        assert!(
+            first.message_type.iter().any(|m| m.name() == short),
+            "{symbol} not described in {file}"
+        );
+    }
+}
+
 fn binary() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
 }

@@ -685,7 +685,11 @@ async fn an_invoice_in_the_pre_2025_shape_is_understood_too() {
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert_eq!(version.as_deref(), Some("2024-06-20"), "each event's version is stored");
+    assert_eq!(
+        version.as_deref(),
+        Some("2024-06-20"),
+        "each event's version is stored"
+    );
 }
 
 /// The webhook as its own process would run it: a remote ledger over gRPC with a billing key.

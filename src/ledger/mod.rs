@@ -159,7 +159,7 @@ impl Ledger {
             // The rules make this impossible; if it ever happens the transaction has committed,
             // so shout rather than hide it.
             tracing::error!(
-                transaction_id = %receipt.transaction_id,
+                transaction_id = receipt.transaction_id.0,
                 balance = receipt.balance,
                 "invariant broken: a refused-overdraft write left a negative balance"
             );

@@ -46,6 +46,8 @@ pub struct StoreConfig {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Where the pool connects, for messages: the URL with its password replaced by `***`.
+    target: Arc<str>,
     availability: Arc<Availability>,
     clock: Arc<Clock>,
     holds_per_account_max: i64,
@@ -146,11 +148,23 @@ impl Store {
             .max_connections(config.pool_connections_max)
             .acquire_timeout(config.pool_acquire_timeout)
             .connect_lazy_with(options.application_name("token-ledger"));
-        Ok(Self::from_pool(pool))
+        Ok(Self {
+            target: redact_url(&config.database_url).into(),
+            ..Self::from_pool(pool)
+        })
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
+        let options = pool.connect_options();
+        let target = format!(
+            "postgres://{}@{}:{}/{}",
+            options.get_username(),
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
         Self {
+            target: target.into(),
             pool,
             availability: Arc::default(),
             clock: Arc::default(),
@@ -229,8 +243,35 @@ impl Store {
         &self.pool
     }
 
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+    /// Where the store connects (password redacted), for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Applies pending migrations. A database that cannot be reached is reported once, naming
+    /// it: the pool alone would only say that it timed out waiting for a connection.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        self.connect_once().await?;
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|err| anyhow::anyhow!("{}", crate::error::one_line(&err)))
+    }
+
+    /// Opens one connection outside the pool, within the pool's acquire timeout, so a failure
+    /// carries its real cause (refused, unknown host, bad password).
+    pub async fn connect_once(&self) -> anyhow::Result<()> {
+        let timeout = self.pool.options().get_acquire_timeout();
+        let failure =
+            match tokio::time::timeout(timeout, self.pool.connect_options().connect()).await {
+                Ok(Ok(conn)) => {
+                    let _ = sqlx::Connection::close(conn).await;
+                    return Ok(());
+                }
+                Ok(Err(err)) => crate::error::one_line(&err),
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+        anyhow::bail!("cannot connect to PostgreSQL at {}: {failure}", self.target)
     }
 
     /// A probe of the database on a connection of its own, outside the pool.
@@ -330,5 +371,54 @@ pub fn url_of(o: &PgConnectOptions) -> String {
             o.get_host(),
             o.get_port()
         ),
+    }
+}
+
+/// `url` with the password of its user info, and any `password=` parameter, replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => format!("{user_info}@{host}"),
+        },
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    if scheme.is_empty() {
+        format!("{authority}{tail}")
+    } else {
+        format!("{scheme}://{authority}{tail}")
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_password_never_survives_redaction() {
+        assert_eq!(
+            redact_url("postgres://bob:hunter2@db:5432/ledger?sslmode=require&password=x"),
+            "postgres://bob:***@db:5432/ledger?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://bob@db/ledger"),
+            "postgres://bob@db/ledger"
+        );
     }
 }

@@ -32,6 +32,47 @@ pub trait LedgerPort: Send + Sync + 'static {
     ) -> Result<pb::GetTransactionResponse, Status>;
 }
 
+/// A port that records how long each ledger call takes
+/// (`ledger_webhook_ledger_call_seconds{call}`), whichever way it reaches the ledger.
+pub struct Timed(pub std::sync::Arc<dyn LedgerPort>);
+
+impl Timed {
+    async fn time<T>(
+        call: &'static str,
+        future: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = std::time::Instant::now();
+        let result = future.await;
+        crate::metrics::webhook_ledger_call(call, started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+#[tonic::async_trait]
+impl LedgerPort for Timed {
+    async fn record_purchase(
+        &self,
+        r: pb::RecordPurchaseRequest,
+    ) -> Result<pb::RecordPurchaseResponse, Status> {
+        Self::time("RecordPurchase", self.0.record_purchase(r)).await
+    }
+    async fn drip(&self, r: pb::DripRequest) -> Result<pb::DripResponse, Status> {
+        Self::time("Drip", self.0.drip(r)).await
+    }
+    async fn grant(&self, r: pb::GrantRequest) -> Result<pb::GrantResponse, Status> {
+        Self::time("Grant", self.0.grant(r)).await
+    }
+    async fn reverse(&self, r: pb::ReverseRequest) -> Result<pb::ReverseResponse, Status> {
+        Self::time("Reverse", self.0.reverse(r)).await
+    }
+    async fn get_transaction(
+        &self,
+        r: pb::GetTransactionRequest,
+    ) -> Result<pb::GetTransactionResponse, Status> {
+        Self::time("GetTransaction", self.0.get_transaction(r)).await
+    }
+}
+
 /// A ledger call's answer that the event-to-call mapping acts on: each is a fact about the
 /// ledger's state, acknowledged or not depending on the call.
 #[derive(Debug)]

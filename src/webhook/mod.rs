@@ -167,6 +167,7 @@ async fn handle(
         now,
     ) {
         tracing::warn!(error = %err, body_bytes = body.len(), "Stripe webhook refused: bad signature");
+        crate::metrics::webhook_signature_failure();
         // Not an `EventOutcome`: nothing unverified is recorded.
         return reply(400, "bad_signature", &err.to_string());
     }
@@ -174,6 +175,7 @@ async fn handle(
         Ok(e) => e,
         Err(err) => {
             tracing::warn!(error = %err, "Stripe webhook refused: unparseable body");
+            crate::metrics::webhook_event("unparseable", EventOutcome::Malformed.as_str());
             // Not recorded: with no event id there is no row to write.
             return reply(400, EventOutcome::Malformed.as_str(), &err);
         }
@@ -181,6 +183,7 @@ async fn handle(
     let span = tracing::info_span!("stripe_event", event_id = %envelope.id, event_type = %envelope.event_type);
     async move {
         let outcome = settle_event(&state, &envelope).await;
+        crate::metrics::webhook_event(&envelope.event_type, outcome.record.outcome.as_str());
         if let Err(err) = state.processor.store().record_event(&outcome.record).await {
             // The ledger call (if any) is committed; only the operator's log row is missing.
             tracing::error!(error = %err, "could not record the Stripe event's outcome");
@@ -189,7 +192,12 @@ async fn handle(
             outcome = %outcome.record.outcome,
             http_status = outcome.http_status,
             user_id = outcome.record.user_id.as_deref().unwrap_or("-"),
-            transaction_id = outcome.record.transaction_id.as_deref().unwrap_or("-"),
+            // A number, as in every other log line (see `telemetry`); absent when none.
+            transaction_id = outcome
+                .record
+                .transaction_id
+                .as_deref()
+                .and_then(|id| id.parse::<i64>().ok()),
             detail = %outcome.record.detail,
             "Stripe event handled"
         );

@@ -147,7 +147,7 @@ fn ts(secs: i64) -> Option<prost_types::Timestamp> {
 impl Processor {
     pub fn new(ledger: Arc<dyn LedgerPort>, store: WebhookStore, catalog: Arc<Catalog>) -> Self {
         Self {
-            ledger,
+            ledger: Arc::new(super::ledger_port::Timed(ledger)),
             store,
             catalog,
         }

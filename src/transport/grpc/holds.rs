@@ -34,7 +34,7 @@ impl Call<'_> {
     async fn hold_write(&self, cmd: crate::domain::WriteCommand) -> Result<Receipt, LedgerError> {
         let receipt = self.ledger().write_within(cmd, self.deadline).await?;
         tracing::info!(
-            transaction_id = %receipt.transaction_id,
+            transaction_id = receipt.transaction_id.0,
             balance = receipt.balance,
             replayed = receipt.replayed,
             "hold write committed"

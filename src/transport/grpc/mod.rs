@@ -212,9 +212,19 @@ impl<'a> Call<'a> {
         let (transaction_id, balance, replayed) =
             (receipt.transaction_id, receipt.balance, receipt.replayed);
         if self.method == method::TRACK_USAGE {
-            tracing::debug!(%transaction_id, balance, replayed, "write committed");
+            tracing::debug!(
+                transaction_id = transaction_id.0,
+                balance,
+                replayed,
+                "write committed"
+            );
         } else {
-            tracing::info!(%transaction_id, balance, replayed, "write committed");
+            tracing::info!(
+                transaction_id = transaction_id.0,
+                balance,
+                replayed,
+                "write committed"
+            );
         }
         Ok(R::from_receipt(receipt))
     }
@@ -230,6 +240,9 @@ impl<'a> Call<'a> {
         let deadline = self.deadline;
         async move {
             let started = Instant::now();
+            if let Credentials::Header(header) = &self.credentials {
+                self.grpc.auth.prepare(header.as_deref()).await;
+            }
             let result = match deadline {
                 None => call.await,
                 Some(deadline) => tokio::time::timeout_at(deadline, call).await.unwrap_or(Err(
@@ -253,13 +266,16 @@ impl<'a> Call<'a> {
                     let status = Status::from(err);
                     let code = status.code();
                     crate::metrics::request(method, code, elapsed);
+                    // `reason`, not `message`: flattened JSON lines already have the event's
+                    // own `message` key.
+                    let code = crate::metrics::code_name(code);
                     match cause {
-                        Some(cause) if code == tonic::Code::Internal => {
-                            tracing::error!(?code, error = cause, elapsed_ms, "failed")
+                        Some(cause) if code == "INTERNAL" => {
+                            tracing::error!(code, error = cause, elapsed_ms, "failed")
                         }
-                        Some(cause) => tracing::warn!(?code, error = cause, elapsed_ms, "failed"),
+                        Some(cause) => tracing::warn!(code, error = cause, elapsed_ms, "failed"),
                         None => {
-                            tracing::info!(?code, message = status.message(), elapsed_ms, "refused")
+                            tracing::info!(code, reason = status.message(), elapsed_ms, "refused")
                         }
                     }
                     Err(status)
