@@ -69,6 +69,12 @@ pub enum LedgerError {
         requested: i64,
     },
 
+    /// `FAILED_PRECONDITION` with `ErrorInfo` reason `MODEL_NOT_PRICED`: the ledger was asked to
+    /// price a call (`tokens` = 0) of a model with no price in force. Nothing was written; the
+    /// call succeeds once the model is priced (or with `tokens` given).
+    #[error("model {model:?} has no price in force: set one with SetModelPrice, or send tokens")]
+    ModelNotPriced { model: String },
+
     /// `FAILED_PRECONDITION`: only credits (grants, purchases, drips) can be reversed.
     #[error("transaction {0} is not a credit and cannot be reversed")]
     NotReversible(i64),

@@ -585,8 +585,22 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
         r
     };
     let usage_cases: Vec<(&str, pb::TrackUsageRequest)> = vec![
-        ("tokens", u(&|r| r.tokens = 0)),
+        // 0 asks the ledger to price the call, which needs a model.
+        (
+            "tokens",
+            u(&|r| {
+                r.tokens = 0;
+                r.model.clear()
+            }),
+        ),
+        ("tokens", u(&|r| r.tokens = -1)),
         ("input_tokens", u(&|r| r.input_tokens = -1)),
+        ("cache_read_tokens", u(&|r| r.cache_read_tokens = -1)),
+        ("cache_write_tokens", u(&|r| r.cache_write_tokens = -1)),
+        (
+            "cache_read_tokens",
+            u(&|r| r.cache_write_tokens = r.input_tokens + 1),
+        ),
         ("output_tokens", u(&|r| r.output_tokens = -1)),
         ("model", u(&|r| r.model = long.clone())),
         ("feature", u(&|r| r.feature = " chat".into())),

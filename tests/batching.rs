@@ -50,10 +50,12 @@ fn mixed_commands() -> Vec<token_ledger::domain::WriteCommand> {
     let usage = |u: &str, t: i64, k: &str, m: &str| {
         build::Usage {
             common: common(u, t, k),
-            model: m.into(),
-            input_tokens: 1,
-            output_tokens: 1,
-            feature: String::new(),
+            call: build::CallInput {
+                model: m.into(),
+                input_tokens: 1,
+                output_tokens: 1,
+                ..Default::default()
+            },
         }
         .build(a())
         .unwrap()
@@ -577,7 +579,7 @@ async fn track_usage_batch_answers_each_event_on_its_own() {
         usage_req("b", 7, "b1"),
     ];
     events.push(pb::TrackUsageRequest {
-        tokens: 0,
+        tokens: -1,
         ..usage_req("b", 1, "b3")
     });
     let results = c

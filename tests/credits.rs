@@ -64,8 +64,10 @@ async fn commit(
             tokens,
             idempotency_key: key.into(),
             model: "gpt".into(),
-            input_tokens: 10,
-            output_tokens: 20,
+            // A call that used nothing reports no tokens (0 with counts asks the ledger to
+            // price them).
+            input_tokens: if tokens > 0 { 10 } else { 0 },
+            output_tokens: if tokens > 0 { 20 } else { 0 },
             ..Default::default()
         },
     ))

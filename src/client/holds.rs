@@ -36,9 +36,16 @@ pub struct ReserveArgs {
 pub struct CommitHoldArgs {
     #[arg(long = "hold")]
     pub hold_id: String,
-    /// Tokens the call actually used (0 allowed).
-    #[arg(long)]
+    /// Tokens the call actually used; 0 with token counts: the ledger prices them (with the
+    /// price the hold pinned); 0 without: nothing used.
+    #[arg(long, default_value_t = 0)]
     pub tokens: i64,
+    /// Prompt tokens read from the provider's cache (part of --input-tokens).
+    #[arg(long, default_value_t = 0)]
+    pub cache_read_tokens: i64,
+    /// Prompt tokens written to the provider's cache (part of --input-tokens).
+    #[arg(long, default_value_t = 0)]
+    pub cache_write_tokens: i64,
     #[arg(long, default_value = "")]
     pub model: String,
     #[arg(long, default_value_t = 0)]
@@ -172,6 +179,8 @@ pub async fn commit_hold(a: CommitHoldArgs) -> anyhow::Result<ExitCode> {
         input_tokens: a.input_tokens,
         output_tokens: a.output_tokens,
         feature: a.feature,
+        cache_read_tokens: a.cache_read_tokens,
+        cache_write_tokens: a.cache_write_tokens,
     });
     let r = match c.inner.commit_hold(req).await {
         Ok(r) => r.into_inner(),

@@ -189,6 +189,12 @@ pub struct UsageArgs {
     pub output_tokens: i64,
     #[arg(long, default_value = "")]
     pub feature: String,
+    /// Prompt tokens read from the provider's cache (part of --input-tokens).
+    #[arg(long, default_value_t = 0)]
+    pub cache_read_tokens: i64,
+    /// Prompt tokens written to the provider's cache (part of --input-tokens).
+    #[arg(long, default_value_t = 0)]
+    pub cache_write_tokens: i64,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -393,8 +399,24 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<ExitCode> {
         input_tokens: a.input_tokens,
         output_tokens: a.output_tokens,
         feature: a.feature,
+        cache_read_tokens: a.cache_read_tokens,
+        cache_write_tokens: a.cache_write_tokens,
     });
-    write_call!(c, a.write, key, c.inner.track_usage(req))
+    match c.inner.track_usage(req).await {
+        Ok(r) if c.json => {
+            json::print(&r.into_inner());
+            note_key(&a.write.idempotency_key, &key);
+        }
+        Ok(r) => {
+            let r = r.into_inner();
+            if !r.price_id.is_empty() {
+                println!("priced at {} tokens with price {}", r.tokens, r.price_id);
+            }
+            print_write(&key, &r.transaction_id, r.balance, r.replayed);
+        }
+        Err(status) => return report_status(status),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn balance(a: BalanceArgs) -> anyhow::Result<ExitCode> {

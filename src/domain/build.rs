@@ -7,10 +7,10 @@
 use chrono::{DateTime, Utc};
 
 use super::{
-    optional_text, required_text, Actor, CreditTerms, EntryId, GrantSource, IdempotencyKey,
-    Overage, ReversalSource, Tokens, UserId, Violations, WriteCommand, WriteDetails,
-    AMOUNT_PAID_CENTS_MAX, DRIP_PERIOD_DAYS_MAX, HOLD_TTL_DEFAULT, HOLD_TTL_MAX, LABEL_LEN_MAX,
-    REASON_LEN_MAX, STRIPE_ID_LEN_MAX, TOKENS_MAX,
+    optional_text, required_text, Actor, AiCall, CreditTerms, EntryId, GrantSource, IdempotencyKey,
+    Overage, Pricing, ReversalSource, TokenCounts, Tokens, UserId, Violations, WriteCommand,
+    WriteDetails, AMOUNT_PAID_CENTS_MAX, DRIP_PERIOD_DAYS_MAX, HOLD_TTL_DEFAULT, HOLD_TTL_MAX,
+    LABEL_LEN_MAX, REASON_LEN_MAX, STRIPE_ID_LEN_MAX, TOKENS_MAX,
 };
 use crate::error::LedgerError;
 
@@ -274,63 +274,100 @@ impl Drip {
     }
 }
 
-/// Tokens one AI call consumed.
+/// What a caller reports of one AI call (usage, a hold's commit).
+#[derive(Debug, Clone, Default)]
+pub struct CallInput {
+    pub model: String,
+    pub feature: String,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+}
+
+impl CallInput {
+    /// Checks the call's fields: labels at most `LABEL_LEN_MAX`, counts `0..=TOKENS_MAX`, and
+    /// the cached part of the prompt within the prompt.
+    fn check(self, v: &mut Violations, pricing: Pricing) -> Option<AiCall> {
+        let counts = [
+            ("input_tokens", self.input_tokens),
+            ("output_tokens", self.output_tokens),
+            ("cache_read_tokens", self.cache_read_tokens),
+            ("cache_write_tokens", self.cache_write_tokens),
+        ];
+        let mut counts_ok = true;
+        for (field, value) in counts {
+            if !(0..=TOKENS_MAX).contains(&value) {
+                counts_ok = false;
+                v.add(
+                    field,
+                    format!("must be between 0 and {TOKENS_MAX}, got {value}"),
+                );
+            }
+        }
+        if counts_ok && self.cache_read_tokens + self.cache_write_tokens > self.input_tokens {
+            counts_ok = false;
+            v.add(
+                "cache_read_tokens",
+                format!(
+                    "cache_read_tokens + cache_write_tokens ({} + {}) must not exceed input_tokens ({}): cached tokens are part of the prompt",
+                    self.cache_read_tokens, self.cache_write_tokens, self.input_tokens
+                ),
+            );
+        }
+        let model = v.check(optional_text("model", self.model, LABEL_LEN_MAX));
+        let feature = v.check(optional_text("feature", self.feature, LABEL_LEN_MAX));
+        match (model, feature, counts_ok) {
+            (Some(model), Some(feature), true) => Some(AiCall {
+                model,
+                feature,
+                counts: TokenCounts {
+                    input: self.input_tokens,
+                    cache_read: self.cache_read_tokens,
+                    cache_write: self.cache_write_tokens,
+                    output: self.output_tokens,
+                },
+                pricing,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Tokens one AI call consumed: `tokens` as given, or 0 for the ledger to price the call from
+/// its model's price.
 #[derive(Debug, Clone)]
 pub struct Usage {
     pub common: Common,
-    pub model: String,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub feature: String,
+    pub call: CallInput,
 }
 
 impl Usage {
     pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
         let mut v = Violations::default();
-        let common = self.common.check(&mut v);
-        let (model, feature) = call_fields(
-            &mut v,
-            self.model,
-            self.feature,
-            self.input_tokens,
-            self.output_tokens,
-        );
-        let details = match (model, feature) {
-            (Some(model), Some(feature)) => Some(WriteDetails::Usage {
-                model,
-                input_tokens: self.input_tokens,
-                output_tokens: self.output_tokens,
-                feature,
-            }),
-            _ => None,
-        };
-        common.finish(v, created_by, details)
-    }
-}
-
-/// The fields that describe one AI call (usage, a hold's commit): its model and feature, and
-/// its token counts (each `0..=TOKENS_MAX`).
-fn call_fields(
-    v: &mut Violations,
-    model: String,
-    feature: String,
-    input_tokens: i64,
-    output_tokens: i64,
-) -> (Option<Option<String>>, Option<Option<String>>) {
-    for (field, value) in [
-        ("input_tokens", input_tokens),
-        ("output_tokens", output_tokens),
-    ] {
-        if !(0..=TOKENS_MAX).contains(&value) {
+        let ledger_priced = self.common.tokens == 0;
+        if ledger_priced && self.call.model.trim().is_empty() {
             v.add(
-                field,
-                format!("must be between 0 and {TOKENS_MAX}, got {value}"),
+                "tokens",
+                "must be positive, or 0 with a priced `model` for the ledger to price the call",
             );
         }
+        let common = CommonChecked {
+            user_id: v.check(UserId::parse("user_id", self.common.user_id)),
+            tokens: v.check(Tokens::parse_count("tokens", self.common.tokens)),
+            idempotency_key: v.check(IdempotencyKey::parse(self.common.idempotency_key)),
+        };
+        let pricing = if ledger_priced {
+            Pricing::Ledger
+        } else {
+            Pricing::Caller
+        };
+        let details = self
+            .call
+            .check(&mut v, pricing)
+            .map(|call| WriteDetails::Usage { call });
+        common.finish(v, created_by, details)
     }
-    let model = v.check(optional_text("model", model, LABEL_LEN_MAX));
-    let feature = v.check(optional_text("feature", feature, LABEL_LEN_MAX));
-    (model, feature)
 }
 
 /// Taking back (part of) a credit: a refund, a dispute, an admin's correction.
@@ -476,13 +513,12 @@ pub struct CommitHold {
     pub hold_id: String,
     pub tokens: i64,
     pub idempotency_key: String,
-    pub model: String,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub feature: String,
+    pub call: CallInput,
 }
 
 impl CommitHold {
+    /// `tokens` = 0 with token counts: the ledger prices the call (with the hold's pinned
+    /// price, else the model's in force); 0 without counts: nothing was used.
     pub fn build(self, created_by: Actor) -> Result<WriteCommand, LedgerError> {
         let mut v = Violations::default();
         let common = hold_common(
@@ -493,21 +529,22 @@ impl CommitHold {
             self.idempotency_key,
         );
         let hold_id = hold_id(&mut v, &self.hold_id);
-        let (model, feature) = call_fields(
-            &mut v,
-            self.model,
-            self.feature,
-            self.input_tokens,
-            self.output_tokens,
-        );
-        let details = match (hold_id, model, feature) {
-            (Some(hold_id), Some(model), Some(feature)) => Some(WriteDetails::CommitHold {
-                hold_id,
-                model,
-                input_tokens: self.input_tokens,
-                output_tokens: self.output_tokens,
-                feature,
-            }),
+        let counted = [
+            self.call.input_tokens,
+            self.call.output_tokens,
+            self.call.cache_read_tokens,
+            self.call.cache_write_tokens,
+        ]
+        .iter()
+        .any(|c| *c != 0);
+        let pricing = if self.tokens == 0 && counted {
+            Pricing::Ledger
+        } else {
+            Pricing::Caller
+        };
+        let call = self.call.check(&mut v, pricing);
+        let details = match (hold_id, call) {
+            (Some(hold_id), Some(call)) => Some(WriteDetails::CommitHold { hold_id, call }),
             _ => None,
         };
         common.finish(v, created_by, details)
@@ -584,10 +621,12 @@ mod tests {
     fn usage(tokens: i64, model: &str) -> WriteCommand {
         Usage {
             common: common("u1", tokens, "k1"),
-            model: model.into(),
-            input_tokens: 1,
-            output_tokens: 2,
-            feature: String::new(),
+            call: CallInput {
+                model: model.into(),
+                input_tokens: 1,
+                output_tokens: 2,
+                ..Default::default()
+            },
         }
         .build(Actor::new("test"))
         .unwrap()

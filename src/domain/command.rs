@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 use super::FINGERPRINT_LEN;
 use super::{
     Actor, CreditTerms, EntryId, EntryKind, GrantSource, HoldReceipt, IdempotencyKey, Overage,
-    ReversalSource, Tokens, UserId,
+    ReversalSource, TokenCounts, Tokens, UserId,
 };
 
 /// Whether a debit may take the balance below zero.
@@ -17,6 +17,37 @@ pub enum Overdraft {
     Allowed,
     /// Admin deductions: refused when the balance does not cover them.
     Refused,
+}
+
+/// Who set a usage row's amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pricing {
+    /// The caller gave `tokens`.
+    Caller,
+    /// The caller gave `tokens` = 0: the ledger computes them from a price (the model's in force,
+    /// or the one its hold pinned) when it applies the write.
+    Ledger,
+    /// The ledger computed them with this price version (a row read back, or a priced write).
+    Priced(i64),
+}
+
+impl Pricing {
+    pub fn price_id(self) -> Option<i64> {
+        match self {
+            Pricing::Priced(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// One AI call, as the caller reported it (usage, a hold's commit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AiCall {
+    pub model: Option<String>,
+    pub feature: Option<String>,
+    /// Validated: each `0..=TOKENS_MAX`, `cache_read + cache_write <= input`.
+    pub counts: TokenCounts,
+    pub pricing: Pricing,
 }
 
 /// The kind-specific part of a write.
@@ -47,10 +78,7 @@ pub enum WriteDetails {
         period_end: DateTime<Utc>,
     },
     Usage {
-        model: Option<String>,
-        input_tokens: i64,
-        output_tokens: i64,
-        feature: Option<String>,
+        call: AiCall,
     },
     Reversal {
         original: EntryId,
@@ -75,13 +103,12 @@ pub enum WriteDetails {
     /// End a hold with the tokens actually used (`tokens`, may be 0): a usage row.
     CommitHold {
         hold_id: EntryId,
-        model: Option<String>,
-        input_tokens: i64,
-        output_tokens: i64,
-        feature: Option<String>,
+        call: AiCall,
     },
     /// End a hold unused.
-    ReleaseHold { hold_id: EntryId },
+    ReleaseHold {
+        hold_id: EntryId,
+    },
     /// Hold `tokens` more and/or until `ttl` from now.
     ExtendHold {
         hold_id: EntryId,
@@ -188,6 +215,26 @@ impl WriteCommand {
         }
     }
 
+    /// The AI call of a usage write or a hold's commit.
+    pub fn ai_call(&self) -> Option<&AiCall> {
+        match &self.details {
+            WriteDetails::Usage { call } | WriteDetails::CommitHold { call, .. } => Some(call),
+            _ => None,
+        }
+    }
+
+    /// This write as the ledger priced it: `tokens` computed with price `price_id`.
+    pub fn priced(&self, tokens: Tokens, price_id: i64) -> WriteCommand {
+        let mut priced = self.clone();
+        priced.tokens = tokens;
+        if let WriteDetails::Usage { call } | WriteDetails::CommitHold { call, .. } =
+            &mut priced.details
+        {
+            call.pricing = Pricing::Priced(price_id);
+        }
+        priced
+    }
+
     pub fn business_key(&self) -> Option<BusinessKey> {
         match &self.details {
             WriteDetails::Purchase {
@@ -291,17 +338,7 @@ impl Fingerprint {
                 self.int(period_start.timestamp_micros());
                 self.int(period_end.timestamp_micros());
             }
-            WriteDetails::Usage {
-                model,
-                input_tokens,
-                output_tokens,
-                feature,
-            } => {
-                self.opt(model);
-                self.int(*input_tokens);
-                self.int(*output_tokens);
-                self.opt(feature);
-            }
+            WriteDetails::Usage { call } => self.call(call),
             WriteDetails::Reversal {
                 original,
                 source,
@@ -334,19 +371,10 @@ impl Fingerprint {
                 self.opt(model);
                 self.opt(feature);
             }
-            WriteDetails::CommitHold {
-                hold_id,
-                model,
-                input_tokens,
-                output_tokens,
-                feature,
-            } => {
+            WriteDetails::CommitHold { hold_id, call } => {
                 self.text("commit_hold");
                 self.int(hold_id.0);
-                self.opt(model);
-                self.int(*input_tokens);
-                self.int(*output_tokens);
-                self.opt(feature);
+                self.call(call);
             }
             WriteDetails::ReleaseHold { hold_id } => {
                 self.text("release_hold");
@@ -358,6 +386,21 @@ impl Fingerprint {
                 self.int(ttl.map_or(-1, |t| t.num_milliseconds()));
             }
             WriteDetails::Settle => self.text("settle"),
+        }
+    }
+
+    /// An AI call's fields. The cache counts only when given, so the fingerprints of requests
+    /// stored before they existed stay what they were. Whether the ledger prices it follows
+    /// from `tokens` (0), which the fingerprint holds already.
+    fn call(&mut self, call: &AiCall) {
+        self.opt(&call.model);
+        self.int(call.counts.input);
+        self.int(call.counts.output);
+        self.opt(&call.feature);
+        if call.counts.cache_read != 0 || call.counts.cache_write != 0 {
+            self.text("cache");
+            self.int(call.counts.cache_read);
+            self.int(call.counts.cache_write);
         }
     }
 
@@ -398,6 +441,16 @@ pub struct Receipt {
     pub available: Option<i64>,
     /// For hold writes: the hold after the write.
     pub hold: Option<HoldReceipt>,
+    /// For usage (and commits): the tokens debited, and the price version the ledger computed
+    /// them with (`None`: caller-priced). `None` for other kinds.
+    pub charged: Option<Charge>,
+}
+
+/// What a usage row debited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    pub tokens: i64,
+    pub price_id: Option<i64>,
 }
 
 impl std::fmt::Display for BusinessKey {

@@ -13,12 +13,18 @@ use crate::error::{FieldViolation, LedgerError};
 pub mod build;
 mod command;
 mod credit;
+mod price;
 mod read;
 
-pub use command::{BusinessKey, Overdraft, Receipt, WriteCommand, WriteDetails};
+pub use command::{
+    AiCall, BusinessKey, Charge, Overdraft, Pricing, Receipt, WriteCommand, WriteDetails,
+};
 pub use credit::{
     CreditTerms, HoldReceipt, HoldState, LotSource, Overage, RolloverPolicy,
     HOLDS_PER_ACCOUNT_DEFAULT, HOLD_TTL_DEFAULT, HOLD_TTL_MAX, PRIORITY_MAX, PRIORITY_MIN,
+};
+pub use price::{
+    ModelPrice, NewPrice, Rates, Tier, TokenCounts, PRICE_UNIT, RATE_PER_MILLION_MAX, TIERS_MAX,
 };
 pub use read::{
     AccountCursor, AccountOrder, AccountSummary, Balance, DayTotals, Discrepancy, EntryLookup,

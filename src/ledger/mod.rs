@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::cache::BalanceCache;
 use crate::domain::{
     AccountOrder, AccountSummary, Balance, EntryId, EntryKind, EntryLookup, FoundEntry,
-    HistoryFilter, HoldState, JournalEntry, Overdraft, Overview, OverviewQuery, Receipt,
-    StripeEventFilter, StripeEventRow, UserId, VerifyReport, WriteCommand, USER_ID_LEN_MAX,
+    HistoryFilter, HoldState, JournalEntry, ModelPrice, NewPrice, Overdraft, Overview,
+    OverviewQuery, Receipt, StripeEventFilter, StripeEventRow, UserId, VerifyReport, WriteCommand,
+    USER_ID_LEN_MAX,
 };
 use crate::error::LedgerError;
 use crate::store::{Store, WalletQuery};
@@ -367,6 +368,24 @@ impl Ledger {
             events,
             next_page_token,
         })
+    }
+
+    /// Adds a model price version (`true`: a replay of the key's earlier call).
+    pub async fn set_price(
+        &self,
+        price: &NewPrice,
+        created_by: &str,
+    ) -> Result<(ModelPrice, bool), LedgerError> {
+        self.store.set_price(price, created_by).await
+    }
+
+    /// Model prices, with whether each is the version in force.
+    pub async fn prices(
+        &self,
+        model: Option<&str>,
+        history: bool,
+    ) -> Result<Vec<(ModelPrice, bool)>, LedgerError> {
+        self.store.prices(model, history).await
     }
 
     /// The whole ledger at one instant: liability, daily movements, top users.

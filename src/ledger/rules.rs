@@ -18,7 +18,10 @@
 //!    together never exceed the credit's amount.
 //! 5. **Range.** The balance and every running total are computed with checked arithmetic; a
 //!    write that would overflow `i64` is refused alone (`AMOUNT_OVERFLOW`).
-//! 6. **Lots and holds** (`wallet`). Before anything else, what is due on the account expires
+//! 6. **Pricing.** A usage write (or a hold's commit) with `tokens` = 0 is priced here, with
+//!    the price its hold pinned or its model's price in force at the batch's clock
+//!    (`MODEL_NOT_PRICED` without one); the priced amount then goes through every rule below.
+//! 7. **Lots and holds** (`wallet`). Before anything else, what is due on the account expires
 //!    (lots past their expiry, holds past their time), whatever becomes of the write. Credits
 //!    add a lot (paying any debt first); debits burn lots in burn order; a deduction and a
 //!    Reserve must be covered by `available = balance − held`; hold writes follow the hold's
@@ -32,8 +35,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Balance, BusinessKey, EntryId, EntryKind, HoldReceipt, HoldState, LotSource, Overage,
-    Overdraft, Receipt, Totals, WriteCommand, WriteDetails, FINGERPRINT_LEN,
+    Balance, BusinessKey, Charge, EntryId, EntryKind, HoldReceipt, HoldState, LotSource,
+    ModelPrice, Overage, Overdraft, Pricing, Receipt, Tokens, Totals, WriteCommand, WriteDetails,
+    FINGERPRINT_LEN,
 };
 use crate::error::LedgerError;
 
@@ -56,6 +60,9 @@ pub enum KeyState {
         fingerprint: Vec<u8>,
         entry_id: EntryId,
         balance_after: Option<i64>,
+        /// The row's amount and price version, which a replayed usage write answers with.
+        token_amount: Option<i64>,
+        price_id: Option<i64>,
     },
     /// Claimed by this batch's transaction, with the journal id it reserved and the fingerprint
     /// stored with it (that of the batch's first write under the key).
@@ -120,6 +127,8 @@ pub struct BatchState {
     pub debts: HashMap<i64, i64>,
     /// Most active holds one account may have.
     pub holds_per_account_max: i64,
+    /// Prices for the batch's usage writes, commits and holds.
+    pub prices: PriceBook,
 }
 
 /// One journal row to insert: write `write` of the batch, at `seq` of its account.
@@ -130,6 +139,19 @@ pub struct StagedRow {
     pub account_id: i64,
     pub seq: i64,
     pub balance_after: i64,
+    /// The signed amount: the write's own, or for a usage row the ledger priced, the price's.
+    pub token_amount: i64,
+    /// The price version a ledger-priced usage row was computed with.
+    pub price_id: Option<i64>,
+}
+
+/// The prices a batch may price its usage with, loaded under its locks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PriceBook {
+    /// The version of each model the batch names that is in force at the batch's clock.
+    pub current: HashMap<String, ModelPrice>,
+    /// The versions the batch's holds pinned, by id.
+    pub pinned: HashMap<i64, ModelPrice>,
 }
 
 /// An expiry row the rules wrote on their own. `entry_id` is a placeholder (negative) until the
@@ -207,6 +229,7 @@ enum KeyRun {
         fingerprint: Vec<u8>,
         entry_id: EntryId,
         balance_after: Option<i64>,
+        charged: Option<(i64, Option<i64>)>,
     },
     Claimed {
         entry_id: EntryId,
@@ -232,6 +255,7 @@ struct Batch {
     originals: HashMap<EntryId, Original>,
     /// Every hold loaded, as it was before the batch: what a replayed hold write answers with.
     holds_before: HashMap<i64, Hold>,
+    prices: PriceBook,
     holds_per_account_max: i64,
     rows: Vec<StagedRow>,
     expiries: Vec<StagedExpiry>,
@@ -255,10 +279,13 @@ impl Batch {
                         fingerprint,
                         entry_id,
                         balance_after,
+                        token_amount,
+                        price_id,
                     } => KeyRun::Committed {
                         fingerprint,
                         entry_id,
                         balance_after,
+                        charged: token_amount.map(|t| (-t, price_id)),
                     },
                     KeyState::Claimed { entry_id, stored } => KeyRun::Claimed {
                         entry_id,
@@ -301,6 +328,7 @@ impl Batch {
             credited: state.credited,
             originals: state.originals,
             holds_before,
+            prices: state.prices,
             holds_per_account_max: state.holds_per_account_max,
             rows: Vec::new(),
             expiries: Vec::new(),
@@ -323,11 +351,16 @@ impl Batch {
                 fingerprint: stored,
                 entry_id,
                 balance_after,
+                charged,
             }) => {
                 if stored.as_slice() != fingerprint.as_slice() {
                     return Err(conflict());
                 }
-                self.replay(cmd, *entry_id, *balance_after)
+                let mut receipt = self.replay(cmd, *entry_id, *balance_after)?;
+                if cmd.kind() == EntryKind::Usage {
+                    receipt.charged = charged.map(|(tokens, price_id)| Charge { tokens, price_id });
+                }
+                Ok(receipt)
             }
             Some(KeyRun::Claimed {
                 applied: Some((applied, receipt)),
@@ -386,6 +419,7 @@ impl Batch {
             held: None,
             available: None,
             hold,
+            charged: None,
         })
     }
 
@@ -407,21 +441,37 @@ impl Batch {
         // What is due expires whatever becomes of this write.
         let due = account.wallet.settle(now);
         stage_expiries(account, due, &mut self.expiries, &mut self.placeholders);
-        let outcome = match &cmd.details {
-            WriteDetails::Reserve { .. } => {
-                reserve(account, cmd, entry_id, now, self.holds_per_account_max)
+        // A write the ledger prices goes on as if the caller had given the priced amount.
+        let (priced_cmd, refused) = match price_of(&self.prices, account, cmd) {
+            Ok(priced) => (priced, None),
+            Err(e) => (None, Some(e)),
+        };
+        let cmd = priced_cmd.as_ref().unwrap_or(cmd);
+        let outcome = match (&cmd.details, refused) {
+            (_, Some(refused)) => Err(refused),
+            (WriteDetails::Reserve { .. }, _) => {
+                let price_id = reserve_price(&self.prices, cmd);
+                reserve(
+                    account,
+                    cmd,
+                    entry_id,
+                    now,
+                    self.holds_per_account_max,
+                    price_id,
+                )
             }
-            WriteDetails::ReleaseHold { hold_id } => release(account, *hold_id, now),
-            WriteDetails::ExtendHold { hold_id, ttl } => {
+            (WriteDetails::ReleaseHold { hold_id }, _) => release(account, *hold_id, now),
+            (WriteDetails::ExtendHold { hold_id, ttl }, _) => {
                 extend(account, *hold_id, cmd.tokens.get(), *ttl, now)
             }
-            WriteDetails::Settle => Ok(Receipt {
+            (WriteDetails::Settle, _) => Ok(Receipt {
                 transaction_id: entry_id,
                 balance: account.locked.balance,
                 replayed: false,
                 held: None,
                 available: None,
                 hold: None,
+                charged: None,
             }),
             _ => {
                 let ctx = JournalWrite {
@@ -602,6 +652,7 @@ fn reserve(
     entry_id: EntryId,
     now: DateTime<Utc>,
     holds_max: i64,
+    price_id: Option<i64>,
 ) -> Outcome {
     let WriteDetails::Reserve {
         ttl,
@@ -647,6 +698,7 @@ fn reserve(
         committed_transaction_id: None,
         committed_tokens: None,
         available_after: available - tokens,
+        price_id,
     };
     let receipt = hold_receipt(&hold, false);
     wallet.holds.push(hold);
@@ -658,6 +710,7 @@ fn reserve(
         held: None,
         available: None,
         hold: Some(receipt),
+        charged: None,
     })
 }
 
@@ -682,6 +735,7 @@ fn release(account: &mut RunningAccount, hold_id: EntryId, now: DateTime<Utc>) -
         held: None,
         available: None,
         hold,
+        charged: None,
     })
 }
 
@@ -736,6 +790,7 @@ fn extend(
         held: None,
         available: None,
         hold: Some(receipt),
+        charged: None,
     })
 }
 
@@ -826,14 +881,18 @@ impl JournalWrite<'_> {
         locked.balance = next.balance;
         locked.totals = next.totals;
         locked.last_seq += 1;
+        let price_id = cmd.ai_call().and_then(|c| c.pricing.price_id());
         self.rows.push(StagedRow {
             write: self.write,
             entry_id: self.entry_id,
             account_id: locked.account_id,
             seq: locked.last_seq,
             balance_after: locked.balance,
+            token_amount: cmd.token_amount(),
+            price_id,
         });
         let balance = locked.balance;
+        let charged = (cmd.kind() == EntryKind::Usage).then_some(Charge { tokens, price_id });
         Ok(Receipt {
             transaction_id: self.entry_id,
             balance,
@@ -841,7 +900,61 @@ impl JournalWrite<'_> {
             held: None,
             available: None,
             hold,
+            charged,
         })
+    }
+}
+
+/// Rule 6: the write as the ledger priced it, when it asks to be priced (`Pricing::Ledger`):
+/// with the price its hold pinned, else its model's (the request's, else the hold's) price in
+/// force. `Ok(None)`: nothing to price.
+fn price_of(
+    prices: &PriceBook,
+    account: &RunningAccount,
+    cmd: &WriteCommand,
+) -> Result<Option<WriteCommand>, LedgerError> {
+    let Some(call) = cmd.ai_call() else {
+        return Ok(None);
+    };
+    if call.pricing != Pricing::Ledger {
+        return Ok(None);
+    }
+    let hold = cmd.details.hold_id().and_then(|h| account.wallet.hold(h.0));
+    let pinned = hold
+        .and_then(|h| h.price_id)
+        .and_then(|id| prices.pinned.get(&id));
+    let model = call
+        .model
+        .as_deref()
+        .or_else(|| hold.and_then(|h| h.model.as_deref()));
+    let price = match (pinned, model) {
+        (Some(price), _) => price,
+        (None, Some(model)) => {
+            prices
+                .current
+                .get(model)
+                .ok_or_else(|| LedgerError::ModelNotPriced {
+                    model: model.to_string(),
+                })?
+        }
+        (None, None) => {
+            return Err(LedgerError::invalid(
+                "model",
+                "is needed for the ledger to price the call (tokens is 0)",
+            ))
+        }
+    };
+    let tokens = Tokens::parse_count("tokens", price.cost(&call.counts)?)?;
+    Ok(Some(cmd.priced(tokens, price.price_id)))
+}
+
+/// The price a new hold pins: its model's in force, if any.
+fn reserve_price(prices: &PriceBook, cmd: &WriteCommand) -> Option<i64> {
+    match &cmd.details {
+        WriteDetails::Reserve {
+            model: Some(model), ..
+        } => prices.current.get(model).map(|p| p.price_id),
+        _ => None,
     }
 }
 
@@ -896,6 +1009,7 @@ fn replay_of_credit(cmd: &WriteCommand, bk: &BusinessKey, prior: &PriorCredit) -
             held: None,
             available: None,
             hold: None,
+            charged: None,
         })
     } else {
         Err(LedgerError::BusinessKeyConflict {

@@ -5,7 +5,7 @@
 //! 1. **load** (`load`): claim every idempotency key at once, look up the committed ones, lock
 //!    every account the batch may move with one upsert, read the business keys already credited,
 //!    the credits being reversed, the accounts' live lots and (for accounts that have any, and
-//!    those the writes name) their holds;
+//!    those the writes name) their holds, and the prices of the models it must price;
 //! 2. **evaluate** (`ledger::rules::evaluate`, pure): decide every write against the running
 //!    state, staging rows and account moves;
 //! 3. **persist** (`persist`): give back the keys of refused writes, insert the journal rows with
@@ -23,12 +23,15 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection as _, Postgres, Row as _, Transaction};
 
 use super::error::is_unavailable;
+use super::prices::{price_from_row, PRICE_COLUMNS};
 use super::{credit, Store};
-use crate::domain::{Balance, BusinessKey, EntryId, EntryKind, Totals, WriteCommand, WriteDetails};
+use crate::domain::{
+    Balance, BusinessKey, EntryId, EntryKind, Pricing, Totals, WriteCommand, WriteDetails,
+};
 use crate::error::LedgerError;
 use crate::ledger::rules::{
-    self, AccountMove, BatchState, Fingerprint, KeyState, LockedAccount, Original, Outcome,
-    PriorCredit, Staged, StagedRow,
+    self, AccountMove, BatchState, Fingerprint, Hold, KeyState, LockedAccount, Original, Outcome,
+    PriceBook, PriorCredit, Staged, StagedRow,
 };
 
 /// How many times a whole batch is retried after a retryable failure (a lost business-key race,
@@ -172,6 +175,9 @@ async fn load(
     // (a batch that changes a hold moves its account), and the batch holds the row's lock. Most
     // batches (usage, credits) name no hold and touch no account with one, and skip the query.
     let holds = credit::load_holds(tx, &holders, &named).await?;
+    let now =
+        now.unwrap_or_else(|| Utc::now() + chrono::Duration::microseconds(clock_offset_micros));
+    let prices = load_prices(tx, writes, &holds, now).await?;
     let state = BatchState {
         keys,
         accounts,
@@ -182,10 +188,68 @@ async fn load(
         holds,
         debts,
         holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
+        prices,
     };
-    let now =
-        now.unwrap_or_else(|| Utc::now() + chrono::Duration::microseconds(clock_offset_micros));
     Ok((state, now))
+}
+
+/// The prices the batch may need: for every model a write asks the ledger to price or a new
+/// hold names (and the model of every hold a commit names), its version in force at `now`; and
+/// every version a loaded hold pinned. Most batches (caller-priced usage, credits) name no model
+/// to price and skip both queries.
+async fn load_prices(
+    tx: &mut Transaction<'_, Postgres>,
+    writes: &[WriteCommand],
+    holds: &[Hold],
+    now: DateTime<Utc>,
+) -> Result<PriceBook, sqlx::Error> {
+    let mut models: Vec<&str> = Vec::new();
+    let mut pricing_commits = false;
+    for w in writes {
+        match &w.details {
+            WriteDetails::Reserve {
+                model: Some(model), ..
+            } => models.push(model),
+            WriteDetails::Usage { call } | WriteDetails::CommitHold { call, .. }
+                if call.pricing == Pricing::Ledger =>
+            {
+                pricing_commits |= matches!(w.details, WriteDetails::CommitHold { .. });
+                models.extend(call.model.as_deref());
+            }
+            _ => {}
+        }
+    }
+    if pricing_commits {
+        models.extend(holds.iter().filter_map(|h| h.model.as_deref()));
+    }
+    let pinned: Vec<i64> = holds.iter().filter_map(|h| h.price_id).collect();
+    models.sort_unstable();
+    models.dedup();
+    let mut book = PriceBook::default();
+    if !models.is_empty() {
+        let sql = format!(
+            "SELECT DISTINCT ON (model) {PRICE_COLUMNS} FROM model_prices \
+             WHERE model = ANY($1) AND effective_from <= $2 ORDER BY model, effective_from DESC"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&models)
+            .bind(now)
+            .fetch_all(&mut **tx)
+            .await?;
+        for row in &rows {
+            let price = price_from_row(row)?;
+            book.current.insert(price.model.clone(), price);
+        }
+    }
+    if !pinned.is_empty() {
+        let sql = format!("SELECT {PRICE_COLUMNS} FROM model_prices WHERE price_id = ANY($1)");
+        let rows = sqlx::query(&sql).bind(&pinned).fetch_all(&mut **tx).await?;
+        for row in &rows {
+            let price = price_from_row(row)?;
+            book.pinned.insert(price.price_id, price);
+        }
+    }
+    Ok(book)
 }
 
 /// Claims the batch's new idempotency keys (in key order) and reads the committed ones with the
@@ -241,8 +305,11 @@ async fn load_keys(
     if unclaimed.is_empty() {
         return Ok(states);
     }
-    let rows: Vec<(String, Vec<u8>, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT t.k, ledger_uuid_bytes(i.request_hash), i.entry_id, j.balance_after \
+    // Key, stored fingerprint, journal id, and the row's balance after, amount and price.
+    type CommittedKey = (String, Vec<u8>, i64, Option<i64>, Option<i64>, Option<i64>);
+    let rows: Vec<CommittedKey> = sqlx::query_as(
+        "SELECT t.k, ledger_uuid_bytes(i.request_hash), i.entry_id, j.balance_after, \
+                j.token_amount, j.price_id \
          FROM unnest($1::text[]) AS t(k) \
          JOIN idempotency_keys i ON i.key_hash = ledger_key_hash(t.k) \
          LEFT JOIN journal j ON j.id = i.entry_id",
@@ -250,11 +317,13 @@ async fn load_keys(
     .bind(&unclaimed)
     .fetch_all(&mut **tx)
     .await?;
-    for (key, fingerprint, entry_id, balance_after) in rows {
+    for (key, fingerprint, entry_id, balance_after, token_amount, price_id) in rows {
         let state = KeyState::Committed {
             fingerprint,
             entry_id: EntryId(entry_id),
             balance_after,
+            token_amount,
+            price_id,
         };
         states.insert(key, state);
     }
@@ -607,7 +676,7 @@ impl CommonColumns {
             ids: rows.iter().map(|r| r.staged.entry_id.0).collect(),
             account_ids: rows.iter().map(|r| r.staged.account_id).collect(),
             seqs: rows.iter().map(|r| r.staged.seq).collect(),
-            amounts: rows.iter().map(|r| r.cmd.token_amount()).collect(),
+            amounts: rows.iter().map(|r| r.staged.token_amount).collect(),
             balances: rows.iter().map(|r| r.staged.balance_after).collect(),
             actors: rows
                 .iter()
@@ -623,37 +692,33 @@ async fn insert_usage(
 ) -> Result<(), sqlx::Error> {
     let c = CommonColumns::of(rows);
     let mut models = Vec::with_capacity(rows.len());
+    let mut features = Vec::with_capacity(rows.len());
     let mut inputs = Vec::with_capacity(rows.len());
     let mut outputs = Vec::with_capacity(rows.len());
-    let mut features = Vec::with_capacity(rows.len());
+    // NULL unless given (a NULL costs no bytes), so a plain event stays as small as before.
+    let mut cache_reads: Vec<Option<i64>> = Vec::with_capacity(rows.len());
+    let mut cache_writes: Vec<Option<i64>> = Vec::with_capacity(rows.len());
+    let mut prices = Vec::with_capacity(rows.len());
     for r in rows {
         // A commit's row is a usage row; its hold names it (`committed_transaction_id`).
-        let (model, input_tokens, output_tokens, feature) = match &r.cmd.details {
-            WriteDetails::Usage {
-                model,
-                input_tokens,
-                output_tokens,
-                feature,
-            }
-            | WriteDetails::CommitHold {
-                model,
-                input_tokens,
-                output_tokens,
-                feature,
-                ..
-            } => (model, input_tokens, output_tokens, feature),
-            _ => continue,
+        let Some(call) = r.cmd.ai_call() else {
+            continue;
         };
-        models.push(model.clone());
-        inputs.push(*input_tokens);
-        outputs.push(*output_tokens);
-        features.push(feature.clone());
+        models.push(call.model.clone());
+        features.push(call.feature.clone());
+        inputs.push(call.counts.input);
+        outputs.push(call.counts.output);
+        cache_reads.push((call.counts.cache_read != 0).then_some(call.counts.cache_read));
+        cache_writes.push((call.counts.cache_write != 0).then_some(call.counts.cache_write));
+        prices.push(r.staged.price_id);
     }
     sqlx::query(
         "INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
-         input_tokens, output_tokens, feature, created_by) \
+         input_tokens, output_tokens, feature, created_by, cache_read_tokens, cache_write_tokens, \
+         price_id) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[])",
+                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], \
+                              $11::bigint[], $12::bigint[], $13::bigint[])",
     )
     .bind(c.ids)
     .bind(c.account_ids)
@@ -665,6 +730,9 @@ async fn insert_usage(
     .bind(outputs)
     .bind(features)
     .bind(c.actors)
+    .bind(cache_reads)
+    .bind(cache_writes)
+    .bind(prices)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -54,7 +54,7 @@ const LOT_COLUMNS: &str = "lot_id, account_id, source, paid, stripe_subscription
 const HOLD_COLUMNS: &str =
     "hold_id, account_id, tokens, state, expires_at, earmarks::text, model, \
     feature, created_by, placed_at, ended_at, committed_transaction_id, committed_tokens, \
-    available_after";
+    available_after, price_id";
 
 fn lot_from_row(row: &sqlx::postgres::PgRow) -> Result<(i64, Lot), sqlx::Error> {
     let source: String = row.try_get("source")?;
@@ -99,6 +99,7 @@ fn hold_from_row(row: &sqlx::postgres::PgRow) -> Result<Hold, sqlx::Error> {
         committed_transaction_id: row.try_get("committed_transaction_id")?,
         committed_tokens: row.try_get("committed_tokens")?,
         available_after: row.try_get("available_after")?,
+        price_id: row.try_get("price_id")?,
     })
 }
 
@@ -334,12 +335,12 @@ async fn upsert_holds(
     sqlx::query(
         "INSERT INTO token_holds (hold_id, account_id, tokens, state, expires_at, earmarks, model, \
            feature, created_by, placed_at, ended_at, committed_transaction_id, committed_tokens, \
-           available_after) \
-         SELECT h, a, t, s, e, m::jsonb, mo, f, c, p, en, ct, ctk, av \
+           available_after, price_id) \
+         SELECT h, a, t, s, e, m::jsonb, mo, f, c, p, en, ct, ctk, av, pr \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::timestamptz[], \
            $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], \
-           $12::bigint[], $13::bigint[], $14::bigint[]) \
-           AS v(h, a, t, s, e, m, mo, f, c, p, en, ct, ctk, av) \
+           $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
+           AS v(h, a, t, s, e, m, mo, f, c, p, en, ct, ctk, av, pr) \
          ON CONFLICT (hold_id) DO UPDATE SET tokens = EXCLUDED.tokens, state = EXCLUDED.state, \
            expires_at = EXCLUDED.expires_at, earmarks = EXCLUDED.earmarks, \
            ended_at = EXCLUDED.ended_at, \
@@ -365,6 +366,7 @@ async fn upsert_holds(
     )
     .bind(h.iter().map(|x| x.committed_tokens).collect::<Vec<_>>())
     .bind(h.iter().map(|x| x.available_after).collect::<Vec<_>>())
+    .bind(h.iter().map(|x| x.price_id).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())

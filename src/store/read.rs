@@ -5,9 +5,9 @@ use sqlx::Row;
 
 use super::{balance_from_row, Store};
 use crate::domain::{
-    AccountCursor, AccountOrder, AccountSummary, Discrepancy, EntryId, EntryKind, EntryLookup,
-    FoundEntry, GrantSource, HistoryFilter, JournalEntry, ReversalSource, UserId, VerifyReport,
-    WriteDetails,
+    AccountCursor, AccountOrder, AccountSummary, AiCall, Discrepancy, EntryId, EntryKind,
+    EntryLookup, FoundEntry, GrantSource, HistoryFilter, JournalEntry, Pricing, ReversalSource,
+    TokenCounts, UserId, VerifyReport, WriteDetails,
 };
 use crate::error::LedgerError;
 
@@ -257,28 +257,29 @@ fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, L
             period_end: row.try_get("period_end")?,
         },
         EntryKind::Usage => {
-            let model = row.try_get("model")?;
-            let input_tokens = row
-                .try_get::<Option<i64>, _>("input_tokens")?
-                .unwrap_or_default();
-            let output_tokens = row
-                .try_get::<Option<i64>, _>("output_tokens")?
-                .unwrap_or_default();
-            let feature = row.try_get("feature")?;
+            let count = |column: &str| -> Result<i64, sqlx::Error> {
+                Ok(row.try_get::<Option<i64>, _>(column)?.unwrap_or_default())
+            };
+            let call = AiCall {
+                model: row.try_get("model")?,
+                feature: row.try_get("feature")?,
+                counts: TokenCounts {
+                    input: count("input_tokens")?,
+                    cache_read: count("cache_read_tokens")?,
+                    cache_write: count("cache_write_tokens")?,
+                    output: count("output_tokens")?,
+                },
+                pricing: match row.try_get::<Option<i64>, _>("price_id")? {
+                    Some(id) => Pricing::Priced(id),
+                    None => Pricing::Caller,
+                },
+            };
             match row.try_get::<Option<i64>, _>("hold_id")? {
                 Some(hold_id) => WriteDetails::CommitHold {
                     hold_id: EntryId(hold_id),
-                    model,
-                    input_tokens,
-                    output_tokens,
-                    feature,
+                    call,
                 },
-                None => WriteDetails::Usage {
-                    model,
-                    input_tokens,
-                    output_tokens,
-                    feature,
-                },
+                None => WriteDetails::Usage { call },
             }
         }
         EntryKind::Expiry => WriteDetails::Expiry {

@@ -110,6 +110,15 @@ impl From<LedgerError> for Status {
                 ),
             ),
             LedgerError::NotReversible(_) => Status::failed_precondition(message),
+            LedgerError::ModelNotPriced { model } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    "MODEL_NOT_PRICED",
+                    ERROR_DOMAIN,
+                    HashMap::from([("model".to_string(), model)]),
+                ),
+            ),
             LedgerError::Unauthenticated(_) | LedgerError::InvalidJwt(_) => {
                 Status::unauthenticated(message)
             }

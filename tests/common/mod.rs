@@ -621,6 +621,7 @@ pub fn usage_req(user: &str, tokens: i64, key: &str) -> pb::TrackUsageRequest {
         input_tokens: tokens / 2,
         output_tokens: tokens - tokens / 2,
         feature: "chat".into(),
+        ..Default::default()
     }
 }
 

@@ -1234,6 +1234,7 @@ fn usage_request() -> BoxedStrategy<pb::TrackUsageRequest> {
                     input_tokens,
                     output_tokens,
                     feature,
+                    ..Default::default()
                 }
             },
         )

@@ -61,6 +61,7 @@ impl LedgerService for Echo {
             transaction_id,
             balance,
             replayed,
+            ..Default::default()
         }))
     }
 
@@ -216,6 +217,20 @@ impl LedgerService for Echo {
         &self,
         _: Request<pb::GetOverviewRequest>,
     ) -> Result<Response<pb::GetOverviewResponse>, Status> {
+        not_echoed()
+    }
+
+    async fn set_model_price(
+        &self,
+        _: Request<pb::SetModelPriceRequest>,
+    ) -> Result<Response<pb::SetModelPriceResponse>, Status> {
+        not_echoed()
+    }
+
+    async fn list_model_prices(
+        &self,
+        _: Request<pb::ListModelPricesRequest>,
+    ) -> Result<Response<pb::ListModelPricesResponse>, Status> {
         not_echoed()
     }
 }

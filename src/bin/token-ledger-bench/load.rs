@@ -156,6 +156,7 @@ async fn one_call(
                     input_tokens: tokens,
                     output_tokens: 0,
                     feature: "bench".into(),
+                    ..Default::default()
                 }))
                 .await;
             if r.is_ok() {
@@ -206,6 +207,7 @@ async fn one_call(
                         input_tokens: t,
                         output_tokens: 0,
                         feature: "bench".into(),
+                        ..Default::default()
                     }
                 })
                 .collect();
@@ -261,6 +263,7 @@ async fn hold_pair(
             input_tokens: HOLD_COMMIT_TOKENS,
             output_tokens: 0,
             feature: "bench".into(),
+            ..Default::default()
         }))
         .await?;
     s.debited[account].fetch_add(HOLD_COMMIT_TOKENS, Ordering::Relaxed);

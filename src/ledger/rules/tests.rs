@@ -4,7 +4,7 @@
 use chrono::TimeZone;
 
 use super::*;
-use crate::domain::build::{Common, Deduction, Drip, Grant, Purchase, Reversal, Usage};
+use crate::domain::build::{CallInput, Common, Deduction, Drip, Grant, Purchase, Reversal, Usage};
 use crate::domain::{Actor, GrantSource, ReversalSource, TOKENS_MAX};
 
 fn common(user: &str, tokens: i64, key: &str) -> Common {
@@ -34,10 +34,12 @@ fn grant(user: &str, tokens: i64, key: &str) -> WriteCommand {
 fn usage(user: &str, tokens: i64, key: &str) -> WriteCommand {
     Usage {
         common: common(user, tokens, key),
-        model: "m".into(),
-        input_tokens: 1,
-        output_tokens: 1,
-        feature: String::new(),
+        call: CallInput {
+            model: "m".into(),
+            input_tokens: 1,
+            output_tokens: 1,
+            ..Default::default()
+        },
     }
     .build(actor())
     .unwrap()
@@ -170,6 +172,8 @@ fn a_replay_with_the_same_fingerprint_answers_the_committed_row() {
             fingerprint: write.fingerprint().to_vec(),
             entry_id: EntryId(7),
             balance_after: Some(10),
+            token_amount: None,
+            price_id: None,
         },
     );
     let (outcomes, staged) = evaluate(state, &[write], now());
@@ -194,6 +198,8 @@ fn a_replay_with_a_different_fingerprint_is_a_conflict() {
             fingerprint: grant("alice", 10, "k1").fingerprint().to_vec(),
             entry_id: EntryId(7),
             balance_after: Some(10),
+            token_amount: None,
+            price_id: None,
         },
     );
     let (outcomes, staged) = evaluate(state, &[write], now());
@@ -214,6 +220,8 @@ fn a_key_pointing_at_a_missing_row_is_a_broken_invariant_not_a_success() {
             fingerprint: write.fingerprint().to_vec(),
             entry_id: EntryId(7),
             balance_after: None,
+            token_amount: None,
+            price_id: None,
         },
     );
     let (outcomes, _) = evaluate(state, &[write], now());
@@ -504,6 +512,8 @@ fn a_batch_mixing_every_kind_on_two_accounts_matches_one_at_a_time() {
                         fingerprint: write.fingerprint().to_vec(),
                         entry_id: receipt.transaction_id,
                         balance_after: Some(receipt.balance),
+                        token_amount: None,
+                        price_id: None,
                     },
                 );
                 if let Some(bk) = write.business_key() {
@@ -565,10 +575,7 @@ fn commit_cmd(user: &str, hold: i64, tokens: i64, key: &str) -> WriteCommand {
         hold_id: hold.to_string(),
         tokens,
         idempotency_key: key.into(),
-        model: String::new(),
-        input_tokens: 0,
-        output_tokens: 0,
-        feature: String::new(),
+        call: CallInput::default(),
     }
     .build(actor())
     .unwrap()

@@ -79,6 +79,8 @@ pub struct Hold {
     pub committed_tokens: Option<i64>,
     /// `available` right after the hold was placed or last grew: never negative.
     pub available_after: i64,
+    /// The price of `model` in force when the hold was placed: its commit prices with it.
+    pub price_id: Option<i64>,
 }
 
 impl Hold {
@@ -570,6 +572,7 @@ mod tests {
             committed_transaction_id: None,
             committed_tokens: None,
             available_after: 50,
+            price_id: None,
         });
         assert!(w.settle(t(20)).is_empty(), "lot 1 is fully held");
         assert_eq!((w.balance(), w.held(), w.available()), (200, 150, 50));

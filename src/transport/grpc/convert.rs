@@ -7,7 +7,7 @@ use tonic::Status;
 
 use crate::domain::build::{self, Common};
 use crate::domain::{
-    check_text, AccountOrder, AccountSummary, Balance, CreditTerms, EntryId, EntryKind,
+    check_text, AccountOrder, AccountSummary, AiCall, Balance, CreditTerms, EntryId, EntryKind,
     EntryLookup, GrantSource, HistoryFilter, HoldState, JournalEntry, LotSource, Overage, Receipt,
     ReversalSource, RolloverPolicy, Totals, UserId, Violations, WriteDetails, STRIPE_ID_LEN_MAX,
 };
@@ -180,6 +180,7 @@ pub(super) fn hold_to_pb(user_id: &str, h: &Hold) -> pb::Hold {
             .map(|t| t.to_string())
             .unwrap_or_default(),
         committed_tokens: h.committed_tokens.unwrap_or_default(),
+        price_id: price_id_text(h.price_id),
     }
 }
 
@@ -330,6 +331,8 @@ impl From<pb::TrackUsageRequest> for build::Usage {
             input_tokens,
             output_tokens,
             feature,
+            cache_read_tokens,
+            cache_write_tokens,
         } = m;
         build::Usage {
             common: Common {
@@ -337,10 +340,14 @@ impl From<pb::TrackUsageRequest> for build::Usage {
                 tokens,
                 idempotency_key,
             },
-            model,
-            input_tokens,
-            output_tokens,
-            feature,
+            call: build::CallInput {
+                model,
+                feature,
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_write_tokens,
+            },
         }
     }
 }
@@ -557,36 +564,10 @@ fn details_to_pb(details: WriteDetails) -> (String, pb::transaction::Details) {
                 period_end: Some(chrono_to_timestamp(period_end)),
             }),
         ),
-        WriteDetails::Usage {
-            model,
-            input_tokens,
-            output_tokens,
-            feature,
-        } => (
+        WriteDetails::Usage { call } => (String::new(), Details::Usage(usage_details(call, ""))),
+        WriteDetails::CommitHold { hold_id, call } => (
             String::new(),
-            Details::Usage(pb::UsageDetails {
-                model: model.unwrap_or_default(),
-                input_tokens,
-                output_tokens,
-                feature: feature.unwrap_or_default(),
-                hold_id: String::new(),
-            }),
-        ),
-        WriteDetails::CommitHold {
-            hold_id,
-            model,
-            input_tokens,
-            output_tokens,
-            feature,
-        } => (
-            String::new(),
-            Details::Usage(pb::UsageDetails {
-                model: model.unwrap_or_default(),
-                input_tokens,
-                output_tokens,
-                feature: feature.unwrap_or_default(),
-                hold_id: hold_id.to_string(),
-            }),
+            Details::Usage(usage_details(call, &hold_id.to_string())),
         ),
         WriteDetails::Expiry {
             lot_id,
@@ -639,6 +620,24 @@ impl From<JournalEntry> for pb::Transaction {
     }
 }
 
+fn usage_details(call: AiCall, hold_id: &str) -> pb::UsageDetails {
+    pb::UsageDetails {
+        model: call.model.unwrap_or_default(),
+        input_tokens: call.counts.input,
+        output_tokens: call.counts.output,
+        feature: call.feature.unwrap_or_default(),
+        hold_id: hold_id.to_string(),
+        cache_read_tokens: call.counts.cache_read,
+        cache_write_tokens: call.counts.cache_write,
+        price_id: price_id_text(call.pricing.price_id()),
+    }
+}
+
+/// A price version as the API spells it: its id, or empty for "caller-priced".
+pub(super) fn price_id_text(price_id: Option<i64>) -> String {
+    price_id.map(|id| id.to_string()).unwrap_or_default()
+}
+
 /// Every write response has the same three fields.
 pub(super) trait FromReceipt {
     fn from_receipt(r: Receipt) -> Self;
@@ -659,9 +658,20 @@ impl_from_receipt!(
     pb::GrantResponse,
     pb::DeductResponse,
     pb::DripResponse,
-    pb::RecordPurchaseResponse,
-    pb::TrackUsageResponse
+    pb::RecordPurchaseResponse
 );
+
+impl FromReceipt for pb::TrackUsageResponse {
+    fn from_receipt(r: Receipt) -> Self {
+        Self {
+            transaction_id: r.transaction_id.to_string(),
+            balance: r.balance,
+            replayed: r.replayed,
+            tokens: r.charged.map_or(0, |c| c.tokens),
+            price_id: price_id_text(r.charged.and_then(|c| c.price_id)),
+        }
+    }
+}
 
 /// One event's answer in a TrackUsageBatch response: its code is never OK unless it committed.
 pub(super) fn usage_result(r: Result<Receipt, LedgerError>) -> pb::TrackUsageResult {
@@ -672,6 +682,8 @@ pub(super) fn usage_result(r: Result<Receipt, LedgerError>) -> pb::TrackUsageRes
             transaction_id: r.transaction_id.to_string(),
             balance: r.balance,
             replayed: r.replayed,
+            tokens: r.charged.map_or(0, |c| c.tokens),
+            price_id: price_id_text(r.charged.and_then(|c| c.price_id)),
         },
         Err(err) => {
             let status = Status::from(err);

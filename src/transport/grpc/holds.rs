@@ -3,7 +3,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{duration_from_pb, hold_to_pb, lot_to_pb, overage_from_pb};
+use super::convert::{duration_from_pb, hold_to_pb, lot_to_pb, overage_from_pb, price_id_text};
 use super::{method, Call, LedgerGrpc};
 use crate::auth::Scope;
 use crate::domain::{build, Actor, EntryId, Receipt, UserId};
@@ -117,6 +117,8 @@ pub(super) async fn commit_hold(
         input_tokens,
         output_tokens,
         feature,
+        cache_read_tokens,
+        cache_write_tokens,
     } = request.into_inner();
     call.run(async {
         let (actor, _, user_id) = call.hold_target(&hold_id).await?;
@@ -125,10 +127,14 @@ pub(super) async fn commit_hold(
             hold_id,
             tokens,
             idempotency_key,
-            model,
-            input_tokens,
-            output_tokens,
-            feature,
+            call: build::CallInput {
+                model,
+                feature,
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_write_tokens,
+            },
         };
         let receipt = call.hold_write(input.build(actor)?).await?;
         let hold = hold_of(&receipt)?;
@@ -139,6 +145,8 @@ pub(super) async fn commit_hold(
             replayed: receipt.replayed,
             hold_expired: hold.had_expired,
             held: hold.tokens,
+            tokens: receipt.charged.map_or(0, |c| c.tokens),
+            price_id: price_id_text(receipt.charged.and_then(|c| c.price_id)),
         })
     })
     .await

@@ -21,6 +21,7 @@ mod admin;
 mod billing;
 mod convert;
 mod holds;
+mod prices;
 mod reports;
 mod usage;
 
@@ -50,6 +51,8 @@ mod method {
     pub const LIST_LOTS: &str = "ListLots";
     pub const LIST_STRIPE_EVENTS: &str = "ListStripeEvents";
     pub const GET_OVERVIEW: &str = "GetOverview";
+    pub const SET_MODEL_PRICE: &str = "SetModelPrice";
+    pub const LIST_MODEL_PRICES: &str = "ListModelPrices";
 }
 
 /// The gRPC face of the ledger.
@@ -427,6 +430,20 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         request: Request<pb::GetOverviewRequest>,
     ) -> Result<Response<pb::GetOverviewResponse>, Status> {
         reports::get_overview(self, request).await
+    }
+
+    async fn set_model_price(
+        &self,
+        request: Request<pb::SetModelPriceRequest>,
+    ) -> Result<Response<pb::SetModelPriceResponse>, Status> {
+        prices::set_model_price(self, request).await
+    }
+
+    async fn list_model_prices(
+        &self,
+        request: Request<pb::ListModelPricesRequest>,
+    ) -> Result<Response<pb::ListModelPricesResponse>, Status> {
+        prices::list_model_prices(self, request).await
     }
 }
 
