@@ -87,6 +87,10 @@ pub enum Command {
     Whoami(client::WhoAmIArgs),
     /// The whole ledger: tokens outstanding, credited/used/expired per day, top users.
     Overview(client::OverviewArgs),
+    /// Add a version of a model's price (rates per million tokens of each class).
+    SetPrice(client::SetPriceArgs),
+    /// List model prices: the version in force and those scheduled (--history: every one).
+    Prices(client::PricesArgs),
     /// Load-test a ledger over real gRPC: runs `token-ledger-bench` (built beside this binary)
     /// with the same arguments; see BENCHMARKS.md.
     #[command(disable_help_flag = true)]
@@ -507,6 +511,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Accounts(a) => client::accounts(a).await,
         Command::Whoami(a) => client::who_am_i(a).await,
         Command::Overview(a) => client::overview(a).await,
+        Command::SetPrice(a) => client::set_price(a).await,
+        Command::Prices(a) => client::prices(a).await,
         Command::Bench { args } => bench(&args),
     }
 }

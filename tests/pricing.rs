@@ -524,3 +524,65 @@ async fn a_long_prompt_is_priced_by_its_tier_through_the_api() {
     // 200,001 × 6 = 1,200,006 and 1,000 × 22.5 = 22,500.
     assert_eq!(over.tokens, 1_200_006 + 22_500);
 }
+
+// Multi-threaded: the CLI runs as a blocking child process while this runtime serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sets_lists_and_uses_prices() {
+    let app = TestApp::spawn().await;
+    let url = format!("http://{}", app.addr);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_token-ledger"))
+            .args(args)
+            .args(["--ledger-url", &url, "--api-key", ADMIN_KEY])
+            .env_remove("TOKEN_LEDGER_API_KEY")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let set = run(&[
+        "set-price",
+        "--model",
+        "claude-x",
+        "--input-per-million",
+        "3000000",
+        "--cache-read-per-million",
+        "300000",
+        "--cache-write-per-million",
+        "3750000",
+        "--output-per-million",
+        "15000000",
+        "--tier",
+        "200000:6000000:600000:7500000:22500000",
+    ]);
+    assert!(set.contains("price 1 of claude-x") && set.contains("above 200000"), "{set}");
+    let listed = run(&["prices", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+    assert_eq!(json["prices"][0]["current"], true);
+    assert_eq!(json["prices"][0]["tiers"][0]["above_input_tokens"], "200000");
+    let used = run(&[
+        "usage",
+        "--user",
+        "u",
+        "--tokens",
+        "0",
+        "--model",
+        "claude-x",
+        "--input-tokens",
+        "10000",
+        "--cache-read-tokens",
+        "8000",
+        "--cache-write-tokens",
+        "1000",
+        "--output-tokens",
+        "500",
+    ]);
+    assert!(
+        used.contains(&format!("priced at {PRICED_CALL_COST} tokens with price 1")),
+        "{used}"
+    );
+}

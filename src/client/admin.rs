@@ -384,3 +384,157 @@ pub async fn overview(a: OverviewArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct SetPriceArgs {
+    /// The model, as usage reports it (e.g. gpt-4o).
+    #[arg(long)]
+    pub model: String,
+    /// Product tokens per million uncached prompt tokens.
+    #[arg(long)]
+    pub input_per_million: i64,
+    /// Per million prompt tokens read from the cache.
+    #[arg(long, default_value_t = 0)]
+    pub cache_read_per_million: i64,
+    /// Per million prompt tokens written to the cache.
+    #[arg(long, default_value_t = 0)]
+    pub cache_write_per_million: i64,
+    /// Per million output tokens (reasoning included).
+    #[arg(long)]
+    pub output_per_million: i64,
+    /// Long-context tiers, each ABOVE:INPUT:CACHE_READ:CACHE_WRITE:OUTPUT (rates per million,
+    /// applied when the prompt exceeds ABOVE tokens); repeat or comma-separate.
+    #[arg(long = "tier", value_delimiter = ',')]
+    pub tiers: Vec<String>,
+    /// When the version starts to apply, RFC 3339; now when absent.
+    #[arg(long)]
+    pub effective_from: Option<chrono::DateTime<chrono::Utc>>,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PricesArgs {
+    /// Only this model.
+    #[arg(long, default_value = "")]
+    pub model: String,
+    /// Every version, past ones included.
+    #[arg(long)]
+    pub history: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn tier_arg(spec: &str) -> anyhow::Result<pb::LongContextTier> {
+    let parts: Vec<i64> = spec
+        .split(':')
+        .map(|p| p.trim().parse::<i64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "--tier {spec:?}: expected ABOVE:INPUT:CACHE_READ:CACHE_WRITE:OUTPUT, all integers"
+            )
+        })?;
+    let [above, input, cache_read, cache_write, output] = parts[..] else {
+        anyhow::bail!(
+            "--tier {spec:?}: expected 5 numbers, ABOVE:INPUT:CACHE_READ:CACHE_WRITE:OUTPUT"
+        );
+    };
+    Ok(pb::LongContextTier {
+        above_input_tokens: above,
+        rates: Some(pb::ModelRates {
+            input_per_million: input,
+            cache_read_per_million: cache_read,
+            cache_write_per_million: cache_write,
+            output_per_million: output,
+        }),
+    })
+}
+
+fn print_price(p: &pb::ModelPrice) {
+    let r = p.rates.unwrap_or_default();
+    println!(
+        "price {} of {}: from {}{}  input {}  cache_read {}  cache_write {}  output {} (per million)",
+        p.price_id,
+        p.model,
+        time(p.effective_from),
+        if p.current { " [in force]" } else { "" },
+        r.input_per_million,
+        r.cache_read_per_million,
+        r.cache_write_per_million,
+        r.output_per_million
+    );
+    for t in &p.tiers {
+        let r = t.rates.unwrap_or_default();
+        println!(
+            "    above {} prompt tokens: input {}  cache_read {}  cache_write {}  output {}",
+            t.above_input_tokens,
+            r.input_per_million,
+            r.cache_read_per_million,
+            r.cache_write_per_million,
+            r.output_per_million
+        );
+    }
+}
+
+pub async fn set_price(a: SetPriceArgs) -> anyhow::Result<ExitCode> {
+    let tiers = a
+        .tiers
+        .iter()
+        .map(|t| tier_arg(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut c = Client::connect(&a.client).await?;
+    let key = a
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
+    let req = c.request(pb::SetModelPriceRequest {
+        model: a.model,
+        rates: Some(pb::ModelRates {
+            input_per_million: a.input_per_million,
+            cache_read_per_million: a.cache_read_per_million,
+            cache_write_per_million: a.cache_write_per_million,
+            output_per_million: a.output_per_million,
+        }),
+        tiers,
+        effective_from: a.effective_from.map(super::timestamp),
+        idempotency_key: key.clone(),
+    });
+    let r = match c.inner.set_model_price(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        json::print(&r);
+        note_key(&a.idempotency_key, &key);
+    } else {
+        print_price(&r.price.unwrap_or_default());
+        if r.replayed {
+            println!("  [replayed: nothing changed] (idempotency key {key})");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn prices(a: PricesArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::ListModelPricesRequest {
+        model: a.model,
+        include_history: a.history,
+    });
+    let r = match c.inner.list_model_prices(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        json::print(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if r.prices.is_empty() {
+        println!("no prices set");
+    }
+    r.prices.iter().for_each(print_price);
+    Ok(ExitCode::SUCCESS)
+}

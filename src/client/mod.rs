@@ -17,9 +17,12 @@ mod admin;
 mod holds;
 pub mod json;
 
-pub use admin::{accounts, overview, reverse, stripe_events, transaction, who_am_i};
 pub use admin::{
-    AccountsArgs, OverviewArgs, ReverseArgs, StripeEventsArgs, TransactionArgs, WhoAmIArgs,
+    accounts, overview, prices, reverse, set_price, stripe_events, transaction, who_am_i,
+};
+pub use admin::{
+    AccountsArgs, OverviewArgs, PricesArgs, ReverseArgs, SetPriceArgs, StripeEventsArgs,
+    TransactionArgs, WhoAmIArgs,
 };
 
 pub use holds::{commit_hold, extend_hold, holds, lots, release_hold, reserve};
