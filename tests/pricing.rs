@@ -559,11 +559,17 @@ async fn the_cli_sets_lists_and_uses_prices() {
         "--tier",
         "200000:6000000:600000:7500000:22500000",
     ]);
-    assert!(set.contains("price 1 of claude-x") && set.contains("above 200000"), "{set}");
+    assert!(
+        set.contains("price 1 of claude-x") && set.contains("above 200000"),
+        "{set}"
+    );
     let listed = run(&["prices", "--json"]);
     let json: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
     assert_eq!(json["prices"][0]["current"], true);
-    assert_eq!(json["prices"][0]["tiers"][0]["above_input_tokens"], "200000");
+    assert_eq!(
+        json["prices"][0]["tiers"][0]["above_input_tokens"],
+        "200000"
+    );
     let used = run(&[
         "usage",
         "--user",
