@@ -233,6 +233,13 @@ impl LedgerService for Echo {
     ) -> Result<Response<pb::ListModelPricesResponse>, Status> {
         not_echoed()
     }
+
+    async fn summarize_usage(
+        &self,
+        _: Request<pb::SummarizeUsageRequest>,
+    ) -> Result<Response<pb::SummarizeUsageResponse>, Status> {
+        not_echoed()
+    }
 }
 
 /// An echo server started as a child of this bench (so it has a process of its own, like the

@@ -53,6 +53,7 @@ mod method {
     pub const GET_OVERVIEW: &str = "GetOverview";
     pub const SET_MODEL_PRICE: &str = "SetModelPrice";
     pub const LIST_MODEL_PRICES: &str = "ListModelPrices";
+    pub const SUMMARIZE_USAGE: &str = "SummarizeUsage";
 }
 
 /// The gRPC face of the ledger.
@@ -444,6 +445,13 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         request: Request<pb::ListModelPricesRequest>,
     ) -> Result<Response<pb::ListModelPricesResponse>, Status> {
         prices::list_model_prices(self, request).await
+    }
+
+    async fn summarize_usage(
+        &self,
+        request: Request<pb::SummarizeUsageRequest>,
+    ) -> Result<Response<pb::SummarizeUsageResponse>, Status> {
+        reports::summarize_usage(self, request).await
     }
 }
 

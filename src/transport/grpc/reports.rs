@@ -211,3 +211,10 @@ fn overview_to_pb(o: Overview) -> pb::GetOverviewResponse {
         as_of: Some(chrono_to_timestamp(o.as_of)),
     }
 }
+
+pub(super) async fn summarize_usage(
+    _grpc: &LedgerGrpc,
+    _request: Request<pb::SummarizeUsageRequest>,
+) -> Result<Response<pb::SummarizeUsageResponse>, Status> {
+    Err(Status::unimplemented("SummarizeUsage is being built"))
+}
