@@ -1,6 +1,7 @@
 // The admin console: sign in, find accounts, look at one user's balance, holds, lots and history,
 // add or deduct tokens, release a hold, reverse a credit, export the history as CSV; find a
-// transaction by id or payment intent; browse the Stripe events; the ledger's overview. Plain DOM;
+// transaction by id or payment intent; browse the Stripe events; the ledger's overview; usage per
+// day by model (a user's and everyone's); model prices. Plain DOM;
 // every element is found by its data-testid (see index.html).
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import uPlot from "uplot";
@@ -20,6 +21,7 @@ import {
   type StripeEvent,
   type Transaction,
 } from "./gen/tokenledger/v1/ledger_pb";
+import { button, cell, clearError, el, input, setNumber, show, showError, showResult, time, tokens } from "./dom";
 import {
   callError,
   ledger,
@@ -27,8 +29,9 @@ import {
   setCredential,
   storeCredential,
   storedCredential,
-  type CallError,
 } from "./client";
+import { clearModels, loadPrices, wireModels } from "./models";
+import { usageChart } from "./usage";
 
 const PAGE_SIZE = 50;
 const MAX_TOKENS = 1_000_000_000_000n;
@@ -43,50 +46,12 @@ const TX_EVENTS_SCAN_MAX = 500;
 /// How many top users the overview asks for.
 const OVERVIEW_TOP_USERS = 10;
 
-// ---- DOM helpers -------------------------------------------------------------------------------
-
-function el<T extends HTMLElement = HTMLElement>(testid: string): T {
-  const found = document.querySelector<T>(`[data-testid="${testid}"]`);
-  if (!found) throw new Error(`missing element ${testid}`);
-  return found;
-}
-
-const input = (testid: string) => el<HTMLInputElement>(testid);
-const button = (testid: string) => el<HTMLButtonElement>(testid);
-
-function show(node: HTMLElement, visible: boolean): void {
-  node.hidden = !visible;
-}
-
-function cell(row: HTMLTableRowElement, text: string, testid: string, cls = "", title = ""): HTMLTableCellElement {
-  const td = row.insertCell();
-  td.textContent = text;
-  td.dataset.testid = testid;
-  if (cls) td.className = cls;
-  if (title) td.title = title;
-  return td;
-}
-
-// ---- formatting --------------------------------------------------------------------------------
-
-function tokens(n: bigint): string {
-  return n.toLocaleString("en-US");
-}
+/// Usage per day by model: the open user's (on the user page) and every user's (the Usage page).
+const userUsage = usageChart("user-usage", () => user.id);
+const allUsage = usageChart("usage", () => "");
 
 function signedTokens(n: bigint): string {
   return n > 0n ? `+${tokens(n)}` : tokens(n);
-}
-
-// "2026-11-24 08:40:00" (UTC); empty for an unset timestamp.
-function time(ts: Timestamp | undefined): string {
-  if (!ts) return "";
-  return timestampDate(ts).toISOString().replace("T", " ").replace(/\.\d+Z$/, "");
-}
-
-function setNumber(node: HTMLElement, n: bigint): void {
-  node.textContent = tokens(n);
-  node.dataset.value = n.toString();
-  node.classList.toggle("negative", n < 0n);
 }
 
 /** An enum value's name as the proto spells it, lower-cased ("grant", "refund"): the same
@@ -132,26 +97,6 @@ function details(tx: Transaction): string {
     default:
       return "";
   }
-}
-
-// ---- error and result boxes --------------------------------------------------------------------
-
-function showError(context: string, err: CallError | string, hint = ""): void {
-  el("error-context").textContent = context;
-  el("error-text").textContent = typeof err === "string" ? err : `${err.code}: ${err.message}${hint ? ` ${hint}` : ""}`;
-  show(el("error-box"), true);
-}
-
-function clearError(): void {
-  el("error-context").textContent = "";
-  el("error-text").textContent = "";
-  show(el("error-box"), false);
-}
-
-function showResult(text: string): void {
-  const box = el("op-result");
-  box.textContent = text;
-  show(box, text !== "");
 }
 
 // ---- sign in -----------------------------------------------------------------------------------
@@ -214,6 +159,10 @@ function signOut(): void {
   }
   chart?.destroy();
   chart = null;
+  userUsage.clear();
+  allUsage.clear();
+  allUsageShown = false;
+  clearModels();
   showView("accounts");
   el("accounts-table").querySelector("tbody")!.replaceChildren();
   show(el("accounts-more"), false);
@@ -338,13 +287,14 @@ async function openUser(id: string): Promise<void> {
     show(el(`${t}-empty`), false);
   }
   show(el("history-more"), false);
+  userUsage.reset();
   show(el("user-view"), true);
   history.replaceState(null, "", `#user=${encodeURIComponent(id)}`);
   await refreshUser();
 }
 
 async function refreshUser(): Promise<void> {
-  await Promise.all([loadBalance(), loadHolds(), loadLots(), loadHistory(false)]);
+  await Promise.all([loadBalance(), loadHolds(), loadLots(), loadHistory(false), userUsage.load()]);
 }
 
 function renderBalance(b: GetBalanceResponse | undefined): void {
@@ -656,7 +606,7 @@ async function submit(op: Op): Promise<void> {
 
 // ---- views and links ---------------------------------------------------------------------------
 
-type View = "accounts" | "transaction" | "events" | "overview";
+type View = "accounts" | "transaction" | "events" | "overview" | "usage" | "models";
 
 function showView(view: View): void {
   for (const v of document.querySelectorAll<HTMLElement>(".view")) v.hidden = v.dataset.view !== view;
@@ -670,7 +620,8 @@ function setHash(hash: string): void {
   history.replaceState(null, "", `${location.pathname}${location.search}#${hash}`);
 }
 
-// The URL says what is open: #user=<id>, #tx=<id or pi_…>, #view=events, #view=overview.
+// The URL says what is open: #user=<id>, #tx=<id or pi_…>, #view=events, #view=overview,
+// #view=usage, #view=models.
 async function routeFromHash(): Promise<void> {
   const params = new URLSearchParams(location.hash.slice(1));
   const userId = params.get("user");
@@ -680,6 +631,8 @@ async function routeFromHash(): Promise<void> {
   if (tx) return openTransaction(tx);
   if (view === "events") return openEvents();
   if (view === "overview") return openOverview();
+  if (view === "usage") return openUsage();
+  if (view === "models") return openModels();
   showView("accounts");
 }
 
@@ -1085,6 +1038,25 @@ function resizeChart(): void {
   if (chart && box.clientWidth > 0) chart.setSize({ width: box.clientWidth, height: CHART_HEIGHT });
 }
 
+// ---- usage and models --------------------------------------------------------------------------
+
+let allUsageShown = false;
+
+async function openUsage(): Promise<void> {
+  showView("usage");
+  setHash("view=usage");
+  // The first time: the last 30 days in the browser's zone; later, the range as it was left.
+  if (!allUsageShown) allUsage.reset();
+  allUsageShown = true;
+  await allUsage.load();
+}
+
+async function openModels(): Promise<void> {
+  showView("models");
+  setHash("view=models");
+  await loadPrices();
+}
+
 // ---- CSV export of a user's history ------------------------------------------------------------
 
 // The details of every kind, flattened: one column per field, empty where a row has none.
@@ -1309,6 +1281,8 @@ function start(): void {
       clearError();
       if (b.dataset.view === "events") void openEvents();
       else if (b.dataset.view === "overview") void openOverview();
+      else if (b.dataset.view === "usage") void openUsage();
+      else if (b.dataset.view === "models") void openModels();
       else {
         // Back to the accounts and the user left open there, as they were (no reload).
         showView("accounts");
@@ -1337,7 +1311,12 @@ function start(): void {
   button("events-more").addEventListener("click", () => void searchEvents(true));
   button("overview-refresh").addEventListener("click", () => void loadOverview());
   el<HTMLSelectElement>("overview-days").addEventListener("change", () => void loadOverview());
-  window.addEventListener("resize", resizeChart);
+  window.addEventListener("resize", () => {
+    resizeChart();
+    userUsage.resize();
+    allUsage.resize();
+  });
+  wireModels();
 
   const saved = storedCredential();
   if (saved) void signIn(saved, true);
