@@ -91,6 +91,8 @@ pub enum Command {
     SetPrice(client::SetPriceArgs),
     /// List model prices: the version in force and those scheduled (--history: every one).
     Prices(client::PricesArgs),
+    /// Usage sums over a window, by model, feature, local day or hour (from rollups).
+    UsageSummary(client::UsageSummaryArgs),
     /// Load-test a ledger over real gRPC: runs `token-ledger-bench` (built beside this binary)
     /// with the same arguments; see BENCHMARKS.md.
     #[command(disable_help_flag = true)]
@@ -513,6 +515,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Overview(a) => client::overview(a).await,
         Command::SetPrice(a) => client::set_price(a).await,
         Command::Prices(a) => client::prices(a).await,
+        Command::UsageSummary(a) => client::usage_summary(a).await,
         Command::Bench { args } => bench(&args),
     }
 }

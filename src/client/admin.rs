@@ -538,3 +538,94 @@ pub async fn prices(a: PricesArgs) -> anyhow::Result<ExitCode> {
     r.prices.iter().for_each(print_price);
     Ok(ExitCode::SUCCESS)
 }
+
+/// What `usage-summary` groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UsageGroupArg {
+    Model,
+    Feature,
+    Day,
+    Hour,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UsageSummaryArgs {
+    /// One user; every user when absent (needs the read scope).
+    #[arg(long = "user")]
+    pub user_id: Option<String>,
+    /// Start, RFC 3339, a whole quarter hour (inclusive).
+    #[arg(long)]
+    pub from: chrono::DateTime<chrono::Utc>,
+    /// End, RFC 3339, a whole quarter hour (exclusive).
+    #[arg(long)]
+    pub to: chrono::DateTime<chrono::Utc>,
+    /// IANA time zone of days and hours; UTC when absent.
+    #[arg(long, default_value = "")]
+    pub time_zone: String,
+    /// Group by these (comma-separated): model, feature, day, hour.
+    #[arg(long = "by", value_enum, value_delimiter = ',')]
+    pub group_by: Vec<UsageGroupArg>,
+    /// Groups per page (at most 1,000).
+    #[arg(long, default_value_t = 100)]
+    pub page_size: i32,
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub async fn usage_summary(a: UsageSummaryArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let group_by = a
+        .group_by
+        .iter()
+        .map(|g| {
+            (match g {
+                UsageGroupArg::Model => pb::UsageGroup::Model,
+                UsageGroupArg::Feature => pb::UsageGroup::Feature,
+                UsageGroupArg::Day => pb::UsageGroup::Day,
+                UsageGroupArg::Hour => pb::UsageGroup::Hour,
+            }) as i32
+        })
+        .collect();
+    let req = c.request(pb::SummarizeUsageRequest {
+        user_id: a.user_id.unwrap_or_default(),
+        from: Some(super::timestamp(a.from)),
+        to: Some(super::timestamp(a.to)),
+        time_zone: a.time_zone,
+        group_by,
+        page_size: a.page_size,
+        page_token: a.page_token,
+    });
+    let r = match c.inner.summarize_usage(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        json::print(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<10} {:>4} {:<20} {:<12} {:>8} {:>14} {:>12} {:>12} {:>12}",
+        "day", "hour", "model", "feature", "calls", "tokens", "input", "cached", "output"
+    );
+    for row in &r.rows {
+        println!(
+            "{:<10} {:>4} {:<20} {:<12} {:>8} {:>14} {:>12} {:>12} {:>12}{}",
+            dash(&row.day),
+            row.hour.map_or("-".to_string(), |h| h.to_string()),
+            dash(&row.model),
+            dash(&row.feature),
+            row.events,
+            row.tokens,
+            row.input_tokens,
+            row.cache_read_tokens + row.cache_write_tokens,
+            row.output_tokens,
+            if row.partial { "  (partial)" } else { "" }
+        );
+    }
+    if !r.next_page_token.is_empty() {
+        println!("more: --page-token {}", r.next_page_token);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -18,11 +18,12 @@ mod holds;
 pub mod json;
 
 pub use admin::{
-    accounts, overview, prices, reverse, set_price, stripe_events, transaction, who_am_i,
+    accounts, overview, prices, reverse, set_price, stripe_events, transaction, usage_summary,
+    who_am_i,
 };
 pub use admin::{
     AccountsArgs, OverviewArgs, PricesArgs, ReverseArgs, SetPriceArgs, StripeEventsArgs,
-    TransactionArgs, WhoAmIArgs,
+    TransactionArgs, UsageSummaryArgs, WhoAmIArgs,
 };
 
 pub use holds::{commit_hold, extend_hold, holds, lots, release_hold, reserve};

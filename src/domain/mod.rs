@@ -29,7 +29,7 @@ pub use price::{
 pub use read::{
     AccountCursor, AccountOrder, AccountSummary, Balance, DayTotals, Discrepancy, EntryLookup,
     FoundEntry, HistoryFilter, JournalEntry, Overview, OverviewQuery, StripeEventCursor,
-    StripeEventFilter, StripeEventRow, Totals, UserUsage, VerifyReport,
+    StripeEventFilter, StripeEventRow, Totals, UsageQuery, UsageRow, UserUsage, VerifyReport,
 };
 
 /// Longest accepted user id, in characters. Product user ids are UUIDs (36 chars); the slack is for

@@ -239,3 +239,38 @@ pub struct Overview {
     pub top_users: Vec<UserUsage>,
     pub as_of: DateTime<Utc>,
 }
+
+/// A SummarizeUsage request, validated: a window of whole quarter hours and what to group by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// One user; `None`: every user.
+    pub user_id: Option<String>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// An IANA time zone name, checked by PostgreSQL.
+    pub time_zone: String,
+    pub by_model: bool,
+    pub by_feature: bool,
+    pub by_day: bool,
+    /// Hours take precedence over days (an hour row also names its day).
+    pub by_hour: bool,
+}
+
+/// One group's usage sums; keys not grouped by are `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRow {
+    pub model: Option<String>,
+    pub feature: Option<String>,
+    /// The start of the group's local day or hour.
+    pub period_start: Option<DateTime<Utc>>,
+    pub day: Option<chrono::NaiveDate>,
+    pub hour: Option<i32>,
+    pub events: i64,
+    pub tokens: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub cache_write_tokens: i64,
+    /// The group's period is cut by the window's `from` or `to`.
+    pub partial: bool,
+}

@@ -9,8 +9,8 @@ use crate::cache::BalanceCache;
 use crate::domain::{
     AccountOrder, AccountSummary, Balance, EntryId, EntryKind, EntryLookup, FoundEntry,
     HistoryFilter, HoldState, JournalEntry, ModelPrice, NewPrice, Overdraft, Overview,
-    OverviewQuery, Receipt, StripeEventFilter, StripeEventRow, UserId, VerifyReport, WriteCommand,
-    USER_ID_LEN_MAX,
+    OverviewQuery, Receipt, StripeEventFilter, StripeEventRow, UsageQuery, UsageRow, UserId,
+    VerifyReport, WriteCommand, USER_ID_LEN_MAX,
 };
 use crate::error::LedgerError;
 use crate::store::{Store, WalletQuery};
@@ -24,8 +24,8 @@ mod writer;
 
 pub use paging::STRIPE_EVENT_ID_LEN_MAX;
 use paging::{
-    decode_account_token, decode_page_token, decode_stripe_event_token, encode_account_token,
-    encode_page_token, encode_stripe_event_token,
+    decode_account_token, decode_offset_token, decode_page_token, decode_stripe_event_token,
+    encode_account_token, encode_offset_token, encode_page_token, encode_stripe_event_token,
 };
 use reader::Readers;
 pub use reader::{
@@ -388,6 +388,34 @@ impl Ledger {
         self.store.prices(model, history).await
     }
 
+    /// A page of usage sums; the token is an offset into the groups, checked on the way in.
+    pub async fn summarize_usage(
+        &self,
+        query: &UsageQuery,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<UsageRow>, Option<String>), LedgerError> {
+        let limit = match i64::from(page_size) {
+            n if n < 0 => {
+                return Err(LedgerError::invalid(
+                    "page_size",
+                    format!("must not be negative, got {page_size}"),
+                ))
+            }
+            0 => SUMMARY_PAGE_SIZE_DEFAULT,
+            n => n.min(SUMMARY_PAGE_SIZE_MAX),
+        };
+        let offset = decode_offset_token(page_token)?;
+        let mut rows = self.store.summarize_usage(query, offset, limit + 1).await?;
+        let next = if rows.len() as i64 > limit {
+            rows.truncate(limit as usize);
+            Some(encode_offset_token(offset + limit))
+        } else {
+            None
+        };
+        Ok((rows, next))
+    }
+
     /// The whole ledger at one instant: liability, daily movements, top users.
     pub async fn overview(&self, query: &OverviewQuery) -> Result<Overview, LedgerError> {
         self.store.overview(query).await
@@ -412,6 +440,11 @@ fn page_limit(page_size: i32) -> Result<i64, LedgerError> {
         n => Ok(n.min(PAGE_SIZE_MAX)),
     }
 }
+
+/// Groups a SummarizeUsage page holds when the caller asks for none.
+pub const SUMMARY_PAGE_SIZE_DEFAULT: i64 = 100;
+/// Most groups one SummarizeUsage page holds.
+pub const SUMMARY_PAGE_SIZE_MAX: i64 = 1_000;
 
 /// One page of Stripe events.
 #[derive(Debug, Clone)]

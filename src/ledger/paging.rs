@@ -121,6 +121,29 @@ pub(super) fn decode_stripe_event_token(
     }))
 }
 
+/// Prefix of offset tokens (summaries, whose groups have no natural key to page by).
+const OFFSET_TOKEN_PREFIX: &str = "off:";
+
+pub(super) fn encode_offset_token(offset: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{OFFSET_TOKEN_PREFIX}{offset}"))
+}
+
+pub(super) fn decode_offset_token(token: &str) -> Result<i64, LedgerError> {
+    if token.is_empty() {
+        return Ok(0);
+    }
+    let bad = || LedgerError::invalid("page_token", "is not a token this server issued");
+    if token.len() > PAGE_TOKEN_LEN_MAX {
+        return Err(bad());
+    }
+    let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    String::from_utf8(raw)
+        .ok()
+        .and_then(|t| t.strip_prefix(OFFSET_TOKEN_PREFIX)?.parse::<i64>().ok())
+        .filter(|o| *o > 0)
+        .ok_or_else(bad)
+}
+
 pub(super) fn encode_page_token(seq: i64) -> String {
     URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{seq}"))
 }

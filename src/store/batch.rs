@@ -712,13 +712,30 @@ async fn insert_usage(
         cache_writes.push((call.counts.cache_write != 0).then_some(call.counts.cache_write));
         prices.push(r.staged.price_id);
     }
+    // One statement: the rows, and their sums added to the rollups (migration 0011) from what
+    // was inserted, so the two can never disagree.
     sqlx::query(
-        "INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
-         input_tokens, output_tokens, feature, created_by, cache_read_tokens, cache_write_tokens, \
-         price_id) \
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], \
-                              $11::bigint[], $12::bigint[], $13::bigint[])",
+        "WITH ins AS ( \
+           INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
+             input_tokens, output_tokens, feature, created_by, cache_read_tokens, \
+             cache_write_tokens, price_id) \
+           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
+             $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], \
+             $11::bigint[], $12::bigint[], $13::bigint[]) \
+           RETURNING account_id, created_at, model, feature, token_amount, input_tokens, \
+             output_tokens, cache_read_tokens, cache_write_tokens) \
+         INSERT INTO usage_rollups AS r \
+         SELECT account_id, ledger_usage_bucket(created_at), COALESCE(model, ''), \
+                COALESCE(feature, ''), count(*), -sum(token_amount), sum(input_tokens), \
+                sum(output_tokens), COALESCE(sum(cache_read_tokens), 0), \
+                COALESCE(sum(cache_write_tokens), 0) \
+           FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 \
+         ON CONFLICT (account_id, bucket, model, feature) DO UPDATE SET \
+           events = r.events + EXCLUDED.events, tokens = r.tokens + EXCLUDED.tokens, \
+           input_tokens = r.input_tokens + EXCLUDED.input_tokens, \
+           output_tokens = r.output_tokens + EXCLUDED.output_tokens, \
+           cache_read_tokens = r.cache_read_tokens + EXCLUDED.cache_read_tokens, \
+           cache_write_tokens = r.cache_write_tokens + EXCLUDED.cache_write_tokens",
     )
     .bind(c.ids)
     .bind(c.account_ids)

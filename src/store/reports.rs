@@ -8,7 +8,7 @@ use super::credit::snapshot;
 use super::Store;
 use crate::domain::{
     DayTotals, Overview, OverviewQuery, StripeEventCursor, StripeEventFilter, StripeEventRow,
-    UserUsage,
+    UsageQuery, UsageRow, UserUsage,
 };
 use crate::error::LedgerError;
 
@@ -111,19 +111,7 @@ impl Store {
         .bind(offset)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some(INVALID_PARAMETER_VALUE) => {
-                LedgerError::invalid(
-                    "time_zone",
-                    format!(
-                        "{:?} is not a time zone name PostgreSQL knows; use an IANA name such as \
-                         Europe/Paris, or leave it empty for UTC",
-                        q.time_zone
-                    ),
-                )
-            }
-            _ => self.saw(e).into(),
-        })?;
+        .map_err(|e| time_zone_error(e, &q.time_zone).unwrap_or_else(|e| self.saw(e).into()))?;
         let totals = sqlx::query(
             "SELECT COALESCE(sum(balance) FILTER (WHERE balance > 0), 0)::bigint AS outstanding, \
                     COALESCE(-sum(balance) FILTER (WHERE balance < 0), 0)::bigint AS overdrawn, \
@@ -179,5 +167,110 @@ impl Store {
             top_users,
             as_of,
         })
+    }
+}
+
+/// Usage sums over whole rollup buckets (migration 0011) of `[$2, $3)`, grouped as asked.
+/// A local hour is grouped by the instant it starts (a bucket minus its local minutes), so the
+/// hour repeated when DST ends stays two groups; a local day by its local midnight's instant.
+const SUMMARY_SQL: &str = "\
+WITH src AS (
+  SELECT * FROM usage_rollups
+   WHERE ($1::bigint IS NULL OR account_id = $1) AND bucket >= $2 AND bucket < $3),
+g AS (
+  SELECT CASE WHEN $5 THEN model END AS model,
+         CASE WHEN $6 THEN feature END AS feature,
+         CASE WHEN $8 THEN bucket - make_interval(mins => extract(minute FROM bucket AT TIME ZONE $4)::int)
+              WHEN $7 THEN date_trunc('day', bucket AT TIME ZONE $4) AT TIME ZONE $4 END AS period,
+         sum(events)::bigint AS events, sum(tokens)::bigint AS tokens,
+         sum(input_tokens)::bigint AS input_tokens, sum(output_tokens)::bigint AS output_tokens,
+         sum(cache_read_tokens)::bigint AS cache_read_tokens,
+         sum(cache_write_tokens)::bigint AS cache_write_tokens
+    FROM src GROUP BY 1, 2, 3)
+SELECT g.*, (g.period AT TIME ZONE $4)::date AS day,
+       CASE WHEN $8 THEN extract(hour FROM g.period AT TIME ZONE $4)::int END AS hour,
+       CASE WHEN g.period IS NULL THEN false
+            WHEN $8 THEN g.period < $2 OR g.period + interval '1 hour' > $3
+            ELSE g.period < $2 OR ((g.period AT TIME ZONE $4) + interval '1 day') AT TIME ZONE $4 > $3
+       END AS partial
+  FROM g ORDER BY g.period NULLS FIRST, g.model NULLS FIRST, g.feature NULLS FIRST
+ LIMIT $9 OFFSET $10";
+
+impl Store {
+    /// Usage sums for `q`, a page of `limit` groups from `offset`, read from the rollups only.
+    pub async fn summarize_usage(
+        &self,
+        q: &UsageQuery,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        let mut conn = self.acquire().await.map_err(|e| self.saw(e))?;
+        // The user's account, and the zone checked even when no rollup row would use it.
+        let (account,): (Option<i64>,) = sqlx::query_as(
+            "SELECT (SELECT account_id FROM accounts WHERE user_id = $1) \
+              WHERE (now() AT TIME ZONE $2) IS NOT NULL",
+        )
+        .bind(&q.user_id)
+        .bind(&q.time_zone)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| time_zone_error(e, &q.time_zone).unwrap_or_else(|e| self.saw(e).into()))?;
+        if q.user_id.is_some() && account.is_none() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(SUMMARY_SQL)
+            .bind(account)
+            .bind(q.from)
+            .bind(q.to)
+            .bind(&q.time_zone)
+            .bind(q.by_model)
+            .bind(q.by_feature)
+            .bind(q.by_day)
+            .bind(q.by_hour)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| time_zone_error(e, &q.time_zone).unwrap_or_else(|e| self.saw(e).into()))?;
+        let grouped_by_time = q.by_day || q.by_hour;
+        rows.iter()
+            .map(|r| {
+                Ok(UsageRow {
+                    model: r.try_get("model")?,
+                    feature: r.try_get("feature")?,
+                    period_start: r.try_get("period")?,
+                    day: if grouped_by_time {
+                        r.try_get("day")?
+                    } else {
+                        None
+                    },
+                    hour: r.try_get("hour")?,
+                    events: r.try_get("events")?,
+                    tokens: r.try_get("tokens")?,
+                    input_tokens: r.try_get("input_tokens")?,
+                    output_tokens: r.try_get("output_tokens")?,
+                    cache_read_tokens: r.try_get("cache_read_tokens")?,
+                    cache_write_tokens: r.try_get("cache_write_tokens")?,
+                    partial: r.try_get("partial")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}
+
+/// An unknown time zone, said of the field that named it; any other error is given back.
+fn time_zone_error(e: sqlx::Error, zone: &str) -> Result<LedgerError, sqlx::Error> {
+    match &e {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(INVALID_PARAMETER_VALUE) => {
+            Ok(LedgerError::invalid(
+                "time_zone",
+                format!(
+                    "{zone:?} is not a time zone name PostgreSQL knows; use an IANA name such as \
+                     Europe/Paris, or leave it empty for UTC"
+                ),
+            ))
+        }
+        _ => Err(e),
     }
 }

@@ -146,13 +146,28 @@ async fn one_call(
         other => other,
     };
     match scenario {
+        Scenario::Summary => {
+            let day = 86_400;
+            let now = chrono::Utc::now().timestamp() / 900 * 900;
+            let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
+            let r = client
+                .summarize_usage(s.request(pb::SummarizeUsageRequest {
+                    user_id: s.users[0].clone(),
+                    from: Some(at(now - day)),
+                    to: Some(at(now + day)),
+                    group_by: vec![pb::UsageGroup::Day as i32, pb::UsageGroup::Model as i32],
+                    ..Default::default()
+                }))
+                .await;
+            (1, r.err().map(|e| e.code()))
+        }
         Scenario::Usage | Scenario::UsageHot => {
             let r = client
                 .track_usage(s.request(pb::TrackUsageRequest {
                     user_id: user.clone(),
-                    tokens,
+                    tokens: if s.args.priced { 0 } else { tokens },
                     idempotency_key: s.key(),
-                    model: "bench-model".into(),
+                    model: BENCH_MODEL.into(),
                     input_tokens: tokens,
                     output_tokens: 0,
                     feature: "bench".into(),
@@ -201,9 +216,9 @@ async fn one_call(
                     accounts.push((a, t));
                     pb::TrackUsageRequest {
                         user_id: s.users[a].clone(),
-                        tokens: t,
+                        tokens: if s.args.priced { 0 } else { t },
                         idempotency_key: s.key(),
-                        model: "bench-model".into(),
+                        model: BENCH_MODEL.into(),
                         input_tokens: t,
                         output_tokens: 0,
                         feature: "bench".into(),
@@ -247,7 +262,7 @@ async fn hold_pair(
             user_id: s.users[account].clone(),
             tokens: HOLD_RESERVE_TOKENS,
             idempotency_key: s.key(),
-            model: "bench-model".into(),
+            model: BENCH_MODEL.into(),
             feature: "bench".into(),
             ..Default::default()
         }))
@@ -257,9 +272,9 @@ async fn hold_pair(
     client
         .commit_hold(s.request(pb::CommitHoldRequest {
             hold_id,
-            tokens: HOLD_COMMIT_TOKENS,
+            tokens: if s.args.priced { 0 } else { HOLD_COMMIT_TOKENS },
             idempotency_key: s.key(),
-            model: "bench-model".into(),
+            model: BENCH_MODEL.into(),
             input_tokens: HOLD_COMMIT_TOKENS,
             output_tokens: 0,
             feature: "bench".into(),
@@ -431,7 +446,24 @@ fn seed_grant(shared: &Shared, account: usize, k: u32) -> pb::GrantRequest {
 
 /// `--lots` credits per account (each its own lot), and `--history-rows` usage rows on the
 /// first account.
+/// The model the bench's usage names.
+const BENCH_MODEL: &str = "bench-model";
+
 async fn seed(shared: &Shared, clients: &[LedgerServiceClient<Channel>]) -> anyhow::Result<()> {
+    if shared.args.priced {
+        // One token per input token: a priced call debits what a caller-priced one would.
+        let mut c = clients[0].clone();
+        c.set_model_price(shared.request(pb::SetModelPriceRequest {
+            model: BENCH_MODEL.into(),
+            rates: Some(pb::ModelRates {
+                input_per_million: 1_000_000,
+                ..Default::default()
+            }),
+            idempotency_key: shared.key(),
+            ..Default::default()
+        }))
+        .await?;
+    }
     let lots = shared.args.lots;
     if lots > 0 {
         let started = Instant::now();

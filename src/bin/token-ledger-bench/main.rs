@@ -39,6 +39,9 @@ pub enum Scenario {
     /// Reserve then CommitHold of a smaller amount (an AI call that used less than it held),
     /// over many accounts; one operation is the pair.
     Hold,
+    /// SummarizeUsage of the first account (the one --history-rows fills) over the last day and
+    /// the next, by day and model.
+    Summary,
 }
 
 impl Scenario {
@@ -102,6 +105,11 @@ pub struct BenchArgs {
     /// not depend on history length).
     #[arg(long, default_value_t = 0)]
     pub history_rows: u64,
+    /// Usage (and hold commits) with `tokens` = 0: the ledger prices each call from a price set
+    /// for the bench's model before the run (1 token per input token, so the debited amounts,
+    /// and what `verify` checks, stay the same).
+    #[arg(long)]
+    pub priced: bool,
     /// Benchmark a running server instead of starting one (its data is not verified).
     #[arg(long)]
     pub ledger_url: Option<String>,

@@ -3,10 +3,12 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::chrono_to_timestamp;
+use super::convert::{chrono_to_timestamp, timestamp_to_chrono};
 use super::{method, Call, LedgerGrpc};
 use crate::auth::Scope;
-use crate::domain::{Overview, OverviewQuery, StripeEventFilter, StripeEventRow, UserId};
+use crate::domain::{
+    Overview, OverviewQuery, StripeEventFilter, StripeEventRow, UsageQuery, UsageRow, UserId,
+};
 use crate::error::LedgerError;
 use crate::ledger::STRIPE_EVENT_ID_LEN_MAX;
 use crate::pb;
@@ -139,8 +141,17 @@ fn overview_query(m: pb::GetOverviewRequest) -> Result<OverviewQuery, LedgerErro
         0 => OVERVIEW_TOP_USERS_DEFAULT,
         n => n.min(OVERVIEW_TOP_USERS_MAX),
     };
-    // PostgreSQL decides whether a well-formed name is a zone it knows; this keeps anything else
-    // (and anything long) away from it.
+    let time_zone = checked_time_zone(time_zone)?;
+    Ok(OverviewQuery {
+        days,
+        time_zone,
+        top_users,
+    })
+}
+
+/// A time zone name fit to send to PostgreSQL, which decides whether it knows the zone; this
+/// keeps anything else (and anything long) away from it. Empty means UTC.
+fn checked_time_zone(time_zone: String) -> Result<String, LedgerError> {
     let well_formed = time_zone.len() <= TIME_ZONE_LEN_MAX
         && time_zone
             .chars()
@@ -151,15 +162,10 @@ fn overview_query(m: pb::GetOverviewRequest) -> Result<OverviewQuery, LedgerErro
             "must be an IANA time zone name such as Europe/Paris (empty means UTC)",
         ));
     }
-    let time_zone = if time_zone.is_empty() {
+    Ok(if time_zone.is_empty() {
         "UTC".to_string()
     } else {
         time_zone
-    };
-    Ok(OverviewQuery {
-        days,
-        time_zone,
-        top_users,
     })
 }
 
@@ -213,8 +219,117 @@ fn overview_to_pb(o: Overview) -> pb::GetOverviewResponse {
 }
 
 pub(super) async fn summarize_usage(
-    _grpc: &LedgerGrpc,
-    _request: Request<pb::SummarizeUsageRequest>,
+    grpc: &LedgerGrpc,
+    request: Request<pb::SummarizeUsageRequest>,
 ) -> Result<Response<pb::SummarizeUsageResponse>, Status> {
-    Err(Status::unimplemented("SummarizeUsage is being built"))
+    let m = request.get_ref();
+    let call = Call::new(grpc, method::SUMMARIZE_USAGE, &request, &m.user_id, "");
+    let message = request.into_inner();
+    call.run(async {
+        // Every user's usage is for dashboards (`read`); one user's, also for the AI backend.
+        let allowed: &[Scope] = if message.user_id.is_empty() {
+            &[Scope::Read]
+        } else {
+            &[Scope::Read, Scope::Usage]
+        };
+        call.authorize(allowed)?;
+        let (page_size, page_token) = (message.page_size, message.page_token.clone());
+        let query = usage_query(message)?;
+        let (rows, next) = call
+            .ledger()
+            .summarize_usage(&query, page_size, &page_token)
+            .await?;
+        Ok(pb::SummarizeUsageResponse {
+            rows: rows.into_iter().map(usage_row_to_pb).collect(),
+            next_page_token: next.unwrap_or_default(),
+        })
+    })
+    .await
+}
+
+/// The rollups' grain: `from` and `to` must be whole multiples of it.
+const USAGE_GRAIN_SECS: i64 = 15 * 60;
+/// Longest SummarizeUsage window (a leap year, and a day of slack for a local-day window).
+const USAGE_WINDOW_DAYS_MAX: i64 = 367;
+
+fn usage_query(m: pb::SummarizeUsageRequest) -> Result<UsageQuery, LedgerError> {
+    let pb::SummarizeUsageRequest {
+        user_id,
+        from,
+        to,
+        time_zone,
+        group_by,
+        page_size: _,
+        page_token: _,
+    } = m;
+    let user_id = (!user_id.is_empty())
+        .then(|| UserId::parse("user_id", user_id).map(|u| u.as_str().to_string()))
+        .transpose()?;
+    let instant = |field: &'static str, ts: Option<prost_types::Timestamp>| {
+        let at = timestamp_to_chrono(field, ts)?
+            .ok_or_else(|| LedgerError::invalid(field, "is required"))?;
+        if at.timestamp() % USAGE_GRAIN_SECS != 0 || at.timestamp_subsec_nanos() != 0 {
+            return Err(LedgerError::invalid(
+                field,
+                format!(
+                    "must be a whole quarter hour (minutes 0, 15, 30 or 45, no seconds), the grain usage is summed at; got {}",
+                    at.to_rfc3339()
+                ),
+            ));
+        }
+        Ok(at)
+    };
+    let (from, to) = (instant("from", from)?, instant("to", to)?);
+    if to <= from || to - from > chrono::Duration::days(USAGE_WINDOW_DAYS_MAX) {
+        return Err(LedgerError::invalid(
+            "to",
+            format!("must be after `from` and at most {USAGE_WINDOW_DAYS_MAX} days after it"),
+        ));
+    }
+    let time_zone = checked_time_zone(time_zone)?;
+    let mut q = UsageQuery {
+        user_id,
+        from,
+        to,
+        time_zone,
+        by_model: false,
+        by_feature: false,
+        by_day: false,
+        by_hour: false,
+    };
+    for g in group_by {
+        match pb::UsageGroup::try_from(g) {
+            Ok(pb::UsageGroup::Model) => q.by_model = true,
+            Ok(pb::UsageGroup::Feature) => q.by_feature = true,
+            Ok(pb::UsageGroup::Day) => q.by_day = true,
+            Ok(pb::UsageGroup::Hour) => q.by_hour = true,
+            _ => {
+                return Err(LedgerError::invalid(
+                    "group_by",
+                    format!("{g} is not a UsageGroup: use MODEL, FEATURE, DAY or HOUR"),
+                ))
+            }
+        }
+    }
+    Ok(q)
+}
+
+fn usage_row_to_pb(r: UsageRow) -> pb::UsageSummaryRow {
+    pb::UsageSummaryRow {
+        model: r.model.unwrap_or_default(),
+        feature: r.feature.unwrap_or_default(),
+        period_start: r.period_start.map(chrono_to_timestamp),
+        day: r
+            .day
+            .map(|d| d.format("%Y-%m-%d").to_string())
+            .unwrap_or_default(),
+        hour: r.hour,
+        events: r.events,
+        tokens: r.tokens,
+        input_tokens: r.input_tokens,
+        output_tokens: r.output_tokens,
+        cache_read_tokens: r.cache_read_tokens,
+        cache_write_tokens: r.cache_write_tokens,
+        partial: r.partial,
+    }
 }
