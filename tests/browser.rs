@@ -394,7 +394,8 @@ const USAGE_A: [[i64; 4]; 3] = [
 /// What v2 makes of [`USAGE_A`]: (5,000 × 2,000,000 + 4,000 × 200,000 + 1,000 × 2,500,000 +
 /// 2,000 × 8,000,000) / 10^6; (150,000 × 4,000,000 + 1,000 × 16,000,000) / 10^6; ⌈0.2⌉.
 const USAGE_A_TOKENS: [i64; 3] = [29_300, 616_000, 1];
-const USAGE_B: [[i64; 4]; 2] = [[3_000, 1_000, 0, 500], [7, 0, 0, 3]];
+/// The page's model: a long prompt (above the tier the page set, at 50,000) and a short one.
+const USAGE_B: [[i64; 4]; 2] = [[100_000, 20_000, 0, 10_000], [7, 0, 0, 3]];
 
 #[derive(Default)]
 struct Sums {

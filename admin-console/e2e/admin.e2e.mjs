@@ -810,6 +810,7 @@ async function scenarioModels(page) {
   const A = PRICED_MODEL;
   const B = `e2e-model-b-${randomBytes(4).toString("hex")}`;
   const bRates = ["1000000", "100000", "1250000", "5000000"];
+  // A tier above 50,000 prompt tokens: tests/browser.rs (USAGE_B) reports a call above it.
   const bTier = ["50000", "2000000", "200000", "2500000", "10000000"];
   await signInAsAdmin(page);
   const actor = (await byId(page, "whoami-actor").innerText()).trim();
