@@ -411,6 +411,10 @@ async fn setting_a_price_is_retry_safe_admin_only_and_never_rewrites_the_past() 
     let first = set_price(&mut c, "m", base(), None, "k").await.unwrap();
     let again = set_price(&mut c, "m", base(), None, "k").await.unwrap();
     assert!(!first.replayed && again.replayed);
+    assert!(
+        first.price.as_ref().unwrap().current,
+        "a price from now is in force"
+    );
     assert_eq!(first.price, again.price);
     let other = set_price(&mut c, "m", rates(1, 1, 1, 1), None, "k")
         .await
@@ -428,9 +432,13 @@ async fn setting_a_price_is_retry_safe_admin_only_and_never_rewrites_the_past() 
     .unwrap_err();
     assert_eq!(bad_request_field(&past), "effective_from");
     let at = Utc::now() + Duration::days(1);
-    set_price(&mut c, "m", base(), Some(at), "k3")
+    let scheduled = set_price(&mut c, "m", base(), Some(at), "k3")
         .await
         .unwrap();
+    assert!(
+        !scheduled.price.unwrap().current,
+        "a scheduled price is not in force yet"
+    );
     let same_start = set_price(&mut c, "m", rates(1, 1, 1, 1), Some(at), "k4")
         .await
         .unwrap_err();

@@ -370,6 +370,11 @@ impl Ledger {
         })
     }
 
+    /// The ledger's time (the store's clock, which tests may move).
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.store.clock().now()
+    }
+
     /// Adds a model price version (`true`: a replay of the key's earlier call).
     pub async fn set_price(
         &self,

@@ -56,8 +56,11 @@ pub(super) async fn set_model_price(
             replayed,
             "model price set"
         );
+        // In force now unless scheduled; a later version cannot have started yet (no version
+        // starts in the past).
+        let current = price.effective_from <= call.ledger().now();
         Ok(pb::SetModelPriceResponse {
-            price: Some(price_to_pb(price, false)),
+            price: Some(price_to_pb(price, current)),
             replayed,
         })
     })
