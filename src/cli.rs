@@ -93,6 +93,8 @@ pub enum Command {
     Prices(client::PricesArgs),
     /// Usage sums over a window, by model, feature, local day or hour (from rollups).
     UsageSummary(client::UsageSummaryArgs),
+    /// Print a user's balance as it changes, one line per update (WatchBalance), until stopped.
+    Watch(client::WatchArgs),
     /// Load-test a ledger over real gRPC: runs `token-ledger-bench` (built beside this binary)
     /// with the same arguments; see BENCHMARKS.md.
     #[command(disable_help_flag = true)]
@@ -289,6 +291,9 @@ pub struct ServeArgs {
     )]
     pub holds_per_account_max: i64,
 
+    #[command(flatten)]
+    pub watch: WatchArgs,
+
     /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
     #[arg(long, env = "TOKEN_LEDGER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -311,6 +316,32 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub database: DatabaseArgs,
+}
+
+/// WatchBalance: heartbeats and limits.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// A watcher that saw no change for this long gets a heartbeat message, in seconds.
+    #[arg(long, env = "TOKEN_LEDGER_WATCH_HEARTBEAT_SECS", default_value_t = crate::ledger::watch::WATCH_HEARTBEAT_DEFAULT.as_secs())]
+    pub watch_heartbeat_secs: u64,
+
+    /// Most WatchBalance streams this process serves; beyond it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TOKEN_LEDGER_WATCHERS_MAX", default_value_t = crate::ledger::watch::WATCHERS_MAX_DEFAULT)]
+    pub watchers_max: usize,
+
+    /// Most WatchBalance streams of one user this process serves; beyond it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TOKEN_LEDGER_WATCHERS_PER_USER_MAX", default_value_t = crate::ledger::watch::WATCHERS_PER_USER_MAX_DEFAULT)]
+    pub watchers_per_user_max: usize,
+}
+
+impl WatchArgs {
+    pub fn config(&self) -> crate::ledger::watch::WatchConfig {
+        crate::ledger::watch::WatchConfig {
+            heartbeat: Duration::from_secs(self.watch_heartbeat_secs.max(1)),
+            watchers_max: self.watchers_max,
+            watchers_per_user_max: self.watchers_per_user_max,
+        }
+    }
 }
 
 /// Group commit: how concurrent writes share transactions.
@@ -516,6 +547,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::SetPrice(a) => client::set_price(a).await,
         Command::Prices(a) => client::prices(a).await,
         Command::UsageSummary(a) => client::usage_summary(a).await,
+        Command::Watch(a) => client::watch(a).await,
         Command::Bench { args } => bench(&args),
     }
 }
@@ -537,6 +569,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.write = args.write.config(args.database.db_pool_max);
         config.webhook_pool_connections_max = args.stripe_webhook_db_pool_max;
         config.expiry_sweep_interval = Duration::from_millis(args.expiry_sweep_interval_ms.max(1));
+        config.watch = args.watch.config();
         if let Some(listen) = args.metrics_listen {
             crate::metrics::install(listen).await?;
         }

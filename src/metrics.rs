@@ -10,6 +10,8 @@
 //! - `ledger_journal_rows_total{kind}`
 //! - `ledger_writes_expired_total` (writes dropped because their deadline passed while queued)
 //! - `ledger_read_batch_reads` (GetBalance calls answered per query)
+//! - `ledger_watchers` (WatchBalance streams open), `ledger_watch_notifications_total`
+//!   (balance-change notifications heard)
 //! - `ledger_active_holds` (holds active now), `ledger_holds_expired_total` (holds that lapsed
 //!   unused), `ledger_tokens_expired_total` (tokens that left balances unused at a lot's expiry)
 //! - `ledger_webhook_events_total{event_type,outcome}`, `ledger_webhook_signature_failures_total`,
@@ -135,6 +137,14 @@ fn describe() {
         "GetBalance calls answered by one query"
     );
     describe_gauge!("ledger_active_holds", "Holds active now");
+    describe_gauge!(
+        "ledger_watchers",
+        "WatchBalance streams open in this process"
+    );
+    describe_counter!(
+        "ledger_watch_notifications_total",
+        "Balance-change notifications (one per committed batch that moved accounts, from any ledger process) heard by this process"
+    );
     describe_counter!("ledger_holds_expired_total", "Holds that lapsed unused");
     describe_counter!(
         "ledger_tokens_expired_total",
@@ -157,12 +167,14 @@ fn describe() {
 
 /// Counters an operator alerts on, present at zero before their first increment.
 fn register_zeroes() {
+    gauge!("ledger_watchers").set(0.0);
     for name in [
         "ledger_batches_failed_total",
         "ledger_writes_expired_total",
         "ledger_holds_expired_total",
         "ledger_tokens_expired_total",
         "ledger_webhook_signature_failures_total",
+        "ledger_watch_notifications_total",
     ] {
         counter!(name).absolute(0);
     }
@@ -236,6 +248,16 @@ pub fn expired(tokens: i64, holds: usize) {
     if holds > 0 {
         counter!("ledger_holds_expired_total").increment(holds as u64);
     }
+}
+
+/// Balance watchers (WatchBalance streams) open in this process.
+pub fn watchers(active: usize) {
+    gauge!("ledger_watchers").set(active as f64);
+}
+
+/// One balance-change notification heard by this process's listener.
+pub fn watch_notification() {
+    counter!("ledger_watch_notifications_total").increment(1);
 }
 
 pub fn read_batch(reads: usize) {

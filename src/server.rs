@@ -16,6 +16,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{ApiKey, Authenticator};
 use crate::jwt::JwtVerifier;
+use crate::ledger::watch::{Watch, WatchConfig};
 use crate::ledger::{Ledger, WriteConfig};
 use crate::pb;
 use crate::pb::ledger_service_server::LedgerServiceServer;
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub webhook_pool_connections_max: u32,
     /// How often the expiry sweeper writes what is due (expired lots, lapsed holds).
     pub expiry_sweep_interval: Duration,
+    /// WatchBalance: heartbeat interval and watcher limits.
+    pub watch: WatchConfig,
 }
 
 impl ServerConfig {
@@ -71,6 +74,7 @@ impl ServerConfig {
             write: WriteConfig::default(),
             webhook_pool_connections_max: crate::webhook::POOL_CONNECTIONS_MAX_DEFAULT,
             expiry_sweep_interval: crate::ledger::sweeper::SWEEP_INTERVAL_DEFAULT,
+            watch: WatchConfig::default(),
         }
     }
 }
@@ -198,11 +202,14 @@ impl Application {
             core.clone(),
             config.expiry_sweep_interval,
         ));
+        // Watchers end when the server stops: a stream left open would hold the drain forever.
+        let watch = Watch::start(core.clone(), config.watch, stop_rx.clone());
         let ledger = LedgerGrpc::new(
             core,
             Authenticator::new(config.api_keys.clone()).with_jwt(config.jwt.clone()),
         )
-        .with_request_timeout(config.request_timeout);
+        .with_request_timeout(config.request_timeout)
+        .with_watch(watch);
         let webhook_task = match webhook {
             Some(w) => {
                 // Its own pool, so reversals holding a payment intent's lock across their ledger

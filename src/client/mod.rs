@@ -16,6 +16,7 @@ use crate::pb::ledger_service_client::LedgerServiceClient;
 mod admin;
 mod holds;
 pub mod json;
+mod watch;
 
 pub use admin::{
     accounts, overview, prices, reverse, set_price, stripe_events, transaction, usage_summary,
@@ -28,6 +29,7 @@ pub use admin::{
 
 pub use holds::{commit_hold, extend_hold, holds, lots, release_hold, reserve};
 pub use holds::{CommitHoldArgs, ExtendHoldArgs, HoldArgs, ListArgs, ReserveArgs};
+pub use watch::{watch, WatchArgs};
 
 /// The `authorization` metadata value for an API key (`Bearer <key>`): the one place every
 /// client of the ledger (this CLI, the remote webhook adapter, the load generator) builds it.

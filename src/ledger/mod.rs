@@ -20,6 +20,7 @@ mod paging;
 mod reader;
 pub mod rules;
 pub mod sweeper;
+pub mod watch;
 mod writer;
 
 pub use paging::STRIPE_EVENT_ID_LEN_MAX;

@@ -475,7 +475,9 @@ async fn persist(
     move_accounts(tx, &staged.moved).await
 }
 
-/// Each moved account once, to the balance and totals the rules computed.
+/// Each moved account once, to the balance and totals the rules computed; and, in the same
+/// statement (no extra round trip), one `NOTIFY ledger_balance` naming them (`notify`), which
+/// PostgreSQL delivers to every listening ledger process when, and only if, this commits.
 async fn move_accounts(
     tx: &mut Transaction<'_, Postgres>,
     moved: &[AccountMove],
@@ -489,8 +491,10 @@ async fn move_accounts(
     let wallet = |f: fn(&AccountMove) -> Option<DateTime<Utc>>| {
         moved.iter().map(f).collect::<Vec<Option<DateTime<Utc>>>>()
     };
+    let payloads = super::notify::balance_payloads(moved.iter().map(|m| m.user_id.as_str()));
     sqlx::query(
-        "UPDATE accounts a SET balance = v.balance, last_seq = v.last_seq, \
+        "WITH moved AS ( \
+         UPDATE accounts a SET balance = v.balance, last_seq = v.last_seq, \
            granted_total = v.granted, deducted_total = v.deducted, purchased_total = v.purchased, \
            dripped_total = v.dripped, used_total = v.used, reversed_total = v.reversed, \
            updated_at = v.updated_at, expired_total = v.expired, held = v.held, debt = v.debt, \
@@ -503,7 +507,8 @@ async fn move_accounts(
            AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, \
                 updated_at, expired, held, debt, active_holds, settle_at, next_expiry_at, \
                 next_expiry_tokens) \
-         WHERE a.account_id = v.account_id AND a.account_id = ANY($1)",
+         WHERE a.account_id = v.account_id AND a.account_id = ANY($1) RETURNING 1) \
+         SELECT pg_notify($19, p) FROM unnest($18::text[]) AS p",
     )
     .bind(col(|m| m.account_id))
     .bind(col(|m| m.balance.balance))
@@ -522,6 +527,8 @@ async fn move_accounts(
     .bind(wallet(|m| m.wallet.settle_at))
     .bind(wallet(|m| m.wallet.next_expiry.map(|(at, _)| at)))
     .bind(col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t)))
+    .bind(payloads)
+    .bind(super::notify::BALANCE_CHANNEL)
     .execute(&mut **tx)
     .await?;
     Ok(())

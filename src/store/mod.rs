@@ -21,6 +21,7 @@ mod balances;
 mod batch;
 mod credit;
 mod error;
+pub mod notify;
 mod prices;
 mod read;
 mod reports;

@@ -240,6 +240,15 @@ impl LedgerService for Echo {
     ) -> Result<Response<pb::SummarizeUsageResponse>, Status> {
         not_echoed()
     }
+
+    type WatchBalanceStream = tokio_stream::Empty<Result<pb::BalanceUpdate, Status>>;
+
+    async fn watch_balance(
+        &self,
+        _: Request<pb::WatchBalanceRequest>,
+    ) -> Result<Response<Self::WatchBalanceStream>, Status> {
+        not_echoed()
+    }
 }
 
 /// An echo server started as a child of this bench (so it has a process of its own, like the

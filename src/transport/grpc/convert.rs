@@ -497,6 +497,19 @@ pub(super) fn balance_to_pb(user_id: &UserId, b: Balance) -> pb::GetBalanceRespo
     }
 }
 
+/// One WatchBalance message.
+pub(super) fn balance_update(user_id: &UserId, b: &Balance, heartbeat: bool) -> pb::BalanceUpdate {
+    pb::BalanceUpdate {
+        user_id: user_id.to_string(),
+        balance: b.balance,
+        held: b.held,
+        available: b.available(),
+        seq: b.transaction_count,
+        updated_at: b.updated_at.map(chrono_to_timestamp),
+        heartbeat,
+    }
+}
+
 impl From<AccountSummary> for pb::Account {
     fn from(a: AccountSummary) -> Self {
         pb::Account {

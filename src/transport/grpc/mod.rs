@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::auth::{Authenticator, Caller, Scope};
 use crate::domain::WriteCommand;
 use crate::error::LedgerError;
+use crate::ledger::watch::Watch;
 use crate::ledger::Ledger;
 use crate::pb;
 
@@ -24,6 +25,7 @@ mod holds;
 mod prices;
 mod reports;
 mod usage;
+mod watch;
 
 use convert::FromReceipt;
 
@@ -54,6 +56,7 @@ mod method {
     pub const SET_MODEL_PRICE: &str = "SetModelPrice";
     pub const LIST_MODEL_PRICES: &str = "ListModelPrices";
     pub const SUMMARIZE_USAGE: &str = "SummarizeUsage";
+    pub const WATCH_BALANCE: &str = "WatchBalance";
 }
 
 /// The gRPC face of the ledger.
@@ -64,6 +67,8 @@ pub struct LedgerGrpc {
     /// The server's own limit on a call (`--request-timeout-ms`); a caller's `grpc-timeout` may
     /// only shorten it.
     request_timeout: Option<Duration>,
+    /// The watched balances (WatchBalance); without it WatchBalance is UNAVAILABLE.
+    watch: Option<Watch>,
 }
 
 impl LedgerGrpc {
@@ -72,7 +77,14 @@ impl LedgerGrpc {
             ledger,
             auth,
             request_timeout: None,
+            watch: None,
         }
+    }
+
+    /// Serves WatchBalance from `watch`.
+    pub fn with_watch(mut self, watch: Watch) -> Self {
+        self.watch = Some(watch);
+        self
     }
 
     /// Answers every call within `timeout` (`DEADLINE_EXCEEDED` past it).
@@ -452,6 +464,15 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         request: Request<pb::SummarizeUsageRequest>,
     ) -> Result<Response<pb::SummarizeUsageResponse>, Status> {
         reports::summarize_usage(self, request).await
+    }
+
+    type WatchBalanceStream = watch::WatchBalanceStream;
+
+    async fn watch_balance(
+        &self,
+        request: Request<pb::WatchBalanceRequest>,
+    ) -> Result<Response<Self::WatchBalanceStream>, Status> {
+        watch::watch_balance(self, request).await
     }
 }
 

@@ -1,0 +1,158 @@
+//! Balance-change notifications between ledger processes: what a committing batch tells
+//! PostgreSQL (`NOTIFY ledger_balance`, sent by the batch's own transaction, so only at commit
+//! and only if it commits), and the one `LISTEN` connection per process that hears it.
+//!
+//! A payload is a JSON array of the moved accounts' user ids (JSON, so ids with commas or quotes
+//! need no escaping scheme of our own). A batch sends one notification; only a batch whose ids
+//! do not fit in PostgreSQL's payload limit sends several.
+
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+
+use super::Store;
+
+/// The channel every balance change is announced on.
+pub const BALANCE_CHANNEL: &str = "ledger_balance";
+
+/// Largest payload one notification carries. PostgreSQL refuses 8,000 bytes and more.
+pub const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_999;
+
+/// The payloads announcing `user_ids`: JSON arrays, each at most [`NOTIFY_PAYLOAD_BYTES_MAX`]
+/// bytes, as few as fit (one for any ordinary batch). Empty when no id is given.
+pub fn balance_payloads<'a>(user_ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut payloads = Vec::new();
+    let mut current = String::from("[");
+    for id in user_ids {
+        let quoted = serde_json::Value::from(id).to_string();
+        // One more id, its comma and the closing bracket.
+        if current.len() > 1 && current.len() + 1 + quoted.len() + 1 > NOTIFY_PAYLOAD_BYTES_MAX {
+            current.push(']');
+            payloads.push(std::mem::replace(&mut current, String::from("[")));
+        }
+        if current.len() > 1 {
+            current.push(',');
+        }
+        current.push_str(&quoted);
+    }
+    if current.len() > 1 {
+        current.push(']');
+        payloads.push(current);
+    }
+    payloads
+}
+
+/// The user ids a payload announces; `None` for a payload this version did not write.
+pub fn parse_balance_payload(payload: &str) -> Option<Vec<String>> {
+    serde_json::from_str(payload).ok()
+}
+
+/// What the listener heard.
+#[derive(Debug)]
+pub enum Heard {
+    /// Balances of these users changed (their transactions have committed).
+    Changed(Vec<String>),
+    /// The connection was lost: whatever was announced until it is back is never heard.
+    Lost,
+}
+
+/// One `LISTEN ledger_balance` connection, on a one-connection pool of its own so it never
+/// takes a connection the ledger's calls need.
+#[derive(Debug)]
+pub struct BalanceListener {
+    pool: PgPool,
+    listener: Option<PgListener>,
+}
+
+impl Store {
+    /// A listener for balance changes (not yet connected: see [`BalanceListener::connect`]).
+    pub fn balance_listener(&self) -> BalanceListener {
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name("token-ledger-listen");
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy_with(options);
+        BalanceListener {
+            pool,
+            listener: None,
+        }
+    }
+}
+
+impl BalanceListener {
+    /// (Re)connects and listens. Announcements made before this returns may have been missed.
+    pub async fn connect(&mut self) -> Result<(), sqlx::Error> {
+        // The old listener, if any, gives its connection back (after an UNLISTEN) first.
+        self.listener = None;
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(BALANCE_CHANNEL).await?;
+        self.listener = Some(listener);
+        Ok(())
+    }
+
+    /// The next announcement, or `Lost` (after which `connect` must be called again).
+    pub async fn next(&mut self) -> Heard {
+        let Some(listener) = self.listener.as_mut() else {
+            return Heard::Lost;
+        };
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => match parse_balance_payload(notification.payload()) {
+                    Some(users) => return Heard::Changed(users),
+                    None => tracing::warn!(
+                        payload_bytes = notification.payload().len(),
+                        "ignoring a balance notification this version cannot read"
+                    ),
+                },
+                Ok(None) => {
+                    self.listener = None;
+                    return Heard::Lost;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "the balance listener failed");
+                    self.listener = None;
+                    return Heard::Lost;
+                }
+            }
+        }
+    }
+
+    /// Closes the listener's connection.
+    pub async fn close(mut self) {
+        self.listener = None;
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_with_commas_and_quotes_come_back_as_they_went() {
+        let ids = ["a,b", "say \"hi\"", "plain", "ünï,cödé"];
+        let payloads = balance_payloads(ids);
+        assert_eq!(payloads.len(), 1);
+        assert_eq!(parse_balance_payload(&payloads[0]).unwrap(), ids);
+    }
+
+    #[test]
+    fn a_batch_over_the_payload_limit_is_split_and_nothing_is_lost() {
+        let ids: Vec<String> = (0..2_000).map(|i| format!("user-{i:06},x")).collect();
+        let payloads = balance_payloads(ids.iter().map(String::as_str));
+        assert!(payloads.len() > 1);
+        let mut back = Vec::new();
+        for p in &payloads {
+            assert!(p.len() <= NOTIFY_PAYLOAD_BYTES_MAX, "{}", p.len());
+            back.extend(parse_balance_payload(p).unwrap());
+        }
+        assert_eq!(back, ids);
+        // Full payloads: a split happens only when the next id would not fit.
+        assert!(payloads[0].len() > NOTIFY_PAYLOAD_BYTES_MAX - 20);
+    }
+
+    #[test]
+    fn no_ids_no_payload() {
+        assert!(balance_payloads(std::iter::empty()).is_empty());
+    }
+}
