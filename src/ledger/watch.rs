@@ -7,10 +7,10 @@
 //! ordinary read path (`Ledger::balance`, whose queries start after the announcement arrived,
 //! so they see the commit: reader.rs) and publishes it on that user's `tokio::sync::watch`
 //! channel. A watch channel holds only the newest value, so a watcher that reads slowly skips
-//! what it missed and gets the latest; and a value is published only when its `seq` (the
-//! account's journal row count, which every change increments) is above the one published, so
-//! no watcher ever sees an older balance after a newer one, whichever of two concurrent reads
-//! finishes first.
+//! what it missed and gets the latest; and a value is published only when its version (`seq`,
+//! the account's journal row count, then `updated_at` for hold changes, which write no journal
+//! row: see [`version`]) is above the one published, so no watcher ever sees an older balance
+//! after a newer one, whichever of two concurrent reads finishes first.
 //!
 //! Announcements made while the listener is disconnected are lost: when it reconnects, every
 //! watched user is re-read.
@@ -103,7 +103,8 @@ enum Reread {
 /// What a watcher gets next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
-    /// A balance newer than any the watcher was given (or resumed after).
+    /// A balance newer than any the watcher was given (or resumed after): a higher seq, or the
+    /// same seq with holds changed.
     Changed(Balance),
     /// Nothing changed for a heartbeat interval; the latest balance.
     Heartbeat(Balance),
@@ -137,7 +138,8 @@ impl Watch {
             latest,
             // Resuming from 0 means nothing was seen: even a new account's empty balance (seq 0)
             // is sent.
-            sent_seq: if after_seq == 0 { -1 } else { after_seq },
+            after_seq: if after_seq == 0 { -1 } else { after_seq },
+            sent: None,
             first: true,
             heartbeat_at: Instant::now() + self.hub.config.heartbeat,
             stop: self.hub.stop.clone(),
@@ -201,7 +203,7 @@ impl Hub {
         let users = self.users();
         if let Some(watched) = users.watched.get(user) {
             watched.latest.send_if_modified(|latest| match latest {
-                Some(old) if old.transaction_count >= balance.transaction_count => false,
+                Some(old) if version(old) >= version(&balance) => false,
                 _ => {
                     *latest = Some(balance);
                     true
@@ -266,6 +268,17 @@ async fn reread(hub: Arc<Hub>, user_id: UserId) {
     }
 }
 
+/// Orders an account's states: by `seq`, the journal row count; then, for changes that write
+/// no journal row (a hold placed, extended or released), by `updated_at`, which every move of
+/// the account sets to the batch's clock read after the account's lock was taken, so a later
+/// move always has a later time. A value read earlier never has a higher version than one read
+/// after it.
+type Version = (i64, Option<chrono::DateTime<chrono::Utc>>);
+
+fn version(b: &Balance) -> Version {
+    (b.transaction_count, b.updated_at)
+}
+
 /// Resolves once `stop` is `true` (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
@@ -294,7 +307,7 @@ async fn listen(hub: Arc<Hub>, mut listener: BalanceListener) {
             wait = (wait * 2).min(RECONNECT_WAIT_MAX);
             continue;
         }
-        if lost {
+        if std::mem::take(&mut lost) {
             tracing::info!("the balance listener is back: re-reading every watched balance");
         }
         wait = RECONNECT_WAIT_MIN;
@@ -326,8 +339,10 @@ pub struct Watcher {
     hub: Arc<Hub>,
     user: String,
     latest: watch::Receiver<Option<Balance>>,
-    /// The highest seq the watcher was given, or resumed after.
-    sent_seq: i64,
+    /// The watcher's first balance is sent only if its seq is above this.
+    after_seq: i64,
+    /// The version of the newest balance the watcher was given (or, resuming, had already seen).
+    sent: Option<Version>,
     /// The current balance has not been looked at yet.
     first: bool,
     heartbeat_at: Instant,
@@ -367,10 +382,18 @@ impl Watcher {
     /// The latest balance, if the watcher has not had it (or a newer one) yet.
     fn newer(&mut self) -> Option<WatchEvent> {
         let latest = self.latest.borrow_and_update().clone()?;
-        if latest.transaction_count <= self.sent_seq {
-            return None;
+        let now = version(&latest);
+        match self.sent {
+            // A resumed watcher has seen everything up to its seq. (A hold changed since, at the
+            // same seq, shows in the next heartbeat, which carries the latest figures.)
+            None if latest.transaction_count <= self.after_seq => {
+                self.sent = Some(now);
+                return None;
+            }
+            Some(sent) if now <= sent => return None,
+            _ => {}
         }
-        self.sent_seq = latest.transaction_count;
+        self.sent = Some(now);
         self.heartbeat_at = Instant::now() + self.hub.config.heartbeat;
         Some(WatchEvent::Changed(latest))
     }

@@ -402,6 +402,8 @@ pub struct TestOptions {
     /// The expiry sweeper's interval: an hour by default, so a test sees what reads and writes
     /// settle on their own unless it runs a sweep itself.
     pub expiry_sweep_interval: Duration,
+    /// WatchBalance's heartbeat and limits.
+    pub watch: token_ledger::ledger::watch::WatchConfig,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -423,6 +425,7 @@ impl Default for TestOptions {
             webhook_pool_connections_max: None,
             holds_per_account_max: token_ledger::domain::HOLDS_PER_ACCOUNT_DEFAULT,
             expiry_sweep_interval: Duration::from_secs(3600),
+            watch: Default::default(),
         }
     }
 }
@@ -466,6 +469,7 @@ impl TestApp {
         config.jwt = options.jwt;
         config.cors_origins = options.cors_origins;
         config.write = options.write;
+        config.watch = options.watch;
         if let Some(timeout) = options.request_timeout {
             config.request_timeout = timeout;
         }

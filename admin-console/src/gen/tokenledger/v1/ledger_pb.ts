@@ -2818,7 +2818,8 @@ export type WatchBalanceRequest = Message<"tokenledger.v1.WatchBalanceRequest"> 
   userId: string;
 
   /**
-   * Resume: the stream sends nothing with a `seq` at or below this (0: send the current balance).
+   * Resume: the current balance is sent only if its `seq` is above this (0: always). A hold
+   * changed at that same `seq` meanwhile shows in the next heartbeat, whose figures are the latest.
    *
    * @generated from field: int64 after_seq = 2;
    */
@@ -2864,14 +2865,16 @@ export type BalanceUpdate = Message<"tokenledger.v1.BalanceUpdate"> & {
 
   /**
    * The account's journal row count (GetBalance's `transaction_count`): it grows with every
-   * change, so a client keeps the update with the highest `seq` and resumes from it.
+   * journal row, and a client resumes from the last one it got. A hold placed, extended or
+   * released writes no journal row: its update has the same `seq` and a later `updated_at`.
    *
    * @generated from field: int64 seq = 5;
    */
   seq: bigint;
 
   /**
-   * When the balance last changed; unset for a user with no journal rows.
+   * When the account last changed; unset for a user with no journal rows. With `seq`, it orders
+   * updates: a later one never has a lower (`seq`, `updated_at`).
    *
    * @generated from field: google.protobuf.Timestamp updated_at = 6;
    */
