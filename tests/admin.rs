@@ -235,29 +235,37 @@ async fn grpc_web(
     (status, headers, body)
 }
 
+/// The body of a chunked response: every complete chunk so far (a stream still open may end
+/// in a partial one).
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+        let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
         let size =
             usize::from_str_radix(std::str::from_utf8(&data[..line_end]).unwrap().trim(), 16)
                 .unwrap();
         data = &data[line_end + 2..];
-        if size == 0 {
+        if size == 0 || data.len() < size {
             return out;
         }
         out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
+        data = &data[(size + 2).min(data.len())..];
     }
 }
 
-/// Splits a grpc-web body into (data messages, trailers text).
+/// Splits a grpc-web body into (data messages, trailers text); a partial last frame (of a
+/// stream still open) is left out.
 fn frames(mut body: &[u8]) -> (Vec<Vec<u8>>, String) {
     let mut messages = Vec::new();
     let mut trailers = String::new();
     while body.len() >= 5 {
         let flag = body[0];
         let len = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+        if body.len() < 5 + len {
+            break;
+        }
         let payload = &body[5..5 + len];
         if flag & 0x80 != 0 {
             trailers.push_str(&String::from_utf8_lossy(payload));
@@ -310,6 +318,101 @@ async fn grpc_web_carries_a_unary_call_and_its_status_in_trailers() {
     assert!(
         all.contains("grpc-status: 16") || all.contains("grpc-status:16"),
         "{all}"
+    );
+}
+
+/// A server-streaming grpc-web call over plain HTTP/1.1, read as it arrives (the stream stays
+/// open).
+struct GrpcWebStream {
+    stream: tokio::net::TcpStream,
+    response: Vec<u8>,
+}
+
+impl GrpcWebStream {
+    async fn open(app: &TestApp, method: &str, message: &[u8], extra_headers: &str) -> Self {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        body.extend_from_slice(message);
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        let head = format!(
+            "POST /tokenledger.v1.LedgerService/{method} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/grpc-web+proto\r\n\
+             X-Grpc-Web: 1\r\nAccept: application/grpc-web+proto\r\nContent-Length: {}\r\n{extra_headers}\r\n",
+            app.addr,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        Self {
+            stream,
+            response: Vec::new(),
+        }
+    }
+
+    /// Reads until `wanted` data messages have come in all: (response headers, the messages).
+    async fn until(&mut self, wanted: usize) -> (String, Vec<Vec<u8>>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(split) = self.response.windows(4).position(|w| w == b"\r\n\r\n") {
+                let headers = String::from_utf8_lossy(&self.response[..split]).to_string();
+                let mut body = self.response[split + 4..].to_vec();
+                if headers
+                    .to_ascii_lowercase()
+                    .contains("transfer-encoding: chunked")
+                {
+                    body = dechunk(&body);
+                }
+                let (messages, _) = frames(&body);
+                if messages.len() >= wanted {
+                    return (headers, messages);
+                }
+            }
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .expect("the stream did not bring enough messages in time")
+                .unwrap();
+            assert!(n > 0, "the server closed the stream: {:?}", self.response);
+            self.response.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn grpc_web_carries_watch_balance_as_it_happens() {
+    let app = jwt_app(jwt_settings()).await;
+    let mut c = app.client().await;
+    c.grant(admin(grant_req("web-watch", 500, "g1")))
+        .await
+        .unwrap();
+    let auth = format!("Authorization: Bearer {READ_KEY}\r\n");
+    let request = pb::WatchBalanceRequest {
+        user_id: "web-watch".into(),
+        after_seq: 0,
+    }
+    .encode_to_vec();
+
+    let mut stream = GrpcWebStream::open(&app, "WatchBalance", &request, &auth).await;
+    // The first message is the current balance; once it came the watcher is registered, and a
+    // write brings the second.
+    let (headers, messages) = stream.until(1).await;
+    assert!(headers.starts_with("HTTP/1.1 200"), "{headers}");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/grpc-web"),
+        "{headers}"
+    );
+    let first = pb::BalanceUpdate::decode(messages[0].as_slice()).unwrap();
+    assert_eq!((first.seq, first.balance, first.heartbeat), (1, 500, false));
+
+    c.track_usage(with_key(USAGE_KEY, usage_req("web-watch", 120, "u1")))
+        .await
+        .unwrap();
+    let (_, messages) = stream.until(2).await;
+    let second = pb::BalanceUpdate::decode(messages[1].as_slice()).unwrap();
+    assert_eq!(
+        (second.seq, second.balance, second.available),
+        (2, 380, 380)
     );
 }
 
