@@ -359,7 +359,7 @@ async fn a_watcher_ends_with_unavailable_when_the_server_shuts_down() {
 }
 
 #[tokio::test]
-async fn a_batch_announces_the_accounts_it_moved_in_one_notification() {
+async fn a_batch_announces_the_watched_and_new_accounts_it_moved_in_one_notification() {
     let app = TestApp::spawn().await;
     let mut listener = PgListener::connect_with(&app.pool).await.unwrap();
     listener.listen("ledger_balance").await.unwrap();
@@ -398,8 +398,12 @@ async fn a_batch_announces_the_accounts_it_moved_in_one_notification() {
     );
     assert!(notifications <= 3);
 
-    // A replay moves nothing and announces nothing: the next notification is the next write's.
+    // A replay moves nothing, and a move of an account nobody watches (it exists already)
+    // announces nothing: the next notification is that of the write creating "later".
     c.track_usage(with_key(USAGE_KEY, usage_req("plain", 5, "e2")))
+        .await
+        .unwrap();
+    c.track_usage(with_key(USAGE_KEY, usage_req("plain", 5, "e5")))
         .await
         .unwrap();
     c.grant(admin(grant_req("later", 5, "g"))).await.unwrap();
@@ -408,4 +412,16 @@ async fn a_batch_announces_the_accounts_it_moved_in_one_notification() {
         .unwrap()
         .unwrap();
     assert_eq!(n.payload(), r#"["later"]"#);
+
+    // Once watched (through either process: the lease is in the database), it is announced.
+    let mut stream = watch(&mut c, "plain", 0).await;
+    next(&mut stream).await;
+    c.track_usage(with_key(USAGE_KEY, usage_req("plain", 5, "e6")))
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(MESSAGE_WAIT, listener.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n.payload(), r#"["plain"]"#);
 }

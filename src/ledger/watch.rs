@@ -12,6 +12,10 @@
 //! row: see [`version`]) is above the one published, so no watcher ever sees an older balance
 //! after a newer one, whichever of two concurrent reads finishes first.
 //!
+//! Batches announce only accounts some process watches (`store::notify`, migration 0012): a
+//! user's first watcher here leases the account before its first read, and a task renews the
+//! leases of the users watched here.
+//!
 //! Announcements made while the listener is disconnected are lost: when it reconnects, every
 //! watched user is re-read.
 
@@ -39,6 +43,9 @@ pub const WATCHERS_PER_USER_MAX_DEFAULT: usize = 16;
 /// First wait before the listener reconnects; doubled up to [`RECONNECT_WAIT_MAX`].
 const RECONNECT_WAIT_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_WAIT_MAX: Duration = Duration::from_secs(5);
+/// How often the leases of the users watched here are renewed (each statement renews only those
+/// near their end: `store::notify::WATCH_LEASE_RENEW_BELOW`).
+const LEASE_RENEW_INTERVAL: Duration = Duration::from_secs(30);
 /// Wait before a failed re-read of a watched user is tried again.
 const REREAD_RETRY_WAIT: Duration = Duration::from_millis(250);
 
@@ -89,6 +96,8 @@ struct Watched {
     latest: watch::Sender<Option<Balance>>,
     watchers: usize,
     reread: Reread,
+    /// The account is leased as watched (it may not have existed when the first watcher came).
+    leased: bool,
 }
 
 /// Whether a re-read of a user is running, and whether another must follow it (a change was
@@ -124,6 +133,7 @@ impl Watch {
             stop,
         });
         tokio::spawn(listen(hub.clone(), listener));
+        tokio::spawn(renew_leases(hub.clone()));
         Self { hub }
     }
 
@@ -144,6 +154,8 @@ impl Watch {
             heartbeat_at: Instant::now() + self.hub.config.heartbeat,
             stop: self.hub.stop.clone(),
         };
+        // Leased before the read: a batch that commits after the read announces the change.
+        self.hub.lease(&user_id).await?;
         let balance = self.hub.ledger.balance(&user_id).await?;
         self.hub.publish(user_id.as_str(), balance);
         watcher.heartbeat_at = Instant::now() + self.hub.config.heartbeat;
@@ -173,6 +185,7 @@ impl Hub {
                 latest: watch::Sender::new(None),
                 watchers: 0,
                 reread: Reread::Idle,
+                leased: false,
             });
         if watched.watchers >= self.config.watchers_per_user_max {
             return Err(LedgerError::ResourceExhausted(
@@ -196,6 +209,18 @@ impl Hub {
             users.watchers -= 1;
             crate::metrics::watchers(users.watchers);
         }
+    }
+
+    /// Leases the user's account as watched (see `Store::lease_watched`), and remembers whether
+    /// it had one to lease.
+    async fn lease(&self, user_id: &UserId) -> Result<(), LedgerError> {
+        let store = self.ledger.store();
+        if store.lease_watched(&[user_id.as_str()], false).await? > 0 {
+            if let Some(watched) = self.users().watched.get_mut(user_id.as_str()) {
+                watched.leased = true;
+            }
+        }
+        Ok(())
     }
 
     /// Publishes `balance` to the user's watchers if it is newer than what they have.
@@ -237,11 +262,40 @@ impl Hub {
     }
 }
 
+/// Renews the leases of the users watched here until the server stops.
+async fn renew_leases(hub: Arc<Hub>) {
+    let mut stop = hub.stop.clone();
+    let mut ticker = tokio::time::interval(LEASE_RENEW_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            _ = ticker.tick() => {}
+        }
+        let users: Vec<String> = hub.users().watched.keys().cloned().collect();
+        let users: Vec<&str> = users.iter().map(String::as_str).collect();
+        if let Err(err) = hub.ledger.store().lease_watched(&users, true).await {
+            tracing::warn!(error = %err.chain(), "renewing watched accounts' leases failed; retrying next interval");
+        }
+    }
+}
+
 /// Re-reads one watched user until no change is pending and publishes what it read; ends as
-/// soon as nobody watches the user.
+/// soon as nobody watches the user. An account announced before it was leased (the batch that
+/// created it announced it) is leased before it is read, so its next changes are announced too.
 async fn reread(hub: Arc<Hub>, user_id: UserId) {
     loop {
-        let read = hub.ledger.balance(&user_id).await;
+        let Some(leased) = hub.users().watched.get(user_id.as_str()).map(|w| w.leased) else {
+            return;
+        };
+        let read = async {
+            if !leased {
+                hub.lease(&user_id).await?;
+            }
+            hub.ledger.balance(&user_id).await
+        }
+        .await;
         let failed = match read {
             Ok(balance) => {
                 hub.publish(user_id.as_str(), balance);

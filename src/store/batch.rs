@@ -17,7 +17,7 @@
 //! (a concurrent batch committed the same payment intent first) or a serialization failure is
 //! retried, which then sees the winner and replays it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection as _, Postgres, Row as _, Transaction};
@@ -97,10 +97,11 @@ impl Store {
     async fn try_batch(&self, writes: &[WriteCommand]) -> Result<BatchOutcome, sqlx::Error> {
         let mut conn = self.acquire().await?;
         let mut tx = conn.begin().await?;
-        let (mut state, now) = load(&mut tx, writes, self.clock().offset_micros()).await?;
+        let (mut state, now, announced) =
+            load(&mut tx, writes, self.clock().offset_micros()).await?;
         state.holds_per_account_max = self.holds_per_account_max();
         let (results, staged) = rules::evaluate(state, writes, now);
-        persist(&mut tx, writes, &staged).await?;
+        persist(&mut tx, writes, &staged, &announced).await?;
         tx.commit().await?;
         let expired_tokens: i64 = staged.expiries.iter().map(|e| e.expiry.tokens).sum();
         let holds_lapsed = staged
@@ -119,12 +120,13 @@ impl Store {
     }
 }
 
-/// Step 1: everything the rules need, read under the batch's locks, and the transaction's time.
+/// Step 1: everything the rules need, read under the batch's locks, the transaction's time, and
+/// the accounts whose moves must be announced (see [`Locked`]).
 async fn load(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
     clock_offset_micros: i64,
-) -> Result<(BatchState, DateTime<Utc>), sqlx::Error> {
+) -> Result<(BatchState, DateTime<Utc>, HashSet<i64>), sqlx::Error> {
     let fingerprints: Vec<Fingerprint> = writes.iter().map(WriteCommand::fingerprint).collect();
     let keys = load_keys(tx, writes, &fingerprints).await?;
     let claimed = |w: &&WriteCommand| {
@@ -140,7 +142,8 @@ async fn load(
         .collect();
     users.sort_unstable();
     users.dedup();
-    let (accounts, debts, holders, now) = lock_accounts(tx, &users, clock_offset_micros).await?;
+    let (accounts, debts, holders, now, announced) =
+        lock_accounts(tx, &users, clock_offset_micros).await?;
     // Read after the account locks, so a concurrent credit of the same user's object has
     // committed (or not) by now.
     let business_keys: Vec<BusinessKey> = writes
@@ -190,7 +193,7 @@ async fn load(
         holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
         prices,
     };
-    Ok((state, now))
+    Ok((state, now, announced))
 }
 
 /// The prices the batch may need: for every model a write asks the ledger to price or a new
@@ -330,13 +333,17 @@ async fn load_keys(
     Ok(states)
 }
 
-/// Accounts locked by a batch, the debts of those that owe, the accounts with active holds, and
-/// the batch's clock.
+/// Accounts locked by a batch, the debts of those that owe, the accounts with active holds, the
+/// batch's clock, and the accounts whose moves are announced to watchers: those some process
+/// watches (`watched_until`, migration 0012, read under the row lock the batch keeps until it
+/// commits, so a lease taken meanwhile waits for the batch) and those the batch creates (a
+/// watcher of a new user could not lease a row that did not exist yet).
 type Locked = (
     HashMap<String, LockedAccount>,
     HashMap<i64, i64>,
     Vec<i64>,
     Option<DateTime<Utc>>,
+    HashSet<i64>,
 );
 
 /// Locks (creating where new) every account the batch may move, in user-id order, with its
@@ -349,15 +356,17 @@ async fn lock_accounts(
     let mut accounts = HashMap::with_capacity(users.len());
     let mut debts = HashMap::new();
     let mut holders = Vec::new();
+    let mut announced = HashSet::new();
     if users.is_empty() {
-        return Ok((accounts, debts, holders, None));
+        return Ok((accounts, debts, holders, None, announced));
     }
     let rows = sqlx::query(&format!(
         "INSERT INTO accounts (user_id) SELECT u FROM unnest($1::text[]) AS u ORDER BY u \
          ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
          RETURNING account_id, user_id, balance, granted_total, deducted_total, purchased_total, \
            dripped_total, used_total, reversed_total, expired_total, debt, active_holds, \
-           last_seq, (xmax = 0) AS created, {} AS now",
+           last_seq, (xmax = 0) AS created, {} AS now, \
+           (xmax = 0 OR watched_until > now()) IS TRUE AS announced",
         credit::clock_sql(2)
     ))
     .bind(users)
@@ -372,6 +381,9 @@ async fn lock_accounts(
         let debt: i64 = row.try_get("debt")?;
         if debt != 0 {
             debts.insert(row.try_get("account_id")?, debt);
+        }
+        if row.try_get("announced")? {
+            announced.insert(row.try_get("account_id")?);
         }
         let active_holds: i32 = row.try_get("active_holds")?;
         if active_holds != 0 {
@@ -394,7 +406,7 @@ async fn lock_accounts(
         };
         accounts.insert(row.try_get("user_id")?, account);
     }
-    Ok((accounts, debts, holders, now))
+    Ok((accounts, debts, holders, now, announced))
 }
 
 /// The rows reversals name (read under the account locks just taken), with what committed
@@ -438,6 +450,7 @@ async fn persist(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
     staged: &Staged,
+    announced: &HashSet<i64>,
 ) -> Result<(), sqlx::Error> {
     if !staged.released_keys.is_empty() {
         sqlx::query(
@@ -472,15 +485,18 @@ async fn persist(
             .execute(&mut **tx)
             .await?;
     }
-    move_accounts(tx, &staged.moved).await
+    move_accounts(tx, &staged.moved, announced).await
 }
 
 /// Each moved account once, to the balance and totals the rules computed; and, in the same
-/// statement (no extra round trip), one `NOTIFY ledger_balance` naming them (`notify`), which
-/// PostgreSQL delivers to every listening ledger process when, and only if, this commits.
+/// statement (no extra round trip), one `NOTIFY ledger_balance` naming the `announced` ones
+/// (`notify`), which PostgreSQL delivers to every listening ledger process when, and only if,
+/// this commits. A batch that moved no announced account sends none: NOTIFY serializes
+/// committing transactions database-wide (migration 0012).
 async fn move_accounts(
     tx: &mut Transaction<'_, Postgres>,
     moved: &[AccountMove],
+    announced: &HashSet<i64>,
 ) -> Result<(), sqlx::Error> {
     if moved.is_empty() {
         return Ok(());
@@ -491,7 +507,12 @@ async fn move_accounts(
     let wallet = |f: fn(&AccountMove) -> Option<DateTime<Utc>>| {
         moved.iter().map(f).collect::<Vec<Option<DateTime<Utc>>>>()
     };
-    let payloads = super::notify::balance_payloads(moved.iter().map(|m| m.user_id.as_str()));
+    let payloads = super::notify::balance_payloads(
+        moved
+            .iter()
+            .filter(|m| announced.contains(&m.account_id))
+            .map(|m| m.user_id.as_str()),
+    );
     sqlx::query(
         "WITH moved AS ( \
          UPDATE accounts a SET balance = v.balance, last_seq = v.last_seq, \

@@ -4,14 +4,27 @@
 //!
 //! A payload is a JSON array of the moved accounts' user ids (JSON, so ids with commas or quotes
 //! need no escaping scheme of our own). A batch sends one notification; only a batch whose ids
-//! do not fit in PostgreSQL's payload limit sends several.
+//! do not fit in PostgreSQL's payload limit sends several. It names only accounts some process
+//! watches, which it knows by their lease (`watched_until`, migration 0012, set here), and
+//! accounts it created; a batch with none sends nothing.
+
+use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use super::Store;
+use crate::error::LedgerError;
 
 /// The channel every balance change is announced on.
 pub const BALANCE_CHANNEL: &str = "ledger_balance";
+
+/// How long a lease on a watched account lasts: a process that dies while watching costs
+/// notifications for at most this long.
+pub const WATCH_LEASE: Duration = Duration::from_secs(300);
+/// A lease with less than this left is renewed; with more, renewing it is a no-op.
+pub const WATCH_LEASE_RENEW_BELOW: Duration = Duration::from_secs(240);
+/// Most accounts one lease statement renews, so no statement holds many row locks at once.
+pub const WATCH_LEASE_ACCOUNTS_MAX: usize = 500;
 
 /// Largest payload one notification carries. PostgreSQL refuses 8,000 bytes and more.
 pub const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_999;
@@ -63,6 +76,41 @@ pub struct BalanceListener {
 }
 
 impl Store {
+    /// Leases `user_ids`' accounts as watched for [`WATCH_LEASE`] (with `renewal`, only those
+    /// with less than [`WATCH_LEASE_RENEW_BELOW`] left). A user with no account yet has nothing
+    /// to lease: the batch that creates it announces it. Each leased row is updated, which waits
+    /// for a batch holding its lock, so every batch that commits a change to these accounts after
+    /// this returns announces it. Rows are locked in user-id order, the batches' order, so this
+    /// never deadlocks with them. Answers how many accounts it leased.
+    pub async fn lease_watched(
+        &self,
+        user_ids: &[&str],
+        renewal: bool,
+    ) -> Result<u64, LedgerError> {
+        let micros = |d: Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let mut leased = 0;
+        for chunk in user_ids.chunks(WATCH_LEASE_ACCOUNTS_MAX) {
+            let mut conn = self.acquire().await?;
+            let done = sqlx::query(
+                "UPDATE accounts a SET watched_until = now() + $2::bigint * interval '1 microsecond' \
+                 FROM (SELECT account_id FROM accounts WHERE user_id = ANY($1) \
+                         AND (NOT $4 OR watched_until IS NULL \
+                              OR watched_until < now() + $3::bigint * interval '1 microsecond') \
+                         ORDER BY user_id FOR UPDATE) AS w \
+                 WHERE a.account_id = w.account_id",
+            )
+            .bind(chunk)
+            .bind(micros(WATCH_LEASE))
+            .bind(micros(WATCH_LEASE_RENEW_BELOW))
+            .bind(renewal)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.saw(e))?;
+            leased += done.rows_affected();
+        }
+        Ok(leased)
+    }
+
     /// A listener for balance changes (not yet connected: see [`BalanceListener::connect`]).
     pub fn balance_listener(&self) -> BalanceListener {
         let options = (*self.pool.connect_options())

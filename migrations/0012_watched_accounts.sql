@@ -1,0 +1,11 @@
+-- Live balances (WatchBalance) without a NOTIFY on every batch: a batch announces an account it
+-- moved only while some ledger process watches it (or when the batch created it). NOTIFY takes
+-- a database-wide lock at commit, held through the commit's WAL flush, so notifying every batch
+-- serializes every writer's commits even when nobody watches.
+--
+-- A process watching a user sets `watched_until` (a lease, renewed while it watches, so a
+-- process that dies stops costing notifications when its lease runs out). It sets it with an
+-- UPDATE of the account's row, which waits for any batch holding that row's lock; every later
+-- batch locks the row after the lease committed and reads it, so no change slips between the
+-- lease and the watcher's first read. Not indexed: it is read from rows already locked.
+ALTER TABLE accounts ADD COLUMN watched_until TIMESTAMPTZ;
