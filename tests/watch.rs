@@ -425,3 +425,50 @@ async fn a_batch_announces_the_watched_and_new_accounts_it_moved_in_one_notifica
         .unwrap();
     assert_eq!(n.payload(), r#"["plain"]"#);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_database_outage_the_listener_rereads_what_it_may_have_missed() {
+    use common::proxy::{Proxy, Upstream};
+    let db = TestDb::new().await;
+    let mut proxy = Proxy::start(Upstream::of(&db.options)).await;
+    let through_proxy = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        db.options.get_username(),
+        proxy.addr.port(),
+        db.name
+    );
+    let direct = db.url();
+    // A reaches the database through the proxy; B directly.
+    let a = TestApp::spawn_on(
+        db,
+        TestOptions {
+            database_url: Some(through_proxy),
+            ..TestOptions::default()
+        },
+    )
+    .await;
+    let b = TestApp::spawn_with(TestOptions {
+        database_url: Some(direct),
+        ..TestOptions::default()
+    })
+    .await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    on_b.grant(admin(grant_req("o", 100, "g1"))).await.unwrap();
+    let mut stream = watch(&mut on_a, "o", 0).await;
+    assert_eq!(next(&mut stream).await.balance, 100);
+
+    // A loses the database: its listener's session ends, so the announcement of this write,
+    // made through B meanwhile, never reaches A.
+    proxy.cut();
+    on_b.grant(admin(grant_req("o", 23, "g2"))).await.unwrap();
+    proxy.restore();
+
+    // Back, A's listener re-reads every watched user.
+    let update = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("the change made during the outage never reached the watcher")
+        .unwrap()
+        .unwrap();
+    assert_eq!((update.seq, update.balance), (2, 123), "{update:?}");
+}

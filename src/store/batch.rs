@@ -488,6 +488,34 @@ async fn persist(
     move_accounts(tx, &staged.moved, announced).await
 }
 
+/// The UPDATE of `move_accounts`.
+macro_rules! move_accounts_sql {
+    () => {
+        "UPDATE accounts a SET balance = v.balance, last_seq = v.last_seq, \
+           granted_total = v.granted, deducted_total = v.deducted, purchased_total = v.purchased, \
+           dripped_total = v.dripped, used_total = v.used, reversed_total = v.reversed, \
+           updated_at = v.updated_at, expired_total = v.expired, held = v.held, debt = v.debt, \
+           active_holds = v.active_holds, settle_at = v.settle_at, \
+           next_expiry_at = v.next_expiry_at, next_expiry_tokens = v.next_expiry_tokens \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
+                     $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[], $11::bigint[], \
+                     $12::bigint[], $13::bigint[], $14::bigint[], $15::timestamptz[], \
+                     $16::timestamptz[], $17::bigint[]) \
+           AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, \
+                updated_at, expired, held, debt, active_holds, settle_at, next_expiry_at, \
+                next_expiry_tokens) \
+         WHERE a.account_id = v.account_id AND a.account_id = ANY($1)"
+    };
+}
+const MOVE_ACCOUNTS_SQL: &str = move_accounts_sql!();
+/// The same, announcing `$18`'s payloads on channel `$19`: a data-modifying CTE runs to the end
+/// whatever the outer query reads.
+const MOVE_AND_ANNOUNCE_SQL: &str = concat!(
+    "WITH moved AS (",
+    move_accounts_sql!(),
+    " RETURNING 1) SELECT pg_notify($19, p) FROM unnest($18::text[]) AS p"
+);
+
 /// Each moved account once, to the balance and totals the rules computed; and, in the same
 /// statement (no extra round trip), one `NOTIFY ledger_balance` naming the `announced` ones
 /// (`notify`), which PostgreSQL delivers to every listening ledger process when, and only if,
@@ -513,45 +541,36 @@ async fn move_accounts(
             .filter(|m| announced.contains(&m.account_id))
             .map(|m| m.user_id.as_str()),
     );
-    sqlx::query(
-        "WITH moved AS ( \
-         UPDATE accounts a SET balance = v.balance, last_seq = v.last_seq, \
-           granted_total = v.granted, deducted_total = v.deducted, purchased_total = v.purchased, \
-           dripped_total = v.dripped, used_total = v.used, reversed_total = v.reversed, \
-           updated_at = v.updated_at, expired_total = v.expired, held = v.held, debt = v.debt, \
-           active_holds = v.active_holds, settle_at = v.settle_at, \
-           next_expiry_at = v.next_expiry_at, next_expiry_tokens = v.next_expiry_tokens \
-         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
-                     $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[], $11::bigint[], \
-                     $12::bigint[], $13::bigint[], $14::bigint[], $15::timestamptz[], \
-                     $16::timestamptz[], $17::bigint[]) \
-           AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, \
-                updated_at, expired, held, debt, active_holds, settle_at, next_expiry_at, \
-                next_expiry_tokens) \
-         WHERE a.account_id = v.account_id AND a.account_id = ANY($1) RETURNING 1) \
-         SELECT pg_notify($19, p) FROM unnest($18::text[]) AS p",
-    )
-    .bind(col(|m| m.account_id))
-    .bind(col(|m| m.balance.balance))
-    .bind(col(|m| m.balance.transaction_count))
-    .bind(col(|m| m.balance.totals.granted))
-    .bind(col(|m| m.balance.totals.deducted))
-    .bind(col(|m| m.balance.totals.purchased))
-    .bind(col(|m| m.balance.totals.dripped))
-    .bind(col(|m| m.balance.totals.used))
-    .bind(col(|m| m.balance.totals.reversed))
-    .bind(updated_at)
-    .bind(col(|m| m.balance.totals.expired))
-    .bind(col(|m| m.wallet.held))
-    .bind(col(|m| m.wallet.debt))
-    .bind(col(|m| m.wallet.active_holds))
-    .bind(wallet(|m| m.wallet.settle_at))
-    .bind(wallet(|m| m.wallet.next_expiry.map(|(at, _)| at)))
-    .bind(col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t)))
-    .bind(payloads)
-    .bind(super::notify::BALANCE_CHANNEL)
-    .execute(&mut **tx)
-    .await?;
+    // Without an announcement, the plain UPDATE as it was before announcements existed.
+    let sql = if payloads.is_empty() {
+        MOVE_ACCOUNTS_SQL
+    } else {
+        MOVE_AND_ANNOUNCE_SQL
+    };
+    let query = sqlx::query(sql)
+        .bind(col(|m| m.account_id))
+        .bind(col(|m| m.balance.balance))
+        .bind(col(|m| m.balance.transaction_count))
+        .bind(col(|m| m.balance.totals.granted))
+        .bind(col(|m| m.balance.totals.deducted))
+        .bind(col(|m| m.balance.totals.purchased))
+        .bind(col(|m| m.balance.totals.dripped))
+        .bind(col(|m| m.balance.totals.used))
+        .bind(col(|m| m.balance.totals.reversed))
+        .bind(updated_at)
+        .bind(col(|m| m.balance.totals.expired))
+        .bind(col(|m| m.wallet.held))
+        .bind(col(|m| m.wallet.debt))
+        .bind(col(|m| m.wallet.active_holds))
+        .bind(wallet(|m| m.wallet.settle_at))
+        .bind(wallet(|m| m.wallet.next_expiry.map(|(at, _)| at)))
+        .bind(col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t)));
+    let query = if payloads.is_empty() {
+        query
+    } else {
+        query.bind(payloads).bind(super::notify::BALANCE_CHANNEL)
+    };
+    query.execute(&mut **tx).await?;
     Ok(())
 }
 
