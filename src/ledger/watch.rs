@@ -12,7 +12,7 @@
 //! row: see [`version`]) is above the one published, so no watcher ever sees an older balance
 //! after a newer one, whichever of two concurrent reads finishes first.
 //!
-//! Batches announce only accounts some process watches (`store::notify`, migration 0012): a
+//! Batches announce only accounts some process watches (`store::notify`, migration 0013): a
 //! user's first watcher here leases the account before its first read, and a task renews the
 //! leases of the users watched here.
 //!

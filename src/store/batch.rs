@@ -335,7 +335,7 @@ async fn load_keys(
 
 /// Accounts locked by a batch, the debts of those that owe, the accounts with active holds, the
 /// batch's clock, and the accounts whose moves are announced to watchers: those some process
-/// watches (`watched_until`, migration 0012, read under the row lock the batch keeps until it
+/// watches (`watched_until`, migration 0013, read under the row lock the batch keeps until it
 /// commits, so a lease taken meanwhile waits for the batch) and those the batch creates (a
 /// watcher of a new user could not lease a row that did not exist yet).
 type Locked = (
@@ -520,7 +520,7 @@ const MOVE_AND_ANNOUNCE_SQL: &str = concat!(
 /// statement (no extra round trip), one `NOTIFY ledger_balance` naming the `announced` ones
 /// (`notify`), which PostgreSQL delivers to every listening ledger process when, and only if,
 /// this commits. A batch that moved no announced account sends none: NOTIFY serializes
-/// committing transactions database-wide (migration 0012).
+/// committing transactions database-wide (migration 0013).
 async fn move_accounts(
     tx: &mut Transaction<'_, Postgres>,
     moved: &[AccountMove],

@@ -5,7 +5,7 @@
 //! A payload is a JSON array of the moved accounts' user ids (JSON, so ids with commas or quotes
 //! need no escaping scheme of our own). A batch sends one notification; only a batch whose ids
 //! do not fit in PostgreSQL's payload limit sends several. It names only accounts some process
-//! watches, which it knows by their lease (`watched_until`, migration 0012, set here), and
+//! watches, which it knows by their lease (`watched_until`, migration 0013, set here), and
 //! accounts it created; a batch with none sends nothing.
 
 use std::time::Duration;
