@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub webhook_pool_connections_max: u32,
     /// How often the expiry sweeper writes what is due (expired lots, lapsed holds).
     pub expiry_sweep_interval: Duration,
+    /// Where balance-alert events are delivered; `None` keeps them in the outbox.
+    pub alert_hook: Option<crate::transport::alert_hook::AlertHookConfig>,
 }
 
 impl ServerConfig {
@@ -71,6 +73,7 @@ impl ServerConfig {
             write: WriteConfig::default(),
             webhook_pool_connections_max: crate::webhook::POOL_CONNECTIONS_MAX_DEFAULT,
             expiry_sweep_interval: crate::ledger::sweeper::SWEEP_INTERVAL_DEFAULT,
+            alert_hook: None,
         }
     }
 }
@@ -198,6 +201,10 @@ impl Application {
             core.clone(),
             config.expiry_sweep_interval,
         ));
+        let alert_hook = config
+            .alert_hook
+            .clone()
+            .map(|c| tokio::spawn(crate::transport::alert_hook::run(store.clone(), c)));
         let ledger = LedgerGrpc::new(
             core,
             Authenticator::new(config.api_keys.clone()).with_jwt(config.jwt.clone()),
@@ -262,6 +269,9 @@ impl Application {
         health_task.abort();
         sampler.abort();
         sweeper.abort();
+        if let Some(task) = alert_hook {
+            task.abort();
+        }
         store.close().await;
         served?;
         Ok(())

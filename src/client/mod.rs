@@ -18,12 +18,12 @@ mod holds;
 pub mod json;
 
 pub use admin::{
-    accounts, overview, prices, reverse, set_price, stripe_events, transaction, usage_summary,
-    who_am_i,
+    accounts, alert_events, alerts, delete_alert, overview, prices, reverse, set_alert, set_price,
+    stripe_events, transaction, usage_summary, who_am_i,
 };
 pub use admin::{
-    AccountsArgs, OverviewArgs, PricesArgs, ReverseArgs, SetPriceArgs, StripeEventsArgs,
-    TransactionArgs, UsageSummaryArgs, WhoAmIArgs,
+    AccountsArgs, AlertEventsArgs, AlertUserArgs, OverviewArgs, PricesArgs, ReverseArgs,
+    SetAlertArgs, SetPriceArgs, StripeEventsArgs, TransactionArgs, UsageSummaryArgs, WhoAmIArgs,
 };
 
 pub use holds::{commit_hold, extend_hold, holds, lots, release_hold, reserve};

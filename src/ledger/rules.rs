@@ -35,9 +35,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Balance, BusinessKey, Charge, EntryId, EntryKind, HoldReceipt, HoldState, LotSource,
-    ModelPrice, Overage, Overdraft, Pricing, Receipt, Tokens, Totals, WriteCommand, WriteDetails,
-    FINGERPRINT_LEN,
+    AlertKind, Balance, BusinessKey, Charge, EntryId, EntryKind, HoldReceipt, HoldState, LotSource,
+    ModelPrice, Overage, Overdraft, Pricing, Receipt, Threshold, Tokens, Totals, WriteCommand,
+    WriteDetails, FINGERPRINT_LEN,
 };
 use crate::error::LedgerError;
 
@@ -73,7 +73,7 @@ pub enum KeyState {
 }
 
 /// An account as the batch's lock found it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockedAccount {
     pub account_id: i64,
     pub balance: i64,
@@ -82,6 +82,32 @@ pub struct LockedAccount {
     /// Created by this batch's lock (a first write); dropped again if no write applies to it, so
     /// a refused write leaves no empty account behind.
     pub created: bool,
+    /// Its alert rule (its own, else the default), and its alert state.
+    pub alerts: AlertState,
+}
+
+/// An account's balance-alert rule and where it stands against it, as of its last write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlertState {
+    pub rule: Option<Threshold>,
+    /// The amount of its most recent credit (percentage thresholds are of it).
+    pub last_credit: i64,
+    /// `available` is at or below the threshold.
+    pub low: bool,
+    /// `available` is at or below zero.
+    pub depleted: bool,
+}
+
+/// An alert event a write caused, for the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedAlert {
+    pub account_id: i64,
+    pub user_id: String,
+    pub kind: AlertKind,
+    pub threshold: Option<i64>,
+    pub available: i64,
+    pub balance: i64,
+    pub seq: i64,
 }
 
 /// A business object already credited.
@@ -172,6 +198,7 @@ pub struct AccountMove {
     pub user_id: String,
     pub balance: Balance,
     pub wallet: WalletSummary,
+    pub alerts: AlertState,
 }
 
 /// Every change the batch makes, for the store to persist in one transaction.
@@ -190,6 +217,8 @@ pub struct Staged {
     pub rehashed_keys: Vec<(String, Fingerprint)>,
     /// Expiry rows, in the order they happened.
     pub expiries: Vec<StagedExpiry>,
+    /// Alert events, in the order the writes caused them.
+    pub alerts: Vec<StagedAlert>,
     /// How many placeholder ids (-1, -2, ...) the expiry rows and rollover lots use.
     pub placeholders: i64,
     /// Lots created or changed, with their account id.
@@ -259,6 +288,7 @@ struct Batch {
     holds_per_account_max: i64,
     rows: Vec<StagedRow>,
     expiries: Vec<StagedExpiry>,
+    alerts: Vec<StagedAlert>,
     placeholders: i64,
 }
 
@@ -332,6 +362,7 @@ impl Batch {
             holds_per_account_max: state.holds_per_account_max,
             rows: Vec::new(),
             expiries: Vec::new(),
+            alerts: Vec::new(),
             placeholders: 0,
         }
     }
@@ -491,6 +522,17 @@ impl Batch {
         let due = account.wallet.expire_due(now);
         stage_expiries(account, due, &mut self.expiries, &mut self.placeholders);
         account.wallet.pay_debt(now);
+        if outcome.is_ok() && cmd.kind().is_credit() {
+            account.locked.alerts.last_credit = cmd.tokens.get();
+        }
+        // Whatever became of the write, settling may have moved `available`; but a refused
+        // first write leaves no account (and so no alert) behind.
+        // An account with no journal row yet (a refused first write, a rule set for a user
+        // who has never been written to) has nothing to alert about.
+        let never_written = account.locked.last_seq == 0;
+        if !never_written && check_alerts(user, account, &mut self.alerts) {
+            account.touched = true;
+        }
         let mut receipt = outcome?;
         // A sweep that found nothing due leaves the account as it was.
         if !matches!(cmd.details, WriteDetails::Settle) {
@@ -521,6 +563,7 @@ impl Batch {
         let mut staged = Staged {
             rows: self.rows,
             expiries: self.expiries,
+            alerts: self.alerts,
             placeholders: self.placeholders,
             ..Staged::default()
         };
@@ -570,6 +613,7 @@ impl Batch {
                         settle_at: summary.settle_at,
                     },
                     wallet: summary,
+                    alerts: locked.alerts,
                 });
             } else if locked.created {
                 staged.abandoned_accounts.push(locked.account_id);
@@ -956,6 +1000,43 @@ fn reserve_price(prices: &PriceBook, cmd: &WriteCommand) -> Option<i64> {
         } => prices.current.get(model).map(|p| p.price_id),
         _ => None,
     }
+}
+
+/// Rule 8: an alert event when the account's `available` crossed its threshold (down: low; back
+/// up: recovered) or reached zero (depleted; rising above zero re-arms it without an event)
+/// since its last write. `true` when the account's alert state changed.
+fn check_alerts(user: &str, account: &mut RunningAccount, out: &mut Vec<StagedAlert>) -> bool {
+    let locked = &mut account.locked;
+    let available = locked.balance - account.wallet.held();
+    let before = locked.alerts;
+    let threshold = before.rule.map(|r| r.tokens(before.last_credit));
+    let low = threshold.is_some_and(|t| available <= t);
+    let depleted = available <= 0;
+    let mut event = |kind, threshold| {
+        out.push(StagedAlert {
+            account_id: locked.account_id,
+            user_id: user.to_string(),
+            kind,
+            threshold,
+            available,
+            balance: locked.balance,
+            seq: locked.last_seq,
+        })
+    };
+    if threshold.is_some() && low != before.low {
+        let kind = if low {
+            AlertKind::BalanceLow
+        } else {
+            AlertKind::BalanceRecovered
+        };
+        event(kind, threshold);
+    }
+    if depleted && !before.depleted {
+        event(AlertKind::BalanceDepleted, Some(0));
+    }
+    locked.alerts.low = low;
+    locked.alerts.depleted = depleted;
+    locked.alerts != before
 }
 
 /// Whether a hold may be committed: `Ok(had_expired)`.

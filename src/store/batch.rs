@@ -26,12 +26,13 @@ use super::error::is_unavailable;
 use super::prices::{price_from_row, PRICE_COLUMNS};
 use super::{credit, Store};
 use crate::domain::{
-    Balance, BusinessKey, EntryId, EntryKind, Pricing, Totals, WriteCommand, WriteDetails,
+    Balance, BusinessKey, EntryId, EntryKind, Pricing, Threshold, Totals, WriteCommand,
+    WriteDetails,
 };
 use crate::error::LedgerError;
 use crate::ledger::rules::{
-    self, AccountMove, BatchState, Fingerprint, Hold, KeyState, LockedAccount, Original, Outcome,
-    PriceBook, PriorCredit, Staged, StagedRow,
+    self, AccountMove, AlertState, BatchState, Fingerprint, Hold, KeyState, LockedAccount,
+    Original, Outcome, PriceBook, PriorCredit, Staged, StagedAlert, StagedRow,
 };
 
 /// How many times a whole batch is retried after a retryable failure (a lost business-key race,
@@ -110,6 +111,9 @@ impl Store {
             .filter(|h| h.committed_transaction_id.is_none())
             .count();
         crate::metrics::expired(expired_tokens, holds_lapsed);
+        if !staged.alerts.is_empty() {
+            crate::metrics::alerts_written(staged.alerts.len());
+        }
         let balances = staged
             .moved
             .into_iter()
@@ -352,12 +356,21 @@ async fn lock_accounts(
     if users.is_empty() {
         return Ok((accounts, debts, holders, None));
     }
+    // The account's alert rule (its own, else the default) comes with the lock, in the same
+    // statement: no round trip of its own.
     let rows = sqlx::query(&format!(
-        "INSERT INTO accounts (user_id) SELECT u FROM unnest($1::text[]) AS u ORDER BY u \
-         ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
-         RETURNING account_id, user_id, balance, granted_total, deducted_total, purchased_total, \
-           dripped_total, used_total, reversed_total, expired_total, debt, active_holds, \
-           last_seq, (xmax = 0) AS created, {} AS now",
+        "WITH locked AS ( \
+           INSERT INTO accounts (user_id) SELECT u FROM unnest($1::text[]) AS u ORDER BY u \
+           ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
+           RETURNING account_id, user_id, balance, granted_total, deducted_total, \
+             purchased_total, dripped_total, used_total, reversed_total, expired_total, debt, \
+             active_holds, last_seq, last_credit, alert_low, alert_depleted, \
+             (xmax = 0) AS created, {} AS now) \
+         SELECT locked.*, rule.tokens AS alert_tokens, rule.percent AS alert_percent \
+           FROM locked LEFT JOIN LATERAL ( \
+             SELECT tokens, percent FROM balance_alerts b \
+              WHERE b.account_id = locked.account_id OR b.account_id IS NULL \
+              ORDER BY b.account_id NULLS LAST LIMIT 1) rule ON true",
         credit::clock_sql(2)
     ))
     .bind(users)
@@ -391,10 +404,31 @@ async fn lock_accounts(
             },
             last_seq: row.try_get("last_seq")?,
             created: row.try_get("created")?,
+            alerts: alert_state(&row)?,
         };
         accounts.insert(row.try_get("user_id")?, account);
     }
     Ok((accounts, debts, holders, now))
+}
+
+/// An account's alert rule and state from its locked row. A new account starts depleted (it has
+/// nothing): its first write alerts only if it crosses its threshold.
+fn alert_state(row: &sqlx::postgres::PgRow) -> Result<AlertState, sqlx::Error> {
+    let created: bool = row.try_get("created")?;
+    let rule = match (
+        row.try_get::<Option<i64>, _>("alert_tokens")?,
+        row.try_get::<Option<i32>, _>("alert_percent")?,
+    ) {
+        (Some(t), _) => Some(Threshold::Tokens(t)),
+        (None, Some(p)) => Some(Threshold::Percent(p)),
+        (None, None) => None,
+    };
+    Ok(AlertState {
+        rule,
+        last_credit: row.try_get("last_credit")?,
+        low: row.try_get("alert_low")?,
+        depleted: created || row.try_get::<bool, _>("alert_depleted")?,
+    })
 }
 
 /// The rows reversals name (read under the account locks just taken), with what committed
@@ -472,7 +506,8 @@ async fn persist(
             .execute(&mut **tx)
             .await?;
     }
-    move_accounts(tx, &staged.moved).await
+    move_accounts(tx, &staged.moved).await?;
+    insert_alerts(tx, &staged.alerts).await
 }
 
 /// Each moved account once, to the balance and totals the rules computed.
@@ -495,14 +530,16 @@ async fn move_accounts(
            dripped_total = v.dripped, used_total = v.used, reversed_total = v.reversed, \
            updated_at = v.updated_at, expired_total = v.expired, held = v.held, debt = v.debt, \
            active_holds = v.active_holds, settle_at = v.settle_at, \
-           next_expiry_at = v.next_expiry_at, next_expiry_tokens = v.next_expiry_tokens \
+           next_expiry_at = v.next_expiry_at, next_expiry_tokens = v.next_expiry_tokens, \
+           last_credit = v.last_credit, alert_low = v.alert_low, alert_depleted = v.alert_depleted \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
                      $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[], $11::bigint[], \
                      $12::bigint[], $13::bigint[], $14::bigint[], $15::timestamptz[], \
-                     $16::timestamptz[], $17::bigint[]) \
+                     $16::timestamptz[], $17::bigint[], $18::bigint[], $19::boolean[], \
+                     $20::boolean[]) \
            AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, \
                 updated_at, expired, held, debt, active_holds, settle_at, next_expiry_at, \
-                next_expiry_tokens) \
+                next_expiry_tokens, last_credit, alert_low, alert_depleted) \
          WHERE a.account_id = v.account_id AND a.account_id = ANY($1)",
     )
     .bind(col(|m| m.account_id))
@@ -522,6 +559,36 @@ async fn move_accounts(
     .bind(wallet(|m| m.wallet.settle_at))
     .bind(wallet(|m| m.wallet.next_expiry.map(|(at, _)| at)))
     .bind(col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t)))
+    .bind(col(|m| m.alerts.last_credit))
+    .bind(moved.iter().map(|m| m.alerts.low).collect::<Vec<_>>())
+    .bind(moved.iter().map(|m| m.alerts.depleted).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The batch's alert events, into the outbox (migration 0012), in the order they happened.
+async fn insert_alerts(
+    tx: &mut Transaction<'_, Postgres>,
+    alerts: &[StagedAlert],
+) -> Result<(), sqlx::Error> {
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO alert_outbox (account_id, user_id, kind, threshold, available, balance, seq) \
+         SELECT a, u, k, th, av, b, s \
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+                       $6::bigint[], $7::bigint[]) WITH ORDINALITY AS t(a, u, k, th, av, b, s, o) \
+          ORDER BY o",
+    )
+    .bind(alerts.iter().map(|a| a.account_id).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.user_id.clone()).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.threshold).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.available).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.balance).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.seq).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

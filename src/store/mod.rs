@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::domain::{Balance, Totals, UserId};
 use crate::error::LedgerError;
 
+mod alerts;
 mod balances;
 mod batch;
 mod credit;

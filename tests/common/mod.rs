@@ -402,6 +402,8 @@ pub struct TestOptions {
     /// The expiry sweeper's interval: an hour by default, so a test sees what reads and writes
     /// settle on their own unless it runs a sweep itself.
     pub expiry_sweep_interval: Duration,
+    /// Where balance alerts are delivered; `None` keeps them in the outbox.
+    pub alert_hook: Option<token_ledger::transport::alert_hook::AlertHookConfig>,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -423,6 +425,7 @@ impl Default for TestOptions {
             webhook_pool_connections_max: None,
             holds_per_account_max: token_ledger::domain::HOLDS_PER_ACCOUNT_DEFAULT,
             expiry_sweep_interval: Duration::from_secs(3600),
+            alert_hook: None,
         }
     }
 }
@@ -461,6 +464,7 @@ impl TestApp {
         .with_holds_per_account_max(options.holds_per_account_max);
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
         config.expiry_sweep_interval = options.expiry_sweep_interval;
+        config.alert_hook = options.alert_hook.clone();
         config.api_keys = options.api_keys;
         config.health_check_interval = options.health_check_interval;
         config.jwt = options.jwt;

@@ -120,6 +120,7 @@ fn fresh_state(writes: &[WriteCommand]) -> BatchState {
                 totals: Totals::default(),
                 last_seq: 0,
                 created: true,
+                ..Default::default()
             });
     }
     state
