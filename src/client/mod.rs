@@ -207,6 +207,9 @@ pub struct UsageArgs {
 pub struct BalanceArgs {
     #[arg(long = "user")]
     pub user_id: String,
+    /// The balance as it was at this instant, RFC 3339 (only balance, row count and time).
+    #[arg(long)]
+    pub as_of: Option<DateTime<Utc>>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -425,7 +428,10 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn balance(a: BalanceArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&a.client).await?;
-    let req = c.request(pb::GetBalanceRequest { user_id: a.user_id });
+    let req = c.request(pb::GetBalanceRequest {
+        user_id: a.user_id,
+        as_of: a.as_of.map(timestamp),
+    });
     let r = match c.inner.get_balance(req).await {
         Ok(r) => r.into_inner(),
         Err(status) => return report_status(status),

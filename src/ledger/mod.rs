@@ -375,6 +375,16 @@ impl Ledger {
         self.store.clock().now()
     }
 
+    /// The balance right after the user's last journal row at or before `at`, with that row's
+    /// sequence and time; `(0, 0, None)` before the first.
+    pub async fn balance_at(
+        &self,
+        user_id: &UserId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(i64, i64, Option<chrono::DateTime<chrono::Utc>>), LedgerError> {
+        self.store.balance_at(user_id, at).await
+    }
+
     /// Adds a model price version (`true`: a replay of the key's earlier call).
     pub async fn set_price(
         &self,

@@ -219,6 +219,10 @@ pub struct Staged {
     pub expiries: Vec<StagedExpiry>,
     /// Alert events, in the order the writes caused them.
     pub alerts: Vec<StagedAlert>,
+    /// The batch's clock: every row it writes is created at this instant, so an account's rows
+    /// are in time order as they are in sequence order (a later batch takes the account's lock,
+    /// and reads this clock, after the earlier one committed).
+    pub now: DateTime<Utc>,
     /// How many placeholder ids (-1, -2, ...) the expiry rows and rollover lots use.
     pub placeholders: i64,
     /// Lots created or changed, with their account id.
@@ -564,6 +568,7 @@ impl Batch {
             rows: self.rows,
             expiries: self.expiries,
             alerts: self.alerts,
+            now,
             placeholders: self.placeholders,
             ..Staged::default()
         };

@@ -497,7 +497,7 @@ async fn persist(
         .execute(&mut **tx)
         .await?;
     }
-    insert_rows(tx, writes, &staged.rows).await?;
+    insert_rows(tx, writes, &staged.rows, staged.now).await?;
     let ids = credit::draw_ids(tx, staged.placeholders).await?;
     credit::persist(tx, staged, &ids).await?;
     if !staged.abandoned_accounts.is_empty() {
@@ -687,6 +687,7 @@ async fn insert_rows(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
     rows: &[StagedRow],
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let mut usage: Vec<Row<'_>> = Vec::new();
     let mut drips: Vec<Row<'_>> = Vec::new();
@@ -703,13 +704,13 @@ async fn insert_rows(
         }
     }
     if !usage.is_empty() {
-        insert_usage(tx, &usage).await?;
+        insert_usage(tx, &usage, now).await?;
     }
     if !drips.is_empty() {
-        insert_drips(tx, &mut drips).await?;
+        insert_drips(tx, &mut drips, now).await?;
     }
     if !transactions.is_empty() {
-        insert_transactions(tx, &mut transactions).await?;
+        insert_transactions(tx, &mut transactions, now).await?;
     }
     Ok(())
 }
@@ -756,6 +757,7 @@ impl CommonColumns {
 async fn insert_usage(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[Row<'_>],
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let c = CommonColumns::of(rows);
     let mut models = Vec::with_capacity(rows.len());
@@ -785,10 +787,10 @@ async fn insert_usage(
         "WITH ins AS ( \
            INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
              input_tokens, output_tokens, feature, created_by, cache_read_tokens, \
-             cache_write_tokens, price_id) \
-           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
-             $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], \
-             $11::bigint[], $12::bigint[], $13::bigint[]) \
+             cache_write_tokens, price_id, created_at) \
+           SELECT *, $14::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], \
+             $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], \
+             $10::text[], $11::bigint[], $12::bigint[], $13::bigint[]) \
            RETURNING account_id, created_at, model, feature, token_amount, input_tokens, \
              output_tokens, cache_read_tokens, cache_write_tokens) \
          INSERT INTO usage_rollups AS r \
@@ -817,6 +819,7 @@ async fn insert_usage(
     .bind(cache_reads)
     .bind(cache_writes)
     .bind(prices)
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -825,6 +828,7 @@ async fn insert_usage(
 async fn insert_drips(
     tx: &mut Transaction<'_, Postgres>,
     rows: &mut [Row<'_>],
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     // In (subscription, period) order: the unique index's entries are locked in one order.
     rows.sort_by_key(|r| r.cmd.business_key());
@@ -850,10 +854,10 @@ async fn insert_drips(
     sqlx::query(
         "INSERT INTO token_drips (id, account_id, entry_seq, token_amount, balance_after, \
          stripe_subscription_id, stripe_invoice_id, period_start, period_end, created_by, \
-         idempotency_key) \
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], \
-                              $11::text[])",
+         idempotency_key, created_at) \
+         SELECT *, $12::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                              $5::bigint[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], \
+                              $10::text[], $11::text[])",
     )
     .bind(c.ids)
     .bind(c.account_ids)
@@ -866,6 +870,7 @@ async fn insert_drips(
     .bind(ends)
     .bind(c.actors)
     .bind(key_texts(rows))
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -874,6 +879,7 @@ async fn insert_drips(
 async fn insert_transactions(
     tx: &mut Transaction<'_, Postgres>,
     rows: &mut [Row<'_>],
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     // Payment intents, then annual invoices, each in key order: the unique indexes' entries are
     // locked in one order.
@@ -891,11 +897,11 @@ async fn insert_transactions(
         "INSERT INTO token_transactions (id, account_id, entry_seq, token_amount, balance_after, created_by, \
          transaction_type, source, reason, amount_paid_cents, currency, stripe_payment_intent_id, \
          stripe_checkout_session_id, stripe_subscription_id, stripe_invoice_id, pack, \
-         reverses_transaction_id, stripe_reference, allow_negative, idempotency_key) \
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
-                              $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], \
-                              $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::text[], \
-                              $19::boolean[], $20::text[])",
+         reverses_transaction_id, stripe_reference, allow_negative, idempotency_key, created_at) \
+         SELECT *, $21::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                              $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
+                              $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
+                              $17::bigint[], $18::text[], $19::boolean[], $20::text[])",
     )
     .bind(c.ids)
     .bind(c.account_ids)
@@ -917,6 +923,7 @@ async fn insert_transactions(
     .bind(t.stripe_reference)
     .bind(t.allow_negative)
     .bind(key_texts(rows))
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -223,8 +223,8 @@ async fn insert_expiries(
         .collect();
     sqlx::query(
         "INSERT INTO token_transactions (id, account_id, entry_seq, token_amount, balance_after, \
-         created_by, transaction_type, source, lot_id, carried_tokens, carried_to_lot) \
-         SELECT id, a, s, t, b, 'ledger', 'expiry', src, l, c, ct \
+         created_by, transaction_type, source, lot_id, carried_tokens, carried_to_lot, created_at) \
+         SELECT id, a, s, t, b, 'ledger', 'expiry', src, l, c, ct, $10::timestamptz \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
                      $6::text[], $7::bigint[], $8::bigint[], $9::bigint[]) \
            AS v(id, a, s, t, b, src, l, c, ct)",
@@ -242,6 +242,7 @@ async fn insert_expiries(
             .collect::<Vec<_>>(),
     )
     .bind(carried_to)
+    .bind(staged.now)
     .execute(&mut *conn)
     .await?;
     Ok(())

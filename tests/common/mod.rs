@@ -664,6 +664,7 @@ pub async fn balance_of(client: &mut LedgerServiceClient<Channel>, user: &str) -
     client
         .get_balance(admin(pb::GetBalanceRequest {
             user_id: user.into(),
+            as_of: None,
         }))
         .await
         .unwrap()
