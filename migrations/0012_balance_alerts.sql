@@ -28,6 +28,12 @@ CREATE UNIQUE INDEX balance_alerts_default_key ON balance_alerts ((true)) WHERE 
 ALTER TABLE accounts ADD COLUMN last_credit BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE accounts ADD COLUMN alert_low BOOLEAN NOT NULL DEFAULT false;
 ALTER TABLE accounts ADD COLUMN alert_depleted BOOLEAN NOT NULL DEFAULT false;
+-- When a lot's remaining tokens enter the "expiring soon" window (`--alert-expiring-window-hours`)
+-- the sweeper must visit the account even with nothing due: `alert_due_at` is that instant, and
+-- a lot alerted once says so (`expiring_alerted`).
+ALTER TABLE accounts ADD COLUMN alert_due_at TIMESTAMPTZ;
+CREATE INDEX accounts_alert_due_idx ON accounts (alert_due_at) WHERE alert_due_at IS NOT NULL;
+ALTER TABLE token_lots ADD COLUMN expiring_alerted BOOLEAN NOT NULL DEFAULT false;
 -- Accounts that were at or below zero before alerts existed do not alert on their next write.
 UPDATE accounts SET alert_depleted = true WHERE balance - held <= 0 AND last_seq > 0;
 
@@ -44,6 +50,10 @@ CREATE TABLE alert_outbox (
     available       BIGINT      NOT NULL,
     balance         BIGINT      NOT NULL,
     seq             BIGINT      NOT NULL,
+    -- credits_expiring: the lot, when it expires, and how many of its tokens will.
+    lot_id          BIGINT,
+    expires_at      TIMESTAMPTZ,
+    tokens          BIGINT,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     delivered_at    TIMESTAMPTZ,
     attempts        INTEGER     NOT NULL DEFAULT 0,
@@ -51,7 +61,7 @@ CREATE TABLE alert_outbox (
     last_error      TEXT,
     CONSTRAINT alert_outbox_pkey PRIMARY KEY (event_id),
     CONSTRAINT alert_outbox_kind_check CHECK (
-        kind IN ('balance_low', 'balance_recovered', 'balance_depleted'))
+        kind IN ('balance_low', 'balance_recovered', 'balance_depleted', 'credits_expiring'))
 );
 CREATE INDEX alert_outbox_pending_idx ON alert_outbox (next_attempt_at) WHERE delivered_at IS NULL;
 CREATE INDEX alert_outbox_account_idx ON alert_outbox (account_id, event_id);

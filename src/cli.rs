@@ -351,6 +351,15 @@ pub struct AlertArgs {
         default_value_t = 3_600
     )]
     pub alert_retry_max_secs: u64,
+
+    /// Write a `credits_expiring` alert when a lot's remaining tokens will expire within this
+    /// many hours (once per lot); 0: never.
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_ALERT_EXPIRING_WINDOW_HOURS",
+        default_value_t = 0
+    )]
+    pub alert_expiring_window_hours: u32,
 }
 
 impl AlertArgs {
@@ -611,7 +620,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let store = db
             .store
             .clone()
-            .with_holds_per_account_max(args.holds_per_account_max);
+            .with_holds_per_account_max(args.holds_per_account_max)
+            .with_alert_expiring_window((args.alerts.alert_expiring_window_hours > 0).then(|| {
+                chrono::Duration::hours(i64::from(args.alerts.alert_expiring_window_hours))
+            }));
         let mut app = Application::build(config, store).await?;
         if let Some(listen) = args.stripe_webhook_listen {
             let (webhook_config, catalog) = args.stripe.load()?;

@@ -399,3 +399,49 @@ async fn the_cli_sets_lists_and_shows_alerts() {
     let deleted = run(&["delete-alert"]);
     assert!(deleted.contains("deleted"), "{deleted}");
 }
+
+#[tokio::test]
+async fn a_lot_entering_the_expiring_window_alerts_once() {
+    let app = TestApp::spawn_with(TestOptions {
+        alert_expiring_window: Some(chrono::Duration::hours(24)),
+        ..Default::default()
+    })
+    .await;
+    let mut c = app.client().await;
+    // Whole seconds: PostgreSQL keeps microseconds, the comparison below wants equality.
+    let expires = chrono::DurationRound::duration_trunc(
+        chrono::Utc::now() + chrono::Duration::hours(48),
+        chrono::Duration::seconds(1),
+    )
+    .unwrap();
+    c.grant(admin(pb::GrantRequest {
+        expires_at: Some(ts(&expires.to_rfc3339())),
+        ..grant_req("e", 1_000, "g-exp")
+    }))
+    .await
+    .unwrap();
+    credit(&mut c, "e", 500, "g-forever").await;
+    spend(&mut c, "e", 100, "s1").await; // burns the expiring lot first: 900 left in it
+    let ledger = token_ledger::ledger::Ledger::new(app.store.clone());
+    let sweep = || token_ledger::ledger::sweeper::sweep_once(&ledger);
+    assert_eq!(sweep().await.unwrap(), 0, "48 h out: not due yet");
+    assert!(events(&mut c, "e").await.is_empty());
+
+    app.advance(chrono::Duration::hours(25));
+    assert_eq!(sweep().await.unwrap(), 1, "23 h out: in the window");
+    let listed = c
+        .list_alert_events(with_key(READ_KEY, pb::ListAlertEventsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(listed.len(), 1);
+    let e = &listed[0];
+    assert_eq!((e.r#type.as_str(), e.tokens), ("credits_expiring", 900));
+    assert_eq!(e.expires_at, Some(ts(&expires.to_rfc3339())));
+    // Once per lot: later sweeps and writes add nothing.
+    assert_eq!(sweep().await.unwrap(), 0);
+    spend(&mut c, "e", 1, "s2").await;
+    assert_eq!(events(&mut c, "e").await.len(), 1);
+    app.assert_verified().await;
+}

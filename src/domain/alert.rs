@@ -57,13 +57,16 @@ pub enum AlertKind {
     BalanceRecovered,
     /// `available` reached zero or less.
     BalanceDepleted,
+    /// A lot's remaining tokens will expire within the configured window.
+    CreditsExpiring,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 3] = [
+    pub const ALL: [AlertKind; 4] = [
         AlertKind::BalanceLow,
         AlertKind::BalanceRecovered,
         AlertKind::BalanceDepleted,
+        AlertKind::CreditsExpiring,
     ];
 
     /// The name stored in `alert_outbox.kind` and sent to receivers.
@@ -72,6 +75,7 @@ impl AlertKind {
             AlertKind::BalanceLow => "balance_low",
             AlertKind::BalanceRecovered => "balance_recovered",
             AlertKind::BalanceDepleted => "balance_depleted",
+            AlertKind::CreditsExpiring => "credits_expiring",
         }
     }
 
@@ -103,6 +107,8 @@ pub struct AlertEvent {
     pub balance: i64,
     /// The account's journal row count when it happened.
     pub seq: i64,
+    /// `credits_expiring`: the lot, when it expires, and its remaining tokens then.
+    pub lot: Option<(i64, DateTime<Utc>, i64)>,
     pub created_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub attempts: i32,

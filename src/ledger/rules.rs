@@ -108,6 +108,8 @@ pub struct StagedAlert {
     pub available: i64,
     pub balance: i64,
     pub seq: i64,
+    /// `credits_expiring`: the lot, when it expires, and its remaining tokens.
+    pub lot: Option<(i64, DateTime<Utc>, i64)>,
 }
 
 /// A business object already credited.
@@ -155,6 +157,8 @@ pub struct BatchState {
     pub holds_per_account_max: i64,
     /// Prices for the batch's usage writes, commits and holds.
     pub prices: PriceBook,
+    /// How long before a lot expires a `credits_expiring` alert is written; `None`: never.
+    pub expiring_window: Option<chrono::Duration>,
 }
 
 /// One journal row to insert: write `write` of the batch, at `seq` of its account.
@@ -345,6 +349,7 @@ impl Batch {
                     lots: lots.remove(&id).unwrap_or_default(),
                     holds: holds.remove(&id).unwrap_or_default(),
                     debt: state.debts.get(&id).copied().unwrap_or(0),
+                    expiring_window: state.expiring_window,
                     ..Wallet::default()
                 };
                 let running = RunningAccount {
@@ -534,7 +539,7 @@ impl Batch {
         // An account with no journal row yet (a refused first write, a rule set for a user
         // who has never been written to) has nothing to alert about.
         let never_written = account.locked.last_seq == 0;
-        if !never_written && check_alerts(user, account, &mut self.alerts) {
+        if !never_written && check_alerts(user, account, now, &mut self.alerts) {
             account.touched = true;
         }
         let mut receipt = outcome?;
@@ -1010,7 +1015,13 @@ fn reserve_price(prices: &PriceBook, cmd: &WriteCommand) -> Option<i64> {
 /// Rule 8: an alert event when the account's `available` crossed its threshold (down: low; back
 /// up: recovered) or reached zero (depleted; rising above zero re-arms it without an event)
 /// since its last write. `true` when the account's alert state changed.
-fn check_alerts(user: &str, account: &mut RunningAccount, out: &mut Vec<StagedAlert>) -> bool {
+fn check_alerts(
+    user: &str,
+    account: &mut RunningAccount,
+    now: DateTime<Utc>,
+    out: &mut Vec<StagedAlert>,
+) -> bool {
+    let expiring = check_expiring(user, account, now, out);
     let locked = &mut account.locked;
     let available = locked.balance - account.wallet.held();
     let before = locked.alerts;
@@ -1026,6 +1037,7 @@ fn check_alerts(user: &str, account: &mut RunningAccount, out: &mut Vec<StagedAl
             available,
             balance: locked.balance,
             seq: locked.last_seq,
+            lot: None,
         })
     };
     if threshold.is_some() && low != before.low {
@@ -1041,7 +1053,48 @@ fn check_alerts(user: &str, account: &mut RunningAccount, out: &mut Vec<StagedAl
     }
     locked.alerts.low = low;
     locked.alerts.depleted = depleted;
-    locked.alerts != before
+    locked.alerts != before || expiring
+}
+
+/// A `credits_expiring` event for each lot whose remaining tokens entered the window, once per
+/// lot. `true` when one was written.
+fn check_expiring(
+    user: &str,
+    account: &mut RunningAccount,
+    now: DateTime<Utc>,
+    out: &mut Vec<StagedAlert>,
+) -> bool {
+    let Some(window) = account.wallet.expiring_window else {
+        return false;
+    };
+    let due: Vec<i64> = account
+        .wallet
+        .lots
+        .iter()
+        .filter(|l| l.expiring_unalerted(now, window))
+        .map(|l| l.lot_id)
+        .collect();
+    let available = account.locked.balance - account.wallet.held();
+    for lot_id in &due {
+        let Some(lot) = account.wallet.lots.iter_mut().find(|l| l.lot_id == *lot_id) else {
+            continue;
+        };
+        lot.expiring_alerted = true;
+        if let Some(at) = lot.expires_at {
+            out.push(StagedAlert {
+                account_id: account.locked.account_id,
+                user_id: user.to_string(),
+                kind: AlertKind::CreditsExpiring,
+                threshold: None,
+                available,
+                balance: account.locked.balance,
+                seq: account.locked.last_seq,
+                lot: Some((*lot_id, at, lot.remaining)),
+            });
+        }
+        account.wallet.mark_lot(*lot_id);
+    }
+    !due.is_empty()
 }
 
 /// Whether a hold may be committed: `Ok(had_expired)`.
@@ -1082,6 +1135,7 @@ fn new_lot(cmd: &WriteCommand, entry_id: EntryId, now: DateTime<Utc>) -> Lot {
         expires_at: cmd.terms.expires_at,
         priority: cmd.terms.priority,
         created_at: now,
+        expiring_alerted: false,
     }
 }
 

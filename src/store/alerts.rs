@@ -16,7 +16,7 @@ const RULE_COLUMNS: &str = "b.alert_id, a.user_id, b.tokens, b.percent, b.create
     b.created_at, b.updated_at";
 
 const EVENT_COLUMNS: &str = "event_id, user_id, kind, threshold, available, balance, seq, \
-    created_at, delivered_at, attempts, next_attempt_at, last_error";
+    created_at, delivered_at, attempts, next_attempt_at, last_error, lot_id, expires_at, tokens";
 
 fn rule_from_row(row: &sqlx::postgres::PgRow) -> Result<AlertRule, sqlx::Error> {
     let threshold = match (
@@ -52,6 +52,14 @@ pub(crate) fn event_from_row(row: &sqlx::postgres::PgRow) -> Result<AlertEvent, 
         available: row.try_get("available")?,
         balance: row.try_get("balance")?,
         seq: row.try_get("seq")?,
+        lot: match (
+            row.try_get::<Option<i64>, _>("lot_id")?,
+            row.try_get::<Option<chrono::DateTime<chrono::Utc>>, _>("expires_at")?,
+            row.try_get::<Option<i64>, _>("tokens")?,
+        ) {
+            (Some(l), Some(e), Some(t)) => Some((l, e, t)),
+            _ => None,
+        },
         created_at: row.try_get("created_at")?,
         delivered_at: row.try_get("delivered_at")?,
         attempts: row.try_get("attempts")?,

@@ -100,6 +100,7 @@ impl Store {
         let mut tx = conn.begin().await?;
         let (mut state, now) = load(&mut tx, writes, self.clock().offset_micros()).await?;
         state.holds_per_account_max = self.holds_per_account_max();
+        state.expiring_window = self.alert_expiring_window();
         let (results, staged) = rules::evaluate(state, writes, now);
         persist(&mut tx, writes, &staged).await?;
         tx.commit().await?;
@@ -193,6 +194,7 @@ async fn load(
         debts,
         holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
         prices,
+        expiring_window: None,
     };
     Ok((state, now))
 }
@@ -531,15 +533,16 @@ async fn move_accounts(
            updated_at = v.updated_at, expired_total = v.expired, held = v.held, debt = v.debt, \
            active_holds = v.active_holds, settle_at = v.settle_at, \
            next_expiry_at = v.next_expiry_at, next_expiry_tokens = v.next_expiry_tokens, \
-           last_credit = v.last_credit, alert_low = v.alert_low, alert_depleted = v.alert_depleted \
+           last_credit = v.last_credit, alert_low = v.alert_low, alert_depleted = v.alert_depleted, \
+           alert_due_at = v.alert_due_at \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
                      $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[], $11::bigint[], \
                      $12::bigint[], $13::bigint[], $14::bigint[], $15::timestamptz[], \
                      $16::timestamptz[], $17::bigint[], $18::bigint[], $19::boolean[], \
-                     $20::boolean[]) \
+                     $20::boolean[], $21::timestamptz[]) \
            AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, \
                 updated_at, expired, held, debt, active_holds, settle_at, next_expiry_at, \
-                next_expiry_tokens, last_credit, alert_low, alert_depleted) \
+                next_expiry_tokens, last_credit, alert_low, alert_depleted, alert_due_at) \
          WHERE a.account_id = v.account_id AND a.account_id = ANY($1)",
     )
     .bind(col(|m| m.account_id))
@@ -562,6 +565,7 @@ async fn move_accounts(
     .bind(col(|m| m.alerts.last_credit))
     .bind(moved.iter().map(|m| m.alerts.low).collect::<Vec<_>>())
     .bind(moved.iter().map(|m| m.alerts.depleted).collect::<Vec<_>>())
+    .bind(wallet(|m| m.wallet.alert_due_at))
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -576,10 +580,12 @@ async fn insert_alerts(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO alert_outbox (account_id, user_id, kind, threshold, available, balance, seq) \
-         SELECT a, u, k, th, av, b, s \
+        "INSERT INTO alert_outbox (account_id, user_id, kind, threshold, available, balance, seq, \
+           lot_id, expires_at, tokens) \
+         SELECT a, u, k, th, av, b, s, l, e, t \
            FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
-                       $6::bigint[], $7::bigint[]) WITH ORDINALITY AS t(a, u, k, th, av, b, s, o) \
+                       $6::bigint[], $7::bigint[], $8::bigint[], $9::timestamptz[], $10::bigint[]) \
+                WITH ORDINALITY AS x(a, u, k, th, av, b, s, l, e, t, o) \
           ORDER BY o",
     )
     .bind(alerts.iter().map(|a| a.account_id).collect::<Vec<_>>())
@@ -589,6 +595,24 @@ async fn insert_alerts(
     .bind(alerts.iter().map(|a| a.available).collect::<Vec<_>>())
     .bind(alerts.iter().map(|a| a.balance).collect::<Vec<_>>())
     .bind(alerts.iter().map(|a| a.seq).collect::<Vec<_>>())
+    .bind(
+        alerts
+            .iter()
+            .map(|a| a.lot.map(|l| l.0))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        alerts
+            .iter()
+            .map(|a| a.lot.map(|l| l.1))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        alerts
+            .iter()
+            .map(|a| a.lot.map(|l| l.2))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -67,6 +67,9 @@ pub fn body(event: &AlertEvent) -> serde_json::Value {
         "seq": event.seq,
         "created_at": event.created_at.to_rfc3339(),
         "attempt": event.attempts,
+        "lot_id": event.lot.map(|l| l.0),
+        "expires_at": event.lot.map(|l| l.1.to_rfc3339()),
+        "tokens": event.lot.map(|l| l.2),
     })
 }
 

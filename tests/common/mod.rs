@@ -404,6 +404,8 @@ pub struct TestOptions {
     pub expiry_sweep_interval: Duration,
     /// Where balance alerts are delivered; `None` keeps them in the outbox.
     pub alert_hook: Option<token_ledger::transport::alert_hook::AlertHookConfig>,
+    /// The `credits_expiring` window; `None`: off.
+    pub alert_expiring_window: Option<chrono::Duration>,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -426,6 +428,7 @@ impl Default for TestOptions {
             holds_per_account_max: token_ledger::domain::HOLDS_PER_ACCOUNT_DEFAULT,
             expiry_sweep_interval: Duration::from_secs(3600),
             alert_hook: None,
+            alert_expiring_window: None,
         }
     }
 }
@@ -461,7 +464,8 @@ impl TestApp {
             pool_acquire_timeout: options.pool_acquire_timeout,
         })
         .unwrap()
-        .with_holds_per_account_max(options.holds_per_account_max);
+        .with_holds_per_account_max(options.holds_per_account_max)
+        .with_alert_expiring_window(options.alert_expiring_window);
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
         config.expiry_sweep_interval = options.expiry_sweep_interval;
         config.alert_hook = options.alert_hook.clone();

@@ -144,5 +144,8 @@ pub(crate) fn event_to_pb(e: AlertEvent) -> pb::AlertEvent {
         attempts: e.attempts,
         next_attempt_at: Some(chrono_to_timestamp(e.next_attempt_at)),
         last_error: e.last_error.unwrap_or_default(),
+        lot_id: e.lot.map(|l| l.0.to_string()).unwrap_or_default(),
+        expires_at: e.lot.map(|l| chrono_to_timestamp(l.1)),
+        tokens: e.lot.map_or(0, |l| l.2),
     }
 }
