@@ -95,6 +95,14 @@ pub enum Command {
     UsageSummary(client::UsageSummaryArgs),
     /// Print a user's balance as it changes, one line per update (WatchBalance), until stopped.
     Watch(client::WatchArgs),
+    /// Set a balance-alert threshold for a user, or the default (no --user).
+    SetAlert(client::SetAlertArgs),
+    /// List balance-alert rules.
+    Alerts(client::AlertUserArgs),
+    /// Delete a user's balance-alert rule, or the default (no --user).
+    DeleteAlert(client::AlertUserArgs),
+    /// List balance-alert events and their delivery state, newest first.
+    AlertEvents(client::AlertEventsArgs),
     /// Load-test a ledger over real gRPC: runs `token-ledger-bench` (built beside this binary)
     /// with the same arguments; see BENCHMARKS.md.
     #[command(disable_help_flag = true)]
@@ -294,6 +302,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub watch: WatchArgs,
 
+    #[command(flatten)]
+    pub alerts: AlertArgs,
+
     /// Serve Prometheus metrics on this address (GET /metrics). Off by default.
     #[arg(long, env = "TOKEN_LEDGER_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -341,6 +352,67 @@ impl WatchArgs {
             watchers_max: self.watchers_max,
             watchers_per_user_max: self.watchers_per_user_max,
         }
+    }
+}
+
+/// Where balance-alert events go. Without a URL they stay in the outbox (ListAlertEvents).
+#[derive(Debug, Clone, Args)]
+pub struct AlertArgs {
+    /// POST every balance-alert event here (JSON, signed with --alert-webhook-secret in the
+    /// `Token-Ledger-Signature` header), retried until a 2xx.
+    #[arg(long, env = "TOKEN_LEDGER_ALERT_WEBHOOK_URL")]
+    pub alert_webhook_url: Option<String>,
+
+    /// The HMAC-SHA256 key receivers verify signatures with (required with the URL).
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_ALERT_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub alert_webhook_secret: Option<String>,
+
+    /// How often the deliverer looks for due events when it found none, in ms.
+    #[arg(long, env = "TOKEN_LEDGER_ALERT_POLL_MS", default_value_t = 1_000)]
+    pub alert_poll_ms: u64,
+
+    /// Longest wait between two attempts of one event, in seconds (retries double from 1 s).
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_ALERT_RETRY_MAX_SECS",
+        default_value_t = 3_600
+    )]
+    pub alert_retry_max_secs: u64,
+
+    /// Write a `credits_expiring` alert when a lot's remaining tokens will expire within this
+    /// many hours (once per lot); 0: never.
+    #[arg(
+        long,
+        env = "TOKEN_LEDGER_ALERT_EXPIRING_WINDOW_HOURS",
+        default_value_t = 0
+    )]
+    pub alert_expiring_window_hours: u32,
+}
+
+impl AlertArgs {
+    fn config(&self) -> anyhow::Result<Option<crate::transport::alert_hook::AlertHookConfig>> {
+        let Some(url) = self.alert_webhook_url.clone().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let secret = self
+            .alert_webhook_secret
+            .clone()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--alert-webhook-url needs a signing secret: set TOKEN_LEDGER_ALERT_WEBHOOK_SECRET or --alert-webhook-secret"
+                )
+            })?;
+        Ok(Some(crate::transport::alert_hook::AlertHookConfig {
+            url,
+            secret,
+            poll_interval: Duration::from_millis(self.alert_poll_ms.max(1)),
+            retry_max: Duration::from_secs(self.alert_retry_max_secs.max(1)),
+        }))
     }
 }
 
@@ -548,6 +620,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Prices(a) => client::prices(a).await,
         Command::UsageSummary(a) => client::usage_summary(a).await,
         Command::Watch(a) => client::watch(a).await,
+        Command::SetAlert(a) => client::set_alert(a).await,
+        Command::Alerts(a) => client::alerts(a).await,
+        Command::DeleteAlert(a) => client::delete_alert(a).await,
+        Command::AlertEvents(a) => client::alert_events(a).await,
         Command::Bench { args } => bench(&args),
     }
 }
@@ -570,13 +646,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config.webhook_pool_connections_max = args.stripe_webhook_db_pool_max;
         config.expiry_sweep_interval = Duration::from_millis(args.expiry_sweep_interval_ms.max(1));
         config.watch = args.watch.config();
+        config.alert_hook = args.alerts.config()?;
         if let Some(listen) = args.metrics_listen {
             crate::metrics::install(listen).await?;
         }
         let store = db
             .store
             .clone()
-            .with_holds_per_account_max(args.holds_per_account_max);
+            .with_holds_per_account_max(args.holds_per_account_max)
+            .with_alert_expiring_window((args.alerts.alert_expiring_window_hours > 0).then(|| {
+                chrono::Duration::hours(i64::from(args.alerts.alert_expiring_window_hours))
+            }));
         let mut app = Application::build(config, store).await?;
         if let Some(listen) = args.stripe_webhook_listen {
             let (webhook_config, catalog) = args.stripe.load()?;

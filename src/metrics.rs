@@ -158,6 +158,14 @@ fn describe() {
         "ledger_webhook_signature_failures_total",
         "Stripe webhook requests refused for a missing, stale or wrong signature"
     );
+    describe_counter!(
+        "ledger_alerts_written_total",
+        "Balance alert events written to the outbox, in the transactions that caused them"
+    );
+    describe_counter!(
+        "ledger_alert_deliveries_total",
+        "Alert event deliveries to --alert-webhook-url, by result (delivered, failed)"
+    );
     describe_histogram!(
         "ledger_webhook_ledger_call_seconds",
         Unit::Seconds,
@@ -175,6 +183,7 @@ fn register_zeroes() {
         "ledger_tokens_expired_total",
         "ledger_webhook_signature_failures_total",
         "ledger_watch_notifications_total",
+        "ledger_alerts_written_total",
     ] {
         counter!(name).absolute(0);
     }
@@ -258,6 +267,17 @@ pub fn watchers(active: usize) {
 /// One balance-change notification heard by this process's listener.
 pub fn watch_notification() {
     counter!("ledger_watch_notifications_total").increment(1);
+}
+
+/// Alert events a committed batch wrote.
+pub fn alerts_written(events: usize) {
+    counter!("ledger_alerts_written_total").increment(events as u64);
+}
+
+/// One delivery attempt of an alert event.
+pub fn alert_delivery(delivered: bool) {
+    let result = if delivered { "delivered" } else { "failed" };
+    counter!("ledger_alert_deliveries_total", "result" => result).increment(1);
 }
 
 pub fn read_batch(reads: usize) {

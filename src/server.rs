@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub expiry_sweep_interval: Duration,
     /// WatchBalance: heartbeat interval and watcher limits.
     pub watch: WatchConfig,
+    /// Where balance-alert events are delivered; `None` keeps them in the outbox.
+    pub alert_hook: Option<crate::transport::alert_hook::AlertHookConfig>,
 }
 
 impl ServerConfig {
@@ -75,6 +77,7 @@ impl ServerConfig {
             webhook_pool_connections_max: crate::webhook::POOL_CONNECTIONS_MAX_DEFAULT,
             expiry_sweep_interval: crate::ledger::sweeper::SWEEP_INTERVAL_DEFAULT,
             watch: WatchConfig::default(),
+            alert_hook: None,
         }
     }
 }
@@ -204,6 +207,10 @@ impl Application {
         ));
         // Watchers end when the server stops: a stream left open would hold the drain forever.
         let watch = Watch::start(core.clone(), config.watch, stop_rx.clone());
+        let alert_hook = config
+            .alert_hook
+            .clone()
+            .map(|c| tokio::spawn(crate::transport::alert_hook::run(store.clone(), c)));
         let ledger = LedgerGrpc::new(
             core,
             Authenticator::new(config.api_keys.clone()).with_jwt(config.jwt.clone()),
@@ -269,6 +276,9 @@ impl Application {
         health_task.abort();
         sampler.abort();
         sweeper.abort();
+        if let Some(task) = alert_hook {
+            task.abort();
+        }
         store.close().await;
         served?;
         Ok(())

@@ -469,6 +469,7 @@ async fn cors_grants_the_configured_origin_and_no_other() {
     // An actual grpc-web call from the allowed origin exposes the grpc headers to the page.
     let message = pb::GetBalanceRequest {
         user_id: "u".into(),
+        as_of: None,
     }
     .encode_to_vec();
     let (_, headers, _) = grpc_web(

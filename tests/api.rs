@@ -307,6 +307,7 @@ async fn get_balance_reports_totals_by_kind_and_zero_for_an_unknown_user() {
             USAGE_KEY,
             pb::GetBalanceRequest {
                 user_id: "u".into(),
+                as_of: None,
             },
         ))
         .await
@@ -327,6 +328,7 @@ async fn get_balance_reports_totals_by_kind_and_zero_for_an_unknown_user() {
             READ_KEY,
             pb::GetBalanceRequest {
                 user_id: "ghost".into(),
+                as_of: None,
             },
         ))
         .await
@@ -613,6 +615,7 @@ async fn every_validation_error_names_its_field_and_writes_nothing() {
     let err = c
         .get_balance(admin(pb::GetBalanceRequest {
             user_id: String::new(),
+            as_of: None,
         }))
         .await
         .unwrap_err();
@@ -1020,6 +1023,7 @@ async fn a_purchase_is_reversed_in_parts_never_beyond_what_it_credited() {
     let b = c
         .get_balance(admin(pb::GetBalanceRequest {
             user_id: "u".into(),
+            as_of: None,
         }))
         .await
         .unwrap()

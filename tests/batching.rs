@@ -706,6 +706,7 @@ async fn with_the_balance_cache_every_read_sees_the_committed_balance() {
     let b = c
         .get_balance(admin(pb::GetBalanceRequest {
             user_id: "cached".into(),
+            as_of: None,
         }))
         .await
         .unwrap()

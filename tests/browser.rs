@@ -711,6 +711,7 @@ async fn an_admin_signs_in_in_a_real_browser_grants_tokens_and_releases_a_hold()
     let balance = c
         .get_balance(admin(pb::GetBalanceRequest {
             user_id: hold_user.clone(),
+            as_of: None,
         }))
         .await
         .unwrap()
@@ -745,6 +746,7 @@ async fn an_admin_signs_in_in_a_real_browser_grants_tokens_and_releases_a_hold()
     let buyer = c
         .get_balance(admin(pb::GetBalanceRequest {
             user_id: stripe.buyer.clone(),
+            as_of: None,
         }))
         .await
         .unwrap()

@@ -90,6 +90,7 @@ async fn release(c: &mut Client, hold: &str) -> pb::ReleaseHoldResponse {
 async fn balance(c: &mut Client, user: &str) -> pb::GetBalanceResponse {
     c.get_balance(admin(pb::GetBalanceRequest {
         user_id: user.into(),
+        as_of: None,
     }))
     .await
     .unwrap()

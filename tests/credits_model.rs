@@ -654,6 +654,7 @@ impl Case<'_> {
             .c
             .get_balance(admin(pb::GetBalanceRequest {
                 user_id: self.user.clone(),
+                as_of: None,
             }))
             .await
             .map_err(|s| TestCaseError::fail(format!("GetBalance: {s:?}")))?

@@ -23,6 +23,7 @@ async fn a_call_without_a_key_or_with_an_unknown_key_is_unauthenticated() {
     let none = c
         .get_balance(tonic::Request::new(pb::GetBalanceRequest {
             user_id: "u".into(),
+            as_of: None,
         }))
         .await
         .unwrap_err();
@@ -32,6 +33,7 @@ async fn a_call_without_a_key_or_with_an_unknown_key_is_unauthenticated() {
             "not-a-real-key-at-all",
             pb::GetBalanceRequest {
                 user_id: "u".into(),
+                as_of: None,
             },
         ))
         .await
@@ -39,6 +41,7 @@ async fn a_call_without_a_key_or_with_an_unknown_key_is_unauthenticated() {
     assert_eq!(unknown.code(), Code::Unauthenticated);
     let mut basic = tonic::Request::new(pb::GetBalanceRequest {
         user_id: "u".into(),
+        as_of: None,
     });
     basic
         .metadata_mut()
@@ -64,7 +67,8 @@ async fn each_scope_reaches_only_its_calls() {
         .get_balance(with_key(
             USAGE_KEY,
             pb::GetBalanceRequest {
-                user_id: "u".into()
+                user_id: "u".into(),
+                as_of: None,
             }
         ))
         .await
@@ -136,7 +140,8 @@ async fn each_scope_reaches_only_its_calls() {
         .get_balance(with_key(
             READ_KEY,
             pb::GetBalanceRequest {
-                user_id: "u".into()
+                user_id: "u".into(),
+                as_of: None,
             }
         ))
         .await
@@ -285,6 +290,7 @@ async fn health_follows_the_database_and_needs_no_key() {
                 READ_KEY,
                 pb::GetBalanceRequest {
                     user_id: "u".into(),
+                    as_of: None,
                 },
             ))
             .await

@@ -30,9 +30,12 @@ async fn a_read_after_an_acknowledged_write_on_another_process_sees_it() {
             let mut reads = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let user = format!("rw-{}", (n + reads as usize) % USERS);
-                c.get_balance(admin(pb::GetBalanceRequest { user_id: user }))
-                    .await
-                    .unwrap();
+                c.get_balance(admin(pb::GetBalanceRequest {
+                    user_id: user,
+                    as_of: None,
+                }))
+                .await
+                .unwrap();
                 reads += 1;
             }
             reads
@@ -59,6 +62,7 @@ async fn a_read_after_an_acknowledged_write_on_another_process_sees_it() {
                 let seen = r
                     .get_balance(admin(pb::GetBalanceRequest {
                         user_id: user.clone(),
+                        as_of: None,
                     }))
                     .await
                     .unwrap()

@@ -416,3 +416,66 @@ async fn the_cli_prints_a_summary_by_day_and_model() {
     let days = [today, today.pred_opt().unwrap()].map(|d| d.format("%Y-%m-%d").to_string());
     assert!(days.iter().any(|d| row["day"] == d.as_str()), "{row}");
 }
+
+#[tokio::test]
+async fn a_balance_as_of_an_instant_is_the_balance_after_the_last_row_before_it() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    let before_all = Utc::now();
+    let mut marks = Vec::new();
+    let mut expected = 0;
+    for (i, delta) in [1_000i64, -300, 500, -1_250, 40].into_iter().enumerate() {
+        if delta > 0 {
+            c.grant(admin(grant_req("pit", delta, &format!("g{i}"))))
+                .await
+                .unwrap();
+        } else {
+            c.track_usage(with_key(
+                USAGE_KEY,
+                call("pit", -delta, &format!("u{i}"), "m", ""),
+            ))
+            .await
+            .unwrap();
+        }
+        expected += delta;
+        marks.push((Utc::now(), expected, i as i64 + 1));
+        tokio::time::sleep(Duration::milliseconds(5).to_std().unwrap()).await;
+    }
+    let at = |t: DateTime<Utc>| pb::GetBalanceRequest {
+        user_id: "pit".into(),
+        as_of: Some(ts(&t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))),
+    };
+    for (t, balance, seq) in &marks {
+        let r = c
+            .get_balance(with_key(READ_KEY, at(*t)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.balance, r.transaction_count),
+            (*balance, *seq),
+            "as of {t}"
+        );
+        assert!(r.updated_at.is_some());
+    }
+    let r = c
+        .get_balance(with_key(READ_KEY, at(before_all - Duration::seconds(1))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((r.balance, r.transaction_count, r.updated_at), (0, 0, None));
+    let bad = c
+        .get_balance(with_key(
+            READ_KEY,
+            pb::GetBalanceRequest {
+                user_id: "pit".into(),
+                as_of: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -1,
+                }),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_request_field(&bad), "as_of");
+}

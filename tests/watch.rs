@@ -50,6 +50,7 @@ async fn next(stream: &mut Streaming<pb::BalanceUpdate>) -> pb::BalanceUpdate {
 async fn get(c: &mut Client, user: &str) -> pb::GetBalanceResponse {
     c.get_balance(admin(pb::GetBalanceRequest {
         user_id: user.into(),
+        ..Default::default()
     }))
     .await
     .unwrap()

@@ -629,3 +629,165 @@ pub async fn usage_summary(a: UsageSummaryArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct ThresholdArg {
+    /// Low at or below this many tokens.
+    #[arg(long)]
+    pub tokens: Option<i64>,
+    /// Low at or below this percentage of the account's most recent credit.
+    #[arg(long)]
+    pub percent: Option<i32>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SetAlertArgs {
+    /// The user; the default for every account when absent.
+    #[arg(long = "user")]
+    pub user_id: Option<String>,
+    #[command(flatten)]
+    pub threshold: ThresholdArg,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AlertUserArgs {
+    /// The user; the default rule (or everyone's events) when absent.
+    #[arg(long = "user")]
+    pub user_id: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AlertEventsArgs {
+    /// Only this user's events.
+    #[arg(long = "user")]
+    pub user_id: Option<String>,
+    /// Only events not delivered yet.
+    #[arg(long)]
+    pub pending: bool,
+    #[arg(long, default_value_t = 50)]
+    pub page_size: i32,
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn rule_text(a: &pb::BalanceAlert) -> String {
+    use pb::balance_alert::Threshold as T;
+    let who = if a.user_id.is_empty() {
+        "default".to_string()
+    } else {
+        format!("user {}", a.user_id)
+    };
+    let threshold = match a.threshold {
+        Some(T::Tokens(t)) => format!("at or below {t} tokens"),
+        Some(T::Percent(p)) => format!("at or below {p}% of the most recent credit"),
+        None => "-".into(),
+    };
+    format!(
+        "alert {} ({who}): {threshold}, set by {}",
+        a.alert_id, a.created_by
+    )
+}
+
+pub async fn set_alert(a: SetAlertArgs) -> anyhow::Result<ExitCode> {
+    use pb::set_balance_alert_request::Threshold as T;
+    let mut c = Client::connect(&a.client).await?;
+    let threshold = match (a.threshold.tokens, a.threshold.percent) {
+        (Some(t), _) => Some(T::Tokens(t)),
+        (None, Some(p)) => Some(T::Percent(p)),
+        (None, None) => None,
+    };
+    let req = c.request(pb::SetBalanceAlertRequest {
+        user_id: a.user_id.unwrap_or_default(),
+        threshold,
+    });
+    match c.inner.set_balance_alert(req).await {
+        Ok(r) if c.json => json::print(&r.into_inner()),
+        Ok(r) => println!("{}", rule_text(&r.into_inner().alert.unwrap_or_default())),
+        Err(status) => return report_status(status),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn alerts(a: AlertUserArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::ListBalanceAlertsRequest {
+        user_id: a.user_id.unwrap_or_default(),
+    });
+    match c.inner.list_balance_alerts(req).await {
+        Ok(r) if c.json => json::print(&r.into_inner()),
+        Ok(r) => {
+            let alerts = r.into_inner().alerts;
+            if alerts.is_empty() {
+                println!("no balance alerts set");
+            }
+            alerts.iter().for_each(|a| println!("{}", rule_text(a)));
+        }
+        Err(status) => return report_status(status),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn delete_alert(a: AlertUserArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::DeleteBalanceAlertRequest {
+        user_id: a.user_id.unwrap_or_default(),
+    });
+    match c.inner.delete_balance_alert(req).await {
+        Ok(r) if c.json => json::print(&r.into_inner()),
+        Ok(r) if r.get_ref().deleted => println!("deleted"),
+        Ok(_) => println!("there was no such rule"),
+        Err(status) => return report_status(status),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn alert_events(a: AlertEventsArgs) -> anyhow::Result<ExitCode> {
+    let mut c = Client::connect(&a.client).await?;
+    let req = c.request(pb::ListAlertEventsRequest {
+        user_id: a.user_id.unwrap_or_default(),
+        pending_only: a.pending,
+        page_size: a.page_size,
+        page_token: a.page_token,
+    });
+    let r = match c.inner.list_alert_events(req).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return report_status(status),
+    };
+    if c.json {
+        json::print(&r);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in &r.events {
+        let state = match &e.delivered_at {
+            Some(at) => format!("delivered {}", time(Some(*at))),
+            None if e.attempts == 0 => "pending".into(),
+            None => format!(
+                "pending, {} attempts, next {}: {}",
+                e.attempts,
+                time(e.next_attempt_at),
+                e.last_error
+            ),
+        };
+        println!(
+            "alert_{}  {}  {:<18} user={} available={} threshold={} seq={}  {state}",
+            e.event_id,
+            time(e.created_at),
+            e.r#type,
+            e.user_id,
+            e.available,
+            e.threshold,
+            e.seq
+        );
+    }
+    if !r.next_page_token.is_empty() {
+        println!("more: --page-token {}", r.next_page_token);
+    }
+    Ok(ExitCode::SUCCESS)
+}

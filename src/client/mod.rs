@@ -19,12 +19,12 @@ pub mod json;
 mod watch;
 
 pub use admin::{
-    accounts, overview, prices, reverse, set_price, stripe_events, transaction, usage_summary,
-    who_am_i,
+    accounts, alert_events, alerts, delete_alert, overview, prices, reverse, set_alert, set_price,
+    stripe_events, transaction, usage_summary, who_am_i,
 };
 pub use admin::{
-    AccountsArgs, OverviewArgs, PricesArgs, ReverseArgs, SetPriceArgs, StripeEventsArgs,
-    TransactionArgs, UsageSummaryArgs, WhoAmIArgs,
+    AccountsArgs, AlertEventsArgs, AlertUserArgs, OverviewArgs, PricesArgs, ReverseArgs,
+    SetAlertArgs, SetPriceArgs, StripeEventsArgs, TransactionArgs, UsageSummaryArgs, WhoAmIArgs,
 };
 
 pub use holds::{commit_hold, extend_hold, holds, lots, release_hold, reserve};
@@ -209,6 +209,9 @@ pub struct UsageArgs {
 pub struct BalanceArgs {
     #[arg(long = "user")]
     pub user_id: String,
+    /// The balance as it was at this instant, RFC 3339 (only balance, row count and time).
+    #[arg(long)]
+    pub as_of: Option<DateTime<Utc>>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -427,7 +430,10 @@ pub async fn usage(a: UsageArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn balance(a: BalanceArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&a.client).await?;
-    let req = c.request(pb::GetBalanceRequest { user_id: a.user_id });
+    let req = c.request(pb::GetBalanceRequest {
+        user_id: a.user_id,
+        as_of: a.as_of.map(timestamp),
+    });
     let r = match c.inner.get_balance(req).await {
         Ok(r) => r.into_inner(),
         Err(status) => return report_status(status),

@@ -10,12 +10,14 @@ use std::fmt;
 
 use crate::error::{FieldViolation, LedgerError};
 
+mod alert;
 pub mod build;
 mod command;
 mod credit;
 mod price;
 mod read;
 
+pub use alert::{AlertEvent, AlertKind, AlertRule, Threshold};
 pub use command::{
     AiCall, BusinessKey, Charge, Overdraft, Pricing, Receipt, WriteCommand, WriteDetails,
 };

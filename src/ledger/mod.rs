@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use crate::cache::BalanceCache;
 use crate::domain::{
-    AccountOrder, AccountSummary, Balance, EntryId, EntryKind, EntryLookup, FoundEntry,
-    HistoryFilter, HoldState, JournalEntry, ModelPrice, NewPrice, Overdraft, Overview,
-    OverviewQuery, Receipt, StripeEventFilter, StripeEventRow, UsageQuery, UsageRow, UserId,
-    VerifyReport, WriteCommand, USER_ID_LEN_MAX,
+    AccountOrder, AccountSummary, AlertEvent, AlertRule, Balance, EntryId, EntryKind, EntryLookup,
+    FoundEntry, HistoryFilter, HoldState, JournalEntry, ModelPrice, NewPrice, Overdraft, Overview,
+    OverviewQuery, Receipt, StripeEventFilter, StripeEventRow, Threshold, UsageQuery, UsageRow,
+    UserId, VerifyReport, WriteCommand, USER_ID_LEN_MAX,
 };
 use crate::error::LedgerError;
 use crate::store::{Store, WalletQuery};
@@ -376,6 +376,16 @@ impl Ledger {
         self.store.clock().now()
     }
 
+    /// The balance right after the user's last journal row at or before `at`, with that row's
+    /// sequence and time; `(0, 0, None)` before the first.
+    pub async fn balance_at(
+        &self,
+        user_id: &UserId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(i64, i64, Option<chrono::DateTime<chrono::Utc>>), LedgerError> {
+        self.store.balance_at(user_id, at).await
+    }
+
     /// Adds a model price version (`true`: a replay of the key's earlier call).
     pub async fn set_price(
         &self,
@@ -420,6 +430,105 @@ impl Ledger {
             None
         };
         Ok((rows, next))
+    }
+
+    /// Sets a balance-alert rule, then re-evaluates the accounts it applies to: the user's at once
+    /// (a settle write through the writers, which writes any event its new state calls for),
+    /// every account in the background for the default.
+    pub async fn set_alert(
+        &self,
+        user: Option<&UserId>,
+        threshold: Threshold,
+        created_by: &str,
+    ) -> Result<AlertRule, LedgerError> {
+        let rule = self
+            .store
+            .set_alert(user.map(UserId::as_str), threshold, created_by)
+            .await?;
+        self.reevaluate(user).await?;
+        Ok(rule)
+    }
+
+    /// Deletes a rule (the user's own, or the default) and re-evaluates as `set_alert` does.
+    pub async fn delete_alert(&self, user: Option<&UserId>) -> Result<bool, LedgerError> {
+        let deleted = self.store.delete_alert(user.map(UserId::as_str)).await?;
+        if deleted {
+            self.reevaluate(user).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn reevaluate(&self, user: Option<&UserId>) -> Result<(), LedgerError> {
+        match user {
+            Some(user) => self
+                .write(WriteCommand::settle(user.clone()))
+                .await
+                .map(|_| ()),
+            None => {
+                let ledger = self.clone();
+                tokio::spawn(async move {
+                    if let Err(err) = ledger.reevaluate_all().await {
+                        tracing::error!(error = %err.chain(), "re-evaluating every account against the default alert rule failed");
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Every account, a page at a time, through settle writes.
+    async fn reevaluate_all(&self) -> Result<(), LedgerError> {
+        const PAGE: i64 = 500;
+        let mut after: Option<String> = None;
+        let mut accounts = 0usize;
+        loop {
+            let users = self.store.user_ids_after(after.as_deref(), PAGE).await?;
+            let Some(last) = users.last().cloned() else {
+                break;
+            };
+            let cmds: Vec<WriteCommand> = users
+                .into_iter()
+                .filter_map(|u| UserId::parse("user_id", u).ok())
+                .map(WriteCommand::settle)
+                .collect();
+            accounts += cmds.len();
+            for result in self.write_many(cmds).await {
+                result?;
+            }
+            after = Some(last);
+        }
+        tracing::info!(
+            accounts,
+            "re-evaluated every account against the default alert rule"
+        );
+        Ok(())
+    }
+
+    pub async fn alerts(&self, user: Option<&str>) -> Result<Vec<AlertRule>, LedgerError> {
+        self.store.alerts(user).await
+    }
+
+    /// A page of alert events, newest first; the token is the last event's id.
+    pub async fn alert_events(
+        &self,
+        user: Option<&str>,
+        pending_only: bool,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<AlertEvent>, Option<String>), LedgerError> {
+        let limit = page_limit(page_size)?;
+        let before = decode_page_token(page_token)?;
+        let mut events = self
+            .store
+            .alert_events(user, pending_only, before, limit + 1)
+            .await?;
+        let next = if events.len() as i64 > limit {
+            events.truncate(limit as usize);
+            events.last().map(|e| encode_page_token(e.event_id))
+        } else {
+            None
+        };
+        Ok((events, next))
     }
 
     /// The whole ledger at one instant: liability, daily movements, top users.

@@ -35,9 +35,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Balance, BusinessKey, Charge, EntryId, EntryKind, HoldReceipt, HoldState, LotSource,
-    ModelPrice, Overage, Overdraft, Pricing, Receipt, Tokens, Totals, WriteCommand, WriteDetails,
-    FINGERPRINT_LEN,
+    AlertKind, Balance, BusinessKey, Charge, EntryId, EntryKind, HoldReceipt, HoldState, LotSource,
+    ModelPrice, Overage, Overdraft, Pricing, Receipt, Threshold, Tokens, Totals, WriteCommand,
+    WriteDetails, FINGERPRINT_LEN,
 };
 use crate::error::LedgerError;
 
@@ -73,7 +73,7 @@ pub enum KeyState {
 }
 
 /// An account as the batch's lock found it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockedAccount {
     pub account_id: i64,
     pub balance: i64,
@@ -82,6 +82,34 @@ pub struct LockedAccount {
     /// Created by this batch's lock (a first write); dropped again if no write applies to it, so
     /// a refused write leaves no empty account behind.
     pub created: bool,
+    /// Its alert rule (its own, else the default), and its alert state.
+    pub alerts: AlertState,
+}
+
+/// An account's balance-alert rule and where it stands against it, as of its last write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlertState {
+    pub rule: Option<Threshold>,
+    /// The amount of its most recent credit (percentage thresholds are of it).
+    pub last_credit: i64,
+    /// `available` is at or below the threshold.
+    pub low: bool,
+    /// `available` is at or below zero.
+    pub depleted: bool,
+}
+
+/// An alert event a write caused, for the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedAlert {
+    pub account_id: i64,
+    pub user_id: String,
+    pub kind: AlertKind,
+    pub threshold: Option<i64>,
+    pub available: i64,
+    pub balance: i64,
+    pub seq: i64,
+    /// `credits_expiring`: the lot, when it expires, and its remaining tokens.
+    pub lot: Option<(i64, DateTime<Utc>, i64)>,
 }
 
 /// A business object already credited.
@@ -129,6 +157,8 @@ pub struct BatchState {
     pub holds_per_account_max: i64,
     /// Prices for the batch's usage writes, commits and holds.
     pub prices: PriceBook,
+    /// How long before a lot expires a `credits_expiring` alert is written; `None`: never.
+    pub expiring_window: Option<chrono::Duration>,
 }
 
 /// One journal row to insert: write `write` of the batch, at `seq` of its account.
@@ -172,6 +202,7 @@ pub struct AccountMove {
     pub user_id: String,
     pub balance: Balance,
     pub wallet: WalletSummary,
+    pub alerts: AlertState,
 }
 
 /// Every change the batch makes, for the store to persist in one transaction.
@@ -190,6 +221,12 @@ pub struct Staged {
     pub rehashed_keys: Vec<(String, Fingerprint)>,
     /// Expiry rows, in the order they happened.
     pub expiries: Vec<StagedExpiry>,
+    /// Alert events, in the order the writes caused them.
+    pub alerts: Vec<StagedAlert>,
+    /// The batch's clock: every row it writes is created at this instant, so an account's rows
+    /// are in time order as they are in sequence order (a later batch takes the account's lock,
+    /// and reads this clock, after the earlier one committed).
+    pub now: DateTime<Utc>,
     /// How many placeholder ids (-1, -2, ...) the expiry rows and rollover lots use.
     pub placeholders: i64,
     /// Lots created or changed, with their account id.
@@ -259,6 +296,7 @@ struct Batch {
     holds_per_account_max: i64,
     rows: Vec<StagedRow>,
     expiries: Vec<StagedExpiry>,
+    alerts: Vec<StagedAlert>,
     placeholders: i64,
 }
 
@@ -311,6 +349,7 @@ impl Batch {
                     lots: lots.remove(&id).unwrap_or_default(),
                     holds: holds.remove(&id).unwrap_or_default(),
                     debt: state.debts.get(&id).copied().unwrap_or(0),
+                    expiring_window: state.expiring_window,
                     ..Wallet::default()
                 };
                 let running = RunningAccount {
@@ -332,6 +371,7 @@ impl Batch {
             holds_per_account_max: state.holds_per_account_max,
             rows: Vec::new(),
             expiries: Vec::new(),
+            alerts: Vec::new(),
             placeholders: 0,
         }
     }
@@ -491,6 +531,17 @@ impl Batch {
         let due = account.wallet.expire_due(now);
         stage_expiries(account, due, &mut self.expiries, &mut self.placeholders);
         account.wallet.pay_debt(now);
+        if outcome.is_ok() && cmd.kind().is_credit() {
+            account.locked.alerts.last_credit = cmd.tokens.get();
+        }
+        // Whatever became of the write, settling may have moved `available`; but a refused
+        // first write leaves no account (and so no alert) behind.
+        // An account with no journal row yet (a refused first write, a rule set for a user
+        // who has never been written to) has nothing to alert about.
+        let never_written = account.locked.last_seq == 0;
+        if !never_written && check_alerts(user, account, now, &mut self.alerts) {
+            account.touched = true;
+        }
         let mut receipt = outcome?;
         // A sweep that found nothing due leaves the account as it was.
         if !matches!(cmd.details, WriteDetails::Settle) {
@@ -521,6 +572,8 @@ impl Batch {
         let mut staged = Staged {
             rows: self.rows,
             expiries: self.expiries,
+            alerts: self.alerts,
+            now,
             placeholders: self.placeholders,
             ..Staged::default()
         };
@@ -570,6 +623,7 @@ impl Batch {
                         settle_at: summary.settle_at,
                     },
                     wallet: summary,
+                    alerts: locked.alerts,
                 });
             } else if locked.created {
                 staged.abandoned_accounts.push(locked.account_id);
@@ -958,6 +1012,91 @@ fn reserve_price(prices: &PriceBook, cmd: &WriteCommand) -> Option<i64> {
     }
 }
 
+/// Rule 8: an alert event when the account's `available` crossed its threshold (down: low; back
+/// up: recovered) or reached zero (depleted; rising above zero re-arms it without an event)
+/// since its last write. `true` when the account's alert state changed.
+fn check_alerts(
+    user: &str,
+    account: &mut RunningAccount,
+    now: DateTime<Utc>,
+    out: &mut Vec<StagedAlert>,
+) -> bool {
+    let expiring = check_expiring(user, account, now, out);
+    let locked = &mut account.locked;
+    let available = locked.balance - account.wallet.held();
+    let before = locked.alerts;
+    let threshold = before.rule.map(|r| r.tokens(before.last_credit));
+    let low = threshold.is_some_and(|t| available <= t);
+    let depleted = available <= 0;
+    let mut event = |kind, threshold| {
+        out.push(StagedAlert {
+            account_id: locked.account_id,
+            user_id: user.to_string(),
+            kind,
+            threshold,
+            available,
+            balance: locked.balance,
+            seq: locked.last_seq,
+            lot: None,
+        })
+    };
+    if threshold.is_some() && low != before.low {
+        let kind = if low {
+            AlertKind::BalanceLow
+        } else {
+            AlertKind::BalanceRecovered
+        };
+        event(kind, threshold);
+    }
+    if depleted && !before.depleted {
+        event(AlertKind::BalanceDepleted, Some(0));
+    }
+    locked.alerts.low = low;
+    locked.alerts.depleted = depleted;
+    locked.alerts != before || expiring
+}
+
+/// A `credits_expiring` event for each lot whose remaining tokens entered the window, once per
+/// lot. `true` when one was written.
+fn check_expiring(
+    user: &str,
+    account: &mut RunningAccount,
+    now: DateTime<Utc>,
+    out: &mut Vec<StagedAlert>,
+) -> bool {
+    let Some(window) = account.wallet.expiring_window else {
+        return false;
+    };
+    let due: Vec<i64> = account
+        .wallet
+        .lots
+        .iter()
+        .filter(|l| l.expiring_unalerted(now, window))
+        .map(|l| l.lot_id)
+        .collect();
+    let available = account.locked.balance - account.wallet.held();
+    for lot_id in &due {
+        let Some(lot) = account.wallet.lots.iter_mut().find(|l| l.lot_id == *lot_id) else {
+            continue;
+        };
+        lot.expiring_alerted = true;
+        if let Some(at) = lot.expires_at {
+            out.push(StagedAlert {
+                account_id: account.locked.account_id,
+                user_id: user.to_string(),
+                kind: AlertKind::CreditsExpiring,
+                threshold: None,
+                available,
+                balance: account.locked.balance,
+                seq: account.locked.last_seq,
+                lot: Some((*lot_id, at, lot.remaining)),
+            });
+        }
+        account.wallet.mark_lot(*lot_id);
+    }
+    !due.is_empty()
+}
+
 /// Whether a hold may be committed: `Ok(had_expired)`.
 fn check_commit(account: &RunningAccount, hold_id: EntryId) -> Result<bool, LedgerError> {
     let Some(hold) = account.wallet.hold(hold_id.0) else {
@@ -996,6 +1135,7 @@ fn new_lot(cmd: &WriteCommand, entry_id: EntryId, now: DateTime<Utc>) -> Lot {
         expires_at: cmd.terms.expires_at,
         priority: cmd.terms.priority,
         created_at: now,
+        expiring_alerted: false,
     }
 }
 

@@ -26,12 +26,13 @@ use super::error::is_unavailable;
 use super::prices::{price_from_row, PRICE_COLUMNS};
 use super::{credit, Store};
 use crate::domain::{
-    Balance, BusinessKey, EntryId, EntryKind, Pricing, Totals, WriteCommand, WriteDetails,
+    Balance, BusinessKey, EntryId, EntryKind, Pricing, Threshold, Totals, WriteCommand,
+    WriteDetails,
 };
 use crate::error::LedgerError;
 use crate::ledger::rules::{
-    self, AccountMove, BatchState, Fingerprint, Hold, KeyState, LockedAccount, Original, Outcome,
-    PriceBook, PriorCredit, Staged, StagedRow,
+    self, AccountMove, AlertState, BatchState, Fingerprint, Hold, KeyState, LockedAccount,
+    Original, Outcome, PriceBook, PriorCredit, Staged, StagedAlert, StagedRow,
 };
 
 /// How many times a whole batch is retried after a retryable failure (a lost business-key race,
@@ -100,6 +101,7 @@ impl Store {
         let (mut state, now, announced) =
             load(&mut tx, writes, self.clock().offset_micros()).await?;
         state.holds_per_account_max = self.holds_per_account_max();
+        state.expiring_window = self.alert_expiring_window();
         let (results, staged) = rules::evaluate(state, writes, now);
         persist(&mut tx, writes, &staged, &announced).await?;
         tx.commit().await?;
@@ -111,6 +113,9 @@ impl Store {
             .filter(|h| h.committed_transaction_id.is_none())
             .count();
         crate::metrics::expired(expired_tokens, holds_lapsed);
+        if !staged.alerts.is_empty() {
+            crate::metrics::alerts_written(staged.alerts.len());
+        }
         let balances = staged
             .moved
             .into_iter()
@@ -192,6 +197,7 @@ async fn load(
         debts,
         holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
         prices,
+        expiring_window: None,
     };
     Ok((state, now, announced))
 }
@@ -360,13 +366,22 @@ async fn lock_accounts(
     if users.is_empty() {
         return Ok((accounts, debts, holders, None, announced));
     }
+    // The account's alert rule (its own, else the default) comes with the lock, in the same
+    // statement: no round trip of its own.
     let rows = sqlx::query(&format!(
-        "INSERT INTO accounts (user_id) SELECT u FROM unnest($1::text[]) AS u ORDER BY u \
-         ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
-         RETURNING account_id, user_id, balance, granted_total, deducted_total, purchased_total, \
-           dripped_total, used_total, reversed_total, expired_total, debt, active_holds, \
-           last_seq, (xmax = 0) AS created, {} AS now, \
-           (xmax = 0 OR watched_until > now()) IS TRUE AS announced",
+        "WITH locked AS ( \
+           INSERT INTO accounts (user_id) SELECT u FROM unnest($1::text[]) AS u ORDER BY u \
+           ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
+           RETURNING account_id, user_id, balance, granted_total, deducted_total, \
+             purchased_total, dripped_total, used_total, reversed_total, expired_total, debt, \
+             active_holds, last_seq, last_credit, alert_low, alert_depleted, \
+             (xmax = 0) AS created, {} AS now, \
+             (xmax = 0 OR watched_until > now()) IS TRUE AS announced) \
+         SELECT locked.*, rule.tokens AS alert_tokens, rule.percent AS alert_percent \
+           FROM locked LEFT JOIN LATERAL ( \
+             SELECT tokens, percent FROM balance_alerts b \
+              WHERE b.account_id = locked.account_id OR b.account_id IS NULL \
+              ORDER BY b.account_id NULLS LAST LIMIT 1) rule ON true",
         credit::clock_sql(2)
     ))
     .bind(users)
@@ -403,10 +418,31 @@ async fn lock_accounts(
             },
             last_seq: row.try_get("last_seq")?,
             created: row.try_get("created")?,
+            alerts: alert_state(&row)?,
         };
         accounts.insert(row.try_get("user_id")?, account);
     }
     Ok((accounts, debts, holders, now, announced))
+}
+
+/// An account's alert rule and state from its locked row. A new account starts depleted (it has
+/// nothing): its first write alerts only if it crosses its threshold.
+fn alert_state(row: &sqlx::postgres::PgRow) -> Result<AlertState, sqlx::Error> {
+    let created: bool = row.try_get("created")?;
+    let rule = match (
+        row.try_get::<Option<i64>, _>("alert_tokens")?,
+        row.try_get::<Option<i32>, _>("alert_percent")?,
+    ) {
+        (Some(t), _) => Some(Threshold::Tokens(t)),
+        (None, Some(p)) => Some(Threshold::Percent(p)),
+        (None, None) => None,
+    };
+    Ok(AlertState {
+        rule,
+        last_credit: row.try_get("last_credit")?,
+        low: row.try_get("alert_low")?,
+        depleted: created || row.try_get::<bool, _>("alert_depleted")?,
+    })
 }
 
 /// The rows reversals name (read under the account locks just taken), with what committed
@@ -476,7 +512,7 @@ async fn persist(
         .execute(&mut **tx)
         .await?;
     }
-    insert_rows(tx, writes, &staged.rows).await?;
+    insert_rows(tx, writes, &staged.rows, staged.now).await?;
     let ids = credit::draw_ids(tx, staged.placeholders).await?;
     credit::persist(tx, staged, &ids).await?;
     if !staged.abandoned_accounts.is_empty() {
@@ -485,7 +521,8 @@ async fn persist(
             .execute(&mut **tx)
             .await?;
     }
-    move_accounts(tx, &staged.moved, announced).await
+    move_accounts(tx, &staged.moved, announced).await?;
+    insert_alerts(tx, &staged.alerts).await
 }
 
 /// The UPDATE of `move_accounts`.
@@ -496,24 +533,27 @@ macro_rules! move_accounts_sql {
            dripped_total = v.dripped, used_total = v.used, reversed_total = v.reversed, \
            updated_at = v.updated_at, expired_total = v.expired, held = v.held, debt = v.debt, \
            active_holds = v.active_holds, settle_at = v.settle_at, \
-           next_expiry_at = v.next_expiry_at, next_expiry_tokens = v.next_expiry_tokens \
+           next_expiry_at = v.next_expiry_at, next_expiry_tokens = v.next_expiry_tokens, \
+           last_credit = v.last_credit, alert_low = v.alert_low, alert_depleted = v.alert_depleted, \
+           alert_due_at = v.alert_due_at \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
                      $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[], $11::bigint[], \
                      $12::bigint[], $13::bigint[], $14::bigint[], $15::timestamptz[], \
-                     $16::timestamptz[], $17::bigint[]) \
+                     $16::timestamptz[], $17::bigint[], $18::bigint[], $19::boolean[], \
+                     $20::boolean[], $21::timestamptz[]) \
            AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, \
                 updated_at, expired, held, debt, active_holds, settle_at, next_expiry_at, \
-                next_expiry_tokens) \
+                next_expiry_tokens, last_credit, alert_low, alert_depleted, alert_due_at) \
          WHERE a.account_id = v.account_id AND a.account_id = ANY($1)"
     };
 }
 const MOVE_ACCOUNTS_SQL: &str = move_accounts_sql!();
-/// The same, announcing `$18`'s payloads on channel `$19`: a data-modifying CTE runs to the end
+/// The same, announcing `$22`'s payloads on channel `$23`: a data-modifying CTE runs to the end
 /// whatever the outer query reads.
 const MOVE_AND_ANNOUNCE_SQL: &str = concat!(
     "WITH moved AS (",
     move_accounts_sql!(),
-    " RETURNING 1) SELECT pg_notify($19, p) FROM unnest($18::text[]) AS p"
+    " RETURNING 1) SELECT pg_notify($23, p) FROM unnest($22::text[]) AS p"
 );
 
 /// Each moved account once, to the balance and totals the rules computed; and, in the same
@@ -564,13 +604,64 @@ async fn move_accounts(
         .bind(col(|m| m.wallet.active_holds))
         .bind(wallet(|m| m.wallet.settle_at))
         .bind(wallet(|m| m.wallet.next_expiry.map(|(at, _)| at)))
-        .bind(col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t)));
+        .bind(col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t)))
+        .bind(col(|m| m.alerts.last_credit))
+        .bind(moved.iter().map(|m| m.alerts.low).collect::<Vec<_>>())
+        .bind(moved.iter().map(|m| m.alerts.depleted).collect::<Vec<_>>())
+        .bind(wallet(|m| m.wallet.alert_due_at));
     let query = if payloads.is_empty() {
         query
     } else {
         query.bind(payloads).bind(super::notify::BALANCE_CHANNEL)
     };
     query.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// The batch's alert events, into the outbox (migration 0012), in the order they happened.
+async fn insert_alerts(
+    tx: &mut Transaction<'_, Postgres>,
+    alerts: &[StagedAlert],
+) -> Result<(), sqlx::Error> {
+    if alerts.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO alert_outbox (account_id, user_id, kind, threshold, available, balance, seq, \
+           lot_id, expires_at, tokens) \
+         SELECT a, u, k, th, av, b, s, l, e, t \
+           FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], \
+                       $6::bigint[], $7::bigint[], $8::bigint[], $9::timestamptz[], $10::bigint[]) \
+                WITH ORDINALITY AS x(a, u, k, th, av, b, s, l, e, t, o) \
+          ORDER BY o",
+    )
+    .bind(alerts.iter().map(|a| a.account_id).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.user_id.clone()).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.kind.as_str()).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.threshold).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.available).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.balance).collect::<Vec<_>>())
+    .bind(alerts.iter().map(|a| a.seq).collect::<Vec<_>>())
+    .bind(
+        alerts
+            .iter()
+            .map(|a| a.lot.map(|l| l.0))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        alerts
+            .iter()
+            .map(|a| a.lot.map(|l| l.1))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        alerts
+            .iter()
+            .map(|a| a.lot.map(|l| l.2))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -667,6 +758,7 @@ async fn insert_rows(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
     rows: &[StagedRow],
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let mut usage: Vec<Row<'_>> = Vec::new();
     let mut drips: Vec<Row<'_>> = Vec::new();
@@ -683,13 +775,13 @@ async fn insert_rows(
         }
     }
     if !usage.is_empty() {
-        insert_usage(tx, &usage).await?;
+        insert_usage(tx, &usage, now).await?;
     }
     if !drips.is_empty() {
-        insert_drips(tx, &mut drips).await?;
+        insert_drips(tx, &mut drips, now).await?;
     }
     if !transactions.is_empty() {
-        insert_transactions(tx, &mut transactions).await?;
+        insert_transactions(tx, &mut transactions, now).await?;
     }
     Ok(())
 }
@@ -736,6 +828,7 @@ impl CommonColumns {
 async fn insert_usage(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[Row<'_>],
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     let c = CommonColumns::of(rows);
     let mut models = Vec::with_capacity(rows.len());
@@ -765,10 +858,10 @@ async fn insert_usage(
         "WITH ins AS ( \
            INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
              input_tokens, output_tokens, feature, created_by, cache_read_tokens, \
-             cache_write_tokens, price_id) \
-           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
-             $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[], \
-             $11::bigint[], $12::bigint[], $13::bigint[]) \
+             cache_write_tokens, price_id, created_at) \
+           SELECT *, $14::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], \
+             $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], \
+             $10::text[], $11::bigint[], $12::bigint[], $13::bigint[]) \
            RETURNING account_id, created_at, model, feature, token_amount, input_tokens, \
              output_tokens, cache_read_tokens, cache_write_tokens) \
          INSERT INTO usage_rollups AS r \
@@ -797,6 +890,7 @@ async fn insert_usage(
     .bind(cache_reads)
     .bind(cache_writes)
     .bind(prices)
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -805,6 +899,7 @@ async fn insert_usage(
 async fn insert_drips(
     tx: &mut Transaction<'_, Postgres>,
     rows: &mut [Row<'_>],
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     // In (subscription, period) order: the unique index's entries are locked in one order.
     rows.sort_by_key(|r| r.cmd.business_key());
@@ -830,10 +925,10 @@ async fn insert_drips(
     sqlx::query(
         "INSERT INTO token_drips (id, account_id, entry_seq, token_amount, balance_after, \
          stripe_subscription_id, stripe_invoice_id, period_start, period_end, created_by, \
-         idempotency_key) \
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                              $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], \
-                              $11::text[])",
+         idempotency_key, created_at) \
+         SELECT *, $12::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                              $5::bigint[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], \
+                              $10::text[], $11::text[])",
     )
     .bind(c.ids)
     .bind(c.account_ids)
@@ -846,6 +941,7 @@ async fn insert_drips(
     .bind(ends)
     .bind(c.actors)
     .bind(key_texts(rows))
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -854,6 +950,7 @@ async fn insert_drips(
 async fn insert_transactions(
     tx: &mut Transaction<'_, Postgres>,
     rows: &mut [Row<'_>],
+    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
     // Payment intents, then annual invoices, each in key order: the unique indexes' entries are
     // locked in one order.
@@ -871,11 +968,11 @@ async fn insert_transactions(
         "INSERT INTO token_transactions (id, account_id, entry_seq, token_amount, balance_after, created_by, \
          transaction_type, source, reason, amount_paid_cents, currency, stripe_payment_intent_id, \
          stripe_checkout_session_id, stripe_subscription_id, stripe_invoice_id, pack, \
-         reverses_transaction_id, stripe_reference, allow_negative, idempotency_key) \
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
-                              $7::text[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::text[], \
-                              $13::text[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::text[], \
-                              $19::boolean[], $20::text[])",
+         reverses_transaction_id, stripe_reference, allow_negative, idempotency_key, created_at) \
+         SELECT *, $21::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
+                              $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
+                              $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
+                              $17::bigint[], $18::text[], $19::boolean[], $20::text[])",
     )
     .bind(c.ids)
     .bind(c.account_ids)
@@ -897,6 +994,7 @@ async fn insert_transactions(
     .bind(t.stripe_reference)
     .bind(t.allow_negative)
     .bind(key_texts(rows))
+    .bind(now)
     .execute(&mut **tx)
     .await?;
     Ok(())

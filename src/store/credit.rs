@@ -49,7 +49,7 @@ pub(crate) fn clock_sql(n: usize) -> String {
 }
 
 const LOT_COLUMNS: &str = "lot_id, account_id, source, paid, stripe_subscription_id, granted, \
-    remaining, held, expires_at, priority, created_at";
+    remaining, held, expires_at, priority, created_at, expiring_alerted";
 
 const HOLD_COLUMNS: &str =
     "hold_id, account_id, tokens, state, expires_at, earmarks::text, model, \
@@ -73,6 +73,7 @@ fn lot_from_row(row: &sqlx::postgres::PgRow) -> Result<(i64, Lot), sqlx::Error> 
             expires_at: row.try_get("expires_at")?,
             priority: row.try_get("priority")?,
             created_at: row.try_get("created_at")?,
+            expiring_alerted: row.try_get("expiring_alerted")?,
         },
     ))
 }
@@ -223,8 +224,8 @@ async fn insert_expiries(
         .collect();
     sqlx::query(
         "INSERT INTO token_transactions (id, account_id, entry_seq, token_amount, balance_after, \
-         created_by, transaction_type, source, lot_id, carried_tokens, carried_to_lot) \
-         SELECT id, a, s, t, b, 'ledger', 'expiry', src, l, c, ct \
+         created_by, transaction_type, source, lot_id, carried_tokens, carried_to_lot, created_at) \
+         SELECT id, a, s, t, b, 'ledger', 'expiry', src, l, c, ct, $10::timestamptz \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
                      $6::text[], $7::bigint[], $8::bigint[], $9::bigint[]) \
            AS v(id, a, s, t, b, src, l, c, ct)",
@@ -242,6 +243,7 @@ async fn insert_expiries(
             .collect::<Vec<_>>(),
     )
     .bind(carried_to)
+    .bind(staged.now)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -265,15 +267,17 @@ async fn upsert_lots(
     // Existing lots: only what a batch can change (a burn touches `remaining` alone, which no
     // index covers, so the update stays on its page).
     sqlx::query(
-        "UPDATE token_lots l SET remaining = v.remaining, held = v.held, expires_at = v.expires_at \
-         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[]) \
-           AS v(lot_id, remaining, held, expires_at) \
+        "UPDATE token_lots l SET remaining = v.remaining, held = v.held, expires_at = v.expires_at, \
+           expiring_alerted = v.alerted \
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::boolean[]) \
+           AS v(lot_id, remaining, held, expires_at, alerted) \
          WHERE l.lot_id = v.lot_id",
     )
     .bind(changed.iter().map(|(_, x)| x.lot_id).collect::<Vec<_>>())
     .bind(changed.iter().map(|(_, x)| x.remaining).collect::<Vec<_>>())
     .bind(changed.iter().map(|(_, x)| x.held).collect::<Vec<_>>())
     .bind(changed.iter().map(|(_, x)| x.expires_at).collect::<Vec<_>>())
+    .bind(changed.iter().map(|(_, x)| x.expiring_alerted).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -293,10 +297,10 @@ async fn insert_lots(
     }
     sqlx::query(
         "INSERT INTO token_lots (lot_id, account_id, source, paid, stripe_subscription_id, \
-           granted, remaining, held, expires_at, priority, created_at) \
+           granted, remaining, held, expires_at, priority, created_at, expiring_alerted) \
          SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::boolean[], $5::text[], \
            $6::bigint[], $7::bigint[], $8::bigint[], $9::timestamptz[], $10::int[], \
-           $11::timestamptz[])",
+           $11::timestamptz[], $12::boolean[])",
     )
     .bind(lot_ids)
     .bind(l.iter().map(|(a, _)| *a).collect::<Vec<_>>())
@@ -313,6 +317,11 @@ async fn insert_lots(
     .bind(l.iter().map(|(_, x)| x.expires_at).collect::<Vec<_>>())
     .bind(l.iter().map(|(_, x)| x.priority).collect::<Vec<_>>())
     .bind(l.iter().map(|(_, x)| x.created_at).collect::<Vec<_>>())
+    .bind(
+        l.iter()
+            .map(|(_, x)| x.expiring_alerted)
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -373,13 +382,17 @@ async fn upsert_holds(
 }
 
 impl Store {
-    /// Accounts with something due by the ledger's now (a lot expired, a hold lapsed), soonest
-    /// first.
+    /// Accounts with something due by the ledger's now (a lot expired, a hold lapsed, a lot
+    /// entered its expiring-soon alert window), soonest first.
     pub async fn due_accounts(&self, limit: i64) -> Result<Vec<String>, LedgerError> {
         let mut conn = self.acquire().await?;
         sqlx::query_scalar(&format!(
-            "SELECT user_id FROM accounts WHERE settle_at <= {} ORDER BY settle_at LIMIT $2",
-            now_sql(1)
+            "SELECT user_id FROM ( \
+               SELECT user_id, settle_at AS at FROM accounts WHERE settle_at <= {now} \
+               UNION ALL \
+               SELECT user_id, alert_due_at FROM accounts WHERE alert_due_at <= {now}) d \
+             GROUP BY user_id ORDER BY min(at) LIMIT $2",
+            now = now_sql(1)
         ))
         .bind(self.clock().offset_micros())
         .bind(limit)

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use crate::domain::{Balance, Totals, UserId};
 use crate::error::LedgerError;
 
+mod alerts;
 mod balances;
 mod batch;
 mod credit;
@@ -53,6 +54,8 @@ pub struct Store {
     availability: Arc<Availability>,
     clock: Arc<Clock>,
     holds_per_account_max: i64,
+    /// How long before a lot expires a `credits_expiring` alert is written; `None`: never.
+    alert_expiring_window: Option<chrono::Duration>,
 }
 
 /// How long a call waits for a connection before it has the health watcher probe the database.
@@ -171,6 +174,7 @@ impl Store {
             availability: Arc::default(),
             clock: Arc::default(),
             holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
+            alert_expiring_window: None,
         }
     }
 
@@ -183,6 +187,16 @@ impl Store {
     pub fn with_holds_per_account_max(mut self, max: i64) -> Self {
         self.holds_per_account_max = max.max(1);
         self
+    }
+
+    /// Writes a `credits_expiring` alert when a lot's remaining tokens are `window` from expiring.
+    pub fn with_alert_expiring_window(mut self, window: Option<chrono::Duration>) -> Self {
+        self.alert_expiring_window = window;
+        self
+    }
+
+    pub fn alert_expiring_window(&self) -> Option<chrono::Duration> {
+        self.alert_expiring_window
     }
 
     pub fn holds_per_account_max(&self) -> i64 {

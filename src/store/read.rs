@@ -176,6 +176,25 @@ impl Store {
         Ok(report)
     }
 
+    /// The balance right after `user_id`'s last journal row at or before `at`.
+    pub async fn balance_at(
+        &self,
+        user_id: &UserId,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(i64, i64, Option<chrono::DateTime<chrono::Utc>>), LedgerError> {
+        let mut conn = self.acquire().await?;
+        let row: Option<(i64, i64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(BALANCE_AT_SQL)
+            .bind(user_id.as_str())
+            .bind(at)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| self.saw(e))?;
+        Ok(match row {
+            Some((seq, balance, created_at)) => (balance, seq, Some(created_at)),
+            None => (0, 0, None),
+        })
+    }
+
     pub async fn find_entry(
         &self,
         lookup: &EntryLookup,
@@ -209,6 +228,27 @@ impl Store {
         }))
     }
 }
+
+/// A binary search over one account's journal by sequence for the last row created at or before
+/// `$2`: each step reads one row through the tables' (account, sequence) indexes, so about
+/// log2(rows) index probes whatever the history's length. It relies on an account's rows being
+/// in time order as they are in sequence order, which the batch clock guarantees (see
+/// `Staged::now`).
+const BALANCE_AT_SQL: &str = "\
+WITH RECURSIVE acc AS (SELECT account_id, last_seq FROM accounts WHERE user_id = $1),
+bs(lo, hi) AS (
+  SELECT 0::bigint, last_seq FROM acc
+  UNION ALL
+  SELECT CASE WHEN m.at <= $2 THEN x.mid ELSE bs.lo END,
+         CASE WHEN m.at <= $2 THEN bs.hi ELSE x.mid - 1 END
+    FROM bs CROSS JOIN acc
+    CROSS JOIN LATERAL (SELECT (bs.lo + bs.hi + 1) / 2 AS mid) x
+    CROSS JOIN LATERAL (SELECT created_at AS at FROM journal j
+                         WHERE j.account_id = acc.account_id AND j.entry_seq = x.mid) m
+   WHERE bs.lo < bs.hi)
+SELECT j.entry_seq, j.balance_after, j.created_at
+  FROM bs CROSS JOIN acc JOIN journal j ON j.account_id = acc.account_id AND j.entry_seq = bs.lo
+ WHERE bs.lo = bs.hi AND bs.lo > 0";
 
 /// Every usage rollup (migration 0011) that differs from the sums of its journal rows, either
 /// way (a bucket missing on one side shows as NULL there); at most 100.

@@ -404,6 +404,10 @@ pub struct TestOptions {
     pub expiry_sweep_interval: Duration,
     /// WatchBalance's heartbeat and limits.
     pub watch: token_ledger::ledger::watch::WatchConfig,
+    /// Where balance alerts are delivered; `None` keeps them in the outbox.
+    pub alert_hook: Option<token_ledger::transport::alert_hook::AlertHookConfig>,
+    /// The `credits_expiring` window; `None`: off.
+    pub alert_expiring_window: Option<chrono::Duration>,
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
@@ -426,6 +430,8 @@ impl Default for TestOptions {
             holds_per_account_max: token_ledger::domain::HOLDS_PER_ACCOUNT_DEFAULT,
             expiry_sweep_interval: Duration::from_secs(3600),
             watch: Default::default(),
+            alert_hook: None,
+            alert_expiring_window: None,
         }
     }
 }
@@ -461,9 +467,11 @@ impl TestApp {
             pool_acquire_timeout: options.pool_acquire_timeout,
         })
         .unwrap()
-        .with_holds_per_account_max(options.holds_per_account_max);
+        .with_holds_per_account_max(options.holds_per_account_max)
+        .with_alert_expiring_window(options.alert_expiring_window);
         let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap());
         config.expiry_sweep_interval = options.expiry_sweep_interval;
+        config.alert_hook = options.alert_hook.clone();
         config.api_keys = options.api_keys;
         config.health_check_interval = options.health_check_interval;
         config.jwt = options.jwt;
@@ -664,6 +672,7 @@ pub async fn balance_of(client: &mut LedgerServiceClient<Channel>, user: &str) -
     client
         .get_balance(admin(pb::GetBalanceRequest {
             user_id: user.into(),
+            as_of: None,
         }))
         .await
         .unwrap()

@@ -1434,7 +1434,10 @@ fn reverse_never_fails_internally() {
 
 #[test]
 fn get_balance_never_fails_internally() {
-    let strategy = user_id().prop_map(|user_id| pb::GetBalanceRequest { user_id });
+    let strategy = user_id().prop_map(|user_id| pb::GetBalanceRequest {
+        user_id,
+        as_of: None,
+    });
     seeded().run(LIVE_CASES, strategy, async |app, request| {
         let mut c = app.client().await;
         checked(app, c.get_balance(admin(request))).await.map(drop)

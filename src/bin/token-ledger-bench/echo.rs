@@ -249,6 +249,34 @@ impl LedgerService for Echo {
     ) -> Result<Response<Self::WatchBalanceStream>, Status> {
         not_echoed()
     }
+
+    async fn set_balance_alert(
+        &self,
+        _: Request<pb::SetBalanceAlertRequest>,
+    ) -> Result<Response<pb::SetBalanceAlertResponse>, Status> {
+        not_echoed()
+    }
+
+    async fn list_balance_alerts(
+        &self,
+        _: Request<pb::ListBalanceAlertsRequest>,
+    ) -> Result<Response<pb::ListBalanceAlertsResponse>, Status> {
+        not_echoed()
+    }
+
+    async fn delete_balance_alert(
+        &self,
+        _: Request<pb::DeleteBalanceAlertRequest>,
+    ) -> Result<Response<pb::DeleteBalanceAlertResponse>, Status> {
+        not_echoed()
+    }
+
+    async fn list_alert_events(
+        &self,
+        _: Request<pb::ListAlertEventsRequest>,
+    ) -> Result<Response<pb::ListAlertEventsResponse>, Status> {
+        not_echoed()
+    }
 }
 
 /// An echo server started as a child of this bench (so it has a process of its own, like the

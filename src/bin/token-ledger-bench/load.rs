@@ -146,6 +146,21 @@ async fn one_call(
         other => other,
     };
     match scenario {
+        Scenario::BalanceAt => {
+            // Somewhere in the last minute: the seeded history, for a run started right after.
+            let back = rng.random_range(0..60_000_000i64);
+            let at = chrono::Utc::now() - chrono::Duration::microseconds(back);
+            let r = client
+                .get_balance(s.request(pb::GetBalanceRequest {
+                    user_id: s.users[0].clone(),
+                    as_of: Some(prost_types::Timestamp {
+                        seconds: at.timestamp(),
+                        nanos: at.timestamp_subsec_micros() as i32 * 1_000,
+                    }),
+                }))
+                .await;
+            (1, r.err().map(|e| e.code()))
+        }
         Scenario::Summary => {
             let day = 86_400;
             let now = chrono::Utc::now().timestamp() / 900 * 900;
@@ -183,6 +198,7 @@ async fn one_call(
             let r = client
                 .get_balance(s.request(pb::GetBalanceRequest {
                     user_id: user.clone(),
+                    as_of: None,
                 }))
                 .await;
             (1, r.err().map(|e| e.code()))

@@ -42,6 +42,9 @@ pub enum Scenario {
     /// SummarizeUsage of the first account (the one --history-rows fills) over the last day and
     /// the next, by day and model.
     Summary,
+    /// GetBalance of the first account (the one --history-rows fills) as of a random instant of
+    /// its history: a binary search over its journal.
+    BalanceAt,
 }
 
 impl Scenario {

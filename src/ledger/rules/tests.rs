@@ -120,6 +120,7 @@ fn fresh_state(writes: &[WriteCommand]) -> BatchState {
                 totals: Totals::default(),
                 last_seq: 0,
                 created: true,
+                ..Default::default()
             });
     }
     state
@@ -182,7 +183,14 @@ fn a_replay_with_the_same_fingerprint_answers_the_committed_row() {
         (receipt.transaction_id, receipt.balance, receipt.replayed),
         (EntryId(7), 10, true)
     );
-    assert_eq!(staged, Staged::default());
+    assert_eq!(
+        staged,
+        Staged {
+            now: now(),
+            ..Staged::default()
+        },
+        "nothing staged"
+    );
 }
 
 #[test]
@@ -204,7 +212,14 @@ fn a_replay_with_a_different_fingerprint_is_a_conflict() {
     );
     let (outcomes, staged) = evaluate(state, &[write], now());
     assert_eq!(summary(&outcomes), ["key-conflict"]);
-    assert_eq!(staged, Staged::default());
+    assert_eq!(
+        staged,
+        Staged {
+            now: now(),
+            ..Staged::default()
+        },
+        "nothing staged"
+    );
 }
 
 #[test]

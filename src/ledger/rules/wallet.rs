@@ -36,12 +36,24 @@ pub struct Lot {
     pub expires_at: Option<DateTime<Utc>>,
     pub priority: i32,
     pub created_at: DateTime<Utc>,
+    /// A `credits_expiring` alert was written for it.
+    pub expiring_alerted: bool,
 }
 
 impl Lot {
     pub fn unheld(&self) -> i64 {
         self.remaining - self.held
     }
+    /// Whether the lot's remaining tokens are within `window` of expiring at `now`, and not
+    /// alerted yet.
+    pub fn expiring_unalerted(&self, now: DateTime<Utc>, window: chrono::Duration) -> bool {
+        !self.expiring_alerted
+            && self.remaining > 0
+            && self
+                .expires_at
+                .is_some_and(|at| now < at && at - window <= now)
+    }
+
     /// Whether the lot may still be burned at `now`.
     pub fn live_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_none_or(|t| now < t)
@@ -111,6 +123,8 @@ pub struct WalletSummary {
     pub settle_at: Option<DateTime<Utc>>,
     /// The soonest expiry of unheld tokens of a live lot, and how many expire then.
     pub next_expiry: Option<(DateTime<Utc>, i64)>,
+    /// When a lot not alerted yet enters the expiring-soon window (with one configured).
+    pub alert_due_at: Option<DateTime<Utc>>,
 }
 
 /// Whether a lot expiring at `previous` belongs to an earlier cycle than one expiring at `next`:
@@ -135,6 +149,8 @@ pub struct Wallet {
     pub changed_holds: Vec<i64>,
     /// Lots this batch created (inserted rather than updated).
     pub new_lots: Vec<i64>,
+    /// How long before a lot expires a `credits_expiring` alert is written; `None`: never.
+    pub expiring_window: Option<chrono::Duration>,
 }
 
 impl Wallet {
@@ -163,7 +179,7 @@ impl Wallet {
             .count() as i64
     }
 
-    fn mark_lot(&mut self, lot_id: i64) {
+    pub fn mark_lot(&mut self, lot_id: i64) {
         if !self.changed_lots.contains(&lot_id) {
             self.changed_lots.push(lot_id);
         }
@@ -425,6 +441,7 @@ impl Wallet {
                     expires_at: new_lot.expires_at,
                     priority: new_lot.priority,
                     created_at: created_at.min(new_lot.created_at),
+                    expiring_alerted: false,
                 });
                 self.mark_lot(id);
                 self.new_lots.push(id);
@@ -469,12 +486,21 @@ impl Wallet {
                 .sum();
             (at, tokens)
         });
+        let alert_due_at = self.expiring_window.and_then(|window| {
+            self.lots
+                .iter()
+                .filter(|l| !l.expiring_alerted && l.remaining > 0)
+                .filter_map(|l| l.expires_at)
+                .min()
+                .map(|at| at - window)
+        });
         WalletSummary {
             held: self.held(),
             debt: self.debt,
             active_holds: self.active_holds(),
             settle_at,
             next_expiry,
+            alert_due_at,
         }
     }
 }
@@ -503,6 +529,7 @@ mod tests {
             held: 0,
             expires_at: expires.map(t),
             priority,
+            expiring_alerted: false,
             created_at: t(id),
         }
     }

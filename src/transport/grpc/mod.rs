@@ -19,6 +19,7 @@ use crate::ledger::Ledger;
 use crate::pb;
 
 mod admin;
+mod alerts;
 mod billing;
 mod convert;
 mod holds;
@@ -57,6 +58,10 @@ mod method {
     pub const LIST_MODEL_PRICES: &str = "ListModelPrices";
     pub const SUMMARIZE_USAGE: &str = "SummarizeUsage";
     pub const WATCH_BALANCE: &str = "WatchBalance";
+    pub const SET_BALANCE_ALERT: &str = "SetBalanceAlert";
+    pub const LIST_BALANCE_ALERTS: &str = "ListBalanceAlerts";
+    pub const DELETE_BALANCE_ALERT: &str = "DeleteBalanceAlert";
+    pub const LIST_ALERT_EVENTS: &str = "ListAlertEvents";
 }
 
 /// The gRPC face of the ledger.
@@ -473,6 +478,34 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
         request: Request<pb::WatchBalanceRequest>,
     ) -> Result<Response<Self::WatchBalanceStream>, Status> {
         watch::watch_balance(self, request).await
+    }
+
+    async fn set_balance_alert(
+        &self,
+        request: Request<pb::SetBalanceAlertRequest>,
+    ) -> Result<Response<pb::SetBalanceAlertResponse>, Status> {
+        alerts::set_balance_alert(self, request).await
+    }
+
+    async fn list_balance_alerts(
+        &self,
+        request: Request<pb::ListBalanceAlertsRequest>,
+    ) -> Result<Response<pb::ListBalanceAlertsResponse>, Status> {
+        alerts::list_balance_alerts(self, request).await
+    }
+
+    async fn delete_balance_alert(
+        &self,
+        request: Request<pb::DeleteBalanceAlertRequest>,
+    ) -> Result<Response<pb::DeleteBalanceAlertResponse>, Status> {
+        alerts::delete_balance_alert(self, request).await
+    }
+
+    async fn list_alert_events(
+        &self,
+        request: Request<pb::ListAlertEventsRequest>,
+    ) -> Result<Response<pb::ListAlertEventsResponse>, Status> {
+        alerts::list_alert_events(self, request).await
     }
 }
 

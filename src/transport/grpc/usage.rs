@@ -2,7 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{balance_to_pb, usage_result};
+use super::convert::{balance_to_pb, chrono_to_timestamp, timestamp_to_chrono, usage_result};
 use super::{method, Call, LedgerGrpc};
 use crate::auth::Scope;
 use crate::domain::{build, UserId};
@@ -93,10 +93,20 @@ pub(super) async fn get_balance(
         &request.get_ref().user_id,
         "",
     );
-    let pb::GetBalanceRequest { user_id } = request.into_inner();
+    let pb::GetBalanceRequest { user_id, as_of } = request.into_inner();
     call.run(async {
         call.authorize(&[Scope::Usage, Scope::Billing, Scope::Read])?;
         let user_id = UserId::parse("user_id", user_id)?;
+        if let Some(at) = timestamp_to_chrono("as_of", as_of)? {
+            let (balance, seq, updated_at) = call.ledger().balance_at(&user_id, at).await?;
+            return Ok(pb::GetBalanceResponse {
+                user_id: user_id.as_str().to_string(),
+                balance,
+                transaction_count: seq,
+                updated_at: updated_at.map(chrono_to_timestamp),
+                ..Default::default()
+            });
+        }
         let balance = call.ledger().balance(&user_id).await?;
         Ok(balance_to_pb(&user_id, balance))
     })
