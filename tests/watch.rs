@@ -309,12 +309,14 @@ async fn the_seventeenth_watcher_of_a_user_and_one_past_the_process_limit_are_re
 }
 
 #[tokio::test]
-async fn heartbeats_arrive_while_nothing_changes() {
+async fn heartbeats_arrive_while_nothing_changes_and_the_stream_outlives_the_request_timeout() {
     let app = TestApp::spawn_with(TestOptions {
         watch: WatchConfig {
             heartbeat: Duration::from_secs(1),
             ..WatchConfig::default()
         },
+        // The call's limit bounds opening the stream, not the stream's life.
+        request_timeout: Some(Duration::from_millis(1_500)),
         ..TestOptions::default()
     })
     .await;
@@ -323,7 +325,7 @@ async fn heartbeats_arrive_while_nothing_changes() {
     let mut stream = watch(&mut c, "h", 0).await;
     let first = next(&mut stream).await;
     assert!(!first.heartbeat);
-    for _ in 0..2 {
+    for _ in 0..3 {
         let beat = next(&mut stream).await;
         assert!(beat.heartbeat, "{beat:?}");
         assert_eq!(
