@@ -177,6 +177,15 @@ impl Hub {
                 "this server has as many balance watchers as it allows: retry later or elsewhere",
             ));
         }
+        let of_user = users
+            .watched
+            .get(user_id.as_str())
+            .map_or(0, |w| w.watchers);
+        if of_user >= self.config.watchers_per_user_max {
+            return Err(LedgerError::ResourceExhausted(
+                "this user has as many balance watchers on this server as it allows: close one first",
+            ));
+        }
         let watched = users
             .watched
             .entry(user_id.as_str().to_string())
@@ -187,11 +196,6 @@ impl Hub {
                 reread: Reread::Idle,
                 leased: false,
             });
-        if watched.watchers >= self.config.watchers_per_user_max {
-            return Err(LedgerError::ResourceExhausted(
-                "this user has as many balance watchers on this server as it allows: close one first",
-            ));
-        }
         watched.watchers += 1;
         let latest = watched.latest.subscribe();
         users.watchers += 1;
