@@ -12,7 +12,8 @@ use crate::pb;
 pub struct WatchArgs {
     #[arg(long = "user")]
     pub user_id: String,
-    /// Resume: print nothing at or below this seq (the last one printed before).
+    /// Resume from the last seq printed: the current balance is printed only if its seq is
+    /// above it; every later change is.
     #[arg(long, default_value_t = 0)]
     pub after_seq: i64,
     #[command(flatten)]
