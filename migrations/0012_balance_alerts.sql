@@ -29,11 +29,17 @@ ALTER TABLE accounts ADD COLUMN last_credit BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE accounts ADD COLUMN alert_low BOOLEAN NOT NULL DEFAULT false;
 ALTER TABLE accounts ADD COLUMN alert_depleted BOOLEAN NOT NULL DEFAULT false;
 -- When a lot's remaining tokens enter the "expiring soon" window (`--alert-expiring-window-hours`)
--- the sweeper must visit the account even with nothing due: `alert_due_at` is that instant, and
--- a lot alerted once says so (`expiring_alerted`).
-ALTER TABLE accounts ADD COLUMN alert_due_at TIMESTAMPTZ;
-CREATE INDEX accounts_alert_due_idx ON accounts (alert_due_at) WHERE alert_due_at IS NOT NULL;
+-- the sweeper must visit the account even with nothing due: it finds such lots through this
+-- partial index of the lots with tokens left that were not alerted yet, and a lot alerted once
+-- says so (`expiring_alerted`).
 ALTER TABLE token_lots ADD COLUMN expiring_alerted BOOLEAN NOT NULL DEFAULT false;
+CREATE INDEX token_lots_expiring_idx ON token_lots (expires_at)
+    WHERE NOT expiring_alerted AND remaining > 0 AND expires_at IS NOT NULL;
+-- Percentage thresholds are of the most recent credit: the one each account already has.
+UPDATE accounts a SET last_credit = COALESCE((
+    SELECT j.token_amount FROM journal j
+     WHERE j.account_id = a.account_id AND j.kind IN ('grant', 'purchase', 'drip')
+     ORDER BY j.entry_seq DESC LIMIT 1), 0);
 -- Accounts that were at or below zero before alerts existed do not alert on their next write.
 UPDATE accounts SET alert_depleted = true WHERE balance - held <= 0 AND last_seq > 0;
 

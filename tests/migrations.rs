@@ -127,6 +127,15 @@ async fn a_ledger_with_data_upgrades_and_keeps_its_keys() {
         .into_inner();
     let grant_row = page.transactions.iter().find(|t| t.id == "1").unwrap();
     assert_eq!(grant_row.idempotency_key, "g1");
+    // Migration 0012: percentage alert thresholds start from the account's latest credit, and
+    // the rollups of 0011 hold the usage written before them.
+    let upgraded = db.pool().await;
+    let last_credit: i64 =
+        sqlx::query_scalar("SELECT last_credit FROM accounts WHERE user_id = 'u'")
+            .fetch_one(&upgraded)
+            .await
+            .unwrap();
+    assert_eq!(last_credit, 1_000);
     app.assert_verified().await;
 }
 

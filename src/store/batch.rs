@@ -534,26 +534,25 @@ macro_rules! move_accounts_sql {
            updated_at = v.updated_at, expired_total = v.expired, held = v.held, debt = v.debt, \
            active_holds = v.active_holds, settle_at = v.settle_at, \
            next_expiry_at = v.next_expiry_at, next_expiry_tokens = v.next_expiry_tokens, \
-           last_credit = v.last_credit, alert_low = v.alert_low, alert_depleted = v.alert_depleted, \
-           alert_due_at = v.alert_due_at \
+           last_credit = v.last_credit, alert_low = v.alert_low, alert_depleted = v.alert_depleted \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], \
                      $7::bigint[], $8::bigint[], $9::bigint[], $10::timestamptz[], $11::bigint[], \
                      $12::bigint[], $13::bigint[], $14::bigint[], $15::timestamptz[], \
                      $16::timestamptz[], $17::bigint[], $18::bigint[], $19::boolean[], \
-                     $20::boolean[], $21::timestamptz[]) \
+                     $20::boolean[]) \
            AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, \
                 updated_at, expired, held, debt, active_holds, settle_at, next_expiry_at, \
-                next_expiry_tokens, last_credit, alert_low, alert_depleted, alert_due_at) \
+                next_expiry_tokens, last_credit, alert_low, alert_depleted) \
          WHERE a.account_id = v.account_id AND a.account_id = ANY($1)"
     };
 }
 const MOVE_ACCOUNTS_SQL: &str = move_accounts_sql!();
-/// The same, announcing `$22`'s payloads on channel `$23`: a data-modifying CTE runs to the end
+/// The same, announcing `$21`'s payloads on channel `$22`: a data-modifying CTE runs to the end
 /// whatever the outer query reads.
 const MOVE_AND_ANNOUNCE_SQL: &str = concat!(
     "WITH moved AS (",
     move_accounts_sql!(),
-    " RETURNING 1) SELECT pg_notify($23, p) FROM unnest($22::text[]) AS p"
+    " RETURNING 1) SELECT pg_notify($22, p) FROM unnest($21::text[]) AS p"
 );
 
 /// Each moved account once, to the balance and totals the rules computed; and, in the same
@@ -607,8 +606,7 @@ async fn move_accounts(
         .bind(col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t)))
         .bind(col(|m| m.alerts.last_credit))
         .bind(moved.iter().map(|m| m.alerts.low).collect::<Vec<_>>())
-        .bind(moved.iter().map(|m| m.alerts.depleted).collect::<Vec<_>>())
-        .bind(wallet(|m| m.wallet.alert_due_at));
+        .bind(moved.iter().map(|m| m.alerts.depleted).collect::<Vec<_>>());
     let query = if payloads.is_empty() {
         query
     } else {

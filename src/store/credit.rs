@@ -386,16 +386,28 @@ impl Store {
     /// entered its expiring-soon alert window), soonest first.
     pub async fn due_accounts(&self, limit: i64) -> Result<Vec<String>, LedgerError> {
         let mut conn = self.acquire().await?;
+        // Lots entering the expiring-soon window are found from the lots themselves (a partial
+        // index of the ones not alerted yet), so nothing stored can go stale when the window
+        // changes, and lots from before alerts existed are found too.
+        let window_micros = self
+            .alert_expiring_window
+            .and_then(|w| w.num_microseconds())
+            .unwrap_or(-1);
         sqlx::query_scalar(&format!(
             "SELECT user_id FROM ( \
                SELECT user_id, settle_at AS at FROM accounts WHERE settle_at <= {now} \
                UNION ALL \
-               SELECT user_id, alert_due_at FROM accounts WHERE alert_due_at <= {now}) d \
+               SELECT a.user_id, l.expires_at - $3 * interval '1 microsecond' \
+                 FROM token_lots l JOIN accounts a USING (account_id) \
+                WHERE $3 >= 0 AND NOT l.expiring_alerted AND l.remaining > 0 \
+                  AND l.expires_at > {now} \
+                  AND l.expires_at <= {now} + $3 * interval '1 microsecond') d \
              GROUP BY user_id ORDER BY min(at) LIMIT $2",
             now = now_sql(1)
         ))
         .bind(self.clock().offset_micros())
         .bind(limit)
+        .bind(window_micros)
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| self.saw(e).into())

@@ -23,11 +23,13 @@ use crate::store::Store;
 /// The header carrying the signature.
 pub const SIGNATURE_HEADER: &str = "Token-Ledger-Signature";
 /// Events claimed per round; the rest wait for the next.
-const CLAIM_EVENTS_MAX: i64 = 100;
-/// How long a claimed event is left to its deliverer before another may take it.
-const LEASE: Duration = Duration::from_secs(60);
+const CLAIM_EVENTS_MAX: i64 = 10;
 /// A receiver that has not answered by then counts as a failure (and the event is retried).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a claimed event is left to its deliverer before another may take it: longer than a
+/// whole round of attempts (one at a time, each at most REQUEST_TIMEOUT), so an event is never
+/// posted by two processes at once, and never after a later event of its account.
+const LEASE: Duration = Duration::from_secs(10 * 10 + 60);
 /// The first retry's delay; each failure doubles it, up to the configured cap.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 
@@ -111,13 +113,9 @@ pub async fn deliver_once(
     let lease = chrono::Duration::from_std(LEASE).unwrap_or(chrono::Duration::seconds(60));
     let events = store.claim_alert_events(CLAIM_EVENTS_MAX, lease).await?;
     // Each claimed event is the oldest pending one of its account; one at a time keeps the
-    // deliverer simple, and a round is at most CLAIM_EVENTS_MAX short requests.
-    let mut results = Vec::with_capacity(events.len());
+    // deliverer simple, and each attempt is recorded as soon as it ends.
     for event in &events {
-        results.push(attempt(client, config, event).await);
-    }
-    for (event, result) in events.iter().zip(results) {
-        let outcome = match result {
+        let outcome = match attempt(client, config, event).await {
             Ok(()) => {
                 tracing::debug!(event_id = event.event_id, "alert delivered");
                 Ok(())

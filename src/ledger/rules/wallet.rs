@@ -123,8 +123,6 @@ pub struct WalletSummary {
     pub settle_at: Option<DateTime<Utc>>,
     /// The soonest expiry of unheld tokens of a live lot, and how many expire then.
     pub next_expiry: Option<(DateTime<Utc>, i64)>,
-    /// When a lot not alerted yet enters the expiring-soon window (with one configured).
-    pub alert_due_at: Option<DateTime<Utc>>,
 }
 
 /// Whether a lot expiring at `previous` belongs to an earlier cycle than one expiring at `next`:
@@ -486,21 +484,12 @@ impl Wallet {
                 .sum();
             (at, tokens)
         });
-        let alert_due_at = self.expiring_window.and_then(|window| {
-            self.lots
-                .iter()
-                .filter(|l| !l.expiring_alerted && l.remaining > 0)
-                .filter_map(|l| l.expires_at)
-                .min()
-                .map(|at| at - window)
-        });
         WalletSummary {
             held: self.held(),
             debt: self.debt,
             active_holds: self.active_holds(),
             settle_at,
             next_expiry,
-            alert_due_at,
         }
     }
 }
