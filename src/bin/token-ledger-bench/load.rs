@@ -129,6 +129,21 @@ impl Shared {
 /// Outcome of one call: events it carried, and its error code if any.
 type CallOutcome = (u64, Option<tonic::Code>);
 
+/// One bench usage event of `tokens` for `user`: priced by the ledger with `--priced` (the
+/// bench model costs one token per input token), else caller-priced.
+fn usage_event(s: &Shared, user: &str, tokens: i64) -> pb::TrackUsageRequest {
+    pb::TrackUsageRequest {
+        user_id: user.to_string(),
+        tokens: if s.args.priced { 0 } else { tokens },
+        idempotency_key: s.key(),
+        model: BENCH_MODEL.into(),
+        input_tokens: tokens,
+        output_tokens: 0,
+        feature: "bench".into(),
+        ..Default::default()
+    }
+}
+
 async fn one_call(
     s: &Shared,
     client: &mut LedgerServiceClient<Channel>,
@@ -146,48 +161,10 @@ async fn one_call(
         other => other,
     };
     match scenario {
-        Scenario::BalanceAt => {
-            // Somewhere in the last minute: the seeded history, for a run started right after.
-            let back = rng.random_range(0..60_000_000i64);
-            let at = chrono::Utc::now() - chrono::Duration::microseconds(back);
-            let r = client
-                .get_balance(s.request(pb::GetBalanceRequest {
-                    user_id: s.users[0].clone(),
-                    as_of: Some(prost_types::Timestamp {
-                        seconds: at.timestamp(),
-                        nanos: at.timestamp_subsec_micros() as i32 * 1_000,
-                    }),
-                }))
-                .await;
-            (1, r.err().map(|e| e.code()))
-        }
-        Scenario::Summary => {
-            let day = 86_400;
-            let now = chrono::Utc::now().timestamp() / 900 * 900;
-            let at = |seconds| prost_types::Timestamp { seconds, nanos: 0 };
-            let r = client
-                .summarize_usage(s.request(pb::SummarizeUsageRequest {
-                    user_id: s.users[0].clone(),
-                    from: Some(at(now - day)),
-                    to: Some(at(now + day)),
-                    group_by: vec![pb::UsageGroup::Day as i32, pb::UsageGroup::Model as i32],
-                    ..Default::default()
-                }))
-                .await;
-            (1, r.err().map(|e| e.code()))
-        }
+        Scenario::BalanceAt | Scenario::Summary => history_read(s, client, scenario, rng).await,
         Scenario::Usage | Scenario::UsageHot => {
             let r = client
-                .track_usage(s.request(pb::TrackUsageRequest {
-                    user_id: user.clone(),
-                    tokens: if s.args.priced { 0 } else { tokens },
-                    idempotency_key: s.key(),
-                    model: BENCH_MODEL.into(),
-                    input_tokens: tokens,
-                    output_tokens: 0,
-                    feature: "bench".into(),
-                    ..Default::default()
-                }))
+                .track_usage(s.request(usage_event(s, user, tokens)))
                 .await;
             if r.is_ok() {
                 s.debited[account].fetch_add(tokens, Ordering::Relaxed);
@@ -223,47 +200,83 @@ async fn one_call(
             Ok(()) => (1, None),
             Err(status) => (0, Some(status.code())),
         },
-        Scenario::Batch => {
-            let mut accounts = Vec::with_capacity(s.args.batch_events);
-            let events = (0..s.args.batch_events)
-                .map(|_| {
-                    let a = s.pick(rng);
-                    let t: i64 = rng.random_range(1..=20);
-                    accounts.push((a, t));
-                    pb::TrackUsageRequest {
-                        user_id: s.users[a].clone(),
-                        tokens: if s.args.priced { 0 } else { t },
-                        idempotency_key: s.key(),
-                        model: BENCH_MODEL.into(),
-                        input_tokens: t,
-                        output_tokens: 0,
-                        feature: "bench".into(),
-                        ..Default::default()
-                    }
-                })
-                .collect();
-            match client
-                .track_usage_batch(s.request(pb::TrackUsageBatchRequest { events }))
-                .await
-            {
-                Ok(r) => {
-                    let results = r.into_inner().results;
-                    let mut first_error = None;
-                    for (res, (a, t)) in results.iter().zip(&accounts) {
-                        if res.code == 0 {
-                            s.debited[*a].fetch_add(*t, Ordering::Relaxed);
-                        } else if first_error.is_none() {
-                            first_error = Some(tonic::Code::from_i32(res.code));
-                        }
-                    }
-                    (
-                        results.iter().filter(|r| r.code == 0).count() as u64,
-                        first_error,
-                    )
+        Scenario::Batch => batch_call(s, client, rng).await,
+    }
+}
+
+/// A read over the first account's history (the one `--history-rows` fills): its balance as
+/// of an instant of the last minute, or its usage summary over the last day and the next.
+async fn history_read(
+    s: &Shared,
+    client: &mut LedgerServiceClient<Channel>,
+    scenario: Scenario,
+    rng: &mut rand::rngs::StdRng,
+) -> CallOutcome {
+    let at = |t: chrono::DateTime<chrono::Utc>| prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_micros() as i32 * 1_000,
+    };
+    let code = if scenario == Scenario::BalanceAt {
+        let back = rng.random_range(0..60_000_000i64);
+        let instant = chrono::Utc::now() - chrono::Duration::microseconds(back);
+        let req = s.request(pb::GetBalanceRequest {
+            user_id: s.users[0].clone(),
+            as_of: Some(at(instant)),
+        });
+        client.get_balance(req).await.err().map(|e| e.code())
+    } else {
+        // SummarizeUsage takes whole quarter hours.
+        let quarter = chrono::Duration::minutes(15);
+        let now = chrono::DurationRound::duration_trunc(chrono::Utc::now(), quarter)
+            .unwrap_or_else(|_| chrono::Utc::now());
+        let day = chrono::Duration::days(1);
+        let req = s.request(pb::SummarizeUsageRequest {
+            user_id: s.users[0].clone(),
+            from: Some(at(now - day)),
+            to: Some(at(now + day)),
+            group_by: vec![pb::UsageGroup::Day as i32, pb::UsageGroup::Model as i32],
+            ..Default::default()
+        });
+        client.summarize_usage(req).await.err().map(|e| e.code())
+    };
+    (1, code)
+}
+
+/// One TrackUsageBatch of `--batch-events` events over random accounts.
+async fn batch_call(
+    s: &Shared,
+    client: &mut LedgerServiceClient<Channel>,
+    rng: &mut rand::rngs::StdRng,
+) -> CallOutcome {
+    let mut accounts = Vec::with_capacity(s.args.batch_events);
+    let events = (0..s.args.batch_events)
+        .map(|_| {
+            let a = s.pick(rng);
+            let t: i64 = rng.random_range(1..=20);
+            accounts.push((a, t));
+            usage_event(s, &s.users[a], t)
+        })
+        .collect();
+    match client
+        .track_usage_batch(s.request(pb::TrackUsageBatchRequest { events }))
+        .await
+    {
+        Ok(r) => {
+            let results = r.into_inner().results;
+            let mut first_error = None;
+            for (res, (a, t)) in results.iter().zip(&accounts) {
+                if res.code == 0 {
+                    s.debited[*a].fetch_add(*t, Ordering::Relaxed);
+                } else if first_error.is_none() {
+                    first_error = Some(tonic::Code::from_i32(res.code));
                 }
-                Err(e) => (0, Some(e.code())),
             }
+            (
+                results.iter().filter(|r| r.code == 0).count() as u64,
+                first_error,
+            )
         }
+        Err(e) => (0, Some(e.code())),
     }
 }
 
