@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 
 use super::{
-    details_text, json, kind_name, note_key, print_write, report_status, time, Client, ClientArgs,
+    details_text, json, key_or_new, kind_name, note_key, print_write, report_status, time, Client,
+    ClientArgs,
 };
 use crate::pb;
 
@@ -138,10 +139,7 @@ pub struct OverviewArgs {
 
 pub async fn reverse(a: ReverseArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&a.client).await?;
-    let key = a
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
+    let key = key_or_new(&a.idempotency_key);
     let source = match a.source {
         ReversalSourceArg::Admin => pb::ReversalSource::Admin,
         ReversalSourceArg::Refund => pb::ReversalSource::Refund,
@@ -486,10 +484,7 @@ pub async fn set_price(a: SetPriceArgs) -> anyhow::Result<ExitCode> {
         .map(|t| tier_arg(t))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut c = Client::connect(&a.client).await?;
-    let key = a
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
+    let key = key_or_new(&a.idempotency_key);
     let req = c.request(pb::SetModelPriceRequest {
         model: a.model,
         rates: Some(pb::ModelRates {

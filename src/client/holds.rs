@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use super::{json, note_key, report_status, Client, ClientArgs};
+use super::{json, key_or_new, note_key, report_status, Client, ClientArgs};
 use crate::pb;
 use chrono::DateTime;
 use clap::Args;
@@ -95,12 +95,6 @@ pub struct ListArgs {
     pub client: ClientArgs,
 }
 
-fn key(given: &Option<String>) -> String {
-    given
-        .clone()
-        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()))
-}
-
 fn secs(s: Option<i64>) -> Option<prost_types::Duration> {
     s.map(|seconds| prost_types::Duration { seconds, nanos: 0 })
 }
@@ -132,7 +126,7 @@ fn print_hold(h: &pb::Hold, balance: i64, available: i64) {
 
 pub async fn reserve(a: ReserveArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&a.client).await?;
-    let key = key(&a.idempotency_key);
+    let key = key_or_new(&a.idempotency_key);
     let overage = if a.cap {
         pb::Overage::Cap
     } else {
@@ -170,7 +164,7 @@ pub async fn reserve(a: ReserveArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn commit_hold(a: CommitHoldArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&a.client).await?;
-    let key = key(&a.idempotency_key);
+    let key = key_or_new(&a.idempotency_key);
     let req = c.request(pb::CommitHoldRequest {
         hold_id: a.hold_id,
         tokens: a.tokens,
@@ -222,7 +216,7 @@ pub async fn release_hold(a: HoldArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn extend_hold(a: ExtendHoldArgs) -> anyhow::Result<ExitCode> {
     let mut c = Client::connect(&a.client).await?;
-    let key = key(&a.idempotency_key);
+    let key = key_or_new(&a.idempotency_key);
     let req = c.request(pb::ExtendHoldRequest {
         hold_id: a.hold_id,
         ttl: secs(a.ttl_secs),

@@ -96,10 +96,15 @@ impl TermsArgs {
 
 impl WriteArgs {
     fn key(&self) -> String {
-        self.idempotency_key
-            .clone()
-            .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()))
+        key_or_new(&self.idempotency_key)
     }
+}
+
+/// The idempotency key given, or a fresh `cli-<uuid>` one (printed, so the call can be retried).
+pub(crate) fn key_or_new(given: &Option<String>) -> String {
+    given
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()))
 }
 
 #[derive(Debug, Clone, Args)]
