@@ -292,6 +292,57 @@ async fn a_new_version_applies_from_its_start_and_the_old_one_until_then() {
     app.assert_verified().await;
 }
 
+/// Each process keeps the price table in memory (`store::prices::PriceCache`) and checks it
+/// against the table's row count inside the batch's lock statement: a version another process
+/// adds applies here from the very next call, not after some refresh interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_set_on_another_process_prices_the_next_call_here() {
+    let setter = TestApp::spawn().await;
+    let pricer = TestApp::spawn_with(TestOptions {
+        database_url: Some(setter.db.url()),
+        ..TestOptions::default()
+    })
+    .await;
+    let mut admin_side = setter.client().await;
+    let mut usage_side = pricer.client().await;
+    grant(&mut admin_side, "u", 10_000_000).await;
+    let mut expected = 10_000_000;
+    let mut rates_now = base();
+    for round in 1..=4_i64 {
+        let version = set_price(&mut admin_side, "m", rates_now, None, &format!("v{round}"))
+            .await
+            .unwrap()
+            .price
+            .unwrap();
+        // Twice per version: the first call after a new version reloads, the second is cached.
+        for call in 0..2 {
+            let r = track(
+                &mut usage_side,
+                priced_call("u", "m", &format!("r{round}-c{call}")),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                (r.tokens, &r.price_id),
+                (round * PRICED_CALL_COST, &version.price_id),
+                "round {round}, call {call}: priced by the version set on the other process"
+            );
+            expected -= r.tokens;
+        }
+        let b = base();
+        rates_now = rates(
+            b.input_per_million * (round + 1),
+            b.cache_read_per_million * (round + 1),
+            b.cache_write_per_million * (round + 1),
+            b.output_per_million * (round + 1),
+        );
+        // Versions of one model must start at distinct instants.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(balance_of(&mut admin_side, "u").await, expected);
+    setter.assert_verified().await;
+}
+
 #[tokio::test]
 async fn a_hold_commits_at_the_price_in_force_when_it_was_placed() {
     let app = TestApp::spawn().await;

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection as _, Postgres, Row as _, Transaction};
 
 use super::error::is_unavailable;
-use super::prices::{price_from_row, PRICE_COLUMNS};
+use super::prices::PriceCache;
 use super::{credit, Store};
 use crate::domain::{
     Balance, BusinessKey, EntryId, EntryKind, Pricing, Threshold, Totals, WriteCommand,
@@ -99,7 +99,7 @@ impl Store {
         let mut conn = self.acquire().await?;
         let mut tx = conn.begin().await?;
         let (mut state, now, announced) =
-            load(&mut tx, writes, self.clock().offset_micros()).await?;
+            load(&mut tx, writes, self.clock().offset_micros(), &self.prices).await?;
         state.holds_per_account_max = self.holds_per_account_max();
         state.expiring_window = self.alert_expiring_window();
         let (results, staged) = rules::evaluate(state, writes, now);
@@ -131,6 +131,7 @@ async fn load(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
     clock_offset_micros: i64,
+    price_cache: &PriceCache,
 ) -> Result<(BatchState, DateTime<Utc>, HashSet<i64>), sqlx::Error> {
     let fingerprints: Vec<Fingerprint> = writes.iter().map(WriteCommand::fingerprint).collect();
     let keys = load_keys(tx, writes, &fingerprints).await?;
@@ -147,8 +148,9 @@ async fn load(
         .collect();
     users.sort_unstable();
     users.dedup();
-    let (accounts, debts, holders, now, announced) =
-        lock_accounts(tx, &users, clock_offset_micros).await?;
+    let priced = prices_needed(writes);
+    let (accounts, debts, holders, now, announced, price_versions) =
+        lock_accounts(tx, &users, clock_offset_micros, priced).await?;
     // Read after the account locks, so a concurrent credit of the same user's object has
     // committed (or not) by now.
     let business_keys: Vec<BusinessKey> = writes
@@ -185,7 +187,7 @@ async fn load(
     let holds = credit::load_holds(tx, &holders, &named).await?;
     let now =
         now.unwrap_or_else(|| Utc::now() + chrono::Duration::microseconds(clock_offset_micros));
-    let prices = load_prices(tx, writes, &holds, now).await?;
+    let prices = load_prices(tx, writes, &holds, now, price_cache, price_versions).await?;
     let state = BatchState {
         keys,
         accounts,
@@ -202,15 +204,31 @@ async fn load(
     Ok((state, now, announced))
 }
 
+/// Whether a write of the batch may need a price: one the ledger prices, or a new hold that
+/// names a model (it pins the version in force).
+fn prices_needed(writes: &[WriteCommand]) -> bool {
+    writes.iter().any(|w| match &w.details {
+        WriteDetails::Reserve { model, .. } => model.is_some(),
+        WriteDetails::Usage { call } | WriteDetails::CommitHold { call, .. } => {
+            call.pricing == Pricing::Ledger
+        }
+        _ => false,
+    })
+}
+
 /// The prices the batch may need: for every model a write asks the ledger to price or a new
 /// hold names (and the model of every hold a commit names), its version in force at `now`; and
-/// every version a loaded hold pinned. Most batches (caller-priced usage, credits) name no model
-/// to price and skip both queries.
+/// every version a loaded hold pinned. They come from the process's [`PriceCache`] when the
+/// table still holds the `counted` rows the account lock counted, else from one read of the
+/// table, which refreshes the cache. Most batches (caller-priced usage, credits) name no model
+/// to price and need neither.
 async fn load_prices(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
     holds: &[Hold],
     now: DateTime<Utc>,
+    cache: &PriceCache,
+    counted: Option<i64>,
 ) -> Result<PriceBook, sqlx::Error> {
     let mut models: Vec<&str> = Vec::new();
     let mut pricing_commits = false;
@@ -232,30 +250,22 @@ async fn load_prices(
         models.extend(holds.iter().filter_map(|h| h.model.as_deref()));
     }
     let pinned: Vec<i64> = holds.iter().filter_map(|h| h.price_id).collect();
-    models.sort_unstable();
-    models.dedup();
     let mut book = PriceBook::default();
-    if !models.is_empty() {
-        let sql = format!(
-            "SELECT DISTINCT ON (model) {PRICE_COLUMNS} FROM model_prices \
-             WHERE model = ANY($1) AND effective_from <= $2 ORDER BY model, effective_from DESC"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&models)
-            .bind(now)
-            .fetch_all(&mut **tx)
-            .await?;
-        for row in &rows {
-            let price = price_from_row(row)?;
-            book.current.insert(price.model.clone(), price);
+    if models.is_empty() && pinned.is_empty() {
+        return Ok(book);
+    }
+    let versions = match counted.and_then(|count| cache.if_current(count)) {
+        Some(versions) => versions,
+        None => cache.reload(&mut **tx).await?,
+    };
+    for model in models {
+        if let Some(price) = versions.in_force(model, now) {
+            book.current.insert(model.to_string(), price.clone());
         }
     }
-    if !pinned.is_empty() {
-        let sql = format!("SELECT {PRICE_COLUMNS} FROM model_prices WHERE price_id = ANY($1)");
-        let rows = sqlx::query(&sql).bind(&pinned).fetch_all(&mut **tx).await?;
-        for row in &rows {
-            let price = price_from_row(row)?;
-            book.pinned.insert(price.price_id, price);
+    for id in pinned {
+        if let Some(price) = versions.by_id(id) {
+            book.pinned.insert(id, price.clone());
         }
     }
     Ok(book)
@@ -350,21 +360,24 @@ type Locked = (
     Vec<i64>,
     Option<DateTime<Utc>>,
     HashSet<i64>,
+    Option<i64>,
 );
 
 /// Locks (creating where new) every account the batch may move, in user-id order, with its
-/// balance and totals. Also answers the transaction's time (`now()`), the batch's clock.
+/// balance and totals. Also answers the transaction's time (`now()`), the batch's clock, and
+/// with `count_prices` how many price versions exist (for the [`PriceCache`]).
 async fn lock_accounts(
     tx: &mut Transaction<'_, Postgres>,
     users: &[&str],
     clock_offset_micros: i64,
+    count_prices: bool,
 ) -> Result<Locked, sqlx::Error> {
     let mut accounts = HashMap::with_capacity(users.len());
     let mut debts = HashMap::new();
     let mut holders = Vec::new();
     let mut announced = HashSet::new();
     if users.is_empty() {
-        return Ok((accounts, debts, holders, None, announced));
+        return Ok((accounts, debts, holders, None, announced, None));
     }
     // The account's alert rule (its own, else the default) comes with the lock, in the same
     // statement: no round trip of its own.
@@ -377,19 +390,28 @@ async fn lock_accounts(
              active_holds, last_seq, last_credit, alert_low, alert_depleted, \
              (xmax = 0) AS created, {} AS now, \
              (xmax = 0 OR watched_until > now()) IS TRUE AS announced) \
-         SELECT locked.*, rule.tokens AS alert_tokens, rule.percent AS alert_percent \
+         SELECT locked.*, rule.tokens AS alert_tokens, rule.percent AS alert_percent{} \
            FROM locked LEFT JOIN LATERAL ( \
              SELECT tokens, percent FROM balance_alerts b \
               WHERE b.account_id = locked.account_id OR b.account_id IS NULL \
               ORDER BY b.account_id NULLS LAST LIMIT 1) rule ON true",
-        credit::clock_sql(2)
+        credit::clock_sql(2),
+        if count_prices {
+            ", (SELECT count(*) FROM model_prices) AS price_versions"
+        } else {
+            ""
+        }
     ))
     .bind(users)
     .bind(clock_offset_micros)
     .fetch_all(&mut **tx)
     .await?;
     let mut now: Option<DateTime<Utc>> = None;
+    let mut price_versions = None;
     for row in rows {
+        if count_prices {
+            price_versions = Some(row.try_get("price_versions")?);
+        }
         // The latest row's time: every account of the batch was locked by then.
         let at: DateTime<Utc> = row.try_get("now")?;
         now = now.max(Some(at));
@@ -422,7 +444,7 @@ async fn lock_accounts(
         };
         accounts.insert(row.try_get("user_id")?, account);
     }
-    Ok((accounts, debts, holders, now, announced))
+    Ok((accounts, debts, holders, now, announced, price_versions))
 }
 
 /// An account's alert rule and state from its locked row. A new account starts depleted (it has

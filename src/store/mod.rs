@@ -56,6 +56,8 @@ pub struct Store {
     holds_per_account_max: i64,
     /// How long before a lot expires a `credits_expiring` alert is written; `None`: never.
     alert_expiring_window: Option<chrono::Duration>,
+    /// Every price version, for batches that price usage (shared by clones).
+    prices: Arc<prices::PriceCache>,
 }
 
 /// How long a call waits for a connection before it has the health watcher probe the database.
@@ -175,6 +177,7 @@ impl Store {
             clock: Arc::default(),
             holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
             alert_expiring_window: None,
+            prices: Arc::default(),
         }
     }
 

@@ -2,6 +2,9 @@
 //! them. The batch reads the versions it prices with (`batch::load_prices`) through
 //! `PRICE_COLUMNS` and `price_from_row`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
@@ -173,4 +176,95 @@ fn replay(
         });
     }
     Ok((price_from_row(row)?, true))
+}
+
+/// Every price version, as this process last read them, so a batch that prices usage needs no
+/// round trip of its own for them.
+///
+/// Exact across processes because versions are append-only (a trigger refuses UPDATE and
+/// DELETE): the set of rows only grows, so two reads that count the same number of rows read the
+/// same rows. The batch counts them inside a statement it runs anyway (the account lock,
+/// `batch::lock_accounts`); when the count differs from the cached one it reads them all again.
+#[derive(Debug, Default)]
+pub struct PriceCache {
+    versions: std::sync::RwLock<Arc<PriceVersions>>,
+}
+
+/// One read of the whole price table.
+#[derive(Debug)]
+pub struct PriceVersions {
+    /// How many rows the read returned; `-1` before the first read.
+    count: i64,
+    /// Each model's versions in increasing `effective_from`.
+    by_model: HashMap<String, Vec<ModelPrice>>,
+    by_id: HashMap<i64, ModelPrice>,
+}
+
+impl Default for PriceVersions {
+    fn default() -> Self {
+        Self {
+            count: -1,
+            by_model: HashMap::new(),
+            by_id: HashMap::new(),
+        }
+    }
+}
+
+impl PriceVersions {
+    fn new(rows: Vec<ModelPrice>) -> Self {
+        let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let mut by_model: HashMap<String, Vec<ModelPrice>> = HashMap::new();
+        let mut by_id = HashMap::with_capacity(rows.len());
+        for price in rows {
+            by_id.insert(price.price_id, price.clone());
+            by_model.entry(price.model.clone()).or_default().push(price);
+        }
+        for versions in by_model.values_mut() {
+            versions.sort_by_key(|p| p.effective_from);
+        }
+        Self {
+            count,
+            by_model,
+            by_id,
+        }
+    }
+
+    /// The version of `model` in force at `at`: the latest that starts at or before it.
+    pub fn in_force(&self, model: &str, at: DateTime<Utc>) -> Option<&ModelPrice> {
+        let versions = self.by_model.get(model)?;
+        let after = versions.partition_point(|p| p.effective_from <= at);
+        after.checked_sub(1).map(|i| &versions[i])
+    }
+
+    pub fn by_id(&self, price_id: i64) -> Option<&ModelPrice> {
+        self.by_id.get(&price_id)
+    }
+}
+
+impl PriceCache {
+    /// The cached versions if the table still holds `count` rows, else `None`.
+    pub fn if_current(&self, count: i64) -> Option<Arc<PriceVersions>> {
+        let versions = self.versions.read().unwrap_or_else(|e| e.into_inner());
+        (versions.count == count).then(|| Arc::clone(&versions))
+    }
+
+    /// Reads every version on `conn` and keeps them.
+    pub async fn reload(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<Arc<PriceVersions>, sqlx::Error> {
+        let sql = format!("SELECT {PRICE_COLUMNS} FROM model_prices");
+        let rows = sqlx::query(&sql).fetch_all(&mut *conn).await?;
+        let prices = rows
+            .iter()
+            .map(price_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let fresh = Arc::new(PriceVersions::new(prices));
+        let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
+        // Another batch may have read a later (larger) set meanwhile: keep the larger.
+        if fresh.count >= versions.count {
+            *versions = Arc::clone(&fresh);
+        }
+        Ok(fresh)
+    }
 }
