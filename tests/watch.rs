@@ -475,3 +475,70 @@ async fn after_a_database_outage_the_listener_rereads_what_it_may_have_missed() 
         .unwrap();
     assert_eq!((update.seq, update.balance), (2, 123), "{update:?}");
 }
+
+/// A listener connection that goes silent without a reset (a peer gone, a network dropping
+/// packets) is noticed by the listener's own ping, not never: it reports the loss, and its next
+/// connection (on a fresh pool: the silent one still holds the old) hears announcements again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_whose_connection_goes_silent_reports_it_lost_and_reconnects() {
+    use common::proxy::{Proxy, Upstream};
+    use token_ledger::store::notify::{Heard, BALANCE_CHANNEL};
+    use token_ledger::store::{Store, StoreConfig};
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(Upstream::of(&db.options)).await;
+    let through_proxy = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        db.options.get_username(),
+        proxy.addr.port(),
+        db.name
+    );
+    let store = Store::connect_lazy(&StoreConfig {
+        database_url: through_proxy,
+        pool_connections_max: 2,
+        pool_acquire_timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let mut listener = store
+        .balance_listener()
+        .with_keepalive(Duration::from_millis(500), Duration::from_millis(500));
+    listener.connect().await.unwrap();
+    let pool = db.pool().await;
+    let announce = |payload: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(BALANCE_CHANNEL)
+                .bind(payload)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+
+    // Quiet for longer than the idle ping: the pings pass and the listener keeps listening.
+    let quiet = tokio::time::timeout(Duration::from_secs(2), listener.next()).await;
+    assert!(
+        quiet.is_err(),
+        "nothing was announced, yet it returned {quiet:?}"
+    );
+    announce(r#"["first"]"#).await;
+    match tokio::time::timeout(Duration::from_secs(5), listener.next()).await {
+        Ok(Heard::Changed(users)) => assert_eq!(users, ["first"]),
+        other => panic!("expected the announcement, got {other:?}"),
+    }
+
+    proxy.silence_open_connections();
+    announce(r#"["unheard"]"#).await;
+    let lost = tokio::time::timeout(Duration::from_secs(10), listener.next())
+        .await
+        .expect("a silent connection was never noticed");
+    assert!(matches!(lost, Heard::Lost), "{lost:?}");
+
+    listener.connect().await.unwrap();
+    announce(r#"["second"]"#).await;
+    match tokio::time::timeout(Duration::from_secs(5), listener.next()).await {
+        Ok(Heard::Changed(users)) => assert_eq!(users, ["second"]),
+        other => panic!("expected the announcement after reconnecting, got {other:?}"),
+    }
+    listener.close().await;
+}

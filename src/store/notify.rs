@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 
 use super::Store;
 use crate::error::LedgerError;
@@ -25,6 +25,13 @@ pub const WATCH_LEASE: Duration = Duration::from_secs(300);
 pub const WATCH_LEASE_RENEW_BELOW: Duration = Duration::from_secs(240);
 /// Most accounts one lease statement renews, so no statement holds many row locks at once.
 pub const WATCH_LEASE_ACCOUNTS_MAX: usize = 500;
+
+/// After this long with nothing heard, the listener asks its connection `SELECT 1`: a connection
+/// that went silent (a peer gone without a reset, a network that drops packets) is otherwise
+/// never noticed, and its watchers would wait for changes that never come.
+pub const LISTEN_IDLE_PING: Duration = Duration::from_secs(15);
+/// How long that `SELECT 1` may take before the connection counts as lost.
+pub const LISTEN_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest payload one notification carries. PostgreSQL refuses 8,000 bytes and more.
 pub const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_999;
@@ -71,8 +78,19 @@ pub enum Heard {
 /// takes a connection the ledger's calls need.
 #[derive(Debug)]
 pub struct BalanceListener {
+    options: PgConnectOptions,
     pool: PgPool,
     listener: Option<PgListener>,
+    idle_ping: Duration,
+    ping_timeout: Duration,
+}
+
+/// The listener's one-connection pool.
+fn listener_pool(options: &PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.clone())
 }
 
 impl Store {
@@ -116,18 +134,25 @@ impl Store {
         let options = (*self.pool.connect_options())
             .clone()
             .application_name("token-ledger-listen");
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy_with(options);
         BalanceListener {
-            pool,
+            pool: listener_pool(&options),
+            options,
             listener: None,
+            idle_ping: LISTEN_IDLE_PING,
+            ping_timeout: LISTEN_PING_TIMEOUT,
         }
     }
 }
 
 impl BalanceListener {
+    /// Sets how long the listener waits in silence before it pings its connection, and how long
+    /// the ping may take (defaults [`LISTEN_IDLE_PING`], [`LISTEN_PING_TIMEOUT`]).
+    pub fn with_keepalive(mut self, idle_ping: Duration, ping_timeout: Duration) -> Self {
+        self.idle_ping = idle_ping;
+        self.ping_timeout = ping_timeout;
+        self
+    }
+
     /// (Re)connects and listens. Announcements made before this returns may have been missed.
     pub async fn connect(&mut self) -> Result<(), sqlx::Error> {
         // The old listener, if any, gives its connection back (after an UNLISTEN) first.
@@ -144,7 +169,22 @@ impl BalanceListener {
             return Heard::Lost;
         };
         loop {
-            match listener.try_recv().await {
+            let Ok(received) = tokio::time::timeout(self.idle_ping, listener.try_recv()).await
+            else {
+                // `try_recv` is cancel-safe (sqlx reads whole messages from its buffer), so
+                // the wait can be cut short to ask whether the connection still answers.
+                let ping = sqlx::query("SELECT 1").execute(&mut *listener);
+                if let Ok(Ok(_)) = tokio::time::timeout(self.ping_timeout, ping).await {
+                    continue;
+                }
+                tracing::warn!(
+                    silent_secs = (self.idle_ping + self.ping_timeout).as_secs(),
+                    "the balance listener's connection stopped answering; reconnecting"
+                );
+                self.abandon();
+                return Heard::Lost;
+            };
+            match received {
                 Ok(Some(notification)) => match parse_balance_payload(notification.payload()) {
                     Some(users) => return Heard::Changed(users),
                     None => tracing::warn!(
@@ -163,6 +203,14 @@ impl BalanceListener {
                 }
             }
         }
+    }
+
+    /// Drops a connection that stopped answering, and its pool: dropping a listener runs
+    /// `UNLISTEN` on its connection before giving it back, which on a silent connection waits
+    /// until the kernel gives up on it, and would hold the pool's one connection until then.
+    fn abandon(&mut self) {
+        self.listener = None;
+        self.pool = listener_pool(&self.options);
     }
 
     /// Closes the listener's connection.

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinSet};
 
 /// Where the real PostgreSQL listens.
@@ -26,19 +27,31 @@ impl Upstream {
         }
     }
 
-    async fn forward(&self, mut client: TcpStream) {
+    async fn forward(&self, mut client: TcpStream, silence: Arc<Notify>) {
         match self {
             Upstream::Tcp(host, port) => {
                 if let Ok(mut server) = TcpStream::connect((host.as_str(), *port)).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    pass(&mut client, &mut server, &silence).await;
                 }
             }
             Upstream::Unix(path) => {
                 if let Ok(mut server) = UnixStream::connect(path).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    pass(&mut client, &mut server, &silence).await;
                 }
             }
         }
+    }
+}
+
+/// Copies both ways until either side closes, or, once `silence` fires, keeps both sockets open
+/// and passes nothing more: a peer that went silent without a reset.
+async fn pass<S>(client: &mut TcpStream, server: &mut S, silence: &Notify)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(client, server) => {}
+        _ = silence.notified() => std::future::pending::<()>().await,
     }
 }
 
@@ -54,6 +67,7 @@ struct State {
 pub struct Proxy {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    silence: Arc<Notify>,
     _tasks: JoinSet<()>,
 }
 
@@ -64,6 +78,8 @@ impl Proxy {
         let state = Arc::new(Mutex::new(State::default()));
         let mut tasks = JoinSet::new();
         let shared = state.clone();
+        let silence = Arc::new(Notify::new());
+        let silencer = silence.clone();
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
@@ -76,7 +92,8 @@ impl Proxy {
                     continue;
                 }
                 let up = upstream.clone();
-                let handle = conns.spawn(async move { up.forward(client).await });
+                let silence = silencer.clone();
+                let handle = conns.spawn(async move { up.forward(client, silence).await });
                 state.forwarding.retain(|h| !h.is_finished());
                 state.forwarding.push(handle);
             }
@@ -85,6 +102,7 @@ impl Proxy {
         Self {
             addr,
             state,
+            silence,
             _tasks: tasks,
         }
     }
@@ -96,6 +114,12 @@ impl Proxy {
         for handle in state.forwarding.drain(..) {
             handle.abort();
         }
+    }
+
+    /// Every connection open now stops passing bytes but stays open (no reset, no close); new
+    /// connections are forwarded as usual.
+    pub fn silence_open_connections(&self) {
+        self.silence.notify_waiters();
     }
 
     /// Forwards new connections again.
