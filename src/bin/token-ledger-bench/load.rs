@@ -332,6 +332,11 @@ pub async fn drive(
     if let Some(db_url) = analyze_db_url {
         analyze(db_url).await?;
     }
+    let watchers = match args.watchers {
+        0 => None,
+        n => Some(crate::watchers::start(&clients, &shared.users, n, shared.auth.clone()).await?),
+    };
+    let updates_before = watchers.as_ref().map_or(0, |w| w.updates());
 
     let window = Window::starting_now(args);
     let missed = Arc::new(AtomicU64::new(0));
@@ -347,6 +352,13 @@ pub async fn drive(
         stats.merge(s);
     }
     let seconds = window.measure.as_secs_f64();
+    let expected = shared.expected();
+    if let Some(watchers) = watchers {
+        // Counted from the start of the warm-up.
+        let updates = watchers.updates() - updates_before;
+        let since = seconds + args.warmup_secs as f64;
+        watchers.settle(&expected, updates, since).await?;
+    }
     Ok(Run {
         report: RunReport {
             label: label.to_string(),
@@ -369,7 +381,7 @@ pub async fn drive(
             storage_bytes_per_usage_row: None,
             verified: "not verified (external server)".into(),
         },
-        expected: shared.expected(),
+        expected,
     })
 }
 

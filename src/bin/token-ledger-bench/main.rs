@@ -16,6 +16,7 @@ mod echo;
 mod load;
 mod report;
 mod server;
+mod watchers;
 
 use std::path::PathBuf;
 
@@ -148,6 +149,10 @@ pub struct BenchArgs {
     /// database) in the same run, and print every figure as a ratio to it.
     #[arg(long)]
     pub echo: bool,
+    /// Keep this many WatchBalance streams open on the run's accounts (round robin) while the
+    /// load runs, and check that each shows its account's final balance after it.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
     /// Be the echo server, on this address (how the bench starts its echo child).
     #[arg(long, hide = true)]
     pub serve_echo: Option<std::net::SocketAddr>,
@@ -177,6 +182,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             "--lots 0 leaves accounts without tokens; {:?} needs at least one",
             args.scenario
         );
+    }
+    if args.watchers > 0 && args.echo {
+        anyhow::bail!("--watchers needs a real ledger: the echo server answers no WatchBalance");
     }
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
