@@ -256,7 +256,7 @@ async fn load_prices(
     }
     let versions = match counted.and_then(|count| cache.if_current(count)) {
         Some(versions) => versions,
-        None => cache.reload(&mut **tx).await?,
+        None => cache.reload(tx).await?,
     };
     for model in models {
         if let Some(price) = versions.in_force(model, now) {
