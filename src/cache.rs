@@ -199,13 +199,9 @@ impl ServeLock {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        loop {
-            match conn.try_recv().await {
-                // Nothing is ever notified on this connection; were something, it changes nothing.
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            }
-        }
+        // Nothing is ever notified on this connection; were something, it would change nothing.
+        // `Ok(None)` or an error: the connection has ended.
+        while let Ok(Some(_)) = conn.try_recv().await {}
         self.conn = None;
     }
 

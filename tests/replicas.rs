@@ -128,7 +128,10 @@ fn one_write(answers: Vec<Result<(String, bool), Status>>, what: &str) -> String
         .map(|a| a.unwrap_or_else(|s| panic!("{what}: {s:?}")))
         .collect();
     let fresh = answers.iter().filter(|(_, replayed)| !replayed).count();
-    assert_eq!(fresh, 1, "{what}: one write, the others replays: {answers:?}");
+    assert_eq!(
+        fresh, 1,
+        "{what}: one write, the others replays: {answers:?}"
+    );
     assert!(
         answers.iter().all(|(id, _)| id == &answers[0].0),
         "{what}: every process answers the same transaction: {answers:?}"
@@ -223,9 +226,13 @@ struct HotAccount {
 async fn hot_accounts(r: &Replicas) -> BTreeMap<String, i64> {
     let mut c = r.via(0);
     for a in 0..HOT_ACCOUNTS {
-        c.grant(admin(grant_req(&format!("hot-{a}"), HOT_START, &format!("hot-start-{a}"))))
-            .await
-            .unwrap();
+        c.grant(admin(grant_req(
+            &format!("hot-{a}"),
+            HOT_START,
+            &format!("hot-start-{a}"),
+        )))
+        .await
+        .unwrap();
     }
     let seen: Arc<Mutex<HashMap<String, HotAccount>>> = Arc::default();
     let mut writers = JoinSet::new();
@@ -282,7 +289,10 @@ async fn hot_accounts(r: &Replicas) -> BTreeMap<String, i64> {
         let got = balance(&mut r.via(2), user).await.balance;
         assert_eq!(got, end, "{user}: {account:?}");
         if let Some(t) = account.smallest_refused {
-            assert!(got < t, "{user} was refused {t} but ends with {got}: {account:?}");
+            assert!(
+                got < t,
+                "{user} was refused {t} but ends with {got}: {account:?}"
+            );
         }
         expected.insert(user.clone(), end);
     }
@@ -333,7 +343,11 @@ async fn racing_reversals(r: &Replicas) -> BTreeMap<String, i64> {
             Err(s) => panic!("reversal: {s:?}"),
         }
     }
-    assert_eq!((applied, capped), (6, 6), "the cap of 1,000 fits six of 150");
+    assert_eq!(
+        (applied, capped),
+        (6, 6),
+        "the cap of 1,000 fits six of 150"
+    );
     let b = balance(&mut r.via(1), "refunded").await;
     assert_eq!(b.totals.unwrap().reversed, 900);
     BTreeMap::from([("refunded".to_string(), 100)])
@@ -385,7 +399,9 @@ async fn holds_across_processes(r: &Replicas) -> BTreeMap<String, i64> {
         let release = pb::ReleaseHoldRequest { hold_id };
         let (commit, release) = tokio::join!(
             tokio::spawn(async move { by_commit.commit_hold(with_key(USAGE_KEY, commit)).await }),
-            tokio::spawn(async move { by_release.release_hold(with_key(USAGE_KEY, release)).await }),
+            tokio::spawn(
+                async move { by_release.release_hold(with_key(USAGE_KEY, release)).await }
+            ),
         );
         let release = release.unwrap().unwrap().into_inner();
         let state = release.hold.unwrap().state;
@@ -401,7 +417,11 @@ async fn holds_across_processes(r: &Replicas) -> BTreeMap<String, i64> {
         }
     }
     let b = balance(&mut r.via(2), "holder").await;
-    assert_eq!((b.held, b.available), (0, b.balance), "no hold is left active");
+    assert_eq!(
+        (b.held, b.available),
+        (0, b.balance),
+        "no hold is left active"
+    );
     BTreeMap::from([("holder".to_string(), 10_000 - committed)])
 }
 
@@ -472,7 +492,11 @@ async fn lots_expired_once(r: &Replicas) -> BTreeMap<String, i64> {
             .into_inner()
             .transactions;
         assert_eq!(expiries.len(), 1, "{user}: {expiries:?}");
-        assert_eq!(again.len(), 1, "{user} expired once by three sweepers: {again:?}");
+        assert_eq!(
+            again.len(),
+            1,
+            "{user} expired once by three sweepers: {again:?}"
+        );
         assert_eq!(again[0].token_amount, -1_000);
         let b = balance(&mut r.via(i + 1), &user).await;
         assert_eq!(b.totals.unwrap().expired, 1_000, "{user}");
@@ -509,7 +533,11 @@ async fn a_watcher_hears_the_other_processes(r: &Replicas) -> BTreeMap<String, i
     for round in 0..6 {
         let tokens = 10 * (round + 1);
         r.via(round as usize % 2)
-            .grant(admin(grant_req("watched", tokens, &format!("watched-{round}"))))
+            .grant(admin(grant_req(
+                "watched",
+                tokens,
+                &format!("watched-{round}"),
+            )))
             .await
             .unwrap();
         expected += tokens;
@@ -551,5 +579,284 @@ async fn three_processes_on_one_database_keep_every_guarantee() {
         verified.trim(),
         started.elapsed().as_secs_f64()
     );
+    r.stop().await;
+}
+
+/// Ends the backends of `application_name` on `db` (as a failover or an operator would):
+/// answers how many.
+async fn terminate_backends(db: &TestDb, application_name: &str) -> i64 {
+    let pool = db.pool().await;
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+          WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(application_name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    ended
+}
+
+/// Waits until no process holds an advisory lock on `db` (a stopped server's backend ends a
+/// moment after the server).
+async fn wait_for_no_serve_lock(db: &TestDb) {
+    let pool = db.pool().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if held == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a serve lock is still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.close().await;
+}
+
+const CACHE_REFUSED: &str =
+    "refusing to start with --balance-cache: another token-ledger process serves this database";
+const PLAIN_REFUSED: &str =
+    "refusing to serve: a token-ledger process started with --balance-cache serves this database";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_cache_process_and_any_other_refuse_to_share_a_database() {
+    let db = TestDb::new().await;
+    // A plain process serves: the cache process refuses, before listening.
+    let plain = ServerProcess::start(&db.url(), &[]).await;
+    let refused = ServerProcess::refused(&db.url(), &["--balance-cache"]).await;
+    assert!(refused.contains(CACHE_REFUSED), "{refused}");
+    // A plain process whose lock connection is lost takes the lock again: still refused.
+    assert_eq!(terminate_backends(&db, "token-ledger-serve-lock").await, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = ServerProcess::refused(&db.url(), &["--balance-cache"]).await;
+    assert!(refused.contains(CACHE_REFUSED), "{refused}");
+    let mut c = Client::connect(plain.url()).await.unwrap();
+    c.grant(admin(grant_req("u", 10, "still-serving")))
+        .await
+        .unwrap();
+    plain.terminate().await;
+    wait_for_no_serve_lock(&db).await;
+
+    // The cache process alone: a plain process refuses.
+    let mut cached = ServerProcess::start(&db.url(), &["--balance-cache"]).await;
+    let refused = ServerProcess::refused(&db.url(), &[]).await;
+    assert!(refused.contains(PLAIN_REFUSED), "{refused}");
+    let mut c = Client::connect(cached.url()).await.unwrap();
+    assert_eq!(balance(&mut c, "u").await.balance, 10);
+
+    // Its lock connection lost, the cache process stops with an error (another process could
+    // start and write behind its cache now), and the database is free for plain processes.
+    assert_eq!(terminate_backends(&db, "token-ledger-serve-lock").await, 1);
+    let status = cached
+        .exited_within(Duration::from_secs(20))
+        .await
+        .expect("the cache process still runs without its lock");
+    assert!(!status.success(), "{status}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let errors = cached.errors.lock().unwrap().join("\n");
+    assert!(
+        errors.contains("the connection holding the --balance-cache lock was lost"),
+        "{errors}"
+    );
+    let plain = ServerProcess::start(&db.url(), &[]).await;
+    plain.terminate().await;
+}
+
+/// A receiver of alert deliveries: every event id, with its user, in the order received.
+async fn alert_receiver() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    use axum::{http::StatusCode, routing::post, Router};
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let state = seen.clone();
+    let app = Router::new().route(
+        "/alerts",
+        post(move |body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let id = json["id"].as_str().unwrap_or_default().to_string();
+                let user = json["user_id"].as_str().unwrap_or_default().to_string();
+                state.lock().unwrap().push((id, user));
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+/// Every alert event of the outbox, oldest first.
+async fn alert_events(c: &mut Client, pending_only: bool) -> Vec<pb::AlertEvent> {
+    let mut events = c
+        .list_alert_events(with_key(
+            READ_KEY,
+            pb::ListAlertEventsRequest {
+                pending_only,
+                page_size: 500,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    events.reverse();
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_deliverers_post_each_alert_once_and_in_order_per_account() {
+    let (url, seen) = alert_receiver().await;
+    let r = Replicas::start(&[
+        "--alert-webhook-url",
+        &url,
+        "--alert-webhook-secret",
+        "alert-secret-0123456789",
+        "--alert-poll-ms",
+        "20",
+    ])
+    .await;
+    r.via(0)
+        .set_balance_alert(admin(pb::SetBalanceAlertRequest {
+            user_id: String::new(),
+            threshold: Some(pb::set_balance_alert_request::Threshold::Tokens(100)),
+        }))
+        .await
+        .unwrap();
+    // Six accounts cross their threshold down and up three times each, their writes spread over
+    // the three processes.
+    let mut accounts = JoinSet::new();
+    for a in 0..6 {
+        let clients: Vec<Client> = (0..3).map(|i| r.via(i)).collect();
+        accounts.spawn(async move {
+            let user = format!("alerted-{a}");
+            let mut c = clients[a % 3].clone();
+            c.grant(admin(grant_req(&user, 150, &format!("{user}-start"))))
+                .await
+                .unwrap();
+            for round in 0..3 {
+                let mut c = clients[(a + round) % 3].clone();
+                let key = format!("{user}-spend-{round}");
+                c.track_usage(with_key(USAGE_KEY, usage_req(&user, 60, &key)))
+                    .await
+                    .unwrap();
+                let mut c = clients[(a + round + 1) % 3].clone();
+                let key = format!("{user}-top-up-{round}");
+                c.grant(admin(grant_req(&user, 60, &key))).await.unwrap();
+            }
+        });
+    }
+    while let Some(done) = accounts.join_next().await {
+        done.unwrap();
+    }
+    let mut c = r.via(1);
+    let events = alert_events(&mut c, false).await;
+    assert_eq!(
+        events.len(),
+        6 * 6,
+        "a low and a recovery per round: {events:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !alert_events(&mut c, true).await.is_empty() {
+        assert!(Instant::now() < deadline, "alerts still pending after 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = seen.lock().unwrap().clone();
+    let mut by_user: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (id, user) in &received {
+        let n: i64 = id.strip_prefix("alert_").unwrap().parse().unwrap();
+        by_user.entry(user.clone()).or_default().push(n);
+    }
+    for e in alert_events(&mut c, false).await {
+        let n: i64 = e.event_id.parse().unwrap();
+        let got = &by_user[&e.user_id];
+        assert_eq!(
+            got.iter().filter(|&&m| m == n).count(),
+            1,
+            "event {n} of {} posted once: {got:?}",
+            e.user_id
+        );
+        assert_eq!(e.attempts, 1, "event {n} claimed by one deliverer once");
+    }
+    for (user, ids) in &by_user {
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{user}: in order: {ids:?}"
+        );
+    }
+    assert_eq!(received.len(), 36);
+    r.assert_no_server_errors();
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stripe_event_sent_to_three_processes_credits_once_and_refunds_stay_capped() {
+    use common::stripe::*;
+    let r = Replicas::start(&[
+        "--stripe-webhook-listen",
+        "127.0.0.1:0",
+        "--stripe-webhook-secret",
+        WEBHOOK_SECRET,
+    ])
+    .await;
+    let hooks: Vec<std::net::SocketAddr> = r
+        .servers
+        .iter()
+        .map(|s| s.webhook_addr.as_ref().unwrap().parse().unwrap())
+        .collect();
+    let send_everywhere = |e: serde_json::Value, times: usize| {
+        let mut tasks = JoinSet::new();
+        for i in 0..3 * times {
+            let (addr, e) = (hooks[i % 3], e.clone());
+            tasks.spawn(async move { deliver(addr, WEBHOOK_SECRET, &e).await.0 });
+        }
+        tasks
+    };
+    let checkout = event(
+        "evt_pack",
+        "checkout.session.completed",
+        pack_checkout("cs_1", "pi_1", "payer", "pack_2m", 9_900),
+    );
+    let mut sent = send_everywhere(checkout, 2);
+    while let Some(status) = sent.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(balance(&mut r.via(0), "payer").await.balance, 2_000_000);
+    // A partial refund and then the full one, each delivered to every process at once, racing
+    // with each other: together they take back the purchase once.
+    let half = event(
+        "evt_ref1",
+        "charge.refunded",
+        charge_refunded("ch_1", "pi_1", 9_900, 4_950),
+    );
+    let full = event(
+        "evt_ref2",
+        "charge.refunded",
+        charge_refunded("ch_1", "pi_1", 9_900, 9_900),
+    );
+    let mut sent = send_everywhere(half, 1);
+    let mut sent_full = send_everywhere(full, 1);
+    while let Some(status) = sent.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    while let Some(status) = sent_full.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let b = balance(&mut r.via(1), "payer").await;
+    let totals = b.totals.unwrap();
+    assert_eq!(
+        (b.balance, totals.purchased, totals.reversed),
+        (0, 2_000_000, 2_000_000)
+    );
+    r.verify();
+    r.assert_no_server_errors();
     r.stop().await;
 }

@@ -63,8 +63,11 @@ impl ServerProcess {
                     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
                     webhook_addr = Some(v["addr"].as_str().unwrap().to_string());
                 }
-                if addr.is_some() && (webhook_addr.is_some() || !webhook) {
-                    return (addr.unwrap(), webhook_addr);
+                match &addr {
+                    Some(a) if webhook_addr.is_some() || !webhook => {
+                        return (a.clone(), webhook_addr);
+                    }
+                    _ => {}
                 }
             }
             panic!("the server exited before listening");
