@@ -6,6 +6,11 @@
 //! entry is only ever replaced by one with a higher `last_seq`, so a read that raced a commit can
 //! never put an older balance back. A balance changed by anything else (another ledger process,
 //! SQL by hand) is not seen until the entry is evicted.
+//!
+//! So that "the only one" is enforced rather than hoped for, this module also owns the serve lock
+//! ([`ServeLock`]): a PostgreSQL advisory lock every `serve` holds, shared without the cache and
+//! exclusive with it. A cache process refuses to start beside any other ledger process, every
+//! other refuses to start beside a cache process, and a cache process that loses its lock stops.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
