@@ -598,26 +598,35 @@ async fn terminate_backends(db: &TestDb, application_name: &str) -> i64 {
     ended
 }
 
-/// Waits until no process holds an advisory lock on `db` (a stopped server's backend ends a
-/// moment after the server).
-async fn wait_for_no_serve_lock(db: &TestDb) {
+/// The backends holding a serve lock on `db` (any advisory lock: nothing else holds one there
+/// between calls).
+async fn serve_lock_holders(db: &TestDb) -> Vec<i32> {
     let pool = db.pool().await;
+    let pids = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY pid",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    pids
+}
+
+/// Waits until the serve locks on `db` are held by `count` backends, none of them in `not`
+/// (a stopped server's backend ends a moment after the server; a server whose lock connection
+/// was ended takes the lock again on a new one).
+async fn wait_for_serve_locks(db: &TestDb, count: usize, not: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let held: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if held == 0 {
-            break;
+        let holders = serve_lock_holders(db).await;
+        if holders.len() == count && holders.iter().all(|p| !not.contains(p)) {
+            return;
         }
-        assert!(Instant::now() < deadline, "a serve lock is still held");
+        assert!(Instant::now() < deadline, "serve lock holders: {holders:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    pool.close().await;
 }
 
 const CACHE_REFUSED: &str =
@@ -633,8 +642,10 @@ async fn a_balance_cache_process_and_any_other_refuse_to_share_a_database() {
     let refused = ServerProcess::refused(&db.url(), &["--balance-cache"]).await;
     assert!(refused.contains(CACHE_REFUSED), "{refused}");
     // A plain process whose lock connection is lost takes the lock again: still refused.
+    let before = serve_lock_holders(&db).await;
+    assert_eq!(before.len(), 1);
     assert_eq!(terminate_backends(&db, "token-ledger-serve-lock").await, 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_serve_locks(&db, 1, &before).await;
     let refused = ServerProcess::refused(&db.url(), &["--balance-cache"]).await;
     assert!(refused.contains(CACHE_REFUSED), "{refused}");
     let mut c = Client::connect(plain.url()).await.unwrap();
@@ -642,7 +653,7 @@ async fn a_balance_cache_process_and_any_other_refuse_to_share_a_database() {
         .await
         .unwrap();
     plain.terminate().await;
-    wait_for_no_serve_lock(&db).await;
+    wait_for_serve_locks(&db, 0, &[]).await;
 
     // The cache process alone: a plain process refuses.
     let mut cached = ServerProcess::start(&db.url(), &["--balance-cache"]).await;
