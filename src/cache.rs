@@ -173,10 +173,6 @@ impl ServeLock {
         }
     }
 
-    pub fn mode(&self) -> ServeLockMode {
-        self.mode
-    }
-
     /// One attempt on a fresh connection: `Ok(false)` when the lock is held the other way.
     async fn take(&mut self) -> Result<bool, sqlx::Error> {
         self.conn = None;
