@@ -438,7 +438,9 @@ pub struct WriteArgs {
     pub writers: Option<usize>,
 
     /// Serve GetBalance from memory, kept by the writers. Only when this is the ONLY process
-    /// writing to the database (not with several ledger instances, nor with SQL edits by hand).
+    /// writing to the database (not with several ledger instances, nor with SQL edits by hand):
+    /// it refuses to start beside another ledger process, others refuse beside it, and it stops
+    /// if it loses the lock that says so.
     #[arg(long, env = "TOKEN_LEDGER_BALANCE_CACHE")]
     pub balance_cache: bool,
 

@@ -15,6 +15,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::auth::{ApiKey, Authenticator};
+use crate::cache::{ServeLock, ServeLockMode};
 use crate::jwt::JwtVerifier;
 use crate::ledger::watch::{Watch, WatchConfig};
 use crate::ledger::{Ledger, WriteConfig};
@@ -89,6 +90,8 @@ pub struct Application {
     config: ServerConfig,
     store: Store,
     webhook: Option<HostedWebhook>,
+    /// Held from `build` until the server has stopped and closed its pool (see `ServeLock`).
+    lock: ServeLock,
 }
 
 /// The Stripe webhook hosted in the server's process, calling the ledger in process.
@@ -119,6 +122,14 @@ impl Application {
             config.webhook_pool_connections_max >= 1,
             "the Stripe webhook's pool needs at least one connection"
         );
+        // Before binding: a process that may not serve this database says so and listens on
+        // nothing.
+        let mode = if config.write.balance_cache {
+            ServeLockMode::Exclusive
+        } else {
+            ServeLockMode::Shared
+        };
+        let lock = ServeLock::acquire(&store, mode).await?;
         let listener = bind(config.listen, "gRPC").await?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -127,6 +138,7 @@ impl Application {
             config,
             store,
             webhook: None,
+            lock,
         })
     }
 
@@ -162,7 +174,8 @@ impl Application {
         self.local_addr.port()
     }
 
-    /// Serves until `shutdown` resolves, then drains and closes the pool.
+    /// Serves until `shutdown` resolves, then drains and closes the pool. Also stops (and
+    /// answers an error) when the serve lock is lost for good (`ServeLock::hold`).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -173,14 +186,22 @@ impl Application {
             config,
             store,
             webhook,
+            lock,
         } = self;
-        // One shutdown signal, fanned out to the gRPC server and the webhook.
+        // One shutdown signal, fanned out to the gRPC server and the webhook: the caller's, or
+        // the serve lock's loss.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
+        let (release_lock, lock_released) = tokio::sync::oneshot::channel();
+        let (lock_lost, on_lock_lost) = tokio::sync::oneshot::channel();
+        let lock_task = tokio::spawn(lock.hold(lock_released, lock_lost));
         tokio::spawn(async move {
-            shutdown.await;
+            tokio::select! {
+                () = shutdown => {}
+                Ok(()) = on_lock_lost => {}
+            }
             let _ = stop_tx.send(true);
         });
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -280,8 +301,14 @@ impl Application {
             task.abort();
         }
         store.close().await;
+        // Only now: this process writes nothing more, so a process that takes the lock next
+        // (a cache process) sees every write of this one.
+        let _ = release_lock.send(());
+        let held = lock_task
+            .await
+            .map_err(|err| anyhow::anyhow!("the serve lock's task failed: {err}"))?;
         served?;
-        Ok(())
+        held
     }
 }
 
