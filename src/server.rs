@@ -225,6 +225,7 @@ impl Application {
         let sweeper = tokio::spawn(crate::ledger::sweeper::run(
             core.clone(),
             config.expiry_sweep_interval,
+            crate::ledger::sweeper::lease_holder(),
         ));
         // Watchers end when the server stops: a stream left open would hold the drain forever.
         let watch = Watch::start(core.clone(), config.watch, stop_rx.clone());

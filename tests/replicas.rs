@@ -2,7 +2,8 @@
 //! not only inside one. Three real `token-ledger serve` processes share a fresh database, and a
 //! client spreads the same accounts and the same keys over all three: business keys and key
 //! replays sent to every process at once, deductions racing on hot accounts, reversals racing on
-//! one credit, holds placed on one process and ended on another, lots expired by three sweepers,
+//! one credit, holds placed on one process and ended on another, lots expired by the sweepers of
+//! three processes (one sweeps at a time, elected by a lease in PostgreSQL),
 //! a watcher on one process hearing writes made through the others. Then `token-ledger verify`
 //! and exact balances computed from the answers.
 //!
@@ -870,4 +871,101 @@ async fn a_stripe_event_sent_to_three_processes_credits_once_and_refunds_stay_ca
     r.verify();
     r.assert_no_server_errors();
     r.stop().await;
+}
+
+/// The process holding the expiry sweep's lease (`job_leases`, migration 0016): the pid in its
+/// holder name, if any holds it now.
+async fn sweeping_pid(db: &TestDb) -> Option<u32> {
+    let pool = db.pool().await;
+    let holder: Option<String> = sqlx::query_scalar(
+        "SELECT holder FROM job_leases WHERE job = 'expiry_sweep' AND held_until > clock_timestamp()",
+    )
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    holder.and_then(|h| h.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// One process sweeps at a time, elected by PostgreSQL (a lease row, no list of processes); when
+/// it dies, another takes the lease over once it runs out, and lots still expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_process_sweeps_and_another_takes_over_when_it_dies() {
+    // 100 ms rounds: the lease lasts 1 s (SWEEP_LEASE_MIN).
+    let mut r = Replicas::start(&["--expiry-sweep-interval-ms", "100"]).await;
+    let pids: Vec<u32> = r.servers.iter().map(ServerProcess::pid).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(pid) = sweeping_pid(&r.db).await {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no process took the sweep's lease"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(pids.contains(&first), "{first} is not one of {pids:?}");
+    // It keeps it: renewed every round, never taken by the others while it lives.
+    for _ in 0..15 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sweeping_pid(&r.db).await, Some(first));
+    }
+
+    let dead = pids.iter().position(|p| *p == first).unwrap();
+    r.servers[dead].kill_9().await;
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(10);
+    let next = loop {
+        if let Some(pid) = sweeping_pid(&r.db).await.filter(|p| *p != first) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "nobody took over the sweep");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(pids.contains(&next) && next != first);
+    eprintln!(
+        "sweep lease: pid {first} killed, pid {next} took over after {:.2} s",
+        killed.elapsed().as_secs_f64()
+    );
+
+    // The new holder sweeps: a lot granted through a survivor expires on time.
+    let alive = (dead + 1) % 3;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let mut grant = grant_req("after-takeover", 700, "after-takeover-lot");
+    grant.expires_at = Some(prost_types::Timestamp {
+        seconds: expires.timestamp(),
+        nanos: expires.timestamp_subsec_nanos() as i32,
+    });
+    let mut c = r.via(alive);
+    c.grant(admin(grant)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let swept = c
+            .list_transactions(with_key(
+                READ_KEY,
+                pb::ListTransactionsRequest {
+                    user_id: "after-takeover".into(),
+                    kinds: vec![pb::TransactionKind::Expiry as i32],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .transactions;
+        if swept.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lot was never swept after the takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let servers: Vec<ServerProcess> = r.servers.drain(..).collect();
+    for (i, s) in servers.into_iter().enumerate() {
+        if i != dead {
+            s.terminate().await;
+        }
+    }
 }

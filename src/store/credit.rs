@@ -413,6 +413,33 @@ impl Store {
         .map_err(|e| self.saw(e).into())
     }
 
+    /// Takes or renews the lease on background `job` for `holder`, for `lease_for`: `true`
+    /// when `holder` holds it now (it was free, had run out, or was already its own).
+    pub async fn take_job_lease(
+        &self,
+        job: &str,
+        holder: &str,
+        lease_for: std::time::Duration,
+    ) -> Result<bool, LedgerError> {
+        let mut conn = self.acquire().await?;
+        let micros = i64::try_from(lease_for.as_micros()).unwrap_or(i64::MAX);
+        let held = sqlx::query_scalar::<_, bool>(
+            "INSERT INTO job_leases AS l (job, holder, held_until) \
+             VALUES ($1, $2, clock_timestamp() + $3 * interval '1 microsecond') \
+             ON CONFLICT (job) DO UPDATE SET holder = EXCLUDED.holder, \
+               held_until = EXCLUDED.held_until \
+             WHERE l.holder = EXCLUDED.holder OR l.held_until < clock_timestamp() \
+             RETURNING true",
+        )
+        .bind(job)
+        .bind(holder)
+        .bind(micros)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| self.saw(e))?;
+        Ok(held.unwrap_or(false))
+    }
+
     /// Holds active right now, over every account (lapsed ones not yet swept included).
     pub async fn active_holds(&self) -> Result<i64, LedgerError> {
         let mut conn = self.acquire().await?;

@@ -129,6 +129,11 @@ impl ServerProcess {
             .map(Result::unwrap)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the process is running")
+    }
+
     /// SIGKILL, and wait for the process to be gone.
     pub async fn kill_9(&mut self) {
         self.child.start_kill().unwrap();
