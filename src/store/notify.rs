@@ -113,13 +113,12 @@ impl Store {
 
     /// A listener for balance changes (not yet connected: see [`BalanceListener::connect`]).
     pub fn balance_listener(&self) -> BalanceListener {
-        let options = (*self.pool.connect_options())
-            .clone()
-            .application_name("token-ledger-listen");
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_lazy_with(options);
+        let pool = self.side_pool(
+            PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(std::time::Duration::from_secs(5)),
+            "token-ledger-listen",
+        );
         BalanceListener {
             pool,
             listener: None,
