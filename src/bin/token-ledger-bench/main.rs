@@ -12,6 +12,7 @@
 //! its own lot, as the accounts of a product with promotions and subscriptions hold several. No
 //! global state: each run's expected balances travel in its result.
 
+mod checked;
 mod echo;
 mod load;
 mod report;
@@ -45,6 +46,10 @@ pub enum Scenario {
     /// GetBalance of the first account (the one --history-rows fills) as of a random instant of
     /// its history: a binary search over its journal.
     BalanceAt,
+    /// Grants with known amounts, each retried with its idempotency key until acknowledged,
+    /// then read back: every acknowledged write present exactly once, balances equal to their
+    /// sums (see `checked`). Needs --ledger-url; for failover and drain scenarios (deploy/).
+    Checked,
 }
 
 impl Scenario {
@@ -148,6 +153,10 @@ pub struct BenchArgs {
     /// database) in the same run, and print every figure as a ratio to it.
     #[arg(long)]
     pub echo: bool,
+    /// Checked scenario: how long a call is retried (same idempotency key) before it counts as
+    /// lost.
+    #[arg(long, default_value_t = 60)]
+    pub retry_deadline_secs: u64,
     /// Be the echo server, on this address (how the bench starts its echo child).
     #[arg(long, hide = true)]
     pub serve_echo: Option<std::net::SocketAddr>,
@@ -199,6 +208,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         host
     );
+    if args.scenario == Scenario::Checked {
+        return checked::run(&args).await;
+    }
     let mut reports = Vec::new();
     if let Some(url) = &args.ledger_url {
         reports.push(
