@@ -39,20 +39,31 @@ as_pg pg_autoctl create monitor --pgdata "$HA_DIR/monitor" --pgport "$HA_MONITOR
 run_keeper monitor
 wait_for "the monitor" 60 monitor_sql 'SELECT 1'
 
-# The monitor decides a node failed after node_considered_unhealthy_timeout (default 20 s) and
-# failed health checks (every 5 s, 2 retries 2 s apart). HA_FAST_FAILOVER=1 (the default here)
-# shortens those, so the scenario measures the ledger's side rather than the defaults' wait;
-# HA_FAST_FAILOVER=0 keeps pg_auto_failover's defaults.
-if [[ "${HA_FAST_FAILOVER:-1}" == 1 ]]; then
+# pg_auto_failover's defaults: the monitor calls a node failed after
+# node_considered_unhealthy_timeout (20 s) and failed health checks (every 5 s, 2 retries 2 s
+# apart); it then promotes the secondary but keeps it from accepting writes (stop_replication)
+# until the old primary has had primary_demote_timeout (30 s) to demote itself, which a keeper
+# that lost the monitor and its standby does after network_partition_timeout (20 s): no split
+# brain even when the old primary is alive behind a partition. HA_FAST_FAILOVER=1 (the default
+# here) shortens all of these, keeping the keepers' partition timeout (4 s) under the demote
+# timeout (8 s), so the order that prevents split brain is kept; HA_FAST_FAILOVER=0 keeps the
+# defaults (a write outage of about 40-50 s).
+fast="${HA_FAST_FAILOVER:-1}"
+if [[ "$fast" == 1 ]]; then
   as_pg psql -X -q -h 127.0.0.1 -p "$HA_MONITOR_PORT" -d pg_auto_failover <<'SQL'
 ALTER SYSTEM SET pgautofailover.health_check_period = 1000;
 ALTER SYSTEM SET pgautofailover.health_check_timeout = 1000;
 ALTER SYSTEM SET pgautofailover.health_check_max_retries = 1;
 ALTER SYSTEM SET pgautofailover.health_check_retry_delay = 500;
 ALTER SYSTEM SET pgautofailover.node_considered_unhealthy_timeout = 3000;
+ALTER SYSTEM SET pgautofailover.primary_demote_timeout = 8000;
 SELECT pg_reload_conf();
 SQL
 fi
+echo "monitor settings: $(monitor_sql "SELECT string_agg(replace(name, 'pgautofailover.', '') \
+  || '=' || setting || coalesce(unit, ''), ' ' ORDER BY name) FROM pg_settings \
+  WHERE name IN ('pgautofailover.node_considered_unhealthy_timeout', \
+    'pgautofailover.primary_demote_timeout', 'pgautofailover.health_check_period')")"
 
 for i in 1 2; do
   port=$((HA_PORT_BASE + i))
@@ -60,6 +71,10 @@ for i in 1 2; do
   as_pg pg_autoctl create postgres --pgdata "$HA_DIR/node$i" --pgport "$port" \
     --hostname 127.0.0.1 --name "node$i" --dbname "$HA_DBNAME" --auth trust --no-ssl \
     --monitor "$HA_MONITOR_URL" >>"$HA_DIR/log/create.log" 2>&1
+  if [[ "$fast" == 1 ]]; then
+    as_pg pg_autoctl config set --pgdata "$HA_DIR/node$i" timeout.network_partition_timeout 4 \
+      >/dev/null
+  fi
   run_keeper "node$i"
   # The secondary is cloned from the primary: wait until the primary is one before adding it.
   if [[ $i == 1 ]]; then wait_for "node1 to run alone" 90 node_in_state node1 single; fi

@@ -29,10 +29,7 @@ pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             c.starts_with("08")
                 || c.starts_with("57P")
-                || matches!(
-                    c.as_ref(),
-                    "25006" | "40001" | "40P01" | "55P03" | "57014"
-                )
+                || matches!(c.as_ref(), "25006" | "40001" | "40P01" | "55P03" | "57014")
         }),
         _ => false,
     }

@@ -5,13 +5,13 @@
 //! `PgConnectOptions` holds one), so this module owns them: it splits the host list into one
 //! `PgConnectOptions` per host (each parsed by sqlx, so every other parameter means what it
 //! always did), finds the node to write to (with `target_session_attrs=read-write`, the first
-//! host, in the order given, that is not in recovery; with `any`, the first that answers), and
-//! switches the store's pools to another node when that one fails. The pools stay sqlx pools:
-//! a switch is `Pool::set_connect_options` (future connections go to the new node) plus a
-//! `before_acquire` hook that discards connections opened before the switch, and in read-write
-//! mode an `after_connect` hook that refuses a connection to a node in recovery, so no pool
-//! ever hands a writer a standby. A URL with one host never comes here: it is parsed by sqlx
-//! exactly as before.
+//! host, in the order given, that is not in recovery and not read-only; with `primary`, not in
+//! recovery; with `any`, the first that answers), and switches the store's pools to another
+//! node when that one fails. The pools stay sqlx pools: a switch is `Pool::set_connect_options`
+//! (future connections go to the new node) plus a `before_acquire` hook that discards
+//! connections opened before the switch, and, unless `any`, an `after_connect` hook that refuses
+//! a node that does not qualify, so no pool ever hands a writer a standby. A URL with one host
+//! never comes here: sqlx parses it exactly as before.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -33,10 +33,13 @@ pub const HOST_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum SessionAttrs {
     /// The first host that answers (libpq's default).
     Any,
-    /// The first host that is not in recovery: the primary. libpq's `read-write` also accepts a
-    /// primary with `default_transaction_read_only` on; the ledger could not write there either,
-    /// so `primary` and `read-write` both mean "not in recovery" here.
+    /// The first host that is not in recovery and whose sessions are not read-only (libpq's
+    /// `read-write`). The second half matters: a freshly promoted pg_auto_failover node stays
+    /// `default_transaction_read_only` until the old primary is known to be demoted
+    /// (`stop_replication`), and writes there fail with 25006.
     ReadWrite,
+    /// The first host that is not in recovery (libpq's `primary`).
+    Primary,
 }
 
 /// A parsed multi-host URL: one set of connect options per host, in the order given.
@@ -50,9 +53,10 @@ impl HostList {
     /// `Ok(None)` for a URL with a single host (sqlx parses it, as it always did); the hosts of
     /// a URL that lists several, comma-separated, each with its own optional port.
     pub fn parse(url: &str) -> Result<Option<Self>, String> {
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| "not a postgres:// URL".to_string())?;
+        // Not a URL at all: sqlx says what is wrong with it, as it always did.
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Ok(None);
+        };
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
         let (user_info, host_list) = match authority.rsplit_once('@') {
@@ -134,7 +138,8 @@ impl HostList {
 fn parse_attrs(value: &str) -> Result<SessionAttrs, String> {
     match value {
         "any" => Ok(SessionAttrs::Any),
-        "read-write" | "primary" => Ok(SessionAttrs::ReadWrite),
+        "read-write" => Ok(SessionAttrs::ReadWrite),
+        "primary" => Ok(SessionAttrs::Primary),
         other => Err(format!(
             "target_session_attrs={other} is not supported: the ledger writes, so use read-write (or primary, or any)"
         )),
@@ -148,10 +153,16 @@ async fn qualifies(conn: &mut PgConnection, attrs: SessionAttrs) -> Result<bool,
             .execute(&mut *conn)
             .await
             .map(|_| true),
-        SessionAttrs::ReadWrite => sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
-            .fetch_one(&mut *conn)
-            .await
-            .map(|in_recovery| !in_recovery),
+        SessionAttrs::ReadWrite => sqlx::query_scalar::<_, bool>(
+            "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'",
+        )
+        .fetch_one(&mut *conn)
+        .await,
+        SessionAttrs::Primary => {
+            sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()")
+                .fetch_one(&mut *conn)
+                .await
+        }
     }
 }
 
@@ -211,24 +222,24 @@ impl Failover {
             let fresh = !stale.opened_before_switch(meta.age);
             Box::pin(async move { Ok(fresh) })
         });
-        if attrs == SessionAttrs::ReadWrite {
-            // A node that went into recovery since the search (a demoted primary) is refused;
-            // the pool retries until its acquire timeout (UNAVAILABLE, retryable), by when the
-            // health probe has found the new primary.
-            options = options.after_connect(|conn, _| {
+        if attrs != SessionAttrs::Any {
+            // A node that no longer qualifies (a demoted primary, a promoted one not yet open for
+            // writes) is refused; the pool retries until its acquire timeout (UNAVAILABLE,
+            // retryable), by when the health probe has found the node that does.
+            options = options.after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if qualifies(conn, SessionAttrs::ReadWrite).await? {
+                    if qualifies(conn, attrs).await? {
                         Ok(())
                     } else {
                         Err(sqlx::Error::Configuration(
-                            "connected to a node in recovery; looking for the primary".into(),
+                            "connected to a node that does not take writes; looking for the one that does".into(),
                         ))
                     }
                 })
             });
         }
-        let pool = options
-            .connect_lazy_with(self.current_options().application_name(application_name));
+        let pool =
+            options.connect_lazy_with(self.current_options().application_name(application_name));
         self.pools
             .lock()
             .expect("no panics while holding the pool list")
@@ -264,7 +275,7 @@ impl Failover {
                 Ok(Ok((conn, true))) => return Ok((i, conn)),
                 Ok(Ok((conn, false))) => {
                     let _ = sqlx::Connection::close(conn).await;
-                    "in recovery (a standby)".to_string()
+                    "a standby, or read-only".to_string()
                 }
                 Ok(Err(err)) => crate::error::one_line(&err),
                 Err(_) => format!("no answer within {HOST_CONNECT_TIMEOUT:?}"),
@@ -340,7 +351,17 @@ mod tests {
     use super::*;
 
     fn hosts(url: &str) -> HostList {
-        HostList::parse(url).expect("parses").expect("several hosts")
+        HostList::parse(url)
+            .expect("parses")
+            .expect("several hosts")
+    }
+
+    #[test]
+    fn sqlx_itself_cannot_parse_a_host_list() {
+        // Why this module exists (launchbadge/sqlx#3333): if sqlx learns the form, use it.
+        assert!("postgres://u@a:5432,b:5433/db"
+            .parse::<PgConnectOptions>()
+            .is_err());
     }
 
     #[test]
@@ -380,7 +401,7 @@ mod tests {
         );
         assert_eq!(
             hosts("postgres://a,b/db?target_session_attrs=primary").attrs(),
-            SessionAttrs::ReadWrite
+            SessionAttrs::Primary
         );
         for bad in ["read-only", "standby", "prefer-standby", "nonsense"] {
             let err = HostList::parse(&format!("postgres://a,b/db?target_session_attrs={bad}"))
@@ -410,7 +431,10 @@ mod tests {
     fn only_connections_opened_before_a_switch_are_discarded() {
         let failover = Failover::new(hosts("postgres://a,b/db"));
         let meta = Duration::from_millis;
-        assert!(!failover.opened_before_switch(meta(60_000)), "no switch yet");
+        assert!(
+            !failover.opened_before_switch(meta(60_000)),
+            "no switch yet"
+        );
         std::thread::sleep(Duration::from_millis(20));
         failover.switch_to(1);
         assert_eq!(failover.current_label(), "b:5432");

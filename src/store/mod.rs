@@ -204,13 +204,12 @@ impl Store {
         let Some(failover) = &self.failover else {
             return Ok(());
         };
-        let (index, conn) = failover
-            .search()
-            .await
-            .map_err(|why| anyhow::anyhow!("cannot connect to PostgreSQL at {}: {why}", self.target))?;
+        let (index, conn) = failover.search().await.map_err(|why| {
+            anyhow::anyhow!("cannot connect to PostgreSQL at {}: {why}", self.target)
+        })?;
         let _ = sqlx::Connection::close(conn).await;
         failover.switch_to(index);
-        tracing::info!(host = %failover.current_label(), "database host chosen");
+        tracing::debug!(host = %failover.current_label(), "database host chosen");
         Ok(())
     }
 

@@ -128,7 +128,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
 
 /// Channels that connect on first use and reconnect on their own (a proxy or a ledger that is
 /// not up yet, or restarts, is retried like any failed call).
-fn connect_lazy(url: &str, connections: usize) -> anyhow::Result<Vec<LedgerServiceClient<Channel>>> {
+fn connect_lazy(
+    url: &str,
+    connections: usize,
+) -> anyhow::Result<Vec<LedgerServiceClient<Channel>>> {
     (0..connections.max(1))
         .map(|_| {
             let channel = Channel::from_shared(url.to_string())?
@@ -145,7 +148,10 @@ async fn caller(s: Arc<Shared>, mut client: LedgerServiceClient<Channel>) {
     while !s.stop.load(Ordering::Relaxed) {
         let (account, tokens) = {
             let mut rng = rand::rng();
-            (rng.random_range(0..s.users.len()), rng.random_range(1..=1_000))
+            (
+                rng.random_range(0..s.users.len()),
+                rng.random_range(1..=1_000),
+            )
         };
         let key = format!(
             "{}-{}",
@@ -191,10 +197,10 @@ async fn caller(s: Arc<Shared>, mut client: LedgerServiceClient<Channel>) {
                         .entry(format!("{:?}", status.code()))
                         .or_default() += 1;
                     if first.elapsed() >= s.retry_deadline {
-                        s.lost.lock().expect("no panics under this lock").push((
-                            key,
-                            format!("{:?}: {}", status.code(), status.message()),
-                        ));
+                        s.lost
+                            .lock()
+                            .expect("no panics under this lock")
+                            .push((key, format!("{:?}: {}", status.code(), status.message())));
                         break;
                     }
                     tokio::time::sleep(backoff).await;
