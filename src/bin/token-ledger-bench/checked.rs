@@ -111,6 +111,16 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         per_second: Mutex::default(),
         retry_deadline: Duration::from_secs(args.retry_deadline_secs),
     });
+    println!(
+        "checked load: Grants from {} callers over {} connections to {url}, {} accounts, {} s; \
+         each call retried with its key for up to {} s; {} cores",
+        args.concurrency.max(1),
+        args.connections.max(1),
+        shared.users.len(),
+        args.duration_secs,
+        args.retry_deadline_secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
     let clients = connect_lazy(url, args.connections)?;
     let callers: Vec<_> = (0..args.concurrency.max(1))
         .map(|i| tokio::spawn(caller(shared.clone(), clients[i % clients.len()].clone())))
@@ -316,8 +326,7 @@ fn verdict(s: &Shared, read: &ReadBack, load_secs: f64) -> anyhow::Result<()> {
     let failures = s.failures.lock().expect("no panics under this lock");
     let failed_attempts: u64 = failures.values().sum();
     println!(
-        "checked load: {} accounts, {:.1} s of load, {} calls",
-        s.users.len(),
+        "checked load: {:.1} s of load, {} calls",
         load_secs,
         acks.len() + lost.len()
     );

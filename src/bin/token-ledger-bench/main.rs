@@ -187,6 +187,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.scenario
         );
     }
+    if args.scenario == Scenario::Checked {
+        return checked::run(&args).await;
+    }
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -208,9 +211,6 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         host
     );
-    if args.scenario == Scenario::Checked {
-        return checked::run(&args).await;
-    }
     let mut reports = Vec::new();
     if let Some(url) = &args.ledger_url {
         reports.push(
