@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Settings and helpers shared by the deploy/ha scripts (sourced, not run).
 HA_DIR="${HA_DIR:-/tmp/token-ledger-ha}"
 HA_USER="${HA_USER:-postgres}"
