@@ -561,6 +561,8 @@ impl Database {
             pool_connections_max: args.db_pool_max,
             pool_acquire_timeout: Duration::from_millis(args.db_acquire_timeout_ms),
         })?;
+        // A multi-host URL starts on the node that qualifies (the primary), not the first listed.
+        store.choose_host().await?;
         Ok(Self { store, embedded })
     }
 

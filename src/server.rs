@@ -243,8 +243,7 @@ impl Application {
             Some(w) => {
                 // Its own pool, so reversals holding a payment intent's lock across their ledger
                 // calls never hold the connections the ledger needs (WebhookStore::lane says why).
-                let webhook_store =
-                    WebhookStore::lane(store.pool(), config.webhook_pool_connections_max);
+                let webhook_store = WebhookStore::lane(&store, config.webhook_pool_connections_max);
                 let processor = crate::webhook::Processor::new(
                     Arc::new(InProcessLedger::new(ledger.clone())),
                     webhook_store.clone(),

@@ -22,12 +22,14 @@ pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => true,
         // Class 08: connection exceptions; 57P: the server is shutting down or restarting;
-        // serialization failure, deadlock, lock not available, statement timeout: passing
-        // conditions. All are safe to retry with the same idempotency key.
+        // 25006: the node is read-only (a primary demoted in a failover or switchover; the
+        // store finds the new one); serialization failure, deadlock, lock not available,
+        // statement timeout: passing conditions. All are safe to retry with the same
+        // idempotency key: none of them committed anything.
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
             c.starts_with("08")
                 || c.starts_with("57P")
-                || matches!(c.as_ref(), "40001" | "40P01" | "55P03" | "57014")
+                || matches!(c.as_ref(), "25006" | "40001" | "40P01" | "55P03" | "57014")
         }),
         _ => false,
     }
@@ -40,9 +42,11 @@ pub(crate) fn is_unavailable(err: &sqlx::Error) -> bool {
 pub(crate) fn is_connection_lost(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        // 25006 (read-only transaction): the node was demoted; the health probe, woken by the
+        // loss, looks for the new primary (with a single host it finds the same one answering).
         sqlx::Error::Database(db) => db
             .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "25006"),
         _ => false,
     }
 }

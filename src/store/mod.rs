@@ -22,6 +22,7 @@ mod balances;
 mod batch;
 mod credit;
 mod error;
+pub mod hosts;
 pub mod notify;
 mod prices;
 mod read;
@@ -58,6 +59,8 @@ pub struct Store {
     alert_expiring_window: Option<chrono::Duration>,
     /// Every price version, for batches that price usage (shared by clones).
     prices: Arc<prices::PriceCache>,
+    /// The hosts of a multi-host DATABASE_URL and which one the pools use; `None` for one host.
+    failover: Option<Arc<hosts::Failover>>,
 }
 
 /// How long a call waits for a connection before it has the health watcher probe the database.
@@ -74,28 +77,50 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub struct Probe {
     options: PgConnectOptions,
     conn: Option<PgConnection>,
+    /// With a multi-host URL: the question is whether the current host still qualifies (in
+    /// read-write mode, is not in recovery), and when it does not, the probe searches the hosts
+    /// and switches the pools to the one that does.
+    failover: Option<Arc<hosts::Failover>>,
 }
 
 impl Probe {
-    /// Whether the database answered within [`PROBE_TIMEOUT`].
+    /// Whether the database answered within [`PROBE_TIMEOUT`] (with several hosts: whether one
+    /// that qualifies answered, the pools now pointing at it).
     pub async fn answers(&mut self) -> bool {
         let answered = tokio::time::timeout(PROBE_TIMEOUT, async {
             let conn = match &mut self.conn {
                 Some(conn) => conn,
                 None => self.conn.insert(self.options.connect().await?),
             };
-            sqlx::query("SELECT 1")
-                .execute(&mut *conn)
-                .await
-                .map(|_| ())
+            match &self.failover {
+                Some(failover) => failover.still_qualifies(conn).await,
+                None => sqlx::query("SELECT 1")
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| true),
+            }
         })
         .await;
-        let ok = matches!(answered, Ok(Ok(())));
-        if !ok {
-            // A connection that failed or hung is not trusted again.
-            self.conn = None;
+        if matches!(answered, Ok(Ok(true))) {
+            return true;
         }
-        ok
+        // A connection that failed, hung or reached a standby is not trusted again.
+        self.conn = None;
+        let Some(failover) = &self.failover else {
+            return false;
+        };
+        match failover.search().await {
+            Ok((index, conn)) => {
+                failover.switch_to(index);
+                self.options = failover.current_options();
+                self.conn = Some(conn);
+                true
+            }
+            Err(why) => {
+                tracing::debug!(%why, "no database host to switch to yet");
+                false
+            }
+        }
     }
 }
 
@@ -147,18 +172,47 @@ impl Availability {
 impl Store {
     /// Connects lazily: the pool opens connections on first use, so the server can start (and
     /// report NOT_SERVING) while the database is still coming up.
+    /// A URL listing several hosts (libpq's `h1:p1,h2:p2` form) is handled by [`hosts`].
     pub fn connect_lazy(config: &StoreConfig) -> Result<Self, LedgerError> {
-        let options: PgConnectOptions = config.database_url.parse().map_err(|e| {
-            LedgerError::internal(anyhow::Error::new(e).context("parsing DATABASE_URL"))
-        })?;
-        let pool = PgPoolOptions::new()
+        let options = PgPoolOptions::new()
             .max_connections(config.pool_connections_max)
-            .acquire_timeout(config.pool_acquire_timeout)
-            .connect_lazy_with(options.application_name("token-ledger"));
+            .acquire_timeout(config.pool_acquire_timeout);
+        let (pool, failover) = hosts::pool_for(&config.database_url, options, "token-ledger")
+            .map_err(|e| LedgerError::internal(anyhow::anyhow!("parsing DATABASE_URL: {e}")))?;
         Ok(Self {
             target: redact_url(&config.database_url).into(),
+            failover,
             ..Self::from_pool(pool)
         })
+    }
+
+    /// A pool of its own (the LISTEN connection, the webhook's lane) to the database the store
+    /// uses, with the ledger pool's connect options under another application name; with
+    /// several hosts it switches host along with the ledger's pool.
+    pub fn side_pool(&self, options: PgPoolOptions, application_name: &str) -> PgPool {
+        match &self.failover {
+            Some(failover) => failover.pool(options, application_name),
+            None => options.connect_lazy_with(
+                (*self.pool.connect_options())
+                    .clone()
+                    .application_name(application_name),
+            ),
+        }
+    }
+
+    /// With several hosts, finds the one to use now and points the pools at it; with one host,
+    /// does nothing (the pool connects on first use, as it always did).
+    pub async fn choose_host(&self) -> anyhow::Result<()> {
+        let Some(failover) = &self.failover else {
+            return Ok(());
+        };
+        let (index, conn) = failover.search().await.map_err(|why| {
+            anyhow::anyhow!("cannot connect to PostgreSQL at {}: {why}", self.target)
+        })?;
+        let _ = sqlx::Connection::close(conn).await;
+        failover.switch_to(index);
+        tracing::debug!(host = %failover.current_label(), "database host chosen");
+        Ok(())
     }
 
     pub fn from_pool(pool: PgPool) -> Self {
@@ -178,6 +232,7 @@ impl Store {
             holds_per_account_max: crate::domain::HOLDS_PER_ACCOUNT_DEFAULT,
             alert_expiring_window: None,
             prices: Arc::default(),
+            failover: None,
         }
     }
 
@@ -280,6 +335,9 @@ impl Store {
     /// Opens one connection outside the pool, within the pool's acquire timeout, so a failure
     /// carries its real cause (refused, unknown host, bad password).
     pub async fn connect_once(&self) -> anyhow::Result<()> {
+        if self.failover.is_some() {
+            return self.choose_host().await;
+        }
         let timeout = self.pool.options().get_acquire_timeout();
         let failure =
             match tokio::time::timeout(timeout, self.pool.connect_options().connect()).await {
@@ -298,6 +356,7 @@ impl Store {
         Probe {
             options: (*self.pool.connect_options()).clone(),
             conn: None,
+            failover: self.failover.clone(),
         }
     }
 

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use super::Store;
 use crate::error::LedgerError;
@@ -78,7 +78,8 @@ pub enum Heard {
 /// takes a connection the ledger's calls need.
 #[derive(Debug)]
 pub struct BalanceListener {
-    options: PgConnectOptions,
+    /// Makes the listener's pool (one that follows a failover to another host).
+    store: Store,
     pool: PgPool,
     listener: Option<PgListener>,
     idle_ping: Duration,
@@ -86,11 +87,13 @@ pub struct BalanceListener {
 }
 
 /// The listener's one-connection pool.
-fn listener_pool(options: &PgConnectOptions) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.clone())
+fn listener_pool(store: &Store) -> PgPool {
+    store.side_pool(
+        PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5)),
+        "token-ledger-listen",
+    )
 }
 
 impl Store {
@@ -131,12 +134,9 @@ impl Store {
 
     /// A listener for balance changes (not yet connected: see [`BalanceListener::connect`]).
     pub fn balance_listener(&self) -> BalanceListener {
-        let options = (*self.pool.connect_options())
-            .clone()
-            .application_name("token-ledger-listen");
         BalanceListener {
-            pool: listener_pool(&options),
-            options,
+            pool: listener_pool(self),
+            store: self.clone(),
             listener: None,
             idle_ping: LISTEN_IDLE_PING,
             ping_timeout: LISTEN_PING_TIMEOUT,
@@ -210,7 +210,10 @@ impl BalanceListener {
     /// until the kernel gives up on it, and would hold the pool's one connection until then.
     fn abandon(&mut self) {
         self.listener = None;
-        self.pool = listener_pool(&self.options);
+        let old = std::mem::replace(&mut self.pool, listener_pool(&self.store));
+        // Closed at once for new acquires (and so dropped from a failover's pool list); the
+        // close itself completes when the silent connection finally fails.
+        tokio::spawn(async move { old.close().await });
     }
 
     /// Closes the listener's connection.

@@ -65,7 +65,8 @@ impl WebhookStore {
     }
 
     /// The hosted webhook's own lane: a pool of at most `connections_max` connections to the
-    /// ledger's database, opened lazily with the ledger pool's settings.
+    /// ledger's database, opened lazily with the ledger pool's settings (and following it to
+    /// another host when a multi-host URL fails over).
     ///
     /// Why a pool of its own, rather than ledger calls made outside the lock transaction: the
     /// payment intent's lock must span those calls to stay correct. Released between the read of
@@ -80,16 +81,13 @@ impl WebhookStore {
     /// none of the ledger's; its ledger calls borrow the ledger's connections only for their own
     /// duration, as any client's do. At the limit, further deliveries wait for one of these
     /// connections (up to the acquire timeout, then 503 `store_unavailable` and Stripe retries).
-    pub fn lane(ledger_pool: &PgPool, connections_max: u32) -> Self {
-        let options = ledger_pool
-            .connect_options()
-            .as_ref()
-            .clone()
-            .application_name("token-ledger-webhook");
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(connections_max)
-            .acquire_timeout(ledger_pool.options().get_acquire_timeout())
-            .connect_lazy_with(options);
+    pub fn lane(store: &crate::store::Store, connections_max: u32) -> Self {
+        let pool = store.side_pool(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(connections_max)
+                .acquire_timeout(store.pool().options().get_acquire_timeout()),
+            "token-ledger-webhook",
+        );
         Self { pool }
     }
 

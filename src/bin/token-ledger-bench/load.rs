@@ -161,6 +161,8 @@ async fn one_call(
         other => other,
     };
     match scenario {
+        // `run` hands the checked scenario to `checked::run` before any load starts.
+        Scenario::Checked => unreachable!("the checked scenario has its own callers"),
         Scenario::BalanceAt | Scenario::Summary => history_read(s, client, scenario, rng).await,
         Scenario::Usage | Scenario::UsageHot => {
             let r = client

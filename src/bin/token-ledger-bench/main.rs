@@ -12,6 +12,7 @@
 //! its own lot, as the accounts of a product with promotions and subscriptions hold several. No
 //! global state: each run's expected balances travel in its result.
 
+mod checked;
 mod echo;
 mod load;
 mod report;
@@ -46,6 +47,10 @@ pub enum Scenario {
     /// GetBalance of the first account (the one --history-rows fills) as of a random instant of
     /// its history: a binary search over its journal.
     BalanceAt,
+    /// Grants with known amounts, each retried with its idempotency key until acknowledged,
+    /// then read back: every acknowledged write present exactly once, balances equal to their
+    /// sums (see `checked`). Needs --ledger-url; for failover and drain scenarios (deploy/).
+    Checked,
 }
 
 impl Scenario {
@@ -153,6 +158,10 @@ pub struct BenchArgs {
     /// load runs, and check that each shows its account's final balance after it.
     #[arg(long, default_value_t = 0)]
     pub watchers: usize,
+    /// Checked scenario: how long a call is retried (same idempotency key) before it counts as
+    /// lost.
+    #[arg(long, default_value_t = 60)]
+    pub retry_deadline_secs: u64,
     /// Be the echo server, on this address (how the bench starts its echo child).
     #[arg(long, hide = true)]
     pub serve_echo: Option<std::net::SocketAddr>,
@@ -185,6 +194,9 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.watchers > 0 && args.echo {
         anyhow::bail!("--watchers needs a real ledger: the echo server answers no WatchBalance");
+    }
+    if args.scenario == Scenario::Checked {
+        return checked::run(&args).await;
     }
     let host = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
