@@ -180,30 +180,30 @@ async fn stripe_credits_keep_their_business_keys_through_the_shard_ready_migrati
     let db = TestDb::empty().await;
     let pool = db.pool().await;
     migrator_until(13).run(&pool).await.unwrap();
-    // What the 0013 ledger wrote for user u: a purchase of 500 (payment intent pi_old), an annual
-    // grant of 300 (invoice in_old) and a drip of 200 (sub_old, January), one lot each; ids 1-3
-    // are the journal's, 4-6 the lots'.
+    // What the 0013 ledger wrote for user u: a purchase of 2,000,000 (payment intent pi_old), an
+    // annual grant of 300 (invoice in_old) and a drip of 375,000 (sub_old, January), one lot
+    // each, as the requests below would have; ids 1-3 are the journal's, 4-6 the lots'.
     for sql in [
         "INSERT INTO accounts (user_id, balance, last_seq, granted_total, purchased_total, \
-           dripped_total, last_credit) VALUES ('u', 1000, 3, 300, 500, 200, 200)",
+           dripped_total, last_credit) VALUES ('u', 2375300, 3, 300, 2000000, 375000, 375000)",
         "INSERT INTO token_transactions (id, account_id, entry_seq, transaction_type, source, \
            token_amount, balance_after, created_by, amount_paid_cents, currency, \
-           stripe_payment_intent_id) \
-         SELECT 1, account_id, 1, 'purchase', 'token_pack', 500, 500, 'key:billing', 990, 'usd', \
-           'pi_old' FROM accounts",
+           stripe_payment_intent_id, stripe_checkout_session_id, pack) \
+         SELECT 1, account_id, 1, 'purchase', 'token_pack', 2000000, 2000000, 'key:billing', 9900, \
+           'usd', 'pi_old', 'cs_test_1', 'pack_2m' FROM accounts",
         "INSERT INTO token_transactions (id, account_id, entry_seq, transaction_type, source, \
-           token_amount, balance_after, created_by, stripe_invoice_id) \
-         SELECT 2, account_id, 2, 'grant', 'annual_subscription', 300, 800, 'key:billing', \
-           'in_old' FROM accounts",
+           token_amount, balance_after, created_by, stripe_invoice_id, reason) \
+         SELECT 2, account_id, 2, 'grant', 'annual_subscription', 300, 2000300, 'key:billing', \
+           'in_old', 'support credit' FROM accounts",
         "INSERT INTO token_drips (id, account_id, entry_seq, token_amount, balance_after, \
-           stripe_subscription_id, period_start, period_end, created_by) \
-         SELECT 3, account_id, 3, 200, 1000, 'sub_old', '2026-01-01T00:00:00Z', \
-           '2026-02-01T00:00:00Z', 'key:billing' FROM accounts",
+           stripe_subscription_id, stripe_invoice_id, period_start, period_end, created_by) \
+         SELECT 3, account_id, 3, 375000, 2375300, 'sub_old', 'in_d-new', \
+           '2026-01-01T00:00:00Z', '2026-01-29T00:00:00Z', 'key:billing' FROM accounts",
         "INSERT INTO token_lots (lot_id, account_id, source, paid, stripe_subscription_id, \
            granted, remaining, created_at) \
          SELECT l, account_id, s, p, sub, t, t, now() FROM accounts, (VALUES \
-           (4, 'purchase', true, NULL, 500), (5, 'grant', true, NULL, 300), \
-           (6, 'drip', true, 'sub_old', 200)) AS v(l, s, p, sub, t)",
+           (4, 'purchase', true, NULL, 2000000), (5, 'grant', true, NULL, 300), \
+           (6, 'drip', true, 'sub_old', 375000)) AS v(l, s, p, sub, t)",
         "SELECT setval('ledger_entry_id_seq', 6)",
     ] {
         sqlx::query(sql).execute(&pool).await.unwrap();
@@ -281,7 +281,7 @@ async fn stripe_credits_keep_their_business_keys_through_the_shard_ready_migrati
         .into_inner();
     assert!(drip.replayed);
     assert_eq!(drip.transaction_id, "3");
-    assert_eq!(balance_of(&mut c, "u").await, 1000);
+    assert_eq!(balance_of(&mut c, "u").await, 2_375_300);
 
     // A new user gets a new account id, past the old ones, and a directory entry.
     c.grant(admin(grant_req("w", 10, "g-w"))).await.unwrap();
