@@ -87,3 +87,25 @@ ALTER TABLE alert_outbox DROP CONSTRAINT alert_outbox_pkey,
 DROP INDEX alert_outbox_account_idx;
 -- A delivery attempt is recorded by event id alone.
 CREATE INDEX alert_outbox_event_idx ON alert_outbox (event_id);
+
+-- The append-only triggers name their table as an argument: a trigger fires on a partition (or,
+-- on Citus, on a shard, `token_usage_102008`), whose name is not the table's.
+CREATE OR REPLACE FUNCTION ledger_journal_is_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'journal table % is append-only: % is not allowed',
+        COALESCE(TG_ARGV[0], TG_TABLE_NAME), TG_OP
+        USING ERRCODE = 'integrity_constraint_violation';
+END;
+$$;
+DROP TRIGGER token_transactions_append_only ON token_transactions;
+CREATE TRIGGER token_transactions_append_only BEFORE UPDATE OR DELETE ON token_transactions
+    FOR EACH ROW EXECUTE FUNCTION ledger_journal_is_append_only('token_transactions');
+DROP TRIGGER token_drips_append_only ON token_drips;
+CREATE TRIGGER token_drips_append_only BEFORE UPDATE OR DELETE ON token_drips
+    FOR EACH ROW EXECUTE FUNCTION ledger_journal_is_append_only('token_drips');
+DROP TRIGGER token_usage_append_only ON token_usage;
+CREATE TRIGGER token_usage_append_only BEFORE UPDATE OR DELETE ON token_usage
+    FOR EACH ROW EXECUTE FUNCTION ledger_journal_is_append_only('token_usage');
+DROP TRIGGER model_prices_append_only ON model_prices;
+CREATE TRIGGER model_prices_append_only BEFORE UPDATE OR DELETE ON model_prices
+    FOR EACH ROW EXECUTE FUNCTION ledger_journal_is_append_only('model_prices');

@@ -153,10 +153,14 @@ async fn load(
         .filter_map(WriteCommand::business_key)
         .collect();
     let credited = find_business_keys(tx, &business_keys).await?;
-    let originals: Vec<i64> = writes
+    // Each original by (account, id): a reversal names its user, whose account is locked now
+    // (the rules refuse an original of another account as not found, so none is looked for).
+    let originals: Vec<(i64, i64)> = writes
         .iter()
         .filter_map(|w| match &w.details {
-            WriteDetails::Reversal { original, .. } => Some(original.0),
+            WriteDetails::Reversal { original, .. } => accounts
+                .get(w.user_id.as_str())
+                .map(|a| (a.account_id, original.0)),
             _ => None,
         })
         .collect();
@@ -470,21 +474,24 @@ fn alert_state(row: &sqlx::postgres::PgRow) -> Result<AlertState, sqlx::Error> {
     })
 }
 
-/// The rows reversals name (read under the account locks just taken), with what committed
-/// reversals have taken back from each.
+/// The rows reversals name, by (account, id) (read under the account locks just taken), with
+/// what committed reversals have taken back from each.
 async fn load_originals(
     tx: &mut Transaction<'_, Postgres>,
-    ids: &[i64],
+    originals: &[(i64, i64)],
 ) -> Result<HashMap<EntryId, Original>, sqlx::Error> {
-    if ids.is_empty() {
+    if originals.is_empty() {
         return Ok(HashMap::new());
     }
+    let (accounts, ids): (Vec<i64>, Vec<i64>) = originals.iter().copied().unzip();
     let rows: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(
         "SELECT j.id, j.account_id, j.kind, j.token_amount, \
            (SELECT COALESCE(-sum(r.token_amount), 0)::bigint FROM token_transactions r \
              WHERE r.account_id = j.account_id AND r.reverses_transaction_id = j.id) \
-         FROM journal j WHERE j.id = ANY($1)",
+         FROM unnest($1::bigint[], $2::bigint[]) AS o(account_id, id) \
+         JOIN journal j ON j.account_id = o.account_id AND j.id = o.id",
     )
+    .bind(accounts)
     .bind(ids)
     .fetch_all(&mut **tx)
     .await?;
