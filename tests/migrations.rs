@@ -233,7 +233,12 @@ async fn stripe_credits_keep_their_business_keys_through_the_shard_ready_migrati
         vec![
             ("payment_intent".into(), "pi_old".into(), old_account, 1),
             ("annual_invoice".into(), "in_old".into(), old_account, 2),
-            ("subscription_period".into(), "sub_old".into(), old_account, 3),
+            (
+                "subscription_period".into(),
+                "sub_old".into(),
+                old_account,
+                3
+            ),
         ]
     );
     pool.close().await;
@@ -291,7 +296,10 @@ async fn stripe_credits_keep_their_business_keys_through_the_shard_ready_migrati
             .fetch_one(&upgraded)
             .await
             .unwrap();
-    assert!(new_account > old_account, "{new_account} after {old_account}");
+    assert!(
+        new_account > old_account,
+        "{new_account} after {old_account}"
+    );
     assert_eq!(
         app.count("SELECT count(*) FROM accounts WHERE user_id = 'v'")
             .await,

@@ -554,9 +554,9 @@ async fn persist(
              DELETE FROM account_directory WHERE user_id IN (SELECT user_id FROM gone) \
                AND account_id = ANY($1)",
         )
-            .bind(&staged.abandoned_accounts)
-            .execute(&mut **tx)
-            .await?;
+        .bind(&staged.abandoned_accounts)
+        .execute(&mut **tx)
+        .await?;
     }
     move_accounts(tx, &staged.moved, announced).await?;
     insert_alerts(tx, &staged.alerts).await

@@ -142,7 +142,9 @@ pub fn hash_partitioned() -> bool {
     match std::env::var(SCHEMA_VARIANT_VAR).as_deref() {
         Err(_) | Ok("") => false,
         Ok(HASH_PARTITIONED) => true,
-        Ok(other) => panic!("{SCHEMA_VARIANT_VAR}={other:?}: the only variant is {HASH_PARTITIONED:?}"),
+        Ok(other) => {
+            panic!("{SCHEMA_VARIANT_VAR}={other:?}: the only variant is {HASH_PARTITIONED:?}")
+        }
     }
 }
 
