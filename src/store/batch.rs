@@ -710,8 +710,14 @@ async fn find_business_keys(
     if keys.is_empty() {
         return Ok(found);
     }
-    let (kinds, texts, periods): (Vec<&str>, Vec<&str>, Vec<Option<DateTime<Utc>>>) =
-        keys.iter().map(business_key_columns).collect();
+    let mut kinds = Vec::with_capacity(keys.len());
+    let mut texts = Vec::with_capacity(keys.len());
+    let mut periods: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(keys.len());
+    for (kind, text, period) in keys.iter().map(business_key_columns) {
+        kinds.push(kind);
+        texts.push(text);
+        periods.push(period);
+    }
     let rows = sqlx::query(
         "SELECT b.kind, b.key, b.period_start, j.id, a.user_id, j.token_amount, j.balance_after \
            FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(kind, key, period_start) \
