@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
+use super::batch::ACCOUNT_IDS_SQL;
 use super::Store;
 use crate::domain::{AlertEvent, AlertKind, AlertRule, Threshold};
 use crate::error::LedgerError;
@@ -85,11 +86,14 @@ impl Store {
     ) -> Result<AlertRule, LedgerError> {
         let mut conn = self.acquire().await.map_err(|e| self.saw(e))?;
         let (tokens, percent) = split(threshold);
+        // The account as a batch creates it (`batch::ACCOUNT_IDS_SQL`: directory, then account).
         let sql = format!(
-            "WITH acc AS ( \
-               INSERT INTO accounts (user_id) SELECT $1 WHERE $1::text IS NOT NULL \
-               ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
-               RETURNING account_id, user_id), \
+            "WITH input AS (SELECT $1::text AS u WHERE $1::text IS NOT NULL), {ACCOUNT_IDS_SQL} \
+             acc AS ( \
+               INSERT INTO accounts AS a (account_id, user_id) \
+               SELECT account_id, user_id FROM ids \
+               ON CONFLICT (account_id) DO UPDATE SET user_id = EXCLUDED.user_id \
+               RETURNING a.account_id, a.user_id), \
              upd AS ( \
                UPDATE balance_alerts SET tokens = $2, percent = $3, created_by = $4, \
                       updated_at = now() \
@@ -120,7 +124,7 @@ impl Store {
         let mut conn = self.acquire().await.map_err(|e| self.saw(e))?;
         let deleted: Option<i64> = sqlx::query_scalar(
             "DELETE FROM balance_alerts WHERE account_id IS NOT DISTINCT FROM \
-               (SELECT account_id FROM accounts WHERE user_id = $1) \
+               (SELECT account_id FROM account_directory WHERE user_id = $1) \
                AND ($1::text IS NULL OR account_id IS NOT NULL) RETURNING alert_id",
         )
         .bind(user)
@@ -162,7 +166,7 @@ impl Store {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM alert_outbox \
               WHERE ($1::text IS NULL OR account_id = \
-                       (SELECT account_id FROM accounts WHERE user_id = $1)) \
+                       (SELECT account_id FROM account_directory WHERE user_id = $1)) \
                 AND (NOT $2 OR delivered_at IS NULL) AND ($3::bigint IS NULL OR event_id < $3) \
               ORDER BY event_id DESC LIMIT $4"
         );

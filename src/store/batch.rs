@@ -11,9 +11,9 @@
 //! 3. **persist** (`persist`): give back the keys of refused writes, insert the journal rows with
 //!    one `unnest` insert per table, move each account once.
 //!
-//! Locks are always taken in one global order: idempotency keys sorted, then accounts sorted by
-//! user id, then business-key index entries sorted, so two batches can never wait on each other in
-//! a cycle. A batch whose transaction fails is rolled back whole; a lost race on a business key
+//! Locks are always taken in one global order: idempotency keys sorted, then new users' directory
+//! entries and accounts sorted by user id, then business keys (migration 0014) sorted, so two
+//! batches can never wait on each other in a cycle. A batch whose transaction fails is rolled back whole; a lost race on a business key
 //! (a concurrent batch committed the same payment intent first) or a serialization failure is
 //! retried, which then sees the winner and replays it.
 
@@ -40,13 +40,9 @@ use crate::ledger::rules::{
 /// remains, so a retry is always safe.
 const BATCH_RETRIES_MAX: usize = 2;
 
-/// The unique indexes that make a business object credited once: a batch that trips one lost a
+/// The unique key (migration 0014's `business_keys`) that makes a business object credited once: a batch that trips one lost a
 /// race with a concurrent batch crediting the same object, and is retried.
-const BUSINESS_KEY_CONSTRAINTS: [&str; 3] = [
-    "token_transactions_payment_intent_key",
-    "token_transactions_annual_invoice_key",
-    "token_drips_subscription_period_key",
-];
+const BUSINESS_KEY_CONSTRAINTS: [&str; 1] = ["business_keys_pkey"];
 
 /// What a committed batch did: each write's result, in order, and the new state of every account
 /// it moved (for the balance cache).
@@ -159,10 +155,14 @@ async fn load(
         .filter_map(WriteCommand::business_key)
         .collect();
     let credited = find_business_keys(tx, &business_keys).await?;
-    let originals: Vec<i64> = writes
+    // Each original by (account, id): a reversal names its user, whose account is locked now
+    // (the rules refuse an original of another account as not found, so none is looked for).
+    let originals: Vec<(i64, i64)> = writes
         .iter()
         .filter_map(|w| match &w.details {
-            WriteDetails::Reversal { original, .. } => Some(original.0),
+            WriteDetails::Reversal { original, .. } => accounts
+                .get(w.user_id.as_str())
+                .map(|a| (a.account_id, original.0)),
             _ => None,
         })
         .collect();
@@ -363,6 +363,30 @@ type Locked = (
     Option<i64>,
 );
 
+/// The common table expressions that give the users of a CTE `input(u)` their account ids, as
+/// `ids(user_id, account_id, created)`: from the directory (migration 0014), or from directory
+/// entries created here with ids drawn here, in user-id order. A new user is one whose entry
+/// carries the id this statement drew: a user created concurrently by another transaction (after
+/// this statement's snapshot) conflicts and is found with that transaction's id, so "created"
+/// never depends on a system column (`xmax`, which a partitioned or distributed table cannot
+/// return). The directory is written only for new users.
+pub(super) const ACCOUNT_IDS_SQL: &str = "\
+    known AS ( \
+      SELECT d.user_id, d.account_id FROM account_directory d JOIN input ON d.user_id = input.u), \
+    draw AS ( \
+      SELECT u, nextval('account_id_seq') AS id FROM input \
+       WHERE NOT EXISTS (SELECT 1 FROM known WHERE known.user_id = input.u)), \
+    fresh AS ( \
+      INSERT INTO account_directory AS d (user_id, account_id) \
+      SELECT u, id FROM draw ORDER BY u \
+      ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
+      RETURNING d.user_id, d.account_id), \
+    ids AS ( \
+      SELECT user_id, account_id, false AS created FROM known \
+      UNION ALL \
+      SELECT f.user_id, f.account_id, f.account_id = draw.id FROM fresh f \
+        JOIN draw ON draw.u = f.user_id),";
+
 /// Locks (creating where new) every account the batch may move, in user-id order, with its
 /// balance and totals. Also answers the transaction's time (`now()`), the batch's clock, and
 /// with `count_prices` how many price versions exist (for the [`PriceCache`]).
@@ -379,22 +403,27 @@ async fn lock_accounts(
     if users.is_empty() {
         return Ok((accounts, debts, holders, None, announced, None));
     }
-    // The account's alert rule (its own, else the default) comes with the lock, in the same
-    // statement: no round trip of its own.
+    // One statement: the users' account ids (`ACCOUNT_IDS_SQL`), then every account locked
+    // (created where new) in user-id order; with each, its alert rule (its own, else the
+    // default), so the rule costs no round trip of its own.
     let rows = sqlx::query(&format!(
-        "WITH locked AS ( \
-           INSERT INTO accounts (user_id) SELECT u FROM unnest($1::text[]) AS u ORDER BY u \
-           ON CONFLICT (user_id) DO UPDATE SET user_id = EXCLUDED.user_id \
-           RETURNING account_id, user_id, balance, granted_total, deducted_total, \
-             purchased_total, dripped_total, used_total, reversed_total, expired_total, debt, \
-             active_holds, last_seq, last_credit, alert_low, alert_depleted, \
-             (xmax = 0) AS created, {} AS now, \
-             (xmax = 0 OR watched_until > now()) IS TRUE AS announced) \
-         SELECT locked.*, rule.tokens AS alert_tokens, rule.percent AS alert_percent{} \
-           FROM locked LEFT JOIN LATERAL ( \
+        "WITH input AS (SELECT u FROM unnest($1::text[]) AS u), {} \
+         locked AS ( \
+           INSERT INTO accounts AS a (account_id, user_id) \
+           SELECT account_id, user_id FROM ids ORDER BY user_id \
+           ON CONFLICT (account_id) DO UPDATE SET user_id = EXCLUDED.user_id \
+           RETURNING a.account_id, a.user_id, a.balance, a.granted_total, a.deducted_total, \
+             a.purchased_total, a.dripped_total, a.used_total, a.reversed_total, \
+             a.expired_total, a.debt, a.active_holds, a.last_seq, a.last_credit, a.alert_low, \
+             a.alert_depleted, a.watched_until, {} AS now) \
+         SELECT locked.*, ids.created, \
+                (ids.created OR locked.watched_until > now()) IS TRUE AS announced, \
+                rule.tokens AS alert_tokens, rule.percent AS alert_percent{} \
+           FROM locked JOIN ids USING (account_id) LEFT JOIN LATERAL ( \
              SELECT tokens, percent FROM balance_alerts b \
               WHERE b.account_id = locked.account_id OR b.account_id IS NULL \
               ORDER BY b.account_id NULLS LAST LIMIT 1) rule ON true",
+        ACCOUNT_IDS_SQL,
         credit::clock_sql(2),
         if count_prices {
             ", (SELECT count(*) FROM model_prices) AS price_versions"
@@ -467,21 +496,24 @@ fn alert_state(row: &sqlx::postgres::PgRow) -> Result<AlertState, sqlx::Error> {
     })
 }
 
-/// The rows reversals name (read under the account locks just taken), with what committed
-/// reversals have taken back from each.
+/// The rows reversals name, by (account, id) (read under the account locks just taken), with
+/// what committed reversals have taken back from each.
 async fn load_originals(
     tx: &mut Transaction<'_, Postgres>,
-    ids: &[i64],
+    originals: &[(i64, i64)],
 ) -> Result<HashMap<EntryId, Original>, sqlx::Error> {
-    if ids.is_empty() {
+    if originals.is_empty() {
         return Ok(HashMap::new());
     }
+    let (accounts, ids): (Vec<i64>, Vec<i64>) = originals.iter().copied().unzip();
     let rows: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(
         "SELECT j.id, j.account_id, j.kind, j.token_amount, \
            (SELECT COALESCE(-sum(r.token_amount), 0)::bigint FROM token_transactions r \
-             WHERE r.reverses_transaction_id = j.id) \
-         FROM journal j WHERE j.id = ANY($1)",
+             WHERE r.account_id = j.account_id AND r.reverses_transaction_id = j.id) \
+         FROM unnest($1::bigint[], $2::bigint[]) AS o(account_id, id) \
+         JOIN journal j ON j.account_id = o.account_id AND j.id = o.id",
     )
+    .bind(accounts)
     .bind(ids)
     .fetch_all(&mut **tx)
     .await?;
@@ -538,10 +570,15 @@ async fn persist(
     let ids = credit::draw_ids(tx, staged.placeholders).await?;
     credit::persist(tx, staged, &ids).await?;
     if !staged.abandoned_accounts.is_empty() {
-        sqlx::query("DELETE FROM accounts WHERE account_id = ANY($1)")
-            .bind(&staged.abandoned_accounts)
-            .execute(&mut **tx)
-            .await?;
+        // With their directory entries: the account never existed.
+        sqlx::query(
+            "WITH gone AS (DELETE FROM accounts WHERE account_id = ANY($1) RETURNING user_id) \
+             DELETE FROM account_directory WHERE user_id IN (SELECT user_id FROM gone) \
+               AND account_id = ANY($1)",
+        )
+        .bind(&staged.abandoned_accounts)
+        .execute(&mut **tx)
+        .await?;
     }
     move_accounts(tx, &staged.moved, announced).await?;
     insert_alerts(tx, &staged.alerts).await
@@ -685,7 +722,8 @@ async fn insert_alerts(
     Ok(())
 }
 
-/// Credits already committed for these business keys.
+/// Credits already committed for these business keys: one statement over `business_keys`
+/// (migration 0014), each joined to its journal row by (account, id).
 async fn find_business_keys(
     tx: &mut Transaction<'_, Postgres>,
     keys: &[BusinessKey],
@@ -694,82 +732,63 @@ async fn find_business_keys(
     if keys.is_empty() {
         return Ok(found);
     }
-    let mut intents = Vec::new();
-    let mut invoices = Vec::new();
-    let mut subs = Vec::new();
-    let mut starts: Vec<DateTime<Utc>> = Vec::new();
-    for k in keys {
-        match k {
-            BusinessKey::PaymentIntent(pi) => intents.push(pi.as_str()),
-            BusinessKey::AnnualInvoice(inv) => invoices.push(inv.as_str()),
-            BusinessKey::SubscriptionPeriod {
-                stripe_subscription_id,
-                period_start,
-            } => {
-                subs.push(stripe_subscription_id.as_str());
-                starts.push(*period_start);
-            }
-        }
+    let mut kinds = Vec::with_capacity(keys.len());
+    let mut texts = Vec::with_capacity(keys.len());
+    let mut periods: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(keys.len());
+    for (kind, text, period) in keys.iter().map(business_key_columns) {
+        kinds.push(kind);
+        texts.push(text);
+        periods.push(period);
     }
-    let existing = |row: &sqlx::postgres::PgRow| -> Result<PriorCredit, sqlx::Error> {
-        Ok(PriorCredit {
+    let rows = sqlx::query(
+        "SELECT b.kind, b.key, b.period_start, j.id, a.user_id, j.token_amount, j.balance_after \
+           FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(kind, key, period_start) \
+           JOIN business_keys b ON b.kind = k.kind AND b.key = k.key \
+                AND b.period_start = COALESCE(k.period_start, '-infinity') \
+           JOIN journal j ON j.account_id = b.account_id AND j.id = b.transaction_id \
+           JOIN accounts a ON a.account_id = b.account_id",
+    )
+    .bind(&kinds)
+    .bind(&texts)
+    .bind(&periods)
+    .fetch_all(&mut **tx)
+    .await?;
+    for row in rows {
+        let kind: String = row.try_get("kind")?;
+        let key: String = row.try_get("key")?;
+        let key = match kind.as_str() {
+            "payment_intent" => BusinessKey::PaymentIntent(key),
+            "annual_invoice" => BusinessKey::AnnualInvoice(key),
+            _ => BusinessKey::SubscriptionPeriod {
+                stripe_subscription_id: key,
+                period_start: row.try_get("period_start")?,
+            },
+        };
+        let prior = PriorCredit {
             transaction_id: EntryId(row.try_get("id")?),
             user_id: row.try_get("user_id")?,
             token_amount: row.try_get("token_amount")?,
             balance_after: row.try_get("balance_after")?,
-        })
-    };
-    if !intents.is_empty() {
-        for row in sqlx::query(
-            "SELECT t.stripe_payment_intent_id AS k, t.id, a.user_id, t.token_amount, t.balance_after \
-             FROM token_transactions t JOIN accounts a USING (account_id) \
-             WHERE t.transaction_type = 'purchase' AND t.stripe_payment_intent_id = ANY($1)",
-        )
-        .bind(&intents)
-        .fetch_all(&mut **tx)
-        .await?
-        {
-            found.insert(BusinessKey::PaymentIntent(row.try_get("k")?), existing(&row)?);
-        }
-    }
-    if !invoices.is_empty() {
-        for row in sqlx::query(
-            "SELECT t.stripe_invoice_id AS k, t.id, a.user_id, t.token_amount, t.balance_after \
-             FROM token_transactions t JOIN accounts a USING (account_id) \
-             WHERE t.source = 'annual_subscription' AND t.stripe_invoice_id = ANY($1)",
-        )
-        .bind(&invoices)
-        .fetch_all(&mut **tx)
-        .await?
-        {
-            found.insert(
-                BusinessKey::AnnualInvoice(row.try_get("k")?),
-                existing(&row)?,
-            );
-        }
-    }
-    if !subs.is_empty() {
-        for row in sqlx::query(
-            "SELECT d.stripe_subscription_id AS k, d.period_start, d.id, a.user_id, d.token_amount, d.balance_after \
-             FROM token_drips d JOIN accounts a USING (account_id) \
-             JOIN unnest($1::text[], $2::timestamptz[]) AS p(sub, start) \
-               ON d.stripe_subscription_id = p.sub AND d.period_start = p.start",
-        )
-        .bind(&subs)
-        .bind(&starts)
-        .fetch_all(&mut **tx)
-        .await?
-        {
-            found.insert(
-                BusinessKey::SubscriptionPeriod {
-                    stripe_subscription_id: row.try_get("k")?,
-                    period_start: row.try_get("period_start")?,
-                },
-                existing(&row)?,
-            );
-        }
+        };
+        found.insert(key, prior);
     }
     Ok(found)
+}
+
+/// A business key as `business_keys` stores it: kind, key, and the period for a drip's.
+fn business_key_columns(key: &BusinessKey) -> (&'static str, &str, Option<DateTime<Utc>>) {
+    match key {
+        BusinessKey::PaymentIntent(pi) => ("payment_intent", pi.as_str(), None),
+        BusinessKey::AnnualInvoice(inv) => ("annual_invoice", inv.as_str(), None),
+        BusinessKey::SubscriptionPeriod {
+            stripe_subscription_id,
+            period_start,
+        } => (
+            "subscription_period",
+            stripe_subscription_id.as_str(),
+            Some(*period_start),
+        ),
+    }
 }
 
 /// Inserts the batch's journal rows: one `unnest` insert per table, rows with business keys in
@@ -921,7 +940,7 @@ async fn insert_drips(
     rows: &mut [Row<'_>],
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    // In (subscription, period) order: the unique index's entries are locked in one order.
+    // In (subscription, period) order, as their business keys are locked.
     rows.sort_by_key(|r| r.cmd.business_key());
     let c = CommonColumns::of(rows);
     let mut subs = Vec::with_capacity(rows.len());
@@ -942,13 +961,19 @@ async fn insert_drips(
             ends.push(*period_end);
         }
     }
+    // One statement: the rows and their business keys (migration 0014), in key order.
     sqlx::query(
-        "INSERT INTO token_drips (id, account_id, entry_seq, token_amount, balance_after, \
+        "WITH ins AS ( \
+         INSERT INTO token_drips (id, account_id, entry_seq, token_amount, balance_after, \
          stripe_subscription_id, stripe_invoice_id, period_start, period_end, created_by, \
          idempotency_key, created_at) \
          SELECT *, $12::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
                               $5::bigint[], $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], \
-                              $10::text[], $11::text[])",
+                              $10::text[], $11::text[]) \
+         RETURNING id, account_id, stripe_subscription_id, period_start) \
+         INSERT INTO business_keys (kind, key, period_start, account_id, transaction_id) \
+         SELECT 'subscription_period', stripe_subscription_id, period_start, account_id, id \
+           FROM ins ORDER BY 2, 3",
     )
     .bind(c.ids)
     .bind(c.account_ids)
@@ -972,8 +997,8 @@ async fn insert_transactions(
     rows: &mut [Row<'_>],
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    // Payment intents, then annual invoices, each in key order: the unique indexes' entries are
-    // locked in one order.
+    // Payment intents, then annual invoices, each in key order (their business keys are locked
+    // in key order by the insert itself).
     rows.sort_by_key(|r| match r.cmd.business_key() {
         Some(BusinessKey::PaymentIntent(pi)) => (0, pi),
         Some(BusinessKey::AnnualInvoice(inv)) => (1, inv),
@@ -984,15 +1009,31 @@ async fn insert_transactions(
     for r in rows.iter() {
         t.push(&r.cmd.details);
     }
+    // One statement: the rows and the business keys (migration 0014) of purchases (the payment
+    // intent) and annual grants (the invoice), in key order: what the partial unique indexes
+    // of the journal table were before.
     sqlx::query(
-        "INSERT INTO token_transactions (id, account_id, entry_seq, token_amount, balance_after, created_by, \
+        "WITH ins AS ( \
+         INSERT INTO token_transactions (id, account_id, entry_seq, token_amount, balance_after, created_by, \
          transaction_type, source, reason, amount_paid_cents, currency, stripe_payment_intent_id, \
          stripe_checkout_session_id, stripe_subscription_id, stripe_invoice_id, pack, \
          reverses_transaction_id, stripe_reference, allow_negative, idempotency_key, created_at) \
          SELECT *, $21::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], \
                               $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], \
                               $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], \
-                              $17::bigint[], $18::text[], $19::boolean[], $20::text[])",
+                              $17::bigint[], $18::text[], $19::boolean[], $20::text[]) \
+         RETURNING id, account_id, transaction_type, source, stripe_payment_intent_id, \
+           stripe_invoice_id) \
+         INSERT INTO business_keys (kind, key, account_id, transaction_id) \
+         SELECT CASE WHEN transaction_type = 'purchase' THEN 'payment_intent' \
+                     ELSE 'annual_invoice' END, \
+                CASE WHEN transaction_type = 'purchase' THEN stripe_payment_intent_id \
+                     ELSE stripe_invoice_id END, \
+                account_id, id \
+           FROM ins \
+          WHERE transaction_type = 'purchase' \
+             OR (source = 'annual_subscription' AND stripe_invoice_id IS NOT NULL) \
+          ORDER BY 1, 2",
     )
     .bind(c.ids)
     .bind(c.account_ids)

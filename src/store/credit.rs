@@ -266,18 +266,20 @@ async fn upsert_lots(
     }
     // Existing lots: only what a batch can change (a burn touches `remaining` alone, which no
     // index covers, so the update stays on its page).
+    // By (account, lot): the lots' key (migration 0014).
     sqlx::query(
         "UPDATE token_lots l SET remaining = v.remaining, held = v.held, expires_at = v.expires_at, \
            expiring_alerted = v.alerted \
-         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::boolean[]) \
-           AS v(lot_id, remaining, held, expires_at, alerted) \
-         WHERE l.lot_id = v.lot_id",
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::boolean[], \
+           $6::bigint[]) AS v(lot_id, remaining, held, expires_at, alerted, account_id) \
+         WHERE l.account_id = v.account_id AND l.lot_id = v.lot_id",
     )
     .bind(changed.iter().map(|(_, x)| x.lot_id).collect::<Vec<_>>())
     .bind(changed.iter().map(|(_, x)| x.remaining).collect::<Vec<_>>())
     .bind(changed.iter().map(|(_, x)| x.held).collect::<Vec<_>>())
     .bind(changed.iter().map(|(_, x)| x.expires_at).collect::<Vec<_>>())
     .bind(changed.iter().map(|(_, x)| x.expiring_alerted).collect::<Vec<_>>())
+    .bind(changed.iter().map(|(a, _)| *a).collect::<Vec<_>>())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -350,7 +352,7 @@ async fn upsert_holds(
            $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], \
            $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
            AS v(h, a, t, s, e, m, mo, f, c, p, en, ct, ctk, av, pr) \
-         ON CONFLICT (hold_id) DO UPDATE SET tokens = EXCLUDED.tokens, state = EXCLUDED.state, \
+         ON CONFLICT (account_id, hold_id) DO UPDATE SET tokens = EXCLUDED.tokens, state = EXCLUDED.state, \
            expires_at = EXCLUDED.expires_at, earmarks = EXCLUDED.earmarks, \
            ended_at = EXCLUDED.ended_at, \
            committed_transaction_id = EXCLUDED.committed_transaction_id, \

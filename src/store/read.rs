@@ -22,7 +22,7 @@ impl Store {
     ) -> Result<Vec<JournalEntry>, LedgerError> {
         let mut conn = self.acquire().await?;
         let account_id: Option<i64> =
-            sqlx::query_scalar("SELECT account_id FROM accounts WHERE user_id = $1")
+            sqlx::query_scalar("SELECT account_id FROM account_directory WHERE user_id = $1")
                 .bind(user_id.as_str())
                 .fetch_optional(&mut *conn)
                 .await
@@ -210,8 +210,11 @@ impl Store {
                     .map_err(|e| self.saw(e))?
             }
             EntryLookup::PaymentIntent(pi) => {
+                // Through its business key (migration 0014): the journal row by (account, id).
                 let sql = format!(
-                    "{FOUND_ENTRY_SQL} WHERE j.kind = 'purchase' AND j.stripe_payment_intent_id = $1"
+                    "{FOUND_ENTRY_SQL} JOIN business_keys b \
+                       ON b.account_id = j.account_id AND b.transaction_id = j.id \
+                     WHERE b.kind = 'payment_intent' AND b.key = $1"
                 );
                 sqlx::query(&sql)
                     .bind(pi)
@@ -285,7 +288,8 @@ SELECT j.*, h.hold_id FROM (
      AND ($5::timestamptz IS NULL OR created_at >= $5)
      AND ($6::timestamptz IS NULL OR created_at < $6)
    ORDER BY entry_seq DESC LIMIT $3
-) j LEFT JOIN token_holds h ON h.committed_transaction_id = j.id AND j.kind = 'usage'
+) j LEFT JOIN token_holds h
+    ON h.account_id = j.account_id AND h.committed_transaction_id = j.id AND j.kind = 'usage'
 ORDER BY j.entry_seq DESC";
 
 /// What a looked-up row is answered with besides itself: its owner, its key, and how much of it
@@ -293,9 +297,10 @@ ORDER BY j.entry_seq DESC";
 const FOUND_ENTRY_SQL: &str = "\
 SELECT j.*, h.hold_id, a.user_id,
        (SELECT COALESCE(-sum(r.token_amount), 0)::bigint FROM token_transactions r
-         WHERE r.reverses_transaction_id = j.id) AS reversed_tokens
+         WHERE r.account_id = j.account_id AND r.reverses_transaction_id = j.id) AS reversed_tokens
   FROM journal j JOIN accounts a USING (account_id)
-  LEFT JOIN token_holds h ON h.committed_transaction_id = j.id AND j.kind = 'usage'";
+  LEFT JOIN token_holds h
+    ON h.account_id = j.account_id AND h.committed_transaction_id = j.id AND j.kind = 'usage'";
 
 fn journal_entry_from_row(row: &sqlx::postgres::PgRow) -> Result<JournalEntry, LedgerError> {
     let kind: String = row.try_get("kind")?;

@@ -214,7 +214,7 @@ impl Store {
         let mut conn = self.acquire().await.map_err(|e| self.saw(e))?;
         // The user's account, and the zone checked even when no rollup row would use it.
         let (account,): (Option<i64>,) = sqlx::query_as(
-            "SELECT (SELECT account_id FROM accounts WHERE user_id = $1) \
+            "SELECT (SELECT account_id FROM account_directory WHERE user_id = $1) \
               WHERE (now() AT TIME ZONE $2) IS NOT NULL",
         )
         .bind(&q.user_id)

@@ -305,10 +305,17 @@ impl WebhookStore {
         payment_intent: &str,
     ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7274))")
-            .bind(format!("stripe-reversal:{payment_intent}"))
-            .execute(&mut *tx)
-            .await?;
+        // A row lock on the payment intent's row (migration 0015), created on first use: a second
+        // transaction inserting the same new row waits on the first's unique-index entry, then
+        // locks the row. (An advisory lock did this before; CockroachDB has none, and Citus keeps
+        // one on the node that takes it.)
+        sqlx::query(
+            "INSERT INTO stripe_reversal_locks (payment_intent) VALUES ($1) \
+             ON CONFLICT (payment_intent) DO UPDATE SET locked_at = now()",
+        )
+        .bind(payment_intent)
+        .execute(&mut *tx)
+        .await?;
         Ok(tx)
     }
 }

@@ -129,14 +129,36 @@ const BACKENDS_POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// SQLSTATE object_in_use: "database ... is being accessed by other users".
 const OBJECT_IN_USE: &str = "55006";
 
-/// `<prefix>_<hash of the migrations>`: a new migration gets a new template.
+/// The environment variable that selects a test-only schema variant.
+pub const SCHEMA_VARIANT_VAR: &str = "TOKEN_LEDGER_TEST_SCHEMA";
+/// The hash-partitioned variant: every ledger table `PARTITION BY HASH` on its shard key, applied
+/// to the template after the migrations (`hash_partitioned.sql`; docs/scale-out.md says why).
+const HASH_PARTITIONED: &str = "hash-partitioned";
+/// What turns a migrated database into the hash-partitioned variant.
+const HASH_PARTITIONED_SQL: &str = include_str!("hash_partitioned.sql");
+
+/// Whether the suite runs on the hash-partitioned schema variant (`TOKEN_LEDGER_TEST_SCHEMA=
+/// hash-partitioned`); any other non-empty value is a mistake, and fails loudly.
+pub fn hash_partitioned() -> bool {
+    match std::env::var(SCHEMA_VARIANT_VAR).as_deref() {
+        Err(_) | Ok("") => false,
+        Ok(HASH_PARTITIONED) => true,
+        Ok(other) => {
+            panic!("{SCHEMA_VARIANT_VAR}={other:?}: the only variant is {HASH_PARTITIONED:?}")
+        }
+    }
+}
+
+/// `<prefix>_<hash of the migrations>` (and `_hp` for the hash-partitioned variant): a new
+/// migration gets a new template, and the variants never share one.
 pub fn template_name(prefix: &str) -> String {
     let mut h = Sha256::new();
     for m in MIGRATOR.iter() {
         h.update(m.version.to_be_bytes());
         h.update(&*m.checksum);
     }
-    format!("{prefix}_{}", &hex::encode(h.finalize())[..16])
+    let variant = if hash_partitioned() { "_hp" } else { "" };
+    format!("{prefix}_{}{variant}", &hex::encode(h.finalize())[..16])
 }
 
 pub async fn admin_connection() -> PgConnection {
@@ -261,6 +283,12 @@ async fn ensure_template(conn: &mut PgConnection, name: &str) {
             .run_direct(&mut migrating)
             .await
             .expect("migrating the template");
+        if hash_partitioned() {
+            // One script of many statements: the simple query protocol runs it as it is.
+            sqlx::Executor::execute(&mut migrating, HASH_PARTITIONED_SQL)
+                .await
+                .expect("converting the template to the hash-partitioned schema");
+        }
         migrating.close().await.unwrap();
         sqlx::query(&format!(
             "ALTER DATABASE {building} WITH ALLOW_CONNECTIONS false"
