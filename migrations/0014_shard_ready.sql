@@ -10,6 +10,14 @@
 -- design: docs/scale-out.md says why).
 --
 -- Nothing here changes behaviour: the same writes are applied or refused, the same replays found.
+--
+-- Upgrading across this migration means stopping every ledger process of an older version first
+-- (README, "Several replicas"): an older process's account upsert names `ON CONFLICT (user_id)`,
+-- which no longer has a unique index once this commits. The lock below keeps an older process
+-- that is still running from creating an account between the directory's copy and the new id
+-- sequence (an account the directory would miss, or an id the sequence would give out twice):
+-- its writes wait for this migration, then fail, and none of them lands half-way.
+LOCK TABLE accounts IN SHARE ROW EXCLUSIVE MODE;
 
 -- The user id → account directory. `accounts.user_id` stays (reads and reports show it) but is
 -- no longer unique there: a unique user id cannot be enforced on a table distributed by account.

@@ -144,9 +144,8 @@ async fn load(
         .collect();
     users.sort_unstable();
     users.dedup();
-    let priced = prices_needed(writes);
-    let (accounts, debts, holders, now, announced, price_versions) =
-        lock_accounts(tx, &users, clock_offset_micros, priced).await?;
+    let (accounts, debts, holders, now, announced) =
+        lock_accounts(tx, &users, clock_offset_micros).await?;
     // Read after the account locks, so a concurrent credit of the same user's object has
     // committed (or not) by now.
     let business_keys: Vec<BusinessKey> = writes
@@ -187,7 +186,7 @@ async fn load(
     let holds = credit::load_holds(tx, &holders, &named).await?;
     let now =
         now.unwrap_or_else(|| Utc::now() + chrono::Duration::microseconds(clock_offset_micros));
-    let prices = load_prices(tx, writes, &holds, now, price_cache, price_versions).await?;
+    let prices = load_prices(tx, writes, &holds, now, price_cache).await?;
     let state = BatchState {
         keys,
         accounts,
@@ -204,31 +203,20 @@ async fn load(
     Ok((state, now, announced))
 }
 
-/// Whether a write of the batch may need a price: one the ledger prices, or a new hold that
-/// names a model (it pins the version in force).
-fn prices_needed(writes: &[WriteCommand]) -> bool {
-    writes.iter().any(|w| match &w.details {
-        WriteDetails::Reserve { model, .. } => model.is_some(),
-        WriteDetails::Usage { call } | WriteDetails::CommitHold { call, .. } => {
-            call.pricing == Pricing::Ledger
-        }
-        _ => false,
-    })
-}
-
 /// The prices the batch may need: for every model a write asks the ledger to price or a new
 /// hold names (and the model of every hold a commit names), its version in force at `now`; and
 /// every version a loaded hold pinned. They come from the process's [`PriceCache`] when the
-/// table still holds the `counted` rows the account lock counted, else from one read of the
-/// table, which refreshes the cache. Most batches (caller-priced usage, credits) name no model
-/// to price and need neither.
+/// table still holds as many rows as the cache (counted here, after the account locks, so a
+/// version committed before a batch that wrote to the same account committed is counted: the
+/// count read in the lock statement itself came from a snapshot taken before its lock waits,
+/// and could miss it); else from one read of the table, which refreshes the cache. Most batches
+/// (caller-priced usage, credits) name no model to price and need neither.
 async fn load_prices(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
     holds: &[Hold],
     now: DateTime<Utc>,
     cache: &PriceCache,
-    counted: Option<i64>,
 ) -> Result<PriceBook, sqlx::Error> {
     let mut models: Vec<&str> = Vec::new();
     let mut pricing_commits = false;
@@ -254,7 +242,10 @@ async fn load_prices(
     if models.is_empty() && pinned.is_empty() {
         return Ok(book);
     }
-    let versions = match counted.and_then(|count| cache.if_current(count)) {
+    let counted: i64 = sqlx::query_scalar("SELECT count(*) FROM model_prices")
+        .fetch_one(&mut **tx)
+        .await?;
+    let versions = match cache.if_current(counted) {
         Some(versions) => versions,
         None => cache.reload(tx).await?,
     };
@@ -360,7 +351,6 @@ type Locked = (
     Vec<i64>,
     Option<DateTime<Utc>>,
     HashSet<i64>,
-    Option<i64>,
 );
 
 /// The common table expressions that give the users of a CTE `input(u)` their account ids, as
@@ -388,20 +378,18 @@ pub(super) const ACCOUNT_IDS_SQL: &str = "\
         JOIN draw ON draw.u = f.user_id),";
 
 /// Locks (creating where new) every account the batch may move, in user-id order, with its
-/// balance and totals. Also answers the transaction's time (`now()`), the batch's clock, and
-/// with `count_prices` how many price versions exist (for the [`PriceCache`]).
+/// balance and totals. Also answers the transaction's time (`now()`), the batch's clock.
 async fn lock_accounts(
     tx: &mut Transaction<'_, Postgres>,
     users: &[&str],
     clock_offset_micros: i64,
-    count_prices: bool,
 ) -> Result<Locked, sqlx::Error> {
     let mut accounts = HashMap::with_capacity(users.len());
     let mut debts = HashMap::new();
     let mut holders = Vec::new();
     let mut announced = HashSet::new();
     if users.is_empty() {
-        return Ok((accounts, debts, holders, None, announced, None));
+        return Ok((accounts, debts, holders, None, announced));
     }
     // One statement: the users' account ids (`ACCOUNT_IDS_SQL`), then every account locked
     // (created where new) in user-id order; with each, its alert rule (its own, else the
@@ -418,29 +406,20 @@ async fn lock_accounts(
              a.alert_depleted, a.watched_until, {} AS now) \
          SELECT locked.*, ids.created, \
                 (ids.created OR locked.watched_until > now()) IS TRUE AS announced, \
-                rule.tokens AS alert_tokens, rule.percent AS alert_percent{} \
+                rule.tokens AS alert_tokens, rule.percent AS alert_percent \
            FROM locked JOIN ids USING (account_id) LEFT JOIN LATERAL ( \
              SELECT tokens, percent FROM balance_alerts b \
               WHERE b.account_id = locked.account_id OR b.account_id IS NULL \
               ORDER BY b.account_id NULLS LAST LIMIT 1) rule ON true",
         ACCOUNT_IDS_SQL,
-        credit::clock_sql(2),
-        if count_prices {
-            ", (SELECT count(*) FROM model_prices) AS price_versions"
-        } else {
-            ""
-        }
+        credit::clock_sql(2)
     ))
     .bind(users)
     .bind(clock_offset_micros)
     .fetch_all(&mut **tx)
     .await?;
     let mut now: Option<DateTime<Utc>> = None;
-    let mut price_versions = None;
     for row in rows {
-        if count_prices {
-            price_versions = Some(row.try_get("price_versions")?);
-        }
         // The latest row's time: every account of the batch was locked by then.
         let at: DateTime<Utc> = row.try_get("now")?;
         now = now.max(Some(at));
@@ -473,7 +452,7 @@ async fn lock_accounts(
         };
         accounts.insert(row.try_get("user_id")?, account);
     }
-    Ok((accounts, debts, holders, now, announced, price_versions))
+    Ok((accounts, debts, holders, now, announced))
 }
 
 /// An account's alert rule and state from its locked row. A new account starts depleted (it has

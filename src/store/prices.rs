@@ -183,8 +183,9 @@ fn replay(
 ///
 /// Exact across processes because versions are append-only (a trigger refuses UPDATE and
 /// DELETE): the set of rows only grows, so two reads that count the same number of rows read the
-/// same rows. The batch counts them inside a statement it runs anyway (the account lock,
-/// `batch::lock_accounts`); when the count differs from the cached one it reads them all again.
+/// same rows. The batch counts them after its account locks (`batch::load_prices`: a
+/// `count(*)` of a few rows instead of reading and decoding the versions it needs); when the
+/// count differs from the cached one it reads them all again.
 #[derive(Debug, Default)]
 pub struct PriceCache {
     versions: std::sync::RwLock<Arc<PriceVersions>>,
