@@ -101,6 +101,33 @@ struct HostedWebhook {
     catalog: Catalog,
 }
 
+impl HostedWebhook {
+    /// Serves the webhook until `shutdown`, on a database pool of its own (so reversals holding
+    /// a payment intent's lock across their ledger calls never hold the connections the ledger
+    /// needs: `WebhookStore::lane` says why), then closes that pool.
+    fn spawn(
+        self,
+        store: &Store,
+        pool_connections_max: u32,
+        ledger: LedgerGrpc,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let webhook_store = WebhookStore::lane(store, pool_connections_max);
+        let processor = crate::webhook::Processor::new(
+            Arc::new(InProcessLedger::new(ledger)),
+            webhook_store.clone(),
+            Arc::new(self.catalog),
+        );
+        let router = crate::webhook::router(self.config, processor);
+        let served = crate::webhook::serve(self.listener, router, shutdown);
+        tokio::spawn(async move {
+            let result = served.await;
+            webhook_store.close().await;
+            result
+        })
+    }
+}
+
 impl Application {
     /// Checks the configuration and binds the listener.
     pub async fn build(config: ServerConfig, store: Store) -> anyhow::Result<Self> {
@@ -204,18 +231,8 @@ impl Application {
             }
             let _ = stop_tx.send(true);
         });
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        health_reporter
-            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-            .await;
-        let health_task = tokio::spawn(watch_database(
-            store.clone(),
-            health_reporter,
-            config.health_check_interval,
-        ));
+        let (health_task, health_service) =
+            start_health(store.clone(), config.health_check_interval).await;
 
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -239,26 +256,14 @@ impl Application {
         )
         .with_request_timeout(config.request_timeout)
         .with_watch(watch);
-        let webhook_task = match webhook {
-            Some(w) => {
-                // Its own pool, so reversals holding a payment intent's lock across their ledger
-                // calls never hold the connections the ledger needs (WebhookStore::lane says why).
-                let webhook_store = WebhookStore::lane(&store, config.webhook_pool_connections_max);
-                let processor = crate::webhook::Processor::new(
-                    Arc::new(InProcessLedger::new(ledger.clone())),
-                    webhook_store.clone(),
-                    Arc::new(w.catalog),
-                );
-                let router = crate::webhook::router(w.config, processor);
-                let served = crate::webhook::serve(w.listener, router, stopped(stop_rx.clone()));
-                Some(tokio::spawn(async move {
-                    let result = served.await;
-                    webhook_store.close().await;
-                    result
-                }))
-            }
-            None => None,
-        };
+        let webhook_task = webhook.map(|w| {
+            w.spawn(
+                &store,
+                config.webhook_pool_connections_max,
+                ledger.clone(),
+                stopped(stop_rx.clone()),
+            )
+        });
         let ledger_service = LedgerServiceServer::new(ledger)
             .max_decoding_message_size(config.message_bytes_max)
             .max_encoding_message_size(config.message_bytes_max);
@@ -310,6 +315,28 @@ impl Application {
         served?;
         held
     }
+}
+
+/// The health service, NOT_SERVING until the task it starts (`watch_database`) sees the
+/// database answer.
+async fn start_health(
+    store: Store,
+    interval: Duration,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    reporter
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
+    (
+        tokio::spawn(watch_database(store, reporter, interval)),
+        service,
+    )
 }
 
 /// Binds `addr`, or says which address, for what, could not be bound: a bare "Address already

@@ -448,6 +448,23 @@ async fn lots_due_soon(r: &Replicas) -> chrono::DateTime<chrono::Utc> {
     expires
 }
 
+/// The expiry rows of `user`'s journal, read through `c`.
+async fn expiry_rows(c: &mut Client, user: &str) -> Vec<pb::Transaction> {
+    c.list_transactions(with_key(
+        READ_KEY,
+        pb::ListTransactionsRequest {
+            user_id: user.to_string(),
+            page_size: 100,
+            kinds: vec![pb::TransactionKind::Expiry as i32],
+            ..Default::default()
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner()
+    .transactions
+}
+
 /// Waits for the sweepers to write each lot's expiry, then checks each was written once.
 async fn lots_expired_once(r: &Replicas) -> BTreeMap<String, i64> {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -455,21 +472,7 @@ async fn lots_expired_once(r: &Replicas) -> BTreeMap<String, i64> {
     for i in 0..LOT_USERS {
         let user = format!("lot-{i}");
         let expiries = loop {
-            let rows = r
-                .via(i)
-                .list_transactions(with_key(
-                    READ_KEY,
-                    pb::ListTransactionsRequest {
-                        user_id: user.clone(),
-                        page_size: 100,
-                        kinds: vec![pb::TransactionKind::Expiry as i32],
-                        ..Default::default()
-                    },
-                ))
-                .await
-                .unwrap()
-                .into_inner()
-                .transactions;
+            let rows = expiry_rows(&mut r.via(i), &user).await;
             if !rows.is_empty() || Instant::now() > deadline {
                 break rows;
             }
@@ -477,21 +480,7 @@ async fn lots_expired_once(r: &Replicas) -> BTreeMap<String, i64> {
         };
         // Give the other sweepers time to write a second one, were they able to.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let again = r
-            .via(i + 2)
-            .list_transactions(with_key(
-                READ_KEY,
-                pb::ListTransactionsRequest {
-                    user_id: user.clone(),
-                    page_size: 100,
-                    kinds: vec![pb::TransactionKind::Expiry as i32],
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .transactions;
+        let again = expiry_rows(&mut r.via(i + 2), &user).await;
         assert_eq!(expiries.len(), 1, "{user}: {expiries:?}");
         assert_eq!(
             again.len(),
@@ -940,19 +929,7 @@ async fn one_process_sweeps_and_another_takes_over_when_it_dies() {
     c.grant(admin(grant)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let swept = c
-            .list_transactions(with_key(
-                READ_KEY,
-                pb::ListTransactionsRequest {
-                    user_id: "after-takeover".into(),
-                    kinds: vec![pb::TransactionKind::Expiry as i32],
-                    ..Default::default()
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .transactions;
+        let swept = expiry_rows(&mut c, "after-takeover").await;
         if swept.len() == 1 {
             break;
         }
