@@ -308,3 +308,76 @@ async fn stripe_credits_keep_their_business_keys_through_the_shard_ready_migrati
     );
     app.assert_verified().await;
 }
+
+/// The columns every write updates are in no index, partial-index predicates included: an
+/// update that changes an indexed column cannot stay on its page (no HOT update) and writes a new
+/// entry in every index of its table. A burn changes a lot's `remaining` and `held` (0012's
+/// expiring-soon index once named `remaining` in its predicate: 0017); every batch moves its
+/// accounts' balance, totals, sequence and alert state; every usage event adds to a rollup.
+#[tokio::test]
+async fn the_columns_every_write_updates_are_in_no_index() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let hot: [(&str, &[&str]); 3] = [
+        ("token_lots", &["remaining", "held"]),
+        (
+            "accounts",
+            &[
+                "balance",
+                "last_seq",
+                "granted_total",
+                "deducted_total",
+                "purchased_total",
+                "dripped_total",
+                "used_total",
+                "reversed_total",
+                "expired_total",
+                "updated_at",
+                "held",
+                "debt",
+                "active_holds",
+                "last_credit",
+                "alert_low",
+                "alert_depleted",
+            ],
+        ),
+        (
+            "usage_rollups",
+            &[
+                "events",
+                "tokens",
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+            ],
+        ),
+    ];
+    for (table, columns) in hot {
+        // Every index of the table (of each partition, in the hash-partitioned variant), with
+        // the columns its keys, expressions and predicate use.
+        let indexed: Vec<(String, String)> = sqlx::query_as(
+            "SELECT i.indexrelid::regclass::text, a.attname::text \
+               FROM pg_index i \
+               JOIN pg_class t ON t.oid = i.indrelid \
+               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum > 0 \
+              WHERE (t.oid = $1::regclass \
+                     OR t.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = $1::regclass)) \
+                AND (a.attnum = ANY (i.indkey::int2[]) \
+                     OR pg_get_expr(i.indpred, i.indrelid) ~ ('\\m' || a.attname || '\\M') \
+                     OR pg_get_expr(i.indexprs, i.indrelid) ~ ('\\m' || a.attname || '\\M'))",
+        )
+        .bind(table)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(!indexed.is_empty(), "{table} has indexes");
+        for (index, column) in indexed {
+            assert!(
+                !columns.contains(&column.as_str()),
+                "{index} uses {table}.{column}, which every write updates: those updates could not stay HOT"
+            );
+        }
+    }
+    pool.close().await;
+}
