@@ -83,3 +83,81 @@ async fn a_read_after_an_acknowledged_write_on_another_process_sees_it() {
     assert!(reads > 0);
     writer.assert_verified().await;
 }
+
+/// The ledger's pooled connections, ended by the database while they sat in the pool (a
+/// restart, an operator's `pg_terminate_backend`). sqlx pings every connection it hands out; the
+/// ledger pings only one idle a second or more, or any while the database was lost or came back
+/// within the last 30 s (README, "Connections"). So: connections idle a second are replaced before
+/// any call gets one, and connections ended while hot fail at most the calls that find the loss,
+/// after which every call is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_database_ended_are_replaced_before_calls_use_them() {
+    let app = TestApp::spawn().await;
+    let mut client = app.client().await;
+    let call = |mut client: pb::ledger_service_client::LedgerServiceClient<_>, i: usize| async move {
+        client
+            .grant(admin(grant_req(
+                &format!("u{}", i % 4),
+                10,
+                &format!("k{i}"),
+            )))
+            .await?;
+        client
+            .get_balance(admin(pb::GetBalanceRequest {
+                user_id: format!("u{}", i % 4),
+                ..Default::default()
+            }))
+            .await
+    };
+    // Several connections in the pool: concurrent writes and reads.
+    let warm: Vec<_> = (0..16)
+        .map(|i| tokio::spawn(call(client.clone(), i)))
+        .collect();
+    for task in warm {
+        task.await.unwrap().expect("warm-up call");
+    }
+    assert!(terminate_backends(&app.db, "token-ledger").await >= 2);
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    for i in 16..48 {
+        call(client.clone(), i)
+            .await
+            .unwrap_or_else(|s| panic!("call {i} after the connections idled a second: {s:?}"));
+    }
+    // Ended while hot (used within the second): the call that finds one dead may fail,
+    // UNAVAILABLE; from the first answered call on, every call is answered.
+    assert!(terminate_backends(&app.db, "token-ledger").await >= 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut failed, mut answered) = (Vec::new(), 0);
+    let mut i = 48;
+    while answered < 40 {
+        assert!(std::time::Instant::now() < deadline, "calls still failing");
+        match call(client.clone(), i).await {
+            Ok(_) => answered += 1,
+            Err(status) => {
+                assert_eq!(
+                    answered, 0,
+                    "a call failed after calls were answered again: {status:?}"
+                );
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                failed.push(i);
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        i += 1;
+    }
+    eprintln!(
+        "hot connections ended: {} calls failed before calls were answered again",
+        failed.len()
+    );
+    // A failed call's grant may or may not have applied: retried with its key, it applies once.
+    for k in failed {
+        let req = grant_req(&format!("u{}", k % 4), 10, &format!("k{k}"));
+        client.grant(admin(req)).await.expect("a retried grant");
+    }
+    let total = balance_of(&mut client, "u0").await
+        + balance_of(&mut client, "u1").await
+        + balance_of(&mut client, "u2").await
+        + balance_of(&mut client, "u3").await;
+    assert_eq!(total, 10 * i as i64, "each grant applied once");
+    app.assert_verified().await;
+}

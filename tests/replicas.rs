@@ -572,22 +572,6 @@ async fn three_processes_on_one_database_keep_every_guarantee() {
     r.stop().await;
 }
 
-/// Ends the backends of `application_name` on `db` (as a failover or an operator would):
-/// answers how many.
-async fn terminate_backends(db: &TestDb, application_name: &str) -> i64 {
-    let pool = db.pool().await;
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-          WHERE datname = current_database() AND application_name = $1",
-    )
-    .bind(application_name)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
-    ended
-}
-
 /// The backends holding a serve lock on `db` (any advisory lock: nothing else holds one there
 /// between calls).
 async fn serve_lock_holders(db: &TestDb) -> Vec<i32> {

@@ -3,13 +3,15 @@
 //!
 //! A batch is three steps, each a handful of statements whatever the batch's size:
 //! 1. **load** (`load`): claim every idempotency key at once, look up the committed ones, lock
-//!    every account the batch may move with one upsert, read the business keys already credited,
-//!    the credits being reversed, the accounts' live lots and (for accounts that have any, and
-//!    those the writes name) their holds, and the prices of the models it must price;
+//!    every account the batch may move with one insert (creating new ones, locking the rest
+//!    without a new row version), read those accounts with their live lots, then the business
+//!    keys already credited, the credits being reversed, (for accounts that have any, and those
+//!    the writes name) their holds, and the prices of the models it must price;
 //! 2. **evaluate** (`ledger::rules::evaluate`, pure): decide every write against the running
 //!    state, staging rows and account moves;
 //! 3. **persist** (`persist`): give back the keys of refused writes, insert the journal rows with
-//!    one `unnest` insert per table, move each account once.
+//!    one `unnest` insert per table, move each account once; the usage rows, lot burns and
+//!    account moves as one statement ([`Joined`]).
 //!
 //! Locks are always taken in one global order: idempotency keys sorted, then new users' directory
 //! entries and accounts sorted by user id, then business keys (migration 0014) sorted, so two
@@ -23,6 +25,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection as _, Postgres, Row as _, Transaction};
 
 use super::error::is_unavailable;
+use super::joined::{Joined, Part};
 use super::prices::PriceCache;
 use super::{credit, Store};
 use crate::domain::{
@@ -31,7 +34,7 @@ use crate::domain::{
 };
 use crate::error::LedgerError;
 use crate::ledger::rules::{
-    self, AccountMove, AlertState, BatchState, Fingerprint, Hold, KeyState, LockedAccount,
+    self, AccountMove, AlertState, BatchState, Fingerprint, Hold, KeyState, LockedAccount, Lot,
     Original, Outcome, PriceBook, PriorCredit, Staged, StagedAlert, StagedRow,
 };
 
@@ -144,8 +147,16 @@ async fn load(
         .collect();
     users.sort_unstable();
     users.dedup();
-    let (accounts, debts, holders, now, announced) =
-        lock_accounts(tx, &users, clock_offset_micros).await?;
+    let count_prices = writes.iter().any(may_price);
+    let Locked {
+        accounts,
+        debts,
+        holders,
+        lots,
+        now,
+        announced,
+        price_count,
+    } = lock_and_read(tx, &users, clock_offset_micros, count_prices).await?;
     // Read after the account locks, so a concurrent credit of the same user's object has
     // committed (or not) by now.
     let business_keys: Vec<BusinessKey> = writes
@@ -166,8 +177,6 @@ async fn load(
         })
         .collect();
     let originals = load_originals(tx, &originals).await?;
-    let account_ids: Vec<i64> = accounts.values().map(|a| a.account_id).collect();
-    let lots = credit::load_lots(tx, &account_ids).await?;
     // The holds the batch's hold writes name; a replayed Reserve names its hold by its key.
     let named: Vec<i64> = writes
         .iter()
@@ -186,7 +195,7 @@ async fn load(
     let holds = credit::load_holds(tx, &holders, &named).await?;
     let now =
         now.unwrap_or_else(|| Utc::now() + chrono::Duration::microseconds(clock_offset_micros));
-    let prices = load_prices(tx, writes, &holds, now, price_cache).await?;
+    let prices = load_prices(tx, writes, &holds, now, price_cache, price_count).await?;
     let state = BatchState {
         keys,
         accounts,
@@ -203,20 +212,35 @@ async fn load(
     Ok((state, now, announced))
 }
 
+/// Whether `w` may need a price: a hold that names a model, or usage (or a hold's commit) the
+/// ledger prices. The batch's read under its locks then counts the price table's rows.
+fn may_price(w: &WriteCommand) -> bool {
+    match &w.details {
+        WriteDetails::Reserve { model, .. } => model.is_some(),
+        WriteDetails::Usage { call } | WriteDetails::CommitHold { call, .. } => {
+            call.pricing == Pricing::Ledger
+        }
+        _ => false,
+    }
+}
+
 /// The prices the batch may need: for every model a write asks the ledger to price or a new
 /// hold names (and the model of every hold a commit names), its version in force at `now`; and
 /// every version a loaded hold pinned. They come from the process's [`PriceCache`] when the
-/// table still holds as many rows as the cache (counted here, after the account locks, so a
-/// version committed before a batch that wrote to the same account committed is counted: the
-/// count read in the lock statement itself came from a snapshot taken before its lock waits,
-/// and could miss it); else from one read of the table, which refreshes the cache. Most batches
-/// (caller-priced usage, credits) name no model to price and need neither.
+/// table still holds as many rows as the cache; else from one read of the table, which
+/// refreshes the cache. The count is `counted`, read by the statement that read the accounts
+/// after their locks (see [`may_price`]), else counted here: either way after the locks, so a
+/// version committed before a batch that wrote to the same account committed is counted (a
+/// count read in the lock statement itself would come from a snapshot taken before its lock
+/// waits, and could miss it). Most batches (caller-priced usage, credits) name no model to price
+/// and need neither.
 async fn load_prices(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
     holds: &[Hold],
     now: DateTime<Utc>,
     cache: &PriceCache,
+    counted: Option<i64>,
 ) -> Result<PriceBook, sqlx::Error> {
     let mut models: Vec<&str> = Vec::new();
     let mut pricing_commits = false;
@@ -242,9 +266,14 @@ async fn load_prices(
     if models.is_empty() && pinned.is_empty() {
         return Ok(book);
     }
-    let counted: i64 = sqlx::query_scalar("SELECT count(*) FROM model_prices")
-        .fetch_one(&mut **tx)
-        .await?;
+    let counted: i64 = match counted {
+        Some(counted) => counted,
+        None => {
+            sqlx::query_scalar("SELECT count(*) FROM model_prices")
+                .fetch_one(&mut **tx)
+                .await?
+        }
+    };
     let versions = match cache.if_current(counted) {
         Some(versions) => versions,
         None => cache.reload(tx).await?,
@@ -340,18 +369,23 @@ async fn load_keys(
     Ok(states)
 }
 
-/// Accounts locked by a batch, the debts of those that owe, the accounts with active holds, the
-/// batch's clock, and the accounts whose moves are announced to watchers: those some process
-/// watches (`watched_until`, migration 0013, read under the row lock the batch keeps until it
-/// commits, so a lease taken meanwhile waits for the batch) and those the batch creates (a
-/// watcher of a new user could not lease a row that did not exist yet).
-type Locked = (
-    HashMap<String, LockedAccount>,
-    HashMap<i64, i64>,
-    Vec<i64>,
-    Option<DateTime<Utc>>,
-    HashSet<i64>,
-);
+/// What a batch reads under its account locks: the accounts (by user), the debts of those that
+/// owe, the accounts with active holds, their live lots, the batch's clock, the accounts whose
+/// moves are announced to watchers (those some process watches, `watched_until`, migration 0013,
+/// read under the row lock the batch keeps until it commits, so a lease taken meanwhile waits
+/// for the batch, and those the batch creates: a watcher of a new user could not lease a row that
+/// did not exist yet), and the price table's row count when the batch may price (see
+/// [`load_prices`]).
+#[derive(Default)]
+struct Locked {
+    accounts: HashMap<String, LockedAccount>,
+    debts: HashMap<i64, i64>,
+    holders: Vec<i64>,
+    lots: HashMap<i64, Vec<Lot>>,
+    now: Option<DateTime<Utc>>,
+    announced: HashSet<i64>,
+    price_count: Option<i64>,
+}
 
 /// The common table expressions that give the users of a CTE `input(u)` their account ids, as
 /// `ids(user_id, account_id, created)`: from the directory (migration 0014), or from directory
@@ -377,65 +411,99 @@ pub(super) const ACCOUNT_IDS_SQL: &str = "\
       SELECT f.user_id, f.account_id, f.account_id = draw.id FROM fresh f \
         JOIN draw ON draw.u = f.user_id),";
 
-/// Locks (creating where new) every account the batch may move, in user-id order, with its
-/// balance and totals. Also answers the transaction's time (`now()`), the batch's clock.
+/// Locks every account the batch may move (creating those that are new) in user-id order, one
+/// statement: the users' account ids (`ACCOUNT_IDS_SQL`), then an insert whose conflict action
+/// locks the existing row without writing a version of it (`DO UPDATE … WHERE false` locks every
+/// conflicting row and updates none), so the batch's one update of an account is
+/// `move_accounts`'. Answers the account ids and which were created here.
 async fn lock_accounts(
     tx: &mut Transaction<'_, Postgres>,
     users: &[&str],
-    clock_offset_micros: i64,
-) -> Result<Locked, sqlx::Error> {
-    let mut accounts = HashMap::with_capacity(users.len());
-    let mut debts = HashMap::new();
-    let mut holders = Vec::new();
-    let mut announced = HashSet::new();
-    if users.is_empty() {
-        return Ok((accounts, debts, holders, None, announced));
-    }
-    // One statement: the users' account ids (`ACCOUNT_IDS_SQL`), then every account locked
-    // (created where new) in user-id order; with each, its alert rule (its own, else the
-    // default), so the rule costs no round trip of its own.
-    let rows = sqlx::query(&format!(
-        "WITH input AS (SELECT u FROM unnest($1::text[]) AS u), {} \
+) -> Result<Vec<(i64, bool)>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "WITH input AS (SELECT u FROM unnest($1::text[]) AS u), {ACCOUNT_IDS_SQL} \
          locked AS ( \
            INSERT INTO accounts AS a (account_id, user_id) \
            SELECT account_id, user_id FROM ids ORDER BY user_id \
-           ON CONFLICT (account_id) DO UPDATE SET user_id = EXCLUDED.user_id \
-           RETURNING a.account_id, a.user_id, a.balance, a.granted_total, a.deducted_total, \
-             a.purchased_total, a.dripped_total, a.used_total, a.reversed_total, \
-             a.expired_total, a.debt, a.active_holds, a.last_seq, a.last_credit, a.alert_low, \
-             a.alert_depleted, a.watched_until, {} AS now) \
-         SELECT locked.*, ids.created, \
-                (ids.created OR locked.watched_until > now()) IS TRUE AS announced, \
-                rule.tokens AS alert_tokens, rule.percent AS alert_percent \
-           FROM locked JOIN ids USING (account_id) LEFT JOIN LATERAL ( \
-             SELECT tokens, percent FROM balance_alerts b \
-              WHERE b.account_id = locked.account_id OR b.account_id IS NULL \
-              ORDER BY b.account_id NULLS LAST LIMIT 1) rule ON true",
-        ACCOUNT_IDS_SQL,
-        credit::clock_sql(2)
+           ON CONFLICT (account_id) DO UPDATE SET user_id = EXCLUDED.user_id WHERE false) \
+         SELECT account_id, created FROM ids",
     ))
     .bind(users)
+    .fetch_all(&mut **tx)
+    .await
+}
+
+/// Locks the batch's accounts ([`lock_accounts`]), then reads them in a statement of its own,
+/// whose snapshot is taken after every lock was granted, so it sees every write of a batch that
+/// held one of them: each account's balance, totals and alert rule (its own, else the default),
+/// its live lots (one row per lot, the account's columns repeated), the time (`clock_timestamp()`,
+/// the batch's clock: every account of the batch was locked by then), and with `count_prices` the
+/// price table's row count. Also the transaction's time, the batch's clock.
+async fn lock_and_read(
+    tx: &mut Transaction<'_, Postgres>,
+    users: &[&str],
+    clock_offset_micros: i64,
+    count_prices: bool,
+) -> Result<Locked, sqlx::Error> {
+    let mut locked = Locked::default();
+    if users.is_empty() {
+        return Ok(locked);
+    }
+    let ids = lock_accounts(tx, users).await?;
+    let created: HashSet<i64> = ids.iter().filter(|(_, c)| *c).map(|(a, _)| *a).collect();
+    let account_ids: Vec<i64> = ids.iter().map(|(a, _)| *a).collect();
+    let price_count = if count_prices {
+        "(SELECT count(*) FROM model_prices)"
+    } else {
+        "NULL::bigint"
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT a.account_id, a.user_id, a.balance, a.granted_total, a.deducted_total, \
+           a.purchased_total, a.dripped_total, a.used_total, a.reversed_total, a.expired_total, \
+           a.debt, a.active_holds, a.last_seq, a.last_credit, a.alert_low, a.alert_depleted, \
+           (a.watched_until > now()) IS TRUE AS watched, {clock} AS now, \
+           rule.tokens AS alert_tokens, rule.percent AS alert_percent, \
+           {price_count} AS price_count, {LOT_COLUMNS} \
+         FROM accounts a LEFT JOIN LATERAL ( \
+             SELECT tokens, percent FROM balance_alerts b \
+              WHERE b.account_id = a.account_id OR b.account_id IS NULL \
+              ORDER BY b.account_id NULLS LAST LIMIT 1) rule ON true \
+           LEFT JOIN token_lots l ON l.account_id = a.account_id AND l.remaining > 0 \
+         WHERE a.account_id = ANY($1)",
+        clock = credit::clock_sql(2),
+        LOT_COLUMNS = credit::JOINED_LOT_COLUMNS,
+    ))
+    .bind(&account_ids)
     .bind(clock_offset_micros)
     .fetch_all(&mut **tx)
     .await?;
-    let mut now: Option<DateTime<Utc>> = None;
     for row in rows {
         // The latest row's time: every account of the batch was locked by then.
         let at: DateTime<Utc> = row.try_get("now")?;
-        now = now.max(Some(at));
+        locked.now = locked.now.max(Some(at));
+        locked.price_count = row.try_get("price_count")?;
+        let account_id: i64 = row.try_get("account_id")?;
+        if let Some(lot) = credit::joined_lot(&row)? {
+            locked.lots.entry(account_id).or_default().push(lot);
+        }
+        let user_id: String = row.try_get("user_id")?;
+        if locked.accounts.contains_key(&user_id) {
+            continue; // the account's columns again, with its next lot
+        }
         let debt: i64 = row.try_get("debt")?;
         if debt != 0 {
-            debts.insert(row.try_get("account_id")?, debt);
+            locked.debts.insert(account_id, debt);
         }
-        if row.try_get("announced")? {
-            announced.insert(row.try_get("account_id")?);
+        let created = created.contains(&account_id);
+        if created || row.try_get::<bool, _>("watched")? {
+            locked.announced.insert(account_id);
         }
         let active_holds: i32 = row.try_get("active_holds")?;
         if active_holds != 0 {
-            holders.push(row.try_get("account_id")?);
+            locked.holders.push(account_id);
         }
         let account = LockedAccount {
-            account_id: row.try_get("account_id")?,
+            account_id,
             balance: row.try_get("balance")?,
             totals: Totals {
                 granted: row.try_get("granted_total")?,
@@ -447,18 +515,17 @@ async fn lock_accounts(
                 expired: row.try_get("expired_total")?,
             },
             last_seq: row.try_get("last_seq")?,
-            created: row.try_get("created")?,
-            alerts: alert_state(&row)?,
+            created,
+            alerts: alert_state(&row, created)?,
         };
-        accounts.insert(row.try_get("user_id")?, account);
+        locked.accounts.insert(user_id, account);
     }
-    Ok((accounts, debts, holders, now, announced))
+    Ok(locked)
 }
 
 /// An account's alert rule and state from its locked row. A new account starts depleted (it has
 /// nothing): its first write alerts only if it crosses its threshold.
-fn alert_state(row: &sqlx::postgres::PgRow) -> Result<AlertState, sqlx::Error> {
-    let created: bool = row.try_get("created")?;
+fn alert_state(row: &sqlx::postgres::PgRow, created: bool) -> Result<AlertState, sqlx::Error> {
     let rule = match (
         row.try_get::<Option<i64>, _>("alert_tokens")?,
         row.try_get::<Option<i32>, _>("alert_percent")?,
@@ -545,9 +612,9 @@ async fn persist(
         .execute(&mut **tx)
         .await?;
     }
-    insert_rows(tx, writes, &staged.rows, staged.now).await?;
+    let usage = insert_rows(tx, writes, &staged.rows, staged.now).await?;
     let ids = credit::draw_ids(tx, staged.placeholders).await?;
-    credit::persist(tx, staged, &ids).await?;
+    let burns = credit::persist(tx, staged, &ids).await?;
     if !staged.abandoned_accounts.is_empty() {
         // With their directory entries: the account never existed.
         sqlx::query(
@@ -559,14 +626,50 @@ async fn persist(
         .execute(&mut **tx)
         .await?;
     }
-    move_accounts(tx, &staged.moved, announced).await?;
+    // The batch's last writes, one statement: usage rows and rollups, lot burns, account moves.
+    let mut last = Joined::default();
+    last.push(usage);
+    last.push(burns);
+    move_accounts(&mut last, &staged.moved, announced);
+    last.execute(tx).await?;
     insert_alerts(tx, &staged.alerts).await
 }
 
-/// The UPDATE of `move_accounts`.
-macro_rules! move_accounts_sql {
-    () => {
-        "UPDATE accounts a SET balance = v.balance, last_seq = v.last_seq, \
+/// Each moved account once, to the balance and totals the rules computed, as a part of the
+/// batch's last statement; and in it (no extra round trip) one `NOTIFY ledger_balance` naming
+/// the `announced` ones, which PostgreSQL delivers to every listening ledger process when, and
+/// only if, this commits. A batch that moved no announced account sends none: NOTIFY serializes
+/// committing transactions database-wide (migration 0013).
+fn move_accounts<'a>(last: &mut Joined<'a>, moved: &[AccountMove], announced: &HashSet<i64>) {
+    if moved.is_empty() {
+        return;
+    }
+    let col = |f: fn(&AccountMove) -> i64| moved.iter().map(f).collect::<Vec<i64>>();
+    let updated_at: Vec<Option<DateTime<Utc>>> =
+        moved.iter().map(|m| m.balance.updated_at).collect();
+    let wallet = |f: fn(&AccountMove) -> Option<DateTime<Utc>>| {
+        moved.iter().map(f).collect::<Vec<Option<DateTime<Utc>>>>()
+    };
+    let ids = col(|m| m.account_id);
+    let balances = col(|m| m.balance.balance);
+    let seqs = col(|m| m.balance.transaction_count);
+    let granted = col(|m| m.balance.totals.granted);
+    let deducted = col(|m| m.balance.totals.deducted);
+    let purchased = col(|m| m.balance.totals.purchased);
+    let dripped = col(|m| m.balance.totals.dripped);
+    let used = col(|m| m.balance.totals.used);
+    let reversed = col(|m| m.balance.totals.reversed);
+    let expired = col(|m| m.balance.totals.expired);
+    let held = col(|m| m.wallet.held);
+    let debt = col(|m| m.wallet.debt);
+    let active_holds = col(|m| m.wallet.active_holds);
+    let settle_at = wallet(|m| m.wallet.settle_at);
+    let next_expiry_at = wallet(|m| m.wallet.next_expiry.map(|(at, _)| at));
+    let next_expiry_tokens = col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t));
+    let last_credit = col(|m| m.alerts.last_credit);
+    let low: Vec<bool> = moved.iter().map(|m| m.alerts.low).collect();
+    let depleted: Vec<bool> = moved.iter().map(|m| m.alerts.depleted).collect();
+    let update = "UPDATE accounts a SET balance = v.balance, last_seq = v.last_seq, \
            granted_total = v.granted, deducted_total = v.deducted, purchased_total = v.purchased, \
            dripped_total = v.dripped, used_total = v.used, reversed_total = v.reversed, \
            updated_at = v.updated_at, expired_total = v.expired, held = v.held, debt = v.debt, \
@@ -581,77 +684,46 @@ macro_rules! move_accounts_sql {
            AS v(account_id, balance, last_seq, granted, deducted, purchased, dripped, used, reversed, \
                 updated_at, expired, held, debt, active_holds, settle_at, next_expiry_at, \
                 next_expiry_tokens, last_credit, alert_low, alert_depleted) \
-         WHERE a.account_id = v.account_id AND a.account_id = ANY($1)"
-    };
-}
-const MOVE_ACCOUNTS_SQL: &str = move_accounts_sql!();
-/// The same, announcing `$21`'s payloads on channel `$22`: a data-modifying CTE runs to the end
-/// whatever the outer query reads.
-const MOVE_AND_ANNOUNCE_SQL: &str = concat!(
-    "WITH moved AS (",
-    move_accounts_sql!(),
-    " RETURNING 1) SELECT pg_notify($22, p) FROM unnest($21::text[]) AS p"
-);
-
-/// Each moved account once, to the balance and totals the rules computed; and, in the same
-/// statement (no extra round trip), one `NOTIFY ledger_balance` naming the `announced` ones
-/// (`notify`), which PostgreSQL delivers to every listening ledger process when, and only if,
-/// this commits. A batch that moved no announced account sends none: NOTIFY serializes
-/// committing transactions database-wide (migration 0013).
-async fn move_accounts(
-    tx: &mut Transaction<'_, Postgres>,
-    moved: &[AccountMove],
-    announced: &HashSet<i64>,
-) -> Result<(), sqlx::Error> {
-    if moved.is_empty() {
-        return Ok(());
-    }
-    let col = |f: fn(&AccountMove) -> i64| moved.iter().map(f).collect::<Vec<i64>>();
-    let updated_at: Vec<Option<DateTime<Utc>>> =
-        moved.iter().map(|m| m.balance.updated_at).collect();
-    let wallet = |f: fn(&AccountMove) -> Option<DateTime<Utc>>| {
-        moved.iter().map(f).collect::<Vec<Option<DateTime<Utc>>>>()
-    };
+         WHERE a.account_id = v.account_id AND a.account_id = ANY($1)";
+    last.push(Some(Part::new(
+        vec![("moved", update.to_string())],
+        20,
+        move |q| {
+            q.bind(ids)
+                .bind(balances)
+                .bind(seqs)
+                .bind(granted)
+                .bind(deducted)
+                .bind(purchased)
+                .bind(dripped)
+                .bind(used)
+                .bind(reversed)
+                .bind(updated_at)
+                .bind(expired)
+                .bind(held)
+                .bind(debt)
+                .bind(active_holds)
+                .bind(settle_at)
+                .bind(next_expiry_at)
+                .bind(next_expiry_tokens)
+                .bind(last_credit)
+                .bind(low)
+                .bind(depleted)
+        },
+    )));
     let payloads = super::notify::balance_payloads(
         moved
             .iter()
             .filter(|m| announced.contains(&m.account_id))
             .map(|m| m.user_id.as_str()),
     );
-    // Without an announcement, the plain UPDATE as it was before announcements existed.
-    let sql = if payloads.is_empty() {
-        MOVE_ACCOUNTS_SQL
-    } else {
-        MOVE_AND_ANNOUNCE_SQL
-    };
-    let query = sqlx::query(sql)
-        .bind(col(|m| m.account_id))
-        .bind(col(|m| m.balance.balance))
-        .bind(col(|m| m.balance.transaction_count))
-        .bind(col(|m| m.balance.totals.granted))
-        .bind(col(|m| m.balance.totals.deducted))
-        .bind(col(|m| m.balance.totals.purchased))
-        .bind(col(|m| m.balance.totals.dripped))
-        .bind(col(|m| m.balance.totals.used))
-        .bind(col(|m| m.balance.totals.reversed))
-        .bind(updated_at)
-        .bind(col(|m| m.balance.totals.expired))
-        .bind(col(|m| m.wallet.held))
-        .bind(col(|m| m.wallet.debt))
-        .bind(col(|m| m.wallet.active_holds))
-        .bind(wallet(|m| m.wallet.settle_at))
-        .bind(wallet(|m| m.wallet.next_expiry.map(|(at, _)| at)))
-        .bind(col(|m| m.wallet.next_expiry.map_or(0, |(_, t)| t)))
-        .bind(col(|m| m.alerts.last_credit))
-        .bind(moved.iter().map(|m| m.alerts.low).collect::<Vec<_>>())
-        .bind(moved.iter().map(|m| m.alerts.depleted).collect::<Vec<_>>());
-    let query = if payloads.is_empty() {
-        query
-    } else {
-        query.bind(payloads).bind(super::notify::BALANCE_CHANNEL)
-    };
-    query.execute(&mut **tx).await?;
-    Ok(())
+    // Without an announcement, the statement selects nothing more.
+    if !payloads.is_empty() {
+        let notify = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p";
+        last.select(Part::new(vec![("", notify.to_string())], 2, move |q| {
+            q.bind(super::notify::BALANCE_CHANNEL).bind(payloads)
+        }));
+    }
 }
 
 /// The batch's alert events, into the outbox (migration 0012), in the order they happened.
@@ -772,12 +844,14 @@ fn business_key_columns(key: &BusinessKey) -> (&'static str, &str, Option<DateTi
 
 /// Inserts the batch's journal rows: one `unnest` insert per table, rows with business keys in
 /// key order so concurrent batches wait on unique-index entries in one order.
-async fn insert_rows(
+/// Inserts the batch's drips and transactions, and answers its usage rows as a part of the
+/// batch's last statement (usage is nearly every batch: one round trip fewer).
+async fn insert_rows<'a>(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[WriteCommand],
     rows: &[StagedRow],
     now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<Part<'a>>, sqlx::Error> {
     let mut usage: Vec<Row<'_>> = Vec::new();
     let mut drips: Vec<Row<'_>> = Vec::new();
     let mut transactions: Vec<Row<'_>> = Vec::new();
@@ -792,16 +866,13 @@ async fn insert_rows(
             _ => transactions.push(row),
         }
     }
-    if !usage.is_empty() {
-        insert_usage(tx, &usage, now).await?;
-    }
     if !drips.is_empty() {
         insert_drips(tx, &mut drips, now).await?;
     }
     if !transactions.is_empty() {
         insert_transactions(tx, &mut transactions, now).await?;
     }
-    Ok(())
+    Ok((!usage.is_empty()).then(|| usage_part(&usage, now)))
 }
 
 /// A staged journal row with the write it records.
@@ -843,11 +914,9 @@ impl CommonColumns {
     }
 }
 
-async fn insert_usage(
-    tx: &mut Transaction<'_, Postgres>,
-    rows: &[Row<'_>],
-    now: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+/// The usage rows and, from what they inserted, their sums added to the rollups (migration
+/// 0011), so the two can never disagree: a part of the batch's last statement ([`Joined`]).
+fn usage_part<'a>(rows: &[Row<'_>], now: DateTime<Utc>) -> Part<'a> {
     let c = CommonColumns::of(rows);
     let mut models = Vec::with_capacity(rows.len());
     let mut features = Vec::with_capacity(rows.len());
@@ -870,48 +939,49 @@ async fn insert_usage(
         cache_writes.push((call.counts.cache_write != 0).then_some(call.counts.cache_write));
         prices.push(r.staged.price_id);
     }
-    // One statement: the rows, and their sums added to the rollups (migration 0011) from what
-    // was inserted, so the two can never disagree.
-    sqlx::query(
-        "WITH ins AS ( \
-           INSERT INTO token_usage (id, account_id, entry_seq, token_amount, balance_after, model, \
-             input_tokens, output_tokens, feature, created_by, cache_read_tokens, \
-             cache_write_tokens, price_id, created_at) \
-           SELECT *, $14::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], \
-             $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], \
-             $10::text[], $11::bigint[], $12::bigint[], $13::bigint[]) \
-           RETURNING account_id, created_at, model, feature, token_amount, input_tokens, \
-             output_tokens, cache_read_tokens, cache_write_tokens) \
-         INSERT INTO usage_rollups AS r \
-         SELECT account_id, ledger_usage_bucket(created_at), COALESCE(model, ''), \
-                COALESCE(feature, ''), count(*), -sum(token_amount), sum(input_tokens), \
-                sum(output_tokens), COALESCE(sum(cache_read_tokens), 0), \
-                COALESCE(sum(cache_write_tokens), 0) \
-           FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 \
-         ON CONFLICT (account_id, bucket, model, feature) DO UPDATE SET \
-           events = r.events + EXCLUDED.events, tokens = r.tokens + EXCLUDED.tokens, \
-           input_tokens = r.input_tokens + EXCLUDED.input_tokens, \
-           output_tokens = r.output_tokens + EXCLUDED.output_tokens, \
-           cache_read_tokens = r.cache_read_tokens + EXCLUDED.cache_read_tokens, \
-           cache_write_tokens = r.cache_write_tokens + EXCLUDED.cache_write_tokens",
+    let inserted = "INSERT INTO token_usage (id, account_id, entry_seq, token_amount, \
+         balance_after, model, input_tokens, output_tokens, feature, created_by, \
+         cache_read_tokens, cache_write_tokens, price_id, created_at) \
+       SELECT *, $14::timestamptz FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], \
+         $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], \
+         $10::text[], $11::bigint[], $12::bigint[], $13::bigint[]) \
+       RETURNING account_id, created_at, model, feature, token_amount, input_tokens, \
+         output_tokens, cache_read_tokens, cache_write_tokens";
+    let rolled_up = "INSERT INTO usage_rollups AS r \
+       SELECT account_id, ledger_usage_bucket(created_at), COALESCE(model, ''), \
+              COALESCE(feature, ''), count(*), -sum(token_amount), sum(input_tokens), \
+              sum(output_tokens), COALESCE(sum(cache_read_tokens), 0), \
+              COALESCE(sum(cache_write_tokens), 0) \
+         FROM usage_rows GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 \
+       ON CONFLICT (account_id, bucket, model, feature) DO UPDATE SET \
+         events = r.events + EXCLUDED.events, tokens = r.tokens + EXCLUDED.tokens, \
+         input_tokens = r.input_tokens + EXCLUDED.input_tokens, \
+         output_tokens = r.output_tokens + EXCLUDED.output_tokens, \
+         cache_read_tokens = r.cache_read_tokens + EXCLUDED.cache_read_tokens, \
+         cache_write_tokens = r.cache_write_tokens + EXCLUDED.cache_write_tokens";
+    Part::new(
+        vec![
+            ("usage_rows", inserted.to_string()),
+            ("rollups", rolled_up.to_string()),
+        ],
+        14,
+        move |q| {
+            q.bind(c.ids)
+                .bind(c.account_ids)
+                .bind(c.seqs)
+                .bind(c.amounts)
+                .bind(c.balances)
+                .bind(models)
+                .bind(inputs)
+                .bind(outputs)
+                .bind(features)
+                .bind(c.actors)
+                .bind(cache_reads)
+                .bind(cache_writes)
+                .bind(prices)
+                .bind(now)
+        },
     )
-    .bind(c.ids)
-    .bind(c.account_ids)
-    .bind(c.seqs)
-    .bind(c.amounts)
-    .bind(c.balances)
-    .bind(models)
-    .bind(inputs)
-    .bind(outputs)
-    .bind(features)
-    .bind(c.actors)
-    .bind(cache_reads)
-    .bind(cache_writes)
-    .bind(prices)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
 }
 
 async fn insert_drips(

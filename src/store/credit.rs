@@ -1,12 +1,12 @@
 //! Lots and holds in SQL: what a batch loads of them, what it writes back, and the reads of
 //! them (ListLots, ListHolds, the owner of a hold, a balance past its settle instant).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row as _};
 
+use super::joined::Part;
 use super::Store;
 use crate::domain::{Balance, EntryId, HoldState, LotSource, UserId};
 use crate::error::LedgerError;
@@ -104,27 +104,18 @@ fn hold_from_row(row: &sqlx::postgres::PgRow) -> Result<Hold, sqlx::Error> {
     })
 }
 
-/// The live lots (remaining above zero) of `accounts`, by account.
-pub(super) async fn load_lots(
-    conn: &mut PgConnection,
-    accounts: &[i64],
-) -> Result<HashMap<i64, Vec<Lot>>, sqlx::Error> {
-    let mut lots: HashMap<i64, Vec<Lot>> = HashMap::new();
-    if accounts.is_empty() {
-        return Ok(lots);
+/// The lot columns of a read that joins `token_lots l` to its accounts (`a.account_id` is read
+/// beside them): every one is NULL on an account's row that has no live lot.
+pub(super) const JOINED_LOT_COLUMNS: &str = "l.lot_id, l.source, l.paid, \
+    l.stripe_subscription_id, l.granted, l.remaining, l.held, l.expires_at, l.priority, \
+    l.created_at, l.expiring_alerted";
+
+/// The lot of a row read with [`JOINED_LOT_COLUMNS`], if it has one.
+pub(super) fn joined_lot(row: &sqlx::postgres::PgRow) -> Result<Option<Lot>, sqlx::Error> {
+    if row.try_get::<Option<i64>, _>("lot_id")?.is_none() {
+        return Ok(None);
     }
-    let sql = format!(
-        "SELECT {LOT_COLUMNS} FROM token_lots WHERE account_id = ANY($1) AND remaining > 0"
-    );
-    for row in sqlx::query(&sql)
-        .bind(accounts)
-        .fetch_all(&mut *conn)
-        .await?
-    {
-        let (account, lot) = lot_from_row(&row)?;
-        lots.entry(account).or_default().push(lot);
-    }
-    Ok(lots)
+    lot_from_row(row).map(|(_, lot)| Some(lot))
 }
 
 /// The active holds of `accounts`, and the holds named by `ids` whatever their state.
@@ -178,21 +169,23 @@ pub(super) fn real_id(ids: &[i64], id: i64) -> Result<i64, sqlx::Error> {
 }
 
 /// Writes the expiry rows, lots and holds a batch staged.
-pub(super) async fn persist(
+pub(super) async fn persist<'a>(
     conn: &mut PgConnection,
     staged: &Staged,
     ids: &[i64],
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<Part<'a>>, sqlx::Error> {
     if !staged.expiries.is_empty() {
         insert_expiries(conn, staged, ids).await?;
     }
-    if !staged.lots.is_empty() {
-        upsert_lots(conn, staged, ids).await?;
-    }
+    let burns = if staged.lots.is_empty() {
+        None
+    } else {
+        upsert_lots(conn, staged, ids).await?
+    };
     if !staged.holds.is_empty() {
         upsert_holds(conn, staged, ids).await?;
     }
-    Ok(())
+    Ok(burns)
 }
 
 async fn insert_expiries(
@@ -249,11 +242,13 @@ async fn insert_expiries(
     Ok(())
 }
 
-async fn upsert_lots(
+/// Inserts the batch's new lots, and answers the update of the lots it changed as a part of the
+/// batch's last statement.
+async fn upsert_lots<'a>(
     conn: &mut PgConnection,
     staged: &Staged,
     ids: &[i64],
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<Part<'a>>, sqlx::Error> {
     let (created, changed): (Vec<&StagedLot>, Vec<&StagedLot>) = staged
         .lots
         .iter()
@@ -262,27 +257,35 @@ async fn upsert_lots(
         insert_lots(conn, &created, ids).await?;
     }
     if changed.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     // Existing lots: only what a batch can change (a burn touches `remaining` alone, which no
     // index covers, so the update stays on its page).
     // By (account, lot): the lots' key (migration 0014).
-    sqlx::query(
-        "UPDATE token_lots l SET remaining = v.remaining, held = v.held, expires_at = v.expires_at, \
-           expiring_alerted = v.alerted \
+    let update = "UPDATE token_lots l SET remaining = v.remaining, held = v.held, \
+           expires_at = v.expires_at, expiring_alerted = v.alerted \
          FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::timestamptz[], $5::boolean[], \
            $6::bigint[]) AS v(lot_id, remaining, held, expires_at, alerted, account_id) \
-         WHERE l.account_id = v.account_id AND l.lot_id = v.lot_id",
-    )
-    .bind(changed.iter().map(|(_, x)| x.lot_id).collect::<Vec<_>>())
-    .bind(changed.iter().map(|(_, x)| x.remaining).collect::<Vec<_>>())
-    .bind(changed.iter().map(|(_, x)| x.held).collect::<Vec<_>>())
-    .bind(changed.iter().map(|(_, x)| x.expires_at).collect::<Vec<_>>())
-    .bind(changed.iter().map(|(_, x)| x.expiring_alerted).collect::<Vec<_>>())
-    .bind(changed.iter().map(|(a, _)| *a).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+         WHERE l.account_id = v.account_id AND l.lot_id = v.lot_id";
+    let lot_ids: Vec<i64> = changed.iter().map(|(_, x)| x.lot_id).collect();
+    let remaining: Vec<i64> = changed.iter().map(|(_, x)| x.remaining).collect();
+    let held: Vec<i64> = changed.iter().map(|(_, x)| x.held).collect();
+    let expires_at: Vec<Option<DateTime<Utc>>> =
+        changed.iter().map(|(_, x)| x.expires_at).collect();
+    let alerted: Vec<bool> = changed.iter().map(|(_, x)| x.expiring_alerted).collect();
+    let accounts: Vec<i64> = changed.iter().map(|(a, _)| *a).collect();
+    Ok(Some(Part::new(
+        vec![("burnt_lots", update.to_string())],
+        6,
+        move |q| {
+            q.bind(lot_ids)
+                .bind(remaining)
+                .bind(held)
+                .bind(expires_at)
+                .bind(alerted)
+                .bind(accounts)
+        },
+    )))
 }
 
 /// A lot the batch changed, with its account id.

@@ -5,9 +5,9 @@
 //! transaction. Reads (balance, history, accounts, lookups, verify) are single statements
 //! (`read`). Database errors become ledger errors in one place (`error`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -23,6 +23,7 @@ mod batch;
 mod credit;
 mod error;
 pub mod hosts;
+mod joined;
 pub mod notify;
 mod prices;
 mod read;
@@ -64,6 +65,12 @@ pub struct Store {
 }
 
 /// How long a call waits for a connection before it has the health watcher probe the database.
+/// A pooled connection idle at least this long is pinged before a call gets it (sqlx's
+/// `test_before_acquire` pings every one, a round trip of its own on every call's path).
+pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// For this long after the store lost the database (or saw it answer again), every connection
+/// is pinged before use, whatever its idle time: connections of before the loss may be dead.
+pub const PING_AFTER_TROUBLE: Duration = Duration::from_secs(30);
 pub const SLOW_ACQUIRE: Duration = Duration::from_millis(200);
 
 /// How long a probe may take to answer `SELECT 1` (connecting included) before the database
@@ -126,22 +133,54 @@ impl Probe {
 
 /// What the store last saw of the database: up, or down since a call lost its connection.
 /// Shared by every clone of a store and by the health watcher, which a loss wakes at once.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Availability {
     down: AtomicBool,
+    /// Milliseconds after `since` of the last loss or recovery, plus one (0: never).
+    troubled_at: AtomicU64,
+    since: Instant,
     /// Wakes the health watcher to probe now (one waiter, a stored permit).
     probe_now: Notify,
     /// Wakes every call waiting for a connection, so they fail fast too.
     waiting: Notify,
 }
 
+impl Default for Availability {
+    fn default() -> Self {
+        Self {
+            down: AtomicBool::new(false),
+            troubled_at: AtomicU64::new(0),
+            since: Instant::now(),
+            probe_now: Notify::new(),
+            waiting: Notify::new(),
+        }
+    }
+}
+
 impl Availability {
+    /// Whether the database was lost or came back within [`PING_AFTER_TROUBLE`].
+    pub fn recently_troubled(&self) -> bool {
+        match self.troubled_at.load(Ordering::Relaxed) {
+            0 => false,
+            at => {
+                let at = Duration::from_millis(at - 1);
+                self.since.elapsed().saturating_sub(at) < PING_AFTER_TROUBLE
+            }
+        }
+    }
+
+    fn troubled(&self) {
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.troubled_at.store(now + 1, Ordering::Relaxed);
+    }
+
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
     }
 
     /// Records that a call lost the database; wakes the watcher on the first loss.
     pub fn mark_down(&self) {
+        self.troubled();
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!("lost the database: calls fail fast until it answers again");
             self.probe_now.notify_one();
@@ -153,6 +192,7 @@ impl Availability {
     pub fn mark_up(&self) {
         // Load first: every call passes here, and a plain load keeps the cache line shared.
         if self.is_down() && self.down.swap(false, Ordering::Relaxed) {
+            self.troubled();
             tracing::info!("the database answers again");
         }
     }
@@ -174,14 +214,31 @@ impl Store {
     /// report NOT_SERVING) while the database is still coming up.
     /// A URL listing several hosts (libpq's `h1:p1,h2:p2` form) is handled by [`hosts`].
     pub fn connect_lazy(config: &StoreConfig) -> Result<Self, LedgerError> {
+        let availability = Arc::<Availability>::default();
+        let troubled = Arc::clone(&availability);
+        // sqlx pings every connection it hands out (and again when it takes one back, which no
+        // option turns off, but off the call's path): here only one idle a while, or any while
+        // the database was recently lost, since then a connection may be dead. Under load a call
+        // gets a connection without a round trip of its own (`GetBalance` makes one, not two).
         let options = PgPoolOptions::new()
             .max_connections(config.pool_connections_max)
-            .acquire_timeout(config.pool_acquire_timeout);
+            .acquire_timeout(config.pool_acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(move |conn, meta| {
+                let ping = meta.idle_for >= PING_IDLE_AFTER || troubled.recently_troubled();
+                Box::pin(async move {
+                    if ping {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            });
         let (pool, failover) = hosts::pool_for(&config.database_url, options, "token-ledger")
             .map_err(|e| LedgerError::internal(anyhow::anyhow!("parsing DATABASE_URL: {e}")))?;
         Ok(Self {
             target: redact_url(&config.database_url).into(),
             failover,
+            availability,
             ..Self::from_pool(pool)
         })
     }

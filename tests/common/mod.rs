@@ -371,6 +371,22 @@ impl TestDb {
 }
 
 /// Renders options back to a URL the server's `--database-url` accepts.
+/// Ends the backends of `application_name` on `db` (as a failover or an operator would):
+/// answers how many.
+pub async fn terminate_backends(db: &TestDb, application_name: &str) -> i64 {
+    let pool = db.pool().await;
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+          WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(application_name)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    ended
+}
+
 pub fn url_of(o: &PgConnectOptions) -> String {
     token_ledger::store::url_of(o)
 }
