@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use token_ledger::pb;
 use token_ledger::pb::ledger_service_client::LedgerServiceClient;
 
-use crate::report::{RunReport, Stats};
+use crate::report::{MachineCpu, RunReport, Stats};
 use crate::{BenchArgs, Distribution, Scenario};
 
 /// Tokens a `hold` operation reserves, and the smaller amount it then commits (the AI call used
@@ -341,6 +341,7 @@ pub async fn drive(
     let updates_before = watchers.as_ref().map_or(0, |w| w.updates());
 
     let window = Window::starting_now(args);
+    let cpu = tokio::spawn(machine_cpu(window));
     let missed = Arc::new(AtomicU64::new(0));
     let workers = match args.rate {
         None => closed_loop(&shared, &clients, window),
@@ -354,6 +355,7 @@ pub async fn drive(
         stats.merge(s);
     }
     let seconds = window.measure.as_secs_f64();
+    let cpu = cpu.await?;
     let expected = shared.expected();
     if let Some(watchers) = watchers {
         // Counted from the start of the warm-up.
@@ -381,6 +383,10 @@ pub async fn drive(
             missed_sends: missed.load(Ordering::Relaxed),
             server_peak_rss_kib: None,
             storage_bytes_per_usage_row: None,
+            machine_cpu: cpu.map(|(busy, seconds)| MachineCpu {
+                busy_percent: 100.0 * busy / seconds,
+                us_per_event: busy * 1e6 / stats.events.max(1) as f64,
+            }),
             verified: "not verified (external server)".into(),
         },
         expected,
@@ -408,6 +414,34 @@ async fn analyze(db_url: &str) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The whole machine's busy CPU time over the measured window, and the CPU time there was to
+/// have (cores × seconds), from `/proc/stat` (Linux only): CPU per event is steadier than events
+/// per second on a shared machine, where a round's rate swings with what else runs. It counts
+/// every process (load generator, server and PostgreSQL alike).
+async fn machine_cpu(window: Window) -> Option<(f64, f64)> {
+    tokio::time::sleep_until(window.measure_from.into()).await;
+    let before = proc_stat_jiffies()?;
+    tokio::time::sleep_until(window.end.into()).await;
+    let after = proc_stat_jiffies()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    let busy = (after.0 - before.0) as f64 / 100.0;
+    let total = (after.1 - before.1) as f64 / 100.0;
+    Some((busy, total))
+}
+
+/// (busy, total) jiffies of all CPUs: busy is everything but idle and iowait.
+fn proc_stat_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
 }
 
 fn new_histogram() -> Histogram<u64> {

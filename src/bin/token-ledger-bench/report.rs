@@ -23,7 +23,18 @@ pub struct RunReport {
     pub missed_sends: u64,
     pub server_peak_rss_kib: Option<u64>,
     pub storage_bytes_per_usage_row: Option<f64>,
+    /// The machine's CPU over the measured window (`/proc/stat`).
+    pub machine_cpu: Option<MachineCpu>,
     pub verified: String,
+}
+
+/// The whole machine's CPU over a run's measured window.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineCpu {
+    /// Busy share of all cores.
+    pub busy_percent: f64,
+    /// Busy CPU time per event, every process counted.
+    pub us_per_event: f64,
 }
 
 impl RunReport {
@@ -36,6 +47,8 @@ impl RunReport {
             "errors": self.errors, "missed_sends": self.missed_sends,
             "server_peak_rss_kib": self.server_peak_rss_kib,
             "storage_bytes_per_usage_row": self.storage_bytes_per_usage_row,
+            "machine_cpu_busy_percent": self.machine_cpu.map(|c| c.busy_percent),
+            "machine_cpu_us_per_event": self.machine_cpu.map(|c| c.us_per_event),
             "verified": self.verified,
         })
     }
@@ -54,7 +67,7 @@ impl RunReport {
             self.latency_us[4] as f64 / 1000.0,
         );
         println!(
-            "{:<28} {} calls, {} {} in {:.1} s; errors {:?}; missed sends {}; server peak RSS {}; storage {}; {}",
+            "{:<28} {} calls, {} {} in {:.1} s; errors {:?}; missed sends {}; server peak RSS {}; storage {}; machine CPU {}; {}",
             "",
             self.calls,
             self.events,
@@ -66,6 +79,12 @@ impl RunReport {
                 .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
             self.storage_bytes_per_usage_row
                 .map_or("-".into(), |b| format!("{b:.0} B/usage row")),
+            self.machine_cpu.map_or("-".into(), |c| format!(
+                "{:.0}% busy, {:.1} µs/{}",
+                c.busy_percent,
+                c.us_per_event,
+                self.unit.trim_end_matches('s')
+            )),
             self.verified
         );
     }
