@@ -7,6 +7,8 @@
 -- Its predicate no longer names `remaining`: the sweeper's query still asks for `remaining > 0`
 -- and reads the lots of its window, (now, now + window], through this index, so a spent lot
 -- expiring inside the window costs it one row read, and no lot outside the window is ever read.
+-- The index now also keeps lots spent before their window (never alerted, so never left out):
+-- one entry per lot ever given an expiry, a storage cost only, as the sweeper reads a range.
 DROP INDEX token_lots_expiring_idx;
 CREATE INDEX token_lots_expiring_idx ON token_lots (expires_at)
     WHERE NOT expiring_alerted AND expires_at IS NOT NULL;

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sqlx::pool::PoolConnectionMetadata;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions as _, PgConnection, PgPool};
 
@@ -211,17 +212,15 @@ impl Failover {
     /// A pool that follows this failover: connects to the current host (with `application_name`),
     /// switches when the others do, and never hands out a connection opened before a switch or
     /// (read-write) to a node in recovery.
+    /// With `ping`, also pings each connection it asks for before use ([`checked`]).
     pub fn pool(
         self: &std::sync::Arc<Self>,
         options: PgPoolOptions,
         application_name: &str,
+        ping: Option<PingWhen>,
     ) -> PgPool {
-        let stale = self.clone();
         let attrs = self.attrs();
-        let mut options = options.before_acquire(move |_, meta| {
-            let fresh = !stale.opened_before_switch(meta.age);
-            Box::pin(async move { Ok(fresh) })
-        });
+        let mut options = checked(options, Some(self.clone()), ping);
         if attrs != SessionAttrs::Any {
             // A node that no longer qualifies (a demoted primary, a promoted one not yet open for
             // writes) is refused; the pool retries until its acquire timeout (UNAVAILABLE,
@@ -329,22 +328,53 @@ impl Failover {
 }
 
 /// Builds the pool for a URL: sqlx's own for one host, a [`Failover`]'s for several.
+/// When a pool pings a connection before handing it out (the ledger's policy: see
+/// `Store::connect_lazy`); a pool given none leaves it to sqlx's `test_before_acquire`.
+pub type PingWhen = std::sync::Arc<dyn Fn(&PoolConnectionMetadata) -> bool + Send + Sync>;
+
+/// `options` with the one `before_acquire` hook sqlx keeps (a second would replace the first):
+/// with a `failover`, refuses a connection opened before its last host switch; with `ping`,
+/// pings a connection it asks for (a dead one is then closed and another taken).
+fn checked(
+    options: PgPoolOptions,
+    failover: Option<std::sync::Arc<Failover>>,
+    ping: Option<PingWhen>,
+) -> PgPoolOptions {
+    if failover.is_none() && ping.is_none() {
+        return options;
+    }
+    options.before_acquire(move |conn, meta| {
+        let fresh = failover
+            .as_ref()
+            .is_none_or(|f| !f.opened_before_switch(meta.age));
+        let ping = fresh && ping.as_ref().is_some_and(|p| p(&meta));
+        Box::pin(async move {
+            if ping {
+                sqlx::Connection::ping(conn).await?;
+            }
+            Ok(fresh)
+        })
+    })
+}
+
 pub fn pool_for(
     url: &str,
     options: PgPoolOptions,
     application_name: &str,
+    ping: Option<PingWhen>,
 ) -> Result<(PgPool, Option<std::sync::Arc<Failover>>), String> {
     match HostList::parse(url)? {
         None => {
             let parsed: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| e.to_string())?;
             Ok((
-                options.connect_lazy_with(parsed.application_name(application_name)),
+                checked(options, None, ping)
+                    .connect_lazy_with(parsed.application_name(application_name)),
                 None,
             ))
         }
         Some(hosts) => {
             let failover = std::sync::Arc::new(Failover::new(hosts));
-            let pool = failover.pool(options, application_name);
+            let pool = failover.pool(options, application_name, ping);
             Ok((pool, Some(failover)))
         }
     }

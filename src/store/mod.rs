@@ -64,13 +64,13 @@ pub struct Store {
     failover: Option<Arc<hosts::Failover>>,
 }
 
-/// How long a call waits for a connection before it has the health watcher probe the database.
 /// A pooled connection idle at least this long is pinged before a call gets it (sqlx's
 /// `test_before_acquire` pings every one, a round trip of its own on every call's path).
 pub const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 /// For this long after the store lost the database (or saw it answer again), every connection
 /// is pinged before use, whatever its idle time: connections of before the loss may be dead.
 pub const PING_AFTER_TROUBLE: Duration = Duration::from_secs(30);
+/// How long a call waits for a connection before it has the health watcher probe the database.
 pub const SLOW_ACQUIRE: Duration = Duration::from_millis(200);
 
 /// How long a probe may take to answer `SELECT 1` (connecting included) before the database
@@ -220,21 +220,15 @@ impl Store {
         // option turns off, but off the call's path): here only one idle a while, or any while
         // the database was recently lost, since then a connection may be dead. Under load a call
         // gets a connection without a round trip of its own (`GetBalance` makes one, not two).
+        let ping: hosts::PingWhen =
+            Arc::new(move |meta| meta.idle_for >= PING_IDLE_AFTER || troubled.recently_troubled());
         let options = PgPoolOptions::new()
             .max_connections(config.pool_connections_max)
             .acquire_timeout(config.pool_acquire_timeout)
-            .test_before_acquire(false)
-            .before_acquire(move |conn, meta| {
-                let ping = meta.idle_for >= PING_IDLE_AFTER || troubled.recently_troubled();
-                Box::pin(async move {
-                    if ping {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            });
-        let (pool, failover) = hosts::pool_for(&config.database_url, options, "token-ledger")
-            .map_err(|e| LedgerError::internal(anyhow::anyhow!("parsing DATABASE_URL: {e}")))?;
+            .test_before_acquire(false);
+        let (pool, failover) =
+            hosts::pool_for(&config.database_url, options, "token-ledger", Some(ping))
+                .map_err(|e| LedgerError::internal(anyhow::anyhow!("parsing DATABASE_URL: {e}")))?;
         Ok(Self {
             target: redact_url(&config.database_url).into(),
             failover,
@@ -248,7 +242,7 @@ impl Store {
     /// several hosts it switches host along with the ledger's pool.
     pub fn side_pool(&self, options: PgPoolOptions, application_name: &str) -> PgPool {
         match &self.failover {
-            Some(failover) => failover.pool(options, application_name),
+            Some(failover) => failover.pool(options, application_name, None),
             None => options.connect_lazy_with(
                 (*self.pool.connect_options())
                     .clone()
@@ -538,6 +532,23 @@ pub fn redact_url(url: &str) -> String {
         format!("{authority}{tail}")
     } else {
         format!("{scheme}://{authority}{tail}")
+    }
+}
+
+#[cfg(test)]
+mod availability_tests {
+    use super::Availability;
+
+    #[test]
+    fn a_loss_and_a_recovery_each_start_the_window_where_every_connection_is_pinged() {
+        let a = Availability::default();
+        assert!(!a.recently_troubled(), "never lost");
+        a.mark_up();
+        assert!(!a.recently_troubled(), "answering all along is no recovery");
+        a.mark_down();
+        assert!(a.is_down() && a.recently_troubled());
+        a.mark_up();
+        assert!(!a.is_down() && a.recently_troubled());
     }
 }
 

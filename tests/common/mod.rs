@@ -370,7 +370,6 @@ impl TestDb {
     }
 }
 
-/// Renders options back to a URL the server's `--database-url` accepts.
 /// Ends the backends of `application_name` on `db` (as a failover or an operator would):
 /// answers how many.
 pub async fn terminate_backends(db: &TestDb, application_name: &str) -> i64 {
@@ -387,6 +386,7 @@ pub async fn terminate_backends(db: &TestDb, application_name: &str) -> i64 {
     ended
 }
 
+/// Renders options back to a URL the server's `--database-url` accepts.
 pub fn url_of(o: &PgConnectOptions) -> String {
     token_ledger::store::url_of(o)
 }
