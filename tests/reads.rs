@@ -108,13 +108,18 @@ async fn pooled_connections_the_database_ended_are_replaced_before_calls_use_the
             }))
             .await
     };
-    // Several connections in the pool: concurrent writes and reads.
-    let warm: Vec<_> = (0..16)
-        .map(|i| tokio::spawn(call(client.clone(), i)))
-        .collect();
-    for task in warm {
-        task.await.unwrap().expect("warm-up call");
-    }
+    // Several connections in the pool, each used just now: concurrent writes and reads.
+    let warm = |calls: std::ops::Range<usize>| {
+        let tasks: Vec<_> = calls
+            .map(|i| tokio::spawn(call(client.clone(), i)))
+            .collect();
+        async move {
+            for task in tasks {
+                task.await.unwrap().expect("warm-up call");
+            }
+        }
+    };
+    warm(0..16).await;
     assert!(terminate_backends(&app.db, "token-ledger").await >= 2);
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     for i in 16..48 {
@@ -124,12 +129,7 @@ async fn pooled_connections_the_database_ended_are_replaced_before_calls_use_the
     }
     // Ended while hot (several used within the second): the call that finds one dead may fail,
     // UNAVAILABLE; every connection is pinged from then on, so no other call fails.
-    let warm: Vec<_> = (100..116)
-        .map(|i| tokio::spawn(call(client.clone(), i)))
-        .collect();
-    for task in warm {
-        task.await.unwrap().expect("warm-up call");
-    }
+    warm(100..116).await;
     assert!(terminate_backends(&app.db, "token-ledger").await >= 2);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let (mut failed, mut answered) = (Vec::new(), 0);
