@@ -38,8 +38,11 @@ pub struct ReadConfig {
 
 /// Default most reads per query.
 pub const READ_BATCH_MAX_DEFAULT: usize = 256;
-/// Default queries in flight.
-pub const READ_CONCURRENCY_DEFAULT: usize = 4;
+/// Default queries in flight. One: while it runs, the reads arriving behind it queue and share
+/// the next query, so batches grow with load. Measured on two cores (BENCHMARKS.md, issue 12's
+/// last sitting): 1 answered about 40% more GetBalance calls at 64 callers than 4, for less CPU
+/// per call, with the same latency for a lone caller; 8 answered about 30% fewer.
+pub const READ_CONCURRENCY_DEFAULT: usize = 1;
 /// Default read queue bound.
 pub const READ_QUEUE_MAX_DEFAULT: usize = 16_384;
 
