@@ -512,6 +512,51 @@ async fn debits_burn_lots_in_burn_order_and_expired_lots_never_count() {
     app.assert_verified().await;
 }
 
+/// Coalesced reads: a batch that holds an account past its settle instant answers it settled
+/// (the expired lot not counted) and answers the batch's other accounts from their rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_sharing_a_query_show_an_expired_lot_as_gone_and_other_accounts_as_they_are() {
+    let app = TestApp::spawn().await;
+    let mut c = app.client().await;
+    let now = Utc::now();
+    grant_with(&mut c, "due", 200, "keep", None, 0).await;
+    grant_with(
+        &mut c,
+        "due",
+        500,
+        "soon",
+        Some(now + Duration::hours(1)),
+        0,
+    )
+    .await;
+    grant_with(&mut c, "plain", 300, "plain", None, 0).await;
+    app.advance(Duration::minutes(61));
+    // Many reads at once over several connections: while one query runs, the rest queue and
+    // share the next ones, so batches hold both accounts.
+    let mut channels = Vec::new();
+    for _ in 0..8 {
+        channels.push(app.channel().await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..256 {
+        let mut c = Client::new(channels[i % 8].clone());
+        calls.spawn(async move {
+            let user = if i % 2 == 0 { "due" } else { "plain" };
+            (user, figures(&mut c, user).await)
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        let (user, got) = done.unwrap();
+        let want = if user == "due" {
+            (200, 0, 200)
+        } else {
+            (300, 0, 300)
+        };
+        assert_eq!(got, want, "{user}");
+    }
+    app.assert_verified().await;
+}
+
 #[tokio::test]
 async fn a_lot_expiring_under_a_hold_keeps_the_held_part_until_the_hold_ends() {
     let app = TestApp::spawn().await;

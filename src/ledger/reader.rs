@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::domain::{Balance, UserId};
 use crate::error::LedgerError;
@@ -39,9 +39,10 @@ pub struct ReadConfig {
 /// Default most reads per query.
 pub const READ_BATCH_MAX_DEFAULT: usize = 256;
 /// Default queries in flight. One: while it runs, the reads arriving behind it queue and share
-/// the next query, so batches grow with load. Measured on two cores (BENCHMARKS.md, issue 12's
-/// last sitting): 1 answered about 40% more GetBalance calls at 64 callers than 4, for less CPU
-/// per call, with the same latency for a lone caller; 8 answered about 30% fewer.
+/// the next query, so batches grow with load. Measured on two cores (BENCHMARKS.md, "Issue 12's
+/// figures with one read query in flight"): 1 answered about 35% more GetBalance calls at 64
+/// callers than 4, for 29% less CPU per call, with a lone caller's p50 within the rounds'
+/// spread (its code path is the same); 8 answered about a quarter fewer than 4.
 pub const READ_CONCURRENCY_DEFAULT: usize = 1;
 /// Default read queue bound.
 pub const READ_QUEUE_MAX_DEFAULT: usize = 16_384;
@@ -123,16 +124,15 @@ async fn dispatch(
         }
         crate::metrics::read_batch(reads.len());
         let store = store.clone();
-        tokio::spawn(async move {
-            answer(&store, reads).await;
-            drop(slot);
-        });
+        tokio::spawn(async move { answer(&store, reads, slot).await });
     }
 }
 
-/// One query for every read of the batch; an account past its settle instant is settled on a
-/// copy, alone (rare: only until the next write or sweep of that account).
-async fn answer(store: &Store, reads: Vec<(UserId, Reply)>) {
+/// One query for every read of the batch, and every read that needs nothing more is answered as
+/// soon as it is done. An account past its settle instant is settled afterwards, alone (rare:
+/// only until the next write or sweep of that account), so it does not hold up the other reads
+/// of its batch; the slot is kept until then, so settling stays within `concurrency` queries.
+async fn answer(store: &Store, reads: Vec<(UserId, Reply)>, slot: OwnedSemaphorePermit) {
     let mut users: Vec<&str> = reads.iter().map(|(u, _)| u.as_str()).collect();
     users.sort_unstable();
     users.dedup();
@@ -146,12 +146,20 @@ async fn answer(store: &Store, reads: Vec<(UserId, Reply)>) {
             return;
         }
     };
+    let mut due = Vec::new();
     for (user, reply) in reads {
-        let result = match found.get(user.as_str()) {
-            None => Ok(Balance::empty()),
-            Some((balance, false)) => Ok(balance.clone()),
-            Some((_, true)) => store.balance(&user).await,
-        };
-        let _ = reply.send(result);
+        match found.get(user.as_str()) {
+            None => {
+                let _ = reply.send(Ok(Balance::empty()));
+            }
+            Some((balance, false)) => {
+                let _ = reply.send(Ok(balance.clone()));
+            }
+            Some((_, true)) => due.push((user, reply)),
+        }
     }
+    for (user, reply) in due {
+        let _ = reply.send(store.balance(&user).await);
+    }
+    drop(slot);
 }
