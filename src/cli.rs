@@ -469,6 +469,8 @@ impl WriteArgs {
                 batch_max: self.read_batch_max.max(1),
                 concurrency: self.read_concurrency.max(1),
                 queue_max: crate::ledger::READ_QUEUE_MAX_DEFAULT,
+                // `serve` puts the request timeout here.
+                batch_timeout: crate::ledger::READ_BATCH_TIMEOUT_DEFAULT,
             },
         }
     }

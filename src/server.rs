@@ -237,7 +237,10 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let core = Ledger::with_config(store.clone(), config.write);
+        // A read batch that outlives the request timeout has no caller left to answer.
+        let mut write = config.write;
+        write.read.batch_timeout = config.request_timeout;
+        let core = Ledger::with_config(store.clone(), write);
         let sampler = tokio::spawn(sample_gauges(core.clone(), store.clone()));
         let sweeper = tokio::spawn(crate::ledger::sweeper::run(
             core.clone(),

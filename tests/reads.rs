@@ -167,3 +167,93 @@ async fn pooled_connections_the_database_ended_are_replaced_before_calls_use_the
     assert_eq!(total, 10 * (i + 16) as i64, "each grant applied once");
     app.assert_verified().await;
 }
+
+/// One read batch on a connection that went silent (no reset: a partition, a frozen host) must
+/// not stop every read. With one read query in flight, a batch that never ends would hold the
+/// only slot for good; instead it gives up at the request timeout, answers its reads
+/// UNAVAILABLE, frees the slot, and the reads after it go out on other connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_batch_stuck_on_a_silent_connection_does_not_stop_the_reads_after_it() {
+    use common::proxy::{Proxy, Upstream};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    let db = TestDb::new().await;
+    let proxy = Proxy::start(Upstream::of(&db.options)).await;
+    let through_proxy = format!(
+        "postgres://{}@127.0.0.1:{}/{}",
+        db.options.get_username(),
+        proxy.addr.port(),
+        db.name
+    );
+    let app = TestApp::spawn_on(
+        db,
+        TestOptions {
+            database_url: Some(through_proxy),
+            request_timeout: Some(Duration::from_secs(1)),
+            // No health probe marks the database down (which would have every connection
+            // pinged before use): the silent connection is only found by the calls using it.
+            health_check_interval: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut client = app.client().await;
+    client.grant(admin(grant_req("u", 100, "k"))).await.unwrap();
+
+    // 32 callers read in a loop, so a batch is nearly always in flight, and record every answer.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::<(Instant, Result<i64, tonic::Code>)>::new()));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (stop, answers, mut client) = (stop.clone(), answers.clone(), client.clone());
+        callers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let answer = client
+                    .get_balance(admin(pb::GetBalanceRequest {
+                        user_id: "u".into(),
+                        ..Default::default()
+                    }))
+                    .await
+                    .map(|r| r.into_inner().balance)
+                    .map_err(|status| status.code());
+                answers.lock().unwrap().push((Instant::now(), answer));
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let silenced = Instant::now();
+    proxy.silence_open_connections();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    while callers.join_next().await.is_some() {}
+
+    let answers = answers.lock().unwrap();
+    let after: Vec<_> = answers.iter().filter(|(at, _)| *at > silenced).collect();
+    for (_, answer) in &after {
+        match answer {
+            Ok(balance) => assert_eq!(*balance, 100),
+            Err(code) => assert!(
+                [tonic::Code::Unavailable, tonic::Code::DeadlineExceeded].contains(code),
+                "{code:?}"
+            ),
+        }
+    }
+    // The silence caught reads in flight: they failed.
+    let failed = after.iter().filter(|(_, a)| a.is_err()).count();
+    assert!(failed > 0, "no read failed after the silence");
+    // And reads came back: the last two seconds answered, well within the ten.
+    let late = silenced + Duration::from_secs(8);
+    let late_ok = after
+        .iter()
+        .filter(|(at, a)| *at > late && a.is_ok())
+        .count();
+    eprintln!(
+        "after the silence: {} answers, {failed} failed, {late_ok} answered in the last 2 s",
+        after.len()
+    );
+    assert!(
+        late_ok >= 32,
+        "reads did not come back after a silent connection: {late_ok} answered in the last 2 s"
+    );
+}

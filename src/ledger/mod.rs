@@ -30,7 +30,8 @@ use paging::{
 };
 use reader::Readers;
 pub use reader::{
-    ReadConfig, READ_BATCH_MAX_DEFAULT, READ_CONCURRENCY_DEFAULT, READ_QUEUE_MAX_DEFAULT,
+    ReadConfig, READ_BATCH_MAX_DEFAULT, READ_BATCH_TIMEOUT_DEFAULT, READ_CONCURRENCY_DEFAULT,
+    READ_QUEUE_MAX_DEFAULT,
 };
 use writer::{WriterConfig, Writers};
 

@@ -3,10 +3,11 @@
 //!
 //! A read that finds a free query slot and nobody waiting runs its query at once, on its own
 //! task: a lone read on an idle server pays no hop through a queue. Otherwise it queues: one
-//! dispatcher takes the first waiting read, waits for a free slot (at most `concurrency` queries
+//! dispatcher takes the first waiting read, waits for a free slot (at most `concurrency` batches
 //! run at once), then takes whatever else is waiting (up to `batch_max`) and answers all of them
-//! with one query. Under load, reads pile up while the slots are busy, so batches grow with
-//! load, like group commit's.
+//! with one query (plus one per account past its settle instant, rare). Under load, reads pile
+//! up while the slots are busy, so batches grow with load, like group commit's. A batch's
+//! queries that outlive `batch_timeout` answer UNAVAILABLE and free their slot.
 //!
 //! **Read-after-write, across processes.** A read is queued when its call arrives, and the query
 //! that answers it starts after it was taken from the queue: its snapshot (READ COMMITTED takes
@@ -16,8 +17,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::domain::{Balance, UserId};
 use crate::error::LedgerError;
@@ -34,6 +36,10 @@ pub struct ReadConfig {
     pub concurrency: usize,
     /// Reads waiting; beyond it RESOURCE_EXHAUSTED.
     pub queue_max: usize,
+    /// Longest a batch's queries may run: past it, its reads still waiting are answered
+    /// UNAVAILABLE and its slot is freed, so one query stuck on a dead connection or behind a
+    /// lock cannot stop every read. `serve` sets it to the request timeout.
+    pub batch_timeout: Duration,
 }
 
 /// Default most reads per query.
@@ -46,6 +52,8 @@ pub const READ_BATCH_MAX_DEFAULT: usize = 256;
 pub const READ_CONCURRENCY_DEFAULT: usize = 1;
 /// Default read queue bound.
 pub const READ_QUEUE_MAX_DEFAULT: usize = 16_384;
+/// Default longest batch (the default request timeout).
+pub const READ_BATCH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 
 impl Default for ReadConfig {
     fn default() -> Self {
@@ -53,6 +61,7 @@ impl Default for ReadConfig {
             batch_max: READ_BATCH_MAX_DEFAULT,
             concurrency: READ_CONCURRENCY_DEFAULT,
             queue_max: READ_QUEUE_MAX_DEFAULT,
+            batch_timeout: READ_BATCH_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -122,32 +131,56 @@ async fn dispatch(
                 Err(_) => break,
             }
         }
+        // A caller that already gave up (its deadline, or it went away) needs no query.
+        reads.retain(|(_, reply)| !reply.is_closed());
+        if reads.is_empty() {
+            continue;
+        }
         crate::metrics::read_batch(reads.len());
         let store = store.clone();
-        tokio::spawn(async move { answer(&store, reads, slot).await });
+        let timeout = config.batch_timeout;
+        tokio::spawn(async move {
+            let mut reads = reads;
+            if tokio::time::timeout(timeout, answer(&store, &mut reads))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    waiting = reads.len(),
+                    timeout_ms = timeout.as_millis() as u64,
+                    "a GetBalance batch's queries did not finish in time: its reads are answered \
+                     UNAVAILABLE and its slot freed"
+                );
+                for (_, reply) in reads {
+                    let _ = reply.send(Err(LedgerError::Unavailable(
+                        "the database did not answer the balance read in time: retry".into(),
+                    )));
+                }
+            }
+            drop(slot);
+        });
     }
 }
 
-/// One query for every read of the batch, and every read that needs nothing more is answered as
-/// soon as it is done. An account past its settle instant is settled afterwards, alone (rare:
-/// only until the next write or sweep of that account), so it does not hold up the other reads
-/// of its batch; the slot is kept until then, so settling stays within `concurrency` queries.
-async fn answer(store: &Store, reads: Vec<(UserId, Reply)>, slot: OwnedSemaphorePermit) {
+/// One query for every read of the batch; every read that needs nothing more is answered as soon
+/// as it is done. Each account past its settle instant (rare: only until the next write or sweep
+/// of that account) is then settled once, with one more query, for all its reads. `reads` keeps
+/// only the reads not answered yet, so a batch that times out answers exactly those.
+async fn answer(store: &Store, reads: &mut Vec<(UserId, Reply)>) {
     let mut users: Vec<&str> = reads.iter().map(|(u, _)| u.as_str()).collect();
     users.sort_unstable();
     users.dedup();
-    let found = store.balances(&users).await;
-    let found: HashMap<String, (Balance, bool)> = match found {
+    let found: HashMap<String, (Balance, bool)> = match store.balances(&users).await {
         Ok(found) => found,
         Err(err) => {
-            for (_, reply) in reads {
+            for (_, reply) in reads.drain(..) {
                 let _ = reply.send(Err(err.for_batch_caller()));
             }
             return;
         }
     };
     let mut due = Vec::new();
-    for (user, reply) in reads {
+    for (user, reply) in reads.drain(..) {
         match found.get(user.as_str()) {
             None => {
                 let _ = reply.send(Ok(Balance::empty()));
@@ -158,8 +191,34 @@ async fn answer(store: &Store, reads: Vec<(UserId, Reply)>, slot: OwnedSemaphore
             Some((_, true)) => due.push((user, reply)),
         }
     }
-    for (user, reply) in due {
-        let _ = reply.send(store.balance(&user).await);
+    due.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    *reads = due;
+    while let Some((user, _)) = reads.first() {
+        let user = user.clone();
+        let same = reads.iter().take_while(|(u, _)| u == &user).count();
+        let waiting = reads[..same].iter().any(|(_, reply)| !reply.is_closed());
+        let settled = if waiting {
+            crate::metrics::read_batch(same);
+            Some(store.balance(&user).await)
+        } else {
+            None
+        };
+        for (_, reply) in reads.drain(..same) {
+            match &settled {
+                Some(Ok(balance)) => {
+                    let _ = reply.send(Ok(balance.clone()));
+                }
+                Some(Err(err)) => {
+                    let _ = reply.send(Err(err.for_batch_caller()));
+                }
+                None => {}
+            }
+        }
+        // The database failed the settle: the other due accounts would fail the same way.
+        if let Some(Err(err)) = &settled {
+            for (_, reply) in reads.drain(..) {
+                let _ = reply.send(Err(err.for_batch_caller()));
+            }
+        }
     }
-    drop(slot);
 }
