@@ -9,7 +9,8 @@
 //! - `ledger_pool_connections{state=idle|in_use}` (pool waits show as in_use at the maximum)
 //! - `ledger_journal_rows_total{kind}`
 //! - `ledger_writes_expired_total` (writes dropped because their deadline passed while queued)
-//! - `ledger_read_batch_reads` (GetBalance calls answered per query)
+//! - `ledger_read_batch_reads` (GetBalance calls answered per query), `ledger_read_timeouts_total`
+//!   (GetBalance queries given up at their callers' deadlines)
 //! - `ledger_watchers` (WatchBalance streams open), `ledger_watch_notifications_total`
 //!   (balance-change notifications heard)
 //! - `ledger_active_holds` (holds active now), `ledger_holds_expired_total` (holds that lapsed
@@ -136,6 +137,10 @@ fn describe() {
         Unit::Count,
         "GetBalance calls answered by one query"
     );
+    describe_counter!(
+        "ledger_read_timeouts_total",
+        "GetBalance queries given up at their callers' deadlines (their slot freed, the database checked)"
+    );
     describe_gauge!("ledger_active_holds", "Holds active now");
     describe_gauge!(
         "ledger_watchers",
@@ -179,6 +184,7 @@ fn register_zeroes() {
     for name in [
         "ledger_batches_failed_total",
         "ledger_writes_expired_total",
+        "ledger_read_timeouts_total",
         "ledger_holds_expired_total",
         "ledger_tokens_expired_total",
         "ledger_webhook_signature_failures_total",
@@ -282,6 +288,11 @@ pub fn alert_delivery(delivered: bool) {
 
 pub fn read_batch(reads: usize) {
     histogram!("ledger_read_batch_reads").record(reads as f64);
+}
+
+/// A GetBalance query given up at its callers' deadlines (a silent connection, a lock).
+pub fn read_batch_timed_out() {
+    counter!("ledger_read_timeouts_total").increment(1);
 }
 
 /// One verified Stripe event, with the outcome recorded for it.

@@ -170,8 +170,8 @@ async fn pooled_connections_the_database_ended_are_replaced_before_calls_use_the
 
 /// One read batch on a connection that went silent (no reset: a partition, a frozen host) must
 /// not stop every read. With one read query in flight, a batch that never ends would hold the
-/// only slot for good; instead it gives up at the request timeout, answers its reads
-/// UNAVAILABLE, frees the slot, and the reads after it go out on other connections.
+/// only slot for good; instead it is given up at its callers' deadline (here the 1 s request
+/// timeout), frees the slot and closes its connection, and the reads after it come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_batch_stuck_on_a_silent_connection_does_not_stop_the_reads_after_it() {
     use common::proxy::{Proxy, Upstream};
@@ -191,8 +191,8 @@ async fn a_read_batch_stuck_on_a_silent_connection_does_not_stop_the_reads_after
         TestOptions {
             database_url: Some(through_proxy),
             request_timeout: Some(Duration::from_secs(1)),
-            // No health probe marks the database down (which would have every connection
-            // pinged before use): the silent connection is only found by the calls using it.
+            // The health probe runs only when a call suspects the database (every 100 ms in
+            // the other tests), so the silent connections are found by the reads using them.
             health_check_interval: Duration::from_secs(3600),
             ..Default::default()
         },

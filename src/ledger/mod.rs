@@ -266,8 +266,18 @@ impl Ledger {
     }
 
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
+        self.balance_within(user_id, None).await
+    }
+
+    /// `balance` for a caller who stops waiting at `deadline`: a shared read query is given up
+    /// once every caller it answers has stopped waiting (see `reader`).
+    pub async fn balance_within(
+        &self,
+        user_id: &UserId,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Balance, LedgerError> {
         let Some(cache) = &self.cache else {
-            return self.readers.balance(user_id).await;
+            return self.readers.balance(user_id, deadline).await;
         };
         if let Some(balance) = cache.get(user_id.as_str()) {
             // Kept only until something of the account expires or lapses by itself.

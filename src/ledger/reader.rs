@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 
 use crate::domain::{Balance, UserId};
 use crate::error::LedgerError;
@@ -66,12 +67,16 @@ impl Default for ReadConfig {
     }
 }
 
+/// A queued read: whose balance, where to answer, and when its caller stops waiting.
+type Read = (UserId, Reply, Option<Instant>);
+
 /// The read queue. Dropping the last clone stops the dispatcher.
 #[derive(Debug, Clone)]
 pub(super) struct Readers {
-    queue: mpsc::Sender<(UserId, Reply)>,
+    queue: mpsc::Sender<Read>,
     slots: Arc<Semaphore>,
     store: Store,
+    batch_timeout: Duration,
 }
 
 impl Readers {
@@ -83,20 +88,30 @@ impl Readers {
             queue,
             slots,
             store: store.clone(),
+            batch_timeout: config.batch_timeout,
         }
     }
 
-    pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
+    /// `deadline`: when the caller stops waiting (none: `batch_timeout` bounds the read).
+    pub async fn balance(
+        &self,
+        user_id: &UserId,
+        deadline: Option<Instant>,
+    ) -> Result<Balance, LedgerError> {
         // Nobody waiting and a slot free: this read goes out now, by itself.
         if self.queue.capacity() == self.queue.max_capacity() {
             if let Ok(_slot) = self.slots.try_acquire() {
                 crate::metrics::read_batch(1);
-                return self.store.balance(user_id).await;
+                let until = give_up_at(self.batch_timeout, deadline);
+                return match tokio::time::timeout_at(until, self.store.balance(user_id)).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(timed_out(&self.store, 1)),
+                };
             }
         }
         let (reply, answer) = oneshot::channel();
         self.queue
-            .try_send((user_id.clone(), reply))
+            .try_send((user_id.clone(), reply, deadline))
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => LedgerError::ResourceExhausted(
                     "the read queue is full: retry after a short wait",
@@ -113,9 +128,29 @@ impl Readers {
     }
 }
 
+/// When a read's queries are given up: at its caller's deadline, and never later than
+/// `batch_timeout` from now (a caller with no deadline, or a far one).
+fn give_up_at(batch_timeout: Duration, deadline: Option<Instant>) -> Instant {
+    let latest = Instant::now() + batch_timeout;
+    deadline.map_or(latest, |d| d.min(latest))
+}
+
+/// A read's queries did not finish in time: most likely a connection that went silent, so the
+/// store is told to check the database, and the read is answered UNAVAILABLE.
+fn timed_out(store: &Store, reads: usize) -> LedgerError {
+    crate::metrics::read_batch_timed_out();
+    store.availability().suspect();
+    tracing::warn!(
+        reads,
+        "a GetBalance query did not finish before its callers' deadlines: its slot is freed and \
+         the database checked"
+    );
+    LedgerError::Unavailable("the database did not answer the balance read in time: retry".into())
+}
+
 async fn dispatch(
     store: Store,
-    mut rx: mpsc::Receiver<(UserId, Reply)>,
+    mut rx: mpsc::Receiver<Read>,
     config: ReadConfig,
     slots: Arc<Semaphore>,
 ) {
@@ -132,29 +167,28 @@ async fn dispatch(
             }
         }
         // A caller that already gave up (its deadline, or it went away) needs no query.
-        reads.retain(|(_, reply)| !reply.is_closed());
+        reads.retain(|(_, reply, _)| !reply.is_closed());
         if reads.is_empty() {
             continue;
         }
         crate::metrics::read_batch(reads.len());
+        // The batch is given up once its last caller's deadline has passed: nobody is left to
+        // answer, and the slot is what every other read waits for.
+        let deadlines: Option<Vec<Instant>> = reads.iter().map(|(_, _, d)| *d).collect();
+        let last = deadlines.and_then(|d| d.into_iter().max());
+        let until = give_up_at(config.batch_timeout, last);
         let store = store.clone();
-        let timeout = config.batch_timeout;
         tokio::spawn(async move {
-            let mut reads = reads;
-            if tokio::time::timeout(timeout, answer(&store, &mut reads))
+            let mut reads: Vec<(UserId, Reply)> =
+                reads.into_iter().map(|(u, r, _)| (u, r)).collect();
+            if tokio::time::timeout_at(until, answer(&store, &mut reads))
                 .await
                 .is_err()
             {
-                tracing::warn!(
-                    waiting = reads.len(),
-                    timeout_ms = timeout.as_millis() as u64,
-                    "a GetBalance batch's queries did not finish in time: its reads are answered \
-                     UNAVAILABLE and its slot freed"
-                );
+                let waiting = reads.iter().filter(|(_, r)| !r.is_closed()).count();
+                let err = timed_out(&store, waiting);
                 for (_, reply) in reads {
-                    let _ = reply.send(Err(LedgerError::Unavailable(
-                        "the database did not answer the balance read in time: retry".into(),
-                    )));
+                    let _ = reply.send(Err(err.for_batch_caller()));
                 }
             }
             drop(slot);
@@ -198,26 +232,26 @@ async fn answer(store: &Store, reads: &mut Vec<(UserId, Reply)>) {
         let same = reads.iter().take_while(|(u, _)| u == &user).count();
         let waiting = reads[..same].iter().any(|(_, reply)| !reply.is_closed());
         let settled = if waiting {
-            crate::metrics::read_batch(same);
             Some(store.balance(&user).await)
         } else {
             None
         };
+        let mut unavailable = None;
         for (_, reply) in reads.drain(..same) {
-            match &settled {
-                Some(Ok(balance)) => {
-                    let _ = reply.send(Ok(balance.clone()));
+            let _ = match &settled {
+                Some(Ok(balance)) => reply.send(Ok(balance.clone())),
+                Some(Err(LedgerError::Unavailable(m))) => {
+                    unavailable = Some(m.clone());
+                    reply.send(Err(LedgerError::Unavailable(m.clone())))
                 }
-                Some(Err(err)) => {
-                    let _ = reply.send(Err(err.for_batch_caller()));
-                }
-                None => {}
-            }
+                Some(Err(err)) => reply.send(Err(err.for_batch_caller())),
+                None => Ok(()),
+            };
         }
-        // The database failed the settle: the other due accounts would fail the same way.
-        if let Some(Err(err)) = &settled {
+        // The database is gone: the other due accounts would wait for it the same way.
+        if let Some(m) = unavailable {
             for (_, reply) in reads.drain(..) {
-                let _ = reply.send(Err(err.for_batch_caller()));
+                let _ = reply.send(Err(LedgerError::Unavailable(m.clone())));
             }
         }
     }

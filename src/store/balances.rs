@@ -15,13 +15,14 @@ impl Store {
         &self,
         users: &[&str],
     ) -> Result<HashMap<String, (Balance, bool)>, LedgerError> {
-        let mut conn = self.acquire().await?;
+        let mut conn = self.read_connection().await?;
         let rows = sqlx::query(super::BALANCES_SQL)
             .bind(users)
             .bind(self.clock().offset_micros())
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut *conn.0)
             .await
             .map_err(|e| self.saw(e))?;
+        conn.1 = true;
         let mut found = HashMap::with_capacity(rows.len());
         for row in rows {
             let user: String = row.try_get("user_id")?;

@@ -419,23 +419,47 @@ impl Store {
     /// is due; past its settle instant (a lot expired, a hold lapsed, not yet swept) the row's
     /// figures are corrected from its lots and holds, so an expired lot is never counted.
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
-        let mut conn = self.acquire().await?;
-        let row = sqlx::query(BALANCE_SQL)
-            .bind(user_id.as_str())
-            .bind(self.clock.offset_micros())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| self.saw(e))?;
-        let Some(row) = row else {
-            return Ok(Balance::empty());
-        };
-        let due: bool = row.try_get("due")?;
-        if !due {
-            return balance_from_row(&row);
+        let mut conn = ReadConnection(self.acquire().await?, false);
+        let balance = async {
+            let row = sqlx::query(BALANCE_SQL)
+                .bind(user_id.as_str())
+                .bind(self.clock.offset_micros())
+                .fetch_optional(&mut *conn.0)
+                .await
+                .map_err(|e| self.saw(e))?;
+            let Some(row) = row else {
+                return Ok(Balance::empty());
+            };
+            let due: bool = row.try_get("due")?;
+            if !due {
+                return balance_from_row(&row);
+            }
+            self.settled_balance(&mut conn.0, user_id)
+                .await
+                .map_err(|e| self.saw(e).into())
         }
-        self.settled_balance(&mut conn, user_id)
-            .await
-            .map_err(|e| self.saw(e).into())
+        .await;
+        conn.1 = true;
+        balance
+    }
+
+    /// A connection for a read whose caller may give it up mid-query (see [`ReadConnection`]).
+    pub(crate) async fn read_connection(&self) -> Result<ReadConnection, sqlx::Error> {
+        Ok(ReadConnection(self.acquire().await?, false))
+    }
+}
+
+/// A pooled connection for a read that may be given up mid-query (its callers' deadline passed).
+/// Dropped before its read finished (`.1` still false), it is closed (sqlx bounds that to 5 s)
+/// instead of returned to the pool: sqlx pings a returned connection without a time limit, which
+/// on a connection that went silent would hold its pool slot for good.
+pub(crate) struct ReadConnection(pub PoolConnection<Postgres>, pub bool);
+
+impl Drop for ReadConnection {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.close_on_drop();
+        }
     }
 }
 

@@ -107,7 +107,10 @@ pub(super) async fn get_balance(
                 ..Default::default()
             });
         }
-        let balance = call.ledger().balance(&user_id).await?;
+        let balance = call
+            .ledger()
+            .balance_within(&user_id, call.deadline)
+            .await?;
         Ok(balance_to_pb(&user_id, balance))
     })
     .await
