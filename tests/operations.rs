@@ -245,12 +245,7 @@ async fn wait_for_health(app: &TestApp, want: ServingStatus) {
 async fn health_follows_the_database_and_needs_no_key() {
     let db = TestDb::new().await;
     let mut proxy = Proxy::start(Upstream::of(&db.options)).await;
-    let through_proxy = format!(
-        "postgres://{}@127.0.0.1:{}/{}",
-        db.options.get_username(),
-        proxy.addr.port(),
-        db.name
-    );
+    let through_proxy = proxy.url_of(&db);
     // The production default: a call waits up to 5 s for a connection while the database is up.
     let pool_acquire_timeout = Duration::from_secs(5);
     let app = TestApp::spawn_on(

@@ -180,12 +180,7 @@ async fn a_read_batch_stuck_on_a_silent_connection_does_not_stop_the_reads_after
 
     let db = TestDb::new().await;
     let proxy = Proxy::start(Upstream::of(&db.options)).await;
-    let through_proxy = format!(
-        "postgres://{}@127.0.0.1:{}/{}",
-        db.options.get_username(),
-        proxy.addr.port(),
-        db.name
-    );
+    let through_proxy = proxy.url_of(&db);
     let app = TestApp::spawn_on(
         db,
         TestOptions {

@@ -434,12 +434,7 @@ async fn after_a_database_outage_the_listener_rereads_what_it_may_have_missed() 
     use common::proxy::{Proxy, Upstream};
     let db = TestDb::new().await;
     let mut proxy = Proxy::start(Upstream::of(&db.options)).await;
-    let through_proxy = format!(
-        "postgres://{}@127.0.0.1:{}/{}",
-        db.options.get_username(),
-        proxy.addr.port(),
-        db.name
-    );
+    let through_proxy = proxy.url_of(&db);
     let direct = db.url();
     // A reaches the database through the proxy; B directly.
     let a = TestApp::spawn_on(
@@ -486,12 +481,7 @@ async fn a_listener_whose_connection_goes_silent_reports_it_lost_and_reconnects(
     use token_ledger::store::{Store, StoreConfig};
     let db = TestDb::new().await;
     let proxy = Proxy::start(Upstream::of(&db.options)).await;
-    let through_proxy = format!(
-        "postgres://{}@127.0.0.1:{}/{}",
-        db.options.get_username(),
-        proxy.addr.port(),
-        db.name
-    );
+    let through_proxy = proxy.url_of(&db);
     let store = Store::connect_lazy(&StoreConfig {
         database_url: through_proxy,
         pool_connections_max: 2,

@@ -122,6 +122,16 @@ impl Proxy {
         self.silence.notify_waiters();
     }
 
+    /// The URL of `db` through this proxy.
+    pub fn url_of(&self, db: &super::TestDb) -> String {
+        format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            db.options.get_username(),
+            self.addr.port(),
+            db.name
+        )
+    }
+
     /// Forwards new connections again.
     pub fn restore(&mut self) {
         let mut state = self.state.lock().unwrap();
