@@ -291,7 +291,7 @@ pub fn read_batch(reads: usize) {
 }
 
 /// A GetBalance query given up at its callers' deadlines (a silent connection, a lock).
-pub fn read_batch_timed_out() {
+pub fn read_timed_out() {
     counter!("ledger_read_timeouts_total").increment(1);
 }
 

@@ -6,8 +6,9 @@
 //! dispatcher takes the first waiting read, waits for a free slot (at most `concurrency` batches
 //! run at once), then takes whatever else is waiting (up to `batch_max`) and answers all of them
 //! with one query (plus one per account past its settle instant, rare). Under load, reads pile
-//! up while the slots are busy, so batches grow with load, like group commit's. A batch's
-//! queries that outlive `batch_timeout` answer UNAVAILABLE and free their slot.
+//! up while the slots are busy, so batches grow with load, like group commit's. A read's query,
+//! lone or shared, is given up once every caller it answers has stopped waiting (their
+//! deadlines, at most `batch_timeout`): its slot is freed and its connection closed.
 //!
 //! **Read-after-write, across processes.** A read is queued when its call arrives, and the query
 //! that answers it starts after it was taken from the queue: its snapshot (READ COMMITTED takes
@@ -37,9 +38,9 @@ pub struct ReadConfig {
     pub concurrency: usize,
     /// Reads waiting; beyond it RESOURCE_EXHAUSTED.
     pub queue_max: usize,
-    /// Longest a batch's queries may run: past it, its reads still waiting are answered
-    /// UNAVAILABLE and its slot is freed, so one query stuck on a dead connection or behind a
-    /// lock cannot stop every read. `serve` sets it to the request timeout.
+    /// Longest a read's queries may run, for reads whose callers set no earlier deadline: past
+    /// it, they are answered UNAVAILABLE and the slot is freed, so one query stuck on a dead
+    /// connection or behind a lock cannot stop every read. `serve` sets the request timeout.
     pub batch_timeout: Duration,
 }
 
@@ -138,7 +139,7 @@ fn give_up_at(batch_timeout: Duration, deadline: Option<Instant>) -> Instant {
 /// A read's queries did not finish in time: most likely a connection that went silent, so the
 /// store is told to check the database, and the read is answered UNAVAILABLE.
 fn timed_out(store: &Store, reads: usize) -> LedgerError {
-    crate::metrics::read_batch_timed_out();
+    crate::metrics::read_timed_out();
     store.availability().suspect();
     tracing::warn!(
         reads,

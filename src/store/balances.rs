@@ -19,10 +19,10 @@ impl Store {
         let rows = sqlx::query(super::BALANCES_SQL)
             .bind(users)
             .bind(self.clock().offset_micros())
-            .fetch_all(&mut *conn.0)
+            .fetch_all(&mut *conn.conn)
             .await
             .map_err(|e| self.saw(e))?;
-        conn.1 = true;
+        conn.finish();
         let mut found = HashMap::with_capacity(rows.len());
         for row in rows {
             let user: String = row.try_get("user_id")?;

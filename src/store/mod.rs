@@ -419,12 +419,12 @@ impl Store {
     /// is due; past its settle instant (a lot expired, a hold lapsed, not yet swept) the row's
     /// figures are corrected from its lots and holds, so an expired lot is never counted.
     pub async fn balance(&self, user_id: &UserId) -> Result<Balance, LedgerError> {
-        let mut conn = ReadConnection(self.acquire().await?, false);
+        let mut conn = self.read_connection().await?;
         let balance = async {
             let row = sqlx::query(BALANCE_SQL)
                 .bind(user_id.as_str())
                 .bind(self.clock.offset_micros())
-                .fetch_optional(&mut *conn.0)
+                .fetch_optional(&mut *conn.conn)
                 .await
                 .map_err(|e| self.saw(e))?;
             let Some(row) = row else {
@@ -434,31 +434,44 @@ impl Store {
             if !due {
                 return balance_from_row(&row);
             }
-            self.settled_balance(&mut conn.0, user_id)
+            self.settled_balance(&mut conn.conn, user_id)
                 .await
                 .map_err(|e| self.saw(e).into())
         }
         .await;
-        conn.1 = true;
+        conn.finish();
         balance
     }
 
     /// A connection for a read whose caller may give it up mid-query (see [`ReadConnection`]).
     pub(crate) async fn read_connection(&self) -> Result<ReadConnection, sqlx::Error> {
-        Ok(ReadConnection(self.acquire().await?, false))
+        Ok(ReadConnection {
+            conn: self.acquire().await?,
+            finished: false,
+        })
     }
 }
 
 /// A pooled connection for a read that may be given up mid-query (its callers' deadline passed).
-/// Dropped before its read finished (`.1` still false), it is closed (sqlx bounds that to 5 s)
-/// instead of returned to the pool: sqlx pings a returned connection without a time limit, which
-/// on a connection that went silent would hold its pool slot for good.
-pub(crate) struct ReadConnection(pub PoolConnection<Postgres>, pub bool);
+/// Dropped before `finish`, it is closed (sqlx bounds that to 5 s) instead of returned to the
+/// pool: sqlx pings a returned connection without a time limit, which on a connection that went
+/// silent would hold its pool slot for good.
+pub(crate) struct ReadConnection {
+    pub conn: PoolConnection<Postgres>,
+    finished: bool,
+}
+
+impl ReadConnection {
+    /// The read is over: the connection goes back to the pool.
+    pub fn finish(&mut self) {
+        self.finished = true;
+    }
+}
 
 impl Drop for ReadConnection {
     fn drop(&mut self) {
-        if !self.1 {
-            self.0.close_on_drop();
+        if !self.finished {
+            self.conn.close_on_drop();
         }
     }
 }
